@@ -1,0 +1,66 @@
+"""The worker's small HTTP API: how other commands query while `billing up` holds the engine.
+
+chdb lets one process own a data directory (DESIGN §6), so `bills`, `rejected`, `account` and
+`wait` ask the running worker. Read-only; parameters go to `queries`, which binds them. Every
+query runs on the worker's ClickHouse thread (`on_db`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from pipeline import queries
+
+OnDb = Callable[..., Awaitable[Any]]
+
+
+def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb) -> web.Application:
+    def arg(request: web.Request, name: str) -> str | None:
+        return request.query.get(name) or None
+
+    async def bills(request: web.Request) -> web.Response:
+        rows = await on_db(queries.bills, client_of(), arg(request, "account"), arg(request, "from"), arg(request, "to"))
+        return web.json_response(rows)
+
+    async def rejected(request: web.Request) -> web.Response:
+        rows = await on_db(queries.rejected, client_of(), arg(request, "account"), arg(request, "reason"))
+        return web.json_response(rows)
+
+    async def account(request: web.Request) -> web.Response:
+        row = await on_db(queries.account, client_of(), request.match_info["account_id"], free_quota)
+        if row is None:
+            return web.json_response({"error": "unknown account"}, status=404)
+        return web.json_response(row)
+
+    async def barrier(request: web.Request) -> web.Response:
+        count = await on_db(queries.barrier_partitions, client_of(), request.match_info["barrier_id"])
+        return web.json_response({"partitions": count})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(health())
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ValueError as exc:  # bad user input, e.g. a --from that is not RFC 3339
+            return web.json_response({"error": str(exc)}, status=400)
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_get("/api/bills", bills)
+    app.router.add_get("/api/rejected", rejected)
+    app.router.add_get("/api/accounts/{account_id}", account)
+    app.router.add_get("/api/barriers/{barrier_id}", barrier)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, f"http://{host}:{bound}"

@@ -1,0 +1,133 @@
+"""The Faust worker: feeds the input topic to the batch processor in offset order.
+
+Faust's per-event overhead is the bottleneck here (DESIGN §7), so the agent takes events in
+batches, hands each batch to the framework-free `BatchProcessor`, and does no per-event work
+of its own. ClickHouse access runs on one dedicated thread (chdb handles are not shared across
+threads, and the event loop must keep heartbeating while a batch is written); the query API
+uses the same thread. A batch that cannot be written is retried with backoff, never skipped:
+its offsets are not acknowledged until it is in ClickHouse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import faust
+
+from pipeline import api
+from pipeline.catalog import load_catalog
+from pipeline.chclient import connect, migrate
+from pipeline.processor import BatchProcessor, BatchResult, Message
+from pipeline.settings import Settings, redact
+
+log = logging.getLogger("billing.worker")
+T = TypeVar("T")
+MAX_BACKOFF_S = 30.0
+
+
+class Worker:
+    """One `billing worker`: the Faust app, its processor and its query API."""
+
+    def __init__(self, settings: Settings, bootstrap: str, epoch: str, on_api: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.epoch = epoch
+        self.catalog = load_catalog(settings.catalog)
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self.client = self._db.submit(self._open_clickhouse).result()
+        self.processor = BatchProcessor(self.client, self.catalog, epoch)
+        self.on_api = on_api
+        self.api_url: str | None = None
+        self.stats: Counter[str] = Counter()
+        self.last_offsets: dict[int, int] = {}
+        self.app = self._build_app(bootstrap)
+
+    def _open_clickhouse(self) -> Any:
+        client = connect(self.settings.clickhouse_url)
+        migrate(client)
+        log.info("ClickHouse ready at %s", redact(self.settings.clickhouse_url))
+        return client
+
+    async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a ClickHouse call on the ClickHouse thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    def _build_app(self, bootstrap: str) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=f"kafka://{bootstrap}",
+            store="memory://",
+            topic_partitions=s.partitions,
+            broker_session_timeout=6,  # Tansu holds JoinGroup for half of it (DESIGN §7)
+            broker_heartbeat_interval=1,
+            broker_commit_interval=1.0,
+            consumer_auto_offset_reset="earliest",
+            topic_disable_leader=True,
+            web_enabled=False,
+            table_standby_replicas=0,
+            producer_linger_ms=5,
+        )
+        topic = app.topic(s.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
+                          value_serializer="raw", partitions=s.partitions)
+        worker = self
+
+        @app.agent(topic, name="billing")
+        async def billing(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
+                messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+                await worker.process(messages)
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+            # another worker may own these accounts next: reload from ClickHouse when they return
+            await worker.on_db(worker.processor.forget)
+
+        @app.task
+        async def start_api() -> None:
+            await worker.start_api()
+
+        return app
+
+    async def process(self, messages: list[Message]) -> BatchResult:
+        delay = 0.5
+        while True:
+            try:
+                started = time.perf_counter()
+                result = await self.on_db(self.processor.process, messages)
+            except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
+                self.stats["batch_failures"] += 1
+                log.warning("batch of %d records not written (%s); retrying in %.1fs", len(messages), str(exc)[:300], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            self.stats["batches"] += 1
+            self.stats["records"] += len(messages)
+            self.stats["skipped_redeliveries"] += result.skipped
+            self.stats.update(result.statuses)
+            self.last_offsets.update(result.last_offsets)
+            log.debug("batch of %d in %.1f ms", len(messages), (time.perf_counter() - started) * 1000)
+            return result
+
+    async def start_api(self) -> None:
+        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.on_db)
+        _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
+        log.info("query API at %s", self.api_url)
+        if self.on_api:
+            self.on_api(self.api_url)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "epoch": self.epoch, "stats": dict(self.stats),
+                "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())}}
+
+    def run(self) -> None:
+        """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
+        worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        finally:
+            self._db.shutdown(wait=True)

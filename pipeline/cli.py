@@ -1,0 +1,314 @@
+"""The `billing` command (CONTRACT.md): up, worker, publish, wait, bills, rejected, account, migrate.
+
+Exit codes: 0 success, 2 bad usage or bad input (one-line reason on stderr), 1 other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pipeline import output
+from pipeline.catalog import CatalogError, load_catalog
+from pipeline.reader import QueryError, open_reader
+from pipeline.runtime import read_runtime
+from pipeline.settings import Settings, load_settings
+from pipeline.timestamps import TimestampError
+
+BILL_COLUMNS = ("account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
+                "billed_input_tokens", "billed_output_tokens", "quantity", "amount")
+REJECTED_COLUMNS = ("event_id", "account_id", "reason", "detail", "timestamp", "record")
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit 2."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def input_topic_configs() -> dict[str, str]:
+    """Replayable forever, stamped by the broker: a back-dated record is never deleted on arrival (DESIGN §2)."""
+    return {"retention.ms": "-1", "retention.bytes": "-1", "message.timestamp.type": "LogAppendTime"}
+
+
+def new_epoch() -> str:
+    """Names one life of the embedded broker's log; sorts in time order."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def kafka_of(settings: Settings) -> str:
+    if settings.kafka:
+        return settings.kafka
+    running = read_runtime(settings.data_dir)
+    if running is None:
+        raise UsageError(
+            f"no Kafka to talk to: start `billing up` (data dir {settings.data_dir}) in another terminal, "
+            "or set BILLING_KAFKA / --kafka"
+        )
+    return running.kafka
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.app import Worker
+    from pipeline.broker import EmbeddedBroker, ensure_topics
+    from pipeline.runtime import Runtime, clear_runtime, write_runtime
+
+    running = read_runtime(settings.data_dir)
+    if running is not None:
+        raise UsageError(f"`billing up` already runs on data dir {settings.data_dir} (pid {running.pid}); stop it first")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    epoch = new_epoch()
+    settings = settings.with_(log_epoch=epoch)
+    broker = EmbeddedBroker(settings.data_dir / "broker.log")
+    bootstrap = broker.start()
+    say(f"billing: broker   Tansu (embedded, memory storage) at {bootstrap}; log {settings.data_dir / 'broker.log'}")
+    try:
+        ensure_topics(bootstrap, {settings.input_topic: settings.partitions}, {settings.input_topic: input_topic_configs()})
+        say(f"billing: topic    {settings.input_topic} ({settings.partitions} partitions)")
+        started = time.monotonic()
+
+        def on_api(url: str) -> None:
+            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat()))
+            say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait` in other terminals)")
+            say(f"billing: ready in {time.monotonic() - started:.1f}s; publish with `billing publish FILE`; Ctrl-C stops")
+            if args.demo:
+                threading.Thread(target=run_demo, args=(settings, bootstrap, url, args.demo_records), daemon=True).start()
+
+        worker = Worker(settings, bootstrap, epoch, on_api=on_api)
+        say(f"billing: store    ClickHouse {worker_store_label(settings)}")
+        worker.run()
+    finally:
+        clear_runtime(settings.data_dir, os.getpid())
+        broker.stop()
+        say("billing: stopped (broker, worker); bills stay in ClickHouse under " + str(settings.data_dir))
+    return 0
+
+
+def worker_store_label(settings: Settings) -> str:
+    url = settings.clickhouse_url
+    return f"embedded (chdb) at {url[len('chdb://'):]}" if url.startswith("chdb:") else "server " + url.split("@")[-1]
+
+
+def run_demo(settings: Settings, bootstrap: str, api_url: str, records: int) -> None:
+    from pipeline.publish import publish_lines
+    from pipeline.reader import ApiReader
+    from pipeline.workload import generate
+
+    say(f"billing: demo     generating {records} records (several accounts, all models, price dates, plugins, bad records)")
+    lines = [line.encode() for line in generate(records, seed=int(time.time()) % 1000)]
+    report = publish_lines(lines, bootstrap, settings.input_topic, total=len(lines))
+    say(f"billing: demo     published {report.total} records: " + ", ".join(f"{k} {v}" for k, v in sorted(report.sent.items())))
+    reader = ApiReader(api_url)
+    if not wait_for(reader, bootstrap, settings, timeout=300):
+        say("billing: demo     the worker did not catch up within 300 s")
+        return
+    bills = reader.bills(None, None, None)
+    rejected = reader.rejected(None, None)
+    total = sum((Decimal(b["amount"]) for b in bills), Decimal(0))
+    say(f"billing: demo     {len(bills)} bill lines, total {total:.6f} CNY; {len(rejected)} rejected records")
+    output.emit(bills[-12:], "table", BILL_COLUMNS, out=sys.stderr)
+    say("billing: demo     try `billing bills --format json`, `billing rejected`, `billing account <id>` in another terminal")
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.app import Worker
+    from pipeline.runtime import Runtime, clear_runtime, write_runtime
+
+    bootstrap = kafka_of(settings)
+    embedded = settings.clickhouse_url.startswith("chdb:")
+
+    def on_api(url: str) -> None:
+        if embedded:  # the other commands reach this engine through the worker
+            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, settings.log_epoch, datetime.now(timezone.utc).isoformat()))
+        say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}")
+
+    try:
+        Worker(settings, bootstrap, settings.log_epoch, on_api=on_api).run()
+    finally:
+        if embedded:
+            clear_runtime(settings.data_dir, os.getpid())
+    return 0
+
+
+def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.broker import ensure_topics
+    from pipeline.publish import publish_lines
+
+    bootstrap = kafka_of(settings)
+    if args.file == "-":
+        lines: Any = sys.stdin.buffer
+        total = None
+    else:
+        path = Path(args.file)
+        if not path.is_file():
+            raise UsageError(f"no such file: {path}")
+        data = path.read_bytes().splitlines()
+        lines, total = data, len(data)
+    ensure_topics(bootstrap, {settings.input_topic: settings.partitions}, {settings.input_topic: input_topic_configs()})
+    report = publish_lines(lines, bootstrap, settings.input_topic, total=total)
+    print(f"published {report.total} records" + "".join(f"\n  {kind}: {n}" for kind, n in sorted(report.sent.items())))
+    if report.failures:
+        say(f"billing: {len(report.failures)} records were not acknowledged by Kafka: {report.failures[0]}; publish again (duplicates are safe)")
+        return 1
+    if report.bad_lines:
+        for number, error in report.bad_lines[:20]:
+            say(f"billing: line {number}: not JSON ({error}); not sent")
+        more = len(report.bad_lines) - 20
+        if more > 0:
+            say(f"billing: ... and {more} more lines that are not JSON")
+        say(f"billing: {len(report.bad_lines)} lines were not sent (lines " + ", ".join(str(n) for n, _ in report.bad_lines[:50]) + ")")
+        return 2
+    return 0
+
+
+def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) -> bool:
+    """Publish a barrier to every partition; done when the workers have written all of them."""
+    from kafka import KafkaProducer
+
+    from pipeline.processor import barrier_message
+
+    barrier = uuid.uuid4().hex
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="billing-wait", acks="all")
+    try:
+        partitions = sorted(producer.partitions_for(settings.input_topic) or [])
+        if not partitions:
+            raise UsageError(f"topic {settings.input_topic} does not exist yet: nothing was published")
+        for p in partitions:
+            producer.send(settings.input_topic, value=barrier_message(barrier), partition=p)
+        producer.flush()
+    finally:
+        producer.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        done = reader.barrier_partitions(barrier)
+        if done >= len(partitions):
+            return True
+        if time.monotonic() > deadline:
+            say(f"billing: timed out after {timeout:g}s: {done} of {len(partitions)} partitions caught up; is a worker running?")
+            return False
+        time.sleep(0.1)
+
+
+def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    return 0 if wait_for(reader, kafka_of(settings), settings, args.timeout) else 1
+
+
+def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    output.emit(reader.bills(args.account, args.start, args.end), args.format, BILL_COLUMNS)
+    return 0
+
+
+def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    rows = reader.rejected(args.account, args.reason)
+    output.emit(rows, args.format, REJECTED_COLUMNS if args.format != "json" else None)
+    return 0
+
+
+def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    row = reader.account(args.account_id)
+    if row is None:
+        raise UsageError(f"no account {args.account_id!r} has any record yet")
+    if args.format == "table":
+        for key, value in row.items():
+            print(f"{key:18} {output._cell(value)}")
+    else:
+        output.emit([row], args.format)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.chclient import connect, migrate
+
+    count = migrate(connect(settings.clickhouse_url))
+    print(f"applied {count} DDL statements (all idempotent)")
+    return 0
+
+
+# -- parsing ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kafka", help="Kafka bootstrap servers (env BILLING_KAFKA; default: the embedded broker of `billing up`)")
+    common.add_argument("--clickhouse", help="ClickHouse URL (env BILLING_CLICKHOUSE; default chdb://<data-dir>/clickhouse)")
+    common.add_argument("--data-dir", help="data directory (env BILLING_DATA_DIR; default ./.billing)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser = argparse.ArgumentParser(prog="billing", description="Usage metering and hourly billing pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="run the embedded stack (broker, worker, ClickHouse) in the foreground")
+    up.add_argument("--demo", action="store_true", help="also publish a realistic synthetic workload")
+    up.add_argument("--demo-records", type=int, default=20000, help="records in the demo workload (default 20000)")
+    up.set_defaults(run=cmd_up)
+    sub.add_parser("worker", parents=[common], help="the pipeline worker alone (production: N replicas)").set_defaults(run=cmd_worker)
+    pub = sub.add_parser("publish", parents=[common], help="publish JSON-lines input records (FILE or - for stdin)")
+    pub.add_argument("file")
+    pub.set_defaults(run=cmd_publish)
+    wait = sub.add_parser("wait", parents=[common], help="return once everything published so far is queryable")
+    wait.add_argument("--timeout", type=float, default=300.0)
+    wait.set_defaults(run=cmd_wait)
+    bills = sub.add_parser("bills", parents=[common], help="hourly bill lines")
+    bills.add_argument("--account")
+    bills.add_argument("--from", dest="start", help="RFC 3339; lines whose hour is at or after it")
+    bills.add_argument("--to", dest="end", help="RFC 3339; lines whose hour is before it")
+    bills.add_argument("--format", choices=output.FORMATS, default="table")
+    bills.set_defaults(run=cmd_bills)
+    rej = sub.add_parser("rejected", parents=[common], help="records that could not be billed, with the reason")
+    rej.add_argument("--account")
+    rej.add_argument("--reason")
+    rej.add_argument("--format", choices=output.FORMATS, default="table")
+    rej.set_defaults(run=cmd_rejected)
+    acc = sub.add_parser("account", parents=[common], help="an account's status, balance, vouchers, free tokens left")
+    acc.add_argument("account_id")
+    acc.add_argument("--format", choices=output.FORMATS, default="table")
+    acc.set_defaults(run=cmd_account)
+    sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
+    run: Callable[[Settings, argparse.Namespace], int] = args.run
+    try:
+        return run(settings, args)
+    except (UsageError, ValueError, TimestampError, CatalogError) as exc:
+        say(f"billing: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except QueryError as exc:
+        say(f"billing: {exc}")
+        return 1
+    except Exception as exc:  # the last line of defence: one clear line, not a traceback
+        from pipeline.settings import redact
+
+        message = str(exc)
+        if settings.clickhouse:
+            message = message.replace(settings.clickhouse, redact(settings.clickhouse))
+        say(f"billing: failed: {type(exc).__name__}: {message.splitlines()[0] if message else ''} (run with -v for details)")
+        if args.verbose:
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The heart of billing: one account's state + one record -> new state + facts (DESIGN §1).
+
+`apply` is pure apart from mutating the state it is given (for speed; the caller owns it). The
+stream worker and a rebill both call it in the account's log order, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pipeline.catalog import Catalog
+from pipeline.keys import keys_not_revoked_by
+from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, Outcome, PricedUsage, Rejection, Violation
+from pipeline.pricing import plugin_amount, token_amount
+from pipeline.quota import FreeSplit, split_free
+from pipeline.records import AccountRecord, Invalid, Record, Usage
+from pipeline.state import ZERO, AccountState, KeyState, Line, Voucher, Window
+from pipeline.timestamps import hour_start, parse_ts
+from pipeline.validation import usage_rejection
+from pipeline.windows import MINUTE, SECOND, window_keys, violated
+
+NO_FREE = FreeSplit(0, 0)
+
+
+def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
+    state.seq += 1
+    if isinstance(record, Invalid):
+        return _reject(state, record.identity, record.event_id, record.kind, "invalid_schema", record.detail, record.ts_us, record.raw)
+    earlier = state.seen.get(record.identity)
+    if earlier is not None:
+        if earlier == record.digest:
+            state.duplicates += 1
+            return Outcome(DUPLICATE)
+        detail = f"{record.identity!r} was already applied with a different payload; the first stands"
+        record_id = f"{record.identity}#{record.digest}"  # its own rejection row beside the first's
+        return _reject(state, record_id, _event_id(record), record.kind, "conflicting_duplicate", detail, record.ts_us, record.raw)
+    state.seen[record.identity] = record.digest
+    state.max_ts_us = max(state.max_ts_us, record.ts_us)
+    if isinstance(record, Usage):
+        outcome = _apply_usage(state, record, catalog)
+    else:
+        outcome = _apply_account_record(state, record, catalog)
+    outcome.claimed = True
+    return outcome
+
+
+def _event_id(record: Record) -> str:
+    return record.event_id if isinstance(record, Usage) else ""
+
+
+def _reject(state: AccountState, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str) -> Outcome:
+    rejection = Rejection(state.account_id, record_id, event_id, kind, reason, detail, ts_us, raw, state.seq)
+    return Outcome(REJECTED, rejection=rejection)
+
+
+def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome:
+    problem = usage_rejection(usage, state, catalog)
+    if problem is not None:
+        return _reject(state, usage.identity, usage.event_id, usage.kind, problem[0], problem[1], usage.ts_us, usage.raw)
+    billable = usage.channel == "api"
+    model = catalog.models[usage.model]
+    price = model.price_at(usage.ts_us)
+    assert price is not None  # validated above
+    if billable:
+        free = split_free(catalog.free_quota_tokens - state.free_used, usage.input_tokens, usage.output_tokens)
+        state.free_used += free.free_tokens
+    else:
+        free = NO_FREE
+    billed_in = usage.input_tokens - free.free_input if billable else 0
+    billed_out = usage.output_tokens - free.free_output if billable else 0
+    amount = token_amount(billed_in, billed_out, price.input_per_token, price.output_per_token)
+    hour = hour_start(usage.ts_us)
+    outcome = Outcome(BILLED)
+    line = _line(state, outcome, (hour, usage.api_key_id, usage.model))
+    line.requests += 1
+    line.input_tokens += usage.input_tokens
+    line.output_tokens += usage.output_tokens
+    line.free_tokens += free.free_tokens
+    line.billed_input_tokens += billed_in
+    line.billed_output_tokens += billed_out
+    line.amount += amount
+    plugins_total = ZERO
+    for name, units in usage.plugins:
+        unit_price = catalog.plugins[name].price_at(usage.ts_us)
+        assert unit_price is not None  # validated above
+        charge = plugin_amount(units, unit_price.per_unit) if billable else ZERO
+        plugins_total += charge
+        pline = _line(state, outcome, (hour, usage.api_key_id, f"plugin:{name}"))
+        pline.requests += 1
+        pline.quantity += units
+        pline.amount += charge
+    flags: tuple[str, ...] = ()
+    if billable:
+        flags = _count_in_windows(state, outcome, usage, catalog)
+    outcome.priced = PricedUsage(
+        state.account_id, usage.event_id, usage.ts_us, hour, usage.api_key_id, usage.model, usage.channel,
+        usage.input_tokens, usage.output_tokens, free.free_tokens, billed_in, billed_out,
+        amount, plugins_total, usage.plugins, flags, state.seq,
+    )
+    return outcome
+
+
+def _line(state: AccountState, outcome: Outcome, key: tuple[int, str, str]) -> Line:
+    line = state.lines.get(key)
+    if line is None:
+        line = state.lines[key] = Line()
+    line.revision = state.seq
+    outcome.lines.append(key)
+    return line
+
+
+def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catalog: Catalog) -> tuple[str, ...]:
+    """Count an API call in its second and minute windows; flag and report each limit exceeded."""
+    limits = state.limits or catalog.default_limits
+    tokens = usage.input_tokens + usage.output_tokens
+    counted = []
+    for key in window_keys(usage.ts_us):
+        window = state.windows.get(key)
+        if window is None:
+            window = state.windows[key] = Window()
+        window.requests += 1
+        window.tokens += tokens
+        window.revision = state.seq
+        outcome.windows.append(key)
+        counted.append((key, window))
+    (second_key, second), (minute_key, minute) = counted
+    flags = violated(limits, second.requests, minute.requests, minute.tokens)
+    for flag in flags:
+        start, observed, allowed = {
+            "qps": (second_key[1], second.requests, limits.qps),
+            "qpm": (minute_key[1], minute.requests, limits.qpm),
+            "tpm": (minute_key[1], minute.tokens, limits.tpm),
+        }[flag]
+        outcome.violations.append(
+            Violation(state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq)
+        )
+    return tuple(flags)
+
+
+def _apply_account_record(state: AccountState, record: AccountRecord, catalog: Catalog) -> Outcome:
+    f = record.fields
+    if record.kind == "api_key.created":
+        key_id = f["api_key_id"]
+        if key_id not in state.keys:
+            if keys_not_revoked_by(state, record.ts_us) >= catalog.max_active_keys:
+                detail = f"account already has {catalog.max_active_keys} active keys; key {key_id!r} stays unknown"
+                return _reject(state, record.identity, "", record.kind, "api_key_limit", detail, record.ts_us, record.raw)
+            state.keys[key_id] = KeyState(record.ts_us)
+    elif record.kind == "api_key.revoked":
+        key = state.keys.get(f["api_key_id"])
+        if key is None:
+            detail = f"key {f['api_key_id']!r} is not a key of this account"
+            return _reject(state, record.identity, "", record.kind, "invalid_api_key", detail, record.ts_us, record.raw)
+        if key.revoked_us is None or record.ts_us < key.revoked_us:
+            key.revoked_us = record.ts_us
+    elif record.kind == "credit.recharge":
+        _recharge(state, Decimal(f["amount"]))
+    elif record.kind == "credit.voucher":
+        if f["voucher_id"] not in state.vouchers:
+            expires = record.fields.get("expires_at")
+            state.vouchers[f["voucher_id"]] = Voucher(f["voucher_id"], Decimal(f["amount"]), parse_ts(expires) if expires else None)
+    elif record.kind == "limits.set":
+        state.limits = (state.limits or catalog.default_limits).updated(f.get("qps"), f.get("qpm"), f.get("tpm"))
+    elif record.kind == "whitelist.add":
+        state.whitelist.add(f["model"])
+    elif record.kind == "whitelist.remove":
+        state.whitelist.discard(f["model"])
+    return Outcome(APPLIED)
+
+
+def _recharge(state: AccountState, amount: Decimal) -> None:
+    """Recharges pay outstanding debt first (BILLING_RULES §9)."""
+    paid = min(amount, state.debt)
+    state.debt -= paid
+    state.cash_balance += amount - paid

@@ -1,0 +1,85 @@
+"""Facts the fold emits for each record; the edges turn them into ClickHouse rows and messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from pipeline.state import LineKey
+from pipeline.windows import WindowKey
+
+BILLED = "billed"
+REJECTED = "rejected"
+DUPLICATE = "duplicate"
+APPLIED = "applied"  # an account record that changed (or confirmed) the account
+
+# BILLING_RULES §10, in precedence order: the first that applies is the one reported.
+REASONS = (
+    "invalid_schema",
+    "conflicting_duplicate",
+    "unknown_model",
+    "unknown_plugin",
+    "no_price_in_force",
+    "input_limit_exceeded",
+    "context_limit_exceeded",
+    "not_whitelisted",
+    "invalid_api_key",
+    "api_key_limit",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    account_id: str
+    record_id: str  # event_id, or the record's content identity
+    event_id: str
+    kind: str
+    reason: str
+    detail: str
+    ts_us: int | None
+    raw: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PricedUsage:
+    account_id: str
+    event_id: str
+    ts_us: int
+    hour_us: int
+    api_key_id: str
+    model: str
+    channel: str
+    input_tokens: int
+    output_tokens: int
+    free_tokens: int
+    billed_input_tokens: int
+    billed_output_tokens: int
+    token_amount: Decimal
+    plugin_amount: Decimal
+    plugins: tuple[tuple[str, int], ...]
+    flags: tuple[str, ...]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    account_id: str
+    event_id: str
+    ts_us: int
+    limit: str  # qps | qpm | tpm
+    window_start_us: int
+    observed: int  # requests (qps, qpm) or tokens (tpm) in the window, this call included
+    allowed: int
+    seq: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: str
+    claimed: bool = False  # the record's identity is now taken: a re-send is a duplicate
+    rejection: Rejection | None = None
+    priced: PricedUsage | None = None
+    violations: list[Violation] = field(default_factory=list)
+    lines: list[LineKey] = field(default_factory=list)
+    windows: list[WindowKey] = field(default_factory=list)

@@ -1,0 +1,199 @@
+"""The batch edge around the fold: bytes from the log in, ClickHouse rows out, nothing twice.
+
+Framework-free on purpose: the Faust agent, the tests and a rebill all drive `process` with
+plain messages. Per batch it loads the accounts' snapshots and working sets, skips records it
+has already applied (same log epoch, partition, offset at or below the account's position),
+folds the rest in log order, writes every fact in one go, and only then keeps the new states.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from pipeline import sink, statestore
+from pipeline.catalog import Catalog
+from pipeline.fold import apply
+from pipeline.outputs import Outcome
+from pipeline.records import Invalid, Record, Usage, parse_record
+from pipeline.sink import BatchRows, RawRow
+from pipeline.state import AccountState
+from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start
+
+log = logging.getLogger(__name__)
+BARRIER_TYPE = "billing.barrier"
+KEEP_HOURS_US = US_PER_HOUR  # open hours kept in memory behind an account's latest event
+KEEP_MINUTES_US = 2 * US_PER_MINUTE
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass
+class BatchResult:
+    statuses: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0  # redeliveries of records already applied
+    barriers: int = 0
+    last_offsets: dict[int, int] = field(default_factory=dict)
+    states: dict[str, AccountState] = field(default_factory=dict)  # accounts this batch changed
+
+
+def barrier_message(barrier_id: str) -> bytes:
+    return orjson.dumps({"type": BARRIER_TYPE, "barrier_id": barrier_id})
+
+
+def _barrier_id(value: bytes) -> str | None:
+    if not value.startswith(b'{"type":"' + BARRIER_TYPE.encode()):
+        return None
+    try:
+        return str(orjson.loads(value)["barrier_id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+class BatchProcessor:
+    """Owns the in-memory account states of the partitions this worker holds."""
+
+    def __init__(self, client: Client, catalog: Catalog, epoch: str) -> None:
+        self.client = client
+        self.catalog = catalog
+        self.epoch = epoch
+        self.states: dict[str, AccountState] = {}
+        self._hours: dict[str, set[int]] = {}
+        self._minutes: dict[str, set[int]] = {}
+
+    def forget(self, accounts: Iterable[str] | None = None) -> None:
+        """Drop cached states (all, or some): they are reloaded from ClickHouse when next needed."""
+        for acc in list(self.states) if accounts is None else list(accounts):
+            self.states.pop(acc, None)
+            self._hours.pop(acc, None)
+            self._minutes.pop(acc, None)
+
+    def process(self, messages: list[Message]) -> BatchResult:
+        result = BatchResult()
+        rows = BatchRows(epoch=self.epoch)
+        by_account: dict[str, list[tuple[Message, Record]]] = {}
+        for msg in messages:
+            result.last_offsets[msg.partition] = max(msg.offset, result.last_offsets.get(msg.partition, -1))
+            barrier = _barrier_id(msg.value)
+            if barrier is not None:
+                rows.barriers.append((barrier, msg.partition))
+                result.barriers += 1
+                continue
+            key_account = msg.key.decode("utf-8", errors="replace") if msg.key else ""
+            record = parse_record(msg.value, key_account)
+            by_account.setdefault(record.account_id, []).append((msg, record))
+        self._load_states(by_account)
+        pending = self._drop_applied(by_account, result)
+        self._hydrate(pending)
+        try:
+            for acc, items in pending.items():
+                state = self.states[acc]
+                for msg, record in items:
+                    self._collect(rows, state, msg, record, apply(state, record, self.catalog), result)
+                    state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
+                rows.states[acc] = state
+            sink.write(self.client, rows)
+        except BaseException:
+            self.forget(pending)  # in-memory states ran ahead of ClickHouse: reload them next time
+            raise
+        result.states = rows.states
+        self._prune(pending)
+        return result
+
+    def _load_states(self, by_account: dict[str, list[tuple[Message, Record]]]) -> None:
+        missing = [acc for acc in by_account if acc not in self.states]
+        if not missing:
+            return
+        loaded = statestore.load_states(self.client, missing)
+        for acc in missing:
+            self.states[acc] = loaded.get(acc) or AccountState(acc)
+            self._hours[acc] = set()
+            self._minutes[acc] = set()
+
+    def _drop_applied(self, by_account: dict[str, list[tuple[Message, Record]]], result: BatchResult) -> dict[str, list[tuple[Message, Record]]]:
+        pending = {}
+        for acc, items in by_account.items():
+            state = self.states[acc]
+            fresh = [
+                (msg, rec) for msg, rec in items
+                if not (state.log_epoch == self.epoch and state.log_partition == msg.partition and msg.offset <= state.log_offset)
+            ]
+            result.skipped += len(items) - len(fresh)
+            if fresh:
+                pending[acc] = fresh
+        return pending
+
+    def _hydrate(self, pending: dict[str, list[tuple[Message, Record]]]) -> None:
+        """Load the identities, hour lines and rate windows these records touch."""
+        seqs = {acc: self.states[acc].seq for acc in pending if self.states[acc].seq > 0}
+        if not seqs:
+            return
+        pairs, hours, minutes = [], set(), set()
+        for acc in seqs:
+            for _, rec in pending[acc]:
+                if isinstance(rec, Invalid):
+                    continue
+                pairs.append((acc, rec.identity))
+                if isinstance(rec, Usage):
+                    hour = hour_start(rec.ts_us)
+                    if hour not in self._hours[acc]:
+                        hours.add((acc, hour))
+                    minute = rec.ts_us - rec.ts_us % US_PER_MINUTE
+                    if rec.channel == "api" and minute not in self._minutes[acc]:
+                        minutes.add((acc, minute))
+        for (acc, rid), (digest, seq) in statestore.load_seen(self.client, pairs).items():
+            if seq <= seqs[acc]:
+                self.states[acc].seen[rid] = digest
+        for acc, lines in statestore.load_lines(self.client, sorted(hours), seqs).items():
+            self.states[acc].lines.update(lines)
+        for acc, windows in statestore.load_windows(self.client, sorted(minutes), seqs).items():
+            self.states[acc].windows.update(windows)
+        for acc, hour in hours:
+            self._hours[acc].add(hour)
+        for acc, minute in minutes:
+            self._minutes[acc].add(minute)
+
+    def _collect(self, rows: BatchRows, state: AccountState, msg: Message, record: Record, outcome: Outcome, result: BatchResult) -> None:
+        acc = state.account_id
+        rows.raw.append(RawRow(msg.partition, msg.offset, acc, record.kind, record.identity, record.ts_us, record.raw))
+        result.statuses[outcome.status] += 1
+        if outcome.claimed and not isinstance(record, Invalid):
+            rows.seen.append((acc, record.identity, record.digest, state.seq))
+        if outcome.rejection is not None:
+            rows.rejections.append(outcome.rejection)
+            result.reasons[outcome.rejection.reason] += 1
+        if outcome.priced is not None:
+            rows.priced.append(outcome.priced)
+            self._hours[acc].add(outcome.priced.hour_us)
+        rows.violations.extend(outcome.violations)
+        for key in outcome.lines:
+            rows.lines[(acc, key)] = state.lines[key]
+        for key in outcome.windows:
+            rows.windows[(acc, key)] = state.windows[key]
+            self._minutes[acc].add(key[1] - key[1] % US_PER_MINUTE)
+
+    def _prune(self, touched: Iterable[str]) -> None:
+        """Keep only recent hours and minutes in memory; older ones are reloaded on demand."""
+        for acc in touched:
+            state = self.states[acc]
+            state.seen.clear()
+            hour_floor = hour_start(state.max_ts_us) - KEEP_HOURS_US
+            if any(h < hour_floor for h in self._hours[acc]):
+                state.lines = {k: v for k, v in state.lines.items() if k[0] >= hour_floor}
+                self._hours[acc] = {h for h in self._hours[acc] if h >= hour_floor}
+            minute_floor = state.max_ts_us - state.max_ts_us % US_PER_MINUTE - KEEP_MINUTES_US
+            if any(m < minute_floor for m in self._minutes[acc]):
+                state.windows = {k: v for k, v in state.windows.items() if k[1] >= minute_floor}
+                self._minutes[acc] = {m for m in self._minutes[acc] if m >= minute_floor}

@@ -1,0 +1,120 @@
+"""What users read: bill lines, rejections, account summaries, `wait` barriers.
+
+Plain functions over a clickhouse-connect client; every user value is a bound parameter. The
+worker's HTTP API and the CLI both call these, so a query means the same through either path.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.state import AccountState
+from pipeline.timestamps import format_ts, parse_ts
+
+Row = dict[str, Any]
+BILL_FIELDS = (
+    "account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
+    "billed_input_tokens", "billed_output_tokens", "quantity", "amount",
+)
+
+
+def money(amount: Decimal) -> str:
+    return f"{amount:.6f}"
+
+
+def _time_filters(start: str | None, end: str | None, column: str, params: dict[str, Any]) -> list[str]:
+    where = []
+    if start:
+        params["from_s"] = parse_ts(start) // 1_000_000
+        where.append(f"toUnixTimestamp({column}) >= {{from_s:Int64}}")
+    if end:
+        params["to_s"] = parse_ts(end) // 1_000_000
+        where.append(f"toUnixTimestamp({column}) < {{to_s:Int64}}")
+    return where
+
+
+def bills(client: Client, account: str | None = None, start: str | None = None, end: str | None = None) -> list[Row]:
+    """Current hourly lines; `--from` inclusive, `--to` exclusive, on the line's hour."""
+    params: dict[str, Any] = {}
+    where = _time_filters(start, end, "hour", params)
+    if account:
+        params["account"] = account
+        where.append("account_id = {account:String}")
+    sql = (
+        "SELECT account_id, toUnixTimestamp(hour), api_key_id, item, requests, input_tokens, output_tokens, free_tokens, "
+        "billed_input_tokens, billed_output_tokens, quantity, amount FROM bill_lines FINAL"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY account_id, hour, api_key_id, item"
+    )
+    rows = []
+    for values in client.query(sql, parameters=params).result_rows:
+        row = dict(zip(BILL_FIELDS, values))
+        row["hour"] = format_ts(row["hour"] * 1_000_000)
+        row["amount"] = money(row["amount"])
+        rows.append(row)
+    return rows
+
+
+def rejected(client: Client, account: str | None = None, reason: str | None = None) -> list[Row]:
+    params: dict[str, Any] = {}
+    where = []
+    if account:
+        params["account"] = account
+        where.append("account_id = {account:String}")
+    if reason:
+        params["reason"] = reason
+        where.append("reason = {reason:String}")
+    sql = (
+        "SELECT event_id, account_id, reason, detail, kind, toUnixTimestamp64Micro(event_ts), record FROM rejections FINAL"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY account_id, seq"
+    )
+    return [
+        {"event_id": e, "account_id": a, "reason": r, "detail": d, "kind": k,
+         "timestamp": format_ts(ts) if ts else "", "record": rec}
+        for e, a, r, d, k, ts, rec in client.query(sql, parameters=params).result_rows
+    ]
+
+
+def account(client: Client, account_id: str, free_quota_tokens: int) -> Row | None:
+    result = client.query(
+        "SELECT argMax(state, seq) FROM account_state WHERE account_id = {a:String} GROUP BY account_id",
+        parameters={"a": account_id},
+    )
+    if not result.result_rows:
+        return None
+    state = AccountState.from_json(result.result_rows[0][0])
+    return {
+        "account_id": account_id,
+        "status": "arrears" if state.debt > 0 else "active",
+        "cash_balance": money(state.cash_balance),
+        "debt": money(state.debt),
+        "vouchers": [
+            {"voucher_id": v.voucher_id, "remaining": money(v.remaining),
+             "expires_at": format_ts(v.expires_us) if v.expires_us is not None else None}
+            for v in state.vouchers.values()
+        ],
+        "free_tokens_left": max(free_quota_tokens - state.free_used, 0),
+        "last_settled_hour": None,
+        "keys": {k: {"created_at": format_ts(v.created_us), "revoked_at": format_ts(v.revoked_us) if v.revoked_us else None}
+                 for k, v in state.keys.items()},
+        "duplicates": state.duplicates,
+    }
+
+
+def barrier_partitions(client: Client, barrier_id: str) -> int:
+    result = client.query(
+        "SELECT uniqExact(partition) FROM barriers WHERE barrier_id = {b:String}", parameters={"b": barrier_id}
+    )
+    return int(result.result_rows[0][0])
+
+
+def summary(client: Client) -> Row:
+    """Counts for `billing up`'s status line and the worker's health endpoint."""
+    (records,) = client.query("SELECT count() FROM raw_records").result_rows[0]
+    (lines, amount) = client.query("SELECT count(), sum(amount) FROM bill_lines FINAL").result_rows[0]
+    (rejections,) = client.query("SELECT count() FROM rejections FINAL").result_rows[0]
+    return {"records": records, "bill_lines": lines, "amount": money(amount or Decimal(0)), "rejections": rejections}

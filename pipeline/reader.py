@@ -1,0 +1,96 @@
+"""Where the query commands read from: the running worker's API, or ClickHouse directly.
+
+With a ClickHouse server (http/https URL) the CLI queries it directly. With the embedded
+engine, a running `billing up` owns the data directory, so the CLI asks its API; when nothing
+runs, the CLI opens the engine itself.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Protocol
+
+from pipeline import queries
+from pipeline.chclient import connect
+from pipeline.runtime import read_runtime
+from pipeline.settings import Settings
+
+Row = dict[str, Any]
+
+
+class Reader(Protocol):
+    def bills(self, account: str | None, start: str | None, end: str | None) -> list[Row]: ...
+    def rejected(self, account: str | None, reason: str | None) -> list[Row]: ...
+    def account(self, account_id: str) -> Row | None: ...
+    def barrier_partitions(self, barrier_id: str) -> int: ...
+
+
+class QueryError(RuntimeError):
+    """A query the user asked for failed; the message is for them."""
+
+
+class DirectReader:
+    def __init__(self, settings: Settings, free_quota: int) -> None:
+        self.client = connect(settings.clickhouse_url)
+        self.free_quota = free_quota
+
+    def bills(self, account: str | None, start: str | None, end: str | None) -> list[Row]:
+        return queries.bills(self.client, account, start, end)
+
+    def rejected(self, account: str | None, reason: str | None) -> list[Row]:
+        return queries.rejected(self.client, account, reason)
+
+    def account(self, account_id: str) -> Row | None:
+        return queries.account(self.client, account_id, self.free_quota)
+
+    def barrier_partitions(self, barrier_id: str) -> int:
+        return queries.barrier_partitions(self.client, barrier_id)
+
+
+class ApiReader:
+    def __init__(self, base_url: str) -> None:
+        self.base = base_url.rstrip("/")
+
+    def _get(self, path: str, params: dict[str, str | None] | None = None) -> Any:
+        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v})
+        url = f"{self.base}{path}" + (f"?{query}" if query else "")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode("utf-8", errors="replace")
+            if exc.code == 404:
+                return None
+            try:
+                body = json.loads(body)["error"]
+            except (ValueError, KeyError):
+                pass
+            if exc.code == 400:
+                raise ValueError(body) from None
+            raise QueryError(f"the worker at {self.base} answered {exc.code}: {body}") from None
+        except urllib.error.URLError as exc:
+            raise QueryError(f"cannot reach the worker at {self.base} ({exc.reason}); is `billing up` still running?") from None
+
+    def bills(self, account: str | None, start: str | None, end: str | None) -> list[Row]:
+        return self._get("/api/bills", {"account": account, "from": start, "to": end})
+
+    def rejected(self, account: str | None, reason: str | None) -> list[Row]:
+        return self._get("/api/rejected", {"account": account, "reason": reason})
+
+    def account(self, account_id: str) -> Row | None:
+        return self._get(f"/api/accounts/{urllib.parse.quote(account_id, safe='')}")
+
+    def barrier_partitions(self, barrier_id: str) -> int:
+        return int(self._get(f"/api/barriers/{urllib.parse.quote(barrier_id, safe='')}")["partitions"])
+
+
+def open_reader(settings: Settings, free_quota: int) -> Reader:
+    if settings.clickhouse and not settings.clickhouse.startswith("chdb:"):
+        return DirectReader(settings, free_quota)
+    running = read_runtime(settings.data_dir)
+    if running is not None:
+        return ApiReader(running.api)
+    return DirectReader(settings, free_quota)

@@ -1,0 +1,170 @@
+"""Input records: bytes from the topic -> a validated, typed record, or an `Invalid` with the reason.
+
+The JSON Schemas in schemas/records/ are the contract's record formats; this module only
+compiles them and adds what a schema cannot say (a timestamp that is a real instant).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import fastjsonschema
+import orjson
+
+from pipeline.timestamps import TimestampError, parse_ts
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "records"
+USAGE = "usage"
+ACCOUNT_KINDS = (
+    "api_key.created",
+    "api_key.revoked",
+    "credit.recharge",
+    "credit.voucher",
+    "limits.set",
+    "whitelist.add",
+    "whitelist.remove",
+)
+KINDS = (USAGE, *ACCOUNT_KINDS)
+MAX_RECORD_BYTES = 64 * 1024
+EARLIEST_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z
+LATEST_US = 4_102_444_800 * 1_000_000  # 2100-01-01T00:00:00Z
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    account_id: str
+    ts_us: int
+    identity: str  # the event_id
+    digest: str  # of the canonical payload: tells a duplicate from a conflicting one
+    raw: str
+    event_id: str
+    api_key_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    channel: str
+    plugins: tuple[tuple[str, int], ...]
+    kind: str = USAGE
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    """Key, credit, limit and whitelist records: they change the account, never a bill directly."""
+
+    kind: str
+    account_id: str
+    ts_us: int
+    identity: str
+    digest: str
+    raw: str
+    fields: dict[str, Any] = field(hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A record that breaks the schema: kept and rejected as `invalid_schema`, never billed."""
+
+    account_id: str
+    identity: str  # digest of the bytes as received
+    raw: str
+    detail: str
+    event_id: str = ""
+    ts_us: int | None = None
+    kind: str = "invalid"
+
+
+Record = Usage | AccountRecord | Invalid
+
+
+@lru_cache(maxsize=None)
+def _validator(kind: str) -> Callable[[Any], Any]:
+    schema = json.loads((SCHEMA_DIR / f"{kind}.json").read_text(encoding="utf-8"))
+    return fastjsonschema.compile(schema)
+
+
+def canonical_digest(body: dict[str, Any]) -> str:
+    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+def parse_record(raw: bytes, key_account: str = "") -> Record:
+    """Decode and validate one record. Never raises: bad input becomes `Invalid` with a reason."""
+    text = raw.decode("utf-8", errors="replace")
+    if len(raw) > MAX_RECORD_BYTES:
+        return _invalid(raw, text, key_account, f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES} limit")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return _invalid(raw, text, key_account, f"not JSON: {exc}")
+    if not isinstance(body, dict):
+        return _invalid(raw, text, key_account, f"a record is a JSON object, got {type(body).__name__}")
+    return parse_body(body, raw, text, key_account)
+
+
+def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "") -> Record:
+    kind = body.get("type", USAGE)
+    account = body.get("account_id") if isinstance(body.get("account_id"), str) else key_account
+    event_id = body.get("event_id") if isinstance(body.get("event_id"), str) else ""
+    if kind not in KINDS:
+        return _invalid(raw, text, account, f"unknown record type {kind!r}", event_id)
+    try:
+        _validator(kind)(body)
+        ts_us = _in_range(parse_ts(body["timestamp"]), body["timestamp"])
+        if "expires_at" in body:
+            _in_range(parse_ts(body["expires_at"]), body["expires_at"])
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return _invalid(raw, text, account, f"{kind}: {exc.message}", event_id)
+    except TimestampError as exc:
+        return _invalid(raw, text, account, f"{kind}: {exc}", event_id)
+    if key_account and account != key_account:
+        return _invalid(raw, text, account, f"account_id {account!r} differs from the message key {key_account!r}", event_id)
+    body = _integral(body)
+    normal = dict(body, type=kind)
+    if kind == USAGE:
+        normal.setdefault("channel", "api")
+        normal["plugins"] = {name: n for name, n in body.get("plugins", {}).items() if n}
+        digest = canonical_digest(normal)
+        return Usage(
+            account_id=account,
+            ts_us=ts_us,
+            identity=body["event_id"],
+            digest=digest,
+            raw=text,
+            event_id=body["event_id"],
+            api_key_id=body["api_key_id"],
+            model=body["model"],
+            input_tokens=body["input_tokens"],
+            output_tokens=body["output_tokens"],
+            channel=normal["channel"],
+            plugins=tuple(sorted(normal["plugins"].items())),
+        )
+    digest = canonical_digest(normal)
+    fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
+    return AccountRecord(kind, account, ts_us, f"{kind}:{digest}", digest, text, fields)
+
+
+def _in_range(ts_us: int, text: str) -> int:
+    """Refuse instants the bill tables cannot hold (and no real call has)."""
+    if not EARLIEST_US <= ts_us < LATEST_US:
+        raise TimestampError(f"timestamp {text!r} is outside 2000-01-01..2100-01-01")
+    return ts_us
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 2.0 as an integer; the schemas hold no other numbers, so after validation
+    every float is a whole count: make it an int (Decimal * float would crash, and 2.0 and 2 are
+    one payload)."""
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "") -> Invalid:
+    identity = "raw:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return Invalid(account_id=account or "", identity=identity, raw=text, detail=detail, event_id=event_id)

@@ -1,0 +1,122 @@
+"""What the pipeline remembers about one main account between records.
+
+The durable part (quota used, keys, limits, whitelist, credits, sequence) is small and goes into
+a snapshot after every batch. The working sets (`seen`, `lines`, `windows`) hold only what the
+records at hand need: the worker loads them from ClickHouse before a batch and prunes them
+after, so that an account's history never has to fit in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from pipeline.windows import Limits, WindowKey
+
+ZERO = Decimal("0.000000")
+LineKey = tuple[int, str, str]  # (hour start us, api_key_id, item)
+
+
+@dataclass(slots=True)
+class KeyState:
+    created_us: int
+    revoked_us: int | None = None
+
+    def active_at(self, ts_us: int) -> bool:
+        """Not revoked at or before ts_us (creation is checked by log order, see interpretations)."""
+        return self.revoked_us is None or self.revoked_us > ts_us
+
+
+@dataclass(slots=True)
+class Line:
+    """Cumulative values of one bill line; `revision` is the account seq that last changed it."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    free_tokens: int = 0
+    billed_input_tokens: int = 0
+    billed_output_tokens: int = 0
+    quantity: int = 0
+    amount: Decimal = ZERO
+    revision: int = 0
+
+
+@dataclass(slots=True)
+class Window:
+    requests: int = 0
+    tokens: int = 0
+    revision: int = 0
+
+
+@dataclass(slots=True)
+class Voucher:
+    voucher_id: str
+    remaining: Decimal
+    expires_us: int | None = None
+
+
+@dataclass(slots=True)
+class AccountState:
+    account_id: str
+    seq: int = 0
+    free_used: int = 0
+    keys: dict[str, KeyState] = field(default_factory=dict)
+    limits: Limits | None = None  # None: the catalog's defaults
+    whitelist: set[str] = field(default_factory=set)
+    cash_balance: Decimal = ZERO
+    debt: Decimal = ZERO
+    vouchers: dict[str, Voucher] = field(default_factory=dict)
+    duplicates: int = 0
+    max_ts_us: int = 0
+    # where in the input log this account last applied a record (edge bookkeeping)
+    log_epoch: str = ""
+    log_partition: int = -1
+    log_offset: int = -1
+    # working sets
+    seen: dict[str, str] = field(default_factory=dict)
+    lines: dict[LineKey, Line] = field(default_factory=dict)
+    windows: dict[WindowKey, Window] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The durable part only; working sets live in their own ClickHouse tables."""
+        return orjson.dumps(
+            {
+                "account_id": self.account_id,
+                "seq": self.seq,
+                "free_used": self.free_used,
+                "keys": {k: [v.created_us, v.revoked_us] for k, v in self.keys.items()},
+                "limits": None if self.limits is None else [self.limits.qps, self.limits.qpm, self.limits.tpm],
+                "whitelist": sorted(self.whitelist),
+                "cash_balance": str(self.cash_balance),
+                "debt": str(self.debt),
+                "vouchers": [[v.voucher_id, str(v.remaining), v.expires_us] for v in self.vouchers.values()],
+                "duplicates": self.duplicates,
+                "max_ts_us": self.max_ts_us,
+                "log": [self.log_epoch, self.log_partition, self.log_offset],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> "AccountState":
+        d: dict[str, Any] = orjson.loads(data)
+        epoch, partition, offset = d["log"]
+        return cls(
+            account_id=d["account_id"],
+            seq=d["seq"],
+            free_used=d["free_used"],
+            keys={k: KeyState(c, r) for k, (c, r) in d["keys"].items()},
+            limits=None if d["limits"] is None else Limits(*d["limits"]),
+            whitelist=set(d["whitelist"]),
+            cash_balance=Decimal(d["cash_balance"]),
+            debt=Decimal(d["debt"]),
+            vouchers={v[0]: Voucher(v[0], Decimal(v[1]), v[2]) for v in d["vouchers"]},
+            duplicates=d["duplicates"],
+            max_ts_us=d["max_ts_us"],
+            log_epoch=epoch,
+            log_partition=partition,
+            log_offset=offset,
+        )

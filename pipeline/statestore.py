@@ -1,0 +1,87 @@
+"""Reads what the fold needs from ClickHouse: account snapshots and the working sets.
+
+Rows newer than an account's snapshot (revision above its seq) come from a batch whose snapshot
+never landed (a crash mid-write); they are ignored here and rewritten when that batch is
+processed again, so a restart resumes from one consistent point.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Iterable
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.state import AccountState, Line, LineKey, Window
+from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND
+from pipeline.windows import WindowKey
+
+
+def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountState]:
+    wanted = sorted(set(accounts))
+    if not wanted:
+        return {}
+    result = client.query(
+        "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN {a:Array(String)} GROUP BY account_id",
+        parameters={"a": wanted},
+    )
+    return {acc: AccountState.from_json(text) for acc, text in result.result_rows}
+
+
+def load_seen(client: Client, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(account, record_id) -> (digest, seq) of identities already claimed."""
+    if not pairs:
+        return {}
+    result = client.query(
+        "SELECT account_id, record_id, digest, min(seq) FROM seen_records "
+        "WHERE (account_id, record_id) IN {p:Array(Tuple(String, String))} GROUP BY account_id, record_id, digest",
+        parameters={"p": pairs},
+    )
+    found: dict[tuple[str, str], tuple[str, int]] = {}
+    for acc, rid, digest, seq in result.result_rows:
+        if (acc, rid) not in found or seq < found[(acc, rid)][1]:
+            found[(acc, rid)] = (digest, seq)
+    return found
+
+
+def load_lines(client: Client, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]:
+    """Current lines of the given account-hours as of each account's snapshot seq."""
+    if not account_hours:
+        return {}
+    result = client.query(
+        "SELECT account_id, toUnixTimestamp(hour), api_key_id, item, requests, input_tokens, output_tokens, free_tokens, "
+        "billed_input_tokens, billed_output_tokens, quantity, amount, revision FROM bill_lines "
+        "WHERE (account_id, toUnixTimestamp(hour)) IN {p:Array(Tuple(String, Int64))}",
+        parameters={"p": [(acc, hour // US_PER_SECOND) for acc, hour in account_hours]},
+    )
+    lines: dict[str, dict[LineKey, Line]] = {}
+    for acc, hour_s, key, item, *values, revision in result.result_rows:
+        if revision > max_seq.get(acc, 0):
+            continue
+        line_key = (hour_s * US_PER_SECOND, key, item)
+        known = lines.setdefault(acc, {})
+        if line_key in known and known[line_key].revision >= revision:
+            continue
+        req, inp, out, free, b_in, b_out, qty, amount = values
+        known[line_key] = Line(req, inp, out, free, b_in, b_out, qty, Decimal(amount).quantize(Decimal("0.000001")), revision)
+    return lines
+
+
+def load_windows(client: Client, account_minutes: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[WindowKey, Window]]:
+    """Second and minute windows inside the given account-minutes, as of each snapshot."""
+    if not account_minutes:
+        return {}
+    result = client.query(
+        "SELECT account_id, kind, toUnixTimestamp64Micro(window_start) AS start, requests, tokens, revision FROM rate_windows "
+        "WHERE (account_id, intDiv(toUnixTimestamp64Micro(window_start), {m:Int64})) IN {p:Array(Tuple(String, Int64))}",
+        parameters={"m": US_PER_MINUTE, "p": [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes]},
+    )
+    windows: dict[str, dict[WindowKey, Window]] = {}
+    for acc, kind, start, requests, tokens, revision in result.result_rows:
+        if revision > max_seq.get(acc, 0):
+            continue
+        known = windows.setdefault(acc, {})
+        key = (kind, start)
+        if key not in known or known[key].revision < revision:
+            known[key] = Window(requests, tokens, revision)
+    return windows

@@ -1,0 +1,573 @@
+"""A deterministic, realistic synthetic workload of input records (`billing up --demo`, tests, bench).
+
+    generate(n_records, seed=1, accounts=8, start="2024-06-06T20:00:00+08:00", bad_fraction=0.02)
+        -> list[str]          # JSON lines, one record each, in publish order
+    write_jsonl(path, lines)  # writes them to a file ("-" = stdout)
+
+The same arguments always give the same lines. Every line is a JSON object with a string
+`account_id`; timestamps are RFC 3339, +08:00, millisecond precision.
+
+What is in it (rates are per record unless said otherwise):
+- a prelude per account: one or two `api_key.created`, a `credit.recharge`, sometimes a
+  `credit.voucher` (some with `expires_at`), `whitelist.add` of the whitelist-only model for every
+  third account, `limits.set` for every other account;
+- scripted key life cycles: more keys, a 4th creation that is refused (`api_key_limit`) on every
+  fourth account followed by a revocation of that never-created key, revocations of active keys
+  (later calls on them are `invalid_api_key`, late calls timed before the revocation are not),
+  a `whitelist.remove` on some whitelisted accounts;
+- usage over every catalog model (plus an occasional unknown model), calls with plugins
+  (text_to_image counts, free plugins, sometimes a zero count, rarely an unknown plugin),
+  console calls, input breakdowns, calls over the input limit and over the context, calls on
+  unknown keys, and late calls (3%, 3 to 60 minutes late);
+- time runs in two segments: `start` + 12 h (by default 2024-06-06 20:00 to 2024-06-07 08:00, so
+  that base/plus/max/lite calls before 2024-06-07 have no price in force), then a jump to 2 h
+  before the latest price date in the catalog, + 6 h (2024-09-17 22:00 to 2024-09-18 04:00, so
+  plus-v2 is first unpriced and then priced); traffic before each price date is thinner;
+- "heavy" accounts (every fourth) that send big lite / plus-v2 calls and run through the free
+  quota in the middle of a call;
+- exact re-deliveries of recent lines (2%: the same text, usage and account records alike) and
+  conflicting re-deliveries (0.4%: same `event_id`, changed tokens);
+- `bad_fraction` of records that parse as JSON but break the schema (missing or mistyped
+  fields, negative tokens, naive or impossible timestamps, unknown `type`, extra fields, bad
+  amounts); some bad usage records are later re-sent corrected under the same `event_id`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import random
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+CATALOG_PATH = Path(__file__).resolve().parent.parent / "schemas" / "catalog.json"
+TZ8 = timezone(timedelta(hours=8))
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MS_MIN = 60_000
+MS_HOUR = 60 * MS_MIN
+
+UNKNOWN_MODELS = ("xingchen-ultra", "xingchen-plus-v3", "qwen-max")
+UNKNOWN_PLUGINS = ("image_to_video", "text_to_speech", "code_interpreter")
+UNKNOWN_TYPES = ("usage.v2", "api_key.rotated", "credit.refund", "invoice")
+BREAKDOWN = ("role_setting", "history", "long_term_memory", "web_search")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@dataclass(frozen=True)
+class _Model:
+    name: str
+    max_input: int
+    context: int | None
+    whitelist_only: bool
+
+
+@lru_cache(maxsize=4)
+def _catalog(path: str) -> tuple[dict[str, _Model], tuple[str, ...], list[int]]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    cap = int(data.get("global_max_input_tokens") or 32000)
+    models = {}
+    price_days = set()
+    for name, spec in data["models"].items():
+        limit = spec.get("max_input")
+        models[name] = _Model(name, min(cap, limit) if limit else cap, spec.get("context"), bool(spec.get("whitelist_only")))
+        price_days.update(p["from"] for p in spec.get("prices", ()) if p.get("from"))
+    boundaries = sorted(_ms(f"{day}T00:00:00+08:00") for day in price_days)
+    return models, tuple(data.get("plugins", {})), boundaries
+
+
+def _ms(text: str) -> int:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"start {text!r} needs a UTC offset")
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+_prefix_cache: dict[int, str] = {}
+
+
+def _ts(ms: int) -> str:
+    """Milliseconds since the epoch -> RFC 3339 in +08:00 with millisecond precision."""
+    sec, milli = divmod(ms, 1000)
+    prefix = _prefix_cache.get(sec)
+    if prefix is None:
+        if len(_prefix_cache) > 200_000:
+            _prefix_cache.clear()
+        prefix = _prefix_cache[sec] = (_EPOCH + timedelta(seconds=sec + 8 * 3600)).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{prefix}.{milli:03d}+08:00"
+
+
+@dataclass
+class _Account:
+    idx: int
+    account_id: str
+    heavy: bool
+    whitelisted: bool
+    active: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    fresh: str | None = None  # a key just created: the next call uses it
+    last_ms: int = 0
+
+
+class _Generator:
+    def __init__(self, n_records: int, seed: int, accounts: int, start: str, bad_fraction: float, catalog: str):
+        self.n = n_records
+        self.rng = random.Random(f"xingchen-workload:{seed}")
+        self.seed = seed
+        self.models, self.plugins, boundaries = _catalog(catalog)
+        self.model_names = tuple(self.models)
+        self.wl_models = tuple(m for m, spec in self.models.items() if spec.whitelist_only) or ("xingchen-longcontext",)
+        self.free_plugins = tuple(p for p in self.plugins if p != "text_to_image")
+        self.bad_fraction = max(0.0, min(1.0, bad_fraction))
+        self.out: list[str] = []
+        self.counter = 0
+        self.recent_usage: list[tuple[str, dict[str, Any]]] = []  # (line, record) of schema-valid usage
+        self.recent_account: list[str] = []
+        self.recent_bad: list[str] = []
+        self.pending_fixes: list[tuple[int, int, dict[str, Any]]] = []  # heap of (emit at len(out), seq, record)
+        self._segments(_ms(start), boundaries)
+        rng = self.rng
+        n_acc = max(1, accounts)
+        self.accounts = [
+            _Account(
+                idx=i,
+                account_id=str(rng.randrange(10**15, 10**16)),
+                heavy=(i % 4 == 0),
+                whitelisted=(i % 3 == 0),
+            )
+            for i in range(n_acc)
+        ]
+        self._weights = {}
+
+    # -- time ---------------------------------------------------------------------------------
+    def _segments(self, start_ms: int, boundaries: list[int]) -> None:
+        """Piecewise-linear clock over progress p in [0, 1]: thin traffic before price dates."""
+        s1 = start_ms
+        later = [b for b in boundaries if b - 2 * MS_HOUR > s1 + 13 * MS_HOUR]
+        s2 = (later[-1] - 2 * MS_HOUR) if later else s1 + 13 * MS_HOUR
+        self.seg = [
+            (0.00, 0.08, s1, s1 + 4 * MS_HOUR),
+            (0.08, 0.70, s1 + 4 * MS_HOUR, s1 + 12 * MS_HOUR),
+            (0.70, 0.75, s2, s2 + 2 * MS_HOUR),
+            (0.75, 1.00, s2 + 2 * MS_HOUR, s2 + 6 * MS_HOUR),
+        ]
+        self.start_ms = s1
+        self.second_segment_ms = s2
+
+    def clock(self, p: float) -> int:
+        for p0, p1, t0, t1 in self.seg:
+            if p < p1:
+                return t0 + int((t1 - t0) * (max(p, p0) - p0) / (p1 - p0))
+        return self.seg[-1][3]
+
+    def stamp(self, acct: _Account, now: int) -> int:
+        ms = max(now + self.rng.randrange(0, 1500), acct.last_ms + 1)
+        acct.last_ms = ms
+        return ms
+
+    # -- ids ------------------------------------------------------------------------------------
+    def event_id(self) -> str:
+        self.counter += 1
+        return f"evt-{self.rng.getrandbits(48):012x}-{self.seed}-{self.counter:07d}"
+
+    def key_id(self) -> str:
+        return f"sk-{self.rng.getrandbits(96):024x}"
+
+    # -- emit -----------------------------------------------------------------------------------
+    def emit_account(self, record: dict[str, Any]) -> None:
+        line = _dumps(record)
+        self.out.append(line)
+        self.recent_account.append(line)
+        if len(self.recent_account) > 4000:
+            del self.recent_account[:2000]
+
+    def emit_usage(self, record: dict[str, Any]) -> None:
+        line = _dumps(record)
+        self.out.append(line)
+        self.recent_usage.append((line, record))
+        if len(self.recent_usage) > 8000:
+            del self.recent_usage[:4000]
+
+    def account_record(self, acct: _Account, kind: str, ms: int, **fields: Any) -> dict[str, Any]:
+        record = {"type": kind, "account_id": acct.account_id, "timestamp": _ts(ms)}
+        record.update(fields)
+        return record
+
+    # -- account records ----------------------------------------------------------------------
+    def create_key(self, acct: _Account, ms: int) -> None:
+        key = self.key_id()
+        self.emit_account(self.account_record(acct, "api_key.created", ms, api_key_id=key))
+        if len(acct.active) >= 3:
+            acct.refused.append(key)  # refused: api_key_limit, the key stays unknown
+        else:
+            acct.active.append(key)
+            acct.fresh = key
+
+    def revoke_key(self, acct: _Account, ms: int, key: str | None = None) -> None:
+        if key is None:
+            if len(acct.active) < 2:
+                self.create_key(acct, ms)
+                ms += 1
+            key = acct.active.pop(0)
+            acct.revoked.append(key)
+            if acct.fresh == key:
+                acct.fresh = None
+        self.emit_account(self.account_record(acct, "api_key.revoked", ms, api_key_id=key))
+
+    def recharge(self, acct: _Account, ms: int) -> None:
+        amount = self.rng.choice(("50", "100", "200.00", "500", "1000.00", "88.88", "0.50", "2500"))
+        self.emit_account(self.account_record(acct, "credit.recharge", ms, amount=amount))
+
+    def voucher(self, acct: _Account, ms: int) -> None:
+        rng = self.rng
+        fields: dict[str, Any] = {
+            "voucher_id": f"vch-{rng.getrandbits(40):010x}",
+            "amount": rng.choice(("10", "20.00", "50", "5.5", "100.000000")),
+        }
+        if rng.random() < 0.7:
+            fields["expires_at"] = _ts(ms + rng.choice((1, 3, 7, 30, 90)) * 24 * MS_HOUR)
+        self.emit_account(self.account_record(acct, "credit.voucher", ms, **fields))
+
+    def limits(self, acct: _Account, ms: int) -> None:
+        rng = self.rng
+        options = {"qps": rng.choice((2, 5, 10, 20)), "qpm": rng.choice((120, 300, 600, 1200)), "tpm": rng.choice((10_000, 100_000, 300_000, 1_000_000))}
+        chosen = {k: v for k, v in options.items() if rng.random() < 0.7} or {"tpm": options["tpm"]}
+        self.emit_account(self.account_record(acct, "limits.set", ms, **chosen))
+
+    def whitelist(self, acct: _Account, ms: int, add: bool) -> None:
+        kind = "whitelist.add" if add else "whitelist.remove"
+        self.emit_account(self.account_record(acct, kind, ms, model=self.rng.choice(self.wl_models)))
+        acct.whitelisted = add
+
+    # -- usage ----------------------------------------------------------------------------------
+    def pick_model(self, acct: _Account, now: int) -> str:
+        rng = self.rng
+        if rng.random() < 0.003:
+            return rng.choice(UNKNOWN_MODELS)
+        second = now >= self.second_segment_ms
+        key = (acct.heavy, second, acct.whitelisted)
+        table = self._weights.get(key)
+        if table is None:
+            weights = []
+            for name, spec in self.models.items():
+                if spec.whitelist_only:
+                    w = (0.07 if acct.heavy else 0.08) if acct.whitelisted else 0.01
+                elif name.endswith("-v2"):
+                    w = (0.35 if acct.heavy else 0.18) if second else 0.01
+                elif name.endswith("-lite"):
+                    w = 0.45 if acct.heavy else 0.2
+                elif name.endswith("-max"):
+                    w = 0.03 if acct.heavy else 0.1
+                else:
+                    w = 0.05 if acct.heavy else 0.24
+                weights.append(w)
+            total = sum(weights)
+            cum, acc = [], 0.0
+            for w in weights:
+                acc += w / total
+                cum.append(acc)
+            table = self._weights[key] = cum
+        r = rng.random()
+        for name, edge in zip(self.model_names, table):
+            if r < edge:
+                return name
+        return self.model_names[-1]
+
+    def tokens(self, acct: _Account, model: str) -> tuple[int, int]:
+        rng = self.rng
+        spec = self.models.get(model)
+        limit = spec.max_input if spec else 6500
+        context = spec.context if spec else 8000
+        r = rng.random()
+        if r < 0.004:  # over the input limit
+            return limit + rng.randint(1, 3000), rng.randint(10, 500)
+        if r < 0.008 and context:  # within the input limit, over the context
+            tin = rng.randint(max(1, min(limit, context) - 1500), min(limit, context))
+            return tin, context - tin + rng.randint(1, 1500)
+        room = context if context else 40_000
+        top = min(limit, room - 1000)
+        if acct.heavy and (context is None or context >= 32000):
+            tin = rng.randint(top // 3, top)
+        else:
+            tin = min(top, max(1, int(rng.lognormvariate(6.7, 0.9))))
+        out_cap = max(1, min(12_000 if acct.heavy else 1500, room - tin))
+        return tin, rng.randint(1, out_cap)
+
+    def usage(self, acct: _Account, now: int) -> dict[str, Any]:
+        rng = self.rng
+        if rng.random() < 0.03:  # a late call
+            ms = now - rng.randint(3 * MS_MIN, 60 * MS_MIN) - rng.randrange(1000)
+        else:
+            ms = self.stamp(acct, now)
+        model = self.pick_model(acct, ms)
+        tin, tout = self.tokens(acct, model)
+        r = rng.random()
+        if acct.fresh is not None:
+            key = acct.fresh
+            acct.fresh = None
+        elif r < 0.015 and acct.revoked:
+            key = rng.choice(acct.revoked)
+        elif r < 0.025:
+            key = rng.choice(acct.refused) if acct.refused and rng.random() < 0.5 else f"sk-{rng.getrandbits(96):024x}"
+        else:
+            key = rng.choice(acct.active)
+        record: dict[str, Any] = {}
+        if rng.random() < 0.1:
+            record["type"] = "usage"
+        record.update(
+            account_id=acct.account_id,
+            timestamp=_ts(ms),
+            event_id=self.event_id(),
+            api_key_id=key,
+            model=model,
+            input_tokens=tin,
+            output_tokens=tout,
+        )
+        r = rng.random()
+        if r < 0.06:
+            record["channel"] = "console"
+        elif r < 0.11:
+            record["channel"] = "api"
+        r = rng.random()
+        if r < 0.15:
+            plugins: dict[str, int] = {}
+            if rng.random() < 0.55:
+                plugins["text_to_image"] = rng.choice((1, 1, 1, 2, 2, 3, 4))
+            for name in rng.sample(self.free_plugins, rng.choice((0, 1, 1, 2))):
+                plugins[name] = rng.randint(1, 3)
+            if not plugins:
+                plugins[rng.choice(self.free_plugins)] = 1
+            if rng.random() < 0.05:
+                plugins[rng.choice(self.free_plugins)] = 0  # metered nothing: no line
+            record["plugins"] = plugins
+        elif r < 0.153:
+            record["plugins"] = {rng.choice(UNKNOWN_PLUGINS): rng.randint(1, 2)}
+        if rng.random() < 0.15:
+            cuts = sorted(rng.randint(0, tin) for _ in range(3))
+            parts = (cuts[0], cuts[1] - cuts[0], cuts[2] - cuts[1], tin - cuts[2])
+            record["input_breakdown"] = {name: n for name, n in zip(BREAKDOWN, parts) if n or rng.random() < 0.5}
+        return record
+
+    # -- duplicates and bad records -------------------------------------------------------------
+    def redeliver(self) -> bool:
+        rng = self.rng
+        pool: list[Any]
+        if self.recent_account and rng.random() < 0.1:
+            pool = self.recent_account
+            self.out.append(pool[rng.randrange(max(0, len(pool) - 200), len(pool))])
+            return True
+        if not self.recent_usage:
+            return False
+        pool = self.recent_usage
+        self.out.append(pool[rng.randrange(max(0, len(pool) - 2000), len(pool))][0])
+        return True
+
+    def conflicting(self) -> bool:
+        rng = self.rng
+        if not self.recent_usage:
+            return False
+        pool = self.recent_usage
+        _, original = pool[rng.randrange(max(0, len(pool) - 2000), len(pool))]
+        changed = dict(original)
+        field_name = "input_tokens" if rng.random() < 0.6 else "output_tokens"
+        changed[field_name] = max(0, changed[field_name] + rng.choice((-1, 1)) * rng.randint(1, 200))
+        if changed[field_name] == original[field_name]:
+            changed[field_name] += 1
+        self.out.append(_dumps(changed))
+        return True
+
+    def bad(self, acct: _Account, now: int) -> None:
+        rng = self.rng
+        if self.recent_bad and rng.random() < 0.05:  # the same broken line again: rejected again
+            self.out.append(rng.choice(self.recent_bad))
+            return
+        kind = rng.randrange(10)
+        ms = self.stamp(acct, now)
+        if kind < 7:
+            record = self.usage(acct, now)
+            record.pop("input_breakdown", None)
+            good = dict(record)
+            if kind == 0:  # a required field missing
+                del record[rng.choice(("timestamp", "event_id", "api_key_id", "model", "input_tokens", "output_tokens"))]
+            elif kind == 1:  # wrong types
+                choice = rng.randrange(5)
+                if choice == 0:
+                    record["input_tokens"] = str(record["input_tokens"])
+                elif choice == 1:
+                    record["output_tokens"] = record["output_tokens"] + 0.5
+                elif choice == 2:
+                    record["model"] = 42
+                elif choice == 3:
+                    record["plugins"] = {"text_to_image": "2"}
+                else:
+                    record["channel"] = "web"
+            elif kind == 2:  # negative tokens
+                record[rng.choice(("input_tokens", "output_tokens"))] = -rng.randint(1, 500)
+            elif kind == 3:  # naive timestamp
+                record["timestamp"] = record["timestamp"][:-6]
+            elif kind == 4:  # unknown type
+                record["type"] = rng.choice(UNKNOWN_TYPES)
+            elif kind == 5:  # looks like RFC 3339, is no real instant
+                ts = record["timestamp"]
+                record["timestamp"] = rng.choice((ts[:5] + "06-31" + ts[10:], ts[:11] + "24" + ts[13:], ts[:5] + "13" + ts[7:]))
+            else:  # a field the schema does not know
+                record["region"] = "cn-hangzhou"
+            line = _dumps(record)
+            self.out.append(line)
+            self.recent_bad.append(line)
+            if rng.random() < 0.25 and kind != 4:  # corrected and re-sent later under the same event_id
+                heapq.heappush(self.pending_fixes, (len(self.out) + rng.randint(5, 300), self.counter, good))
+            return
+        if kind == 7:
+            record = self.account_record(acct, "credit.recharge", ms, amount=rng.choice((100, "-20.00", "12.3456789", "abc")))
+        elif kind == 8:
+            record = self.account_record(acct, rng.choice(("api_key.created", "api_key.revoked", "credit.voucher")), ms)
+        else:
+            record = self.account_record(acct, "limits.set", ms, qps=rng.choice((-1, "5", 1.5)))
+        line = _dumps(record)
+        self.out.append(line)
+        self.recent_bad.append(line)
+
+    # -- the run --------------------------------------------------------------------------------
+    def prelude(self) -> None:
+        rng = self.rng
+        for acct in self.accounts:
+            ms = self.stamp(acct, self.start_ms + acct.idx * 7_000)
+            self.create_key(acct, ms)
+            if acct.idx % 2 == 0:
+                self.create_key(acct, self.stamp(acct, ms))
+            acct.fresh = None
+            self.recharge(acct, self.stamp(acct, ms))
+            if rng.random() < 0.6 or acct.idx == 1:
+                self.voucher(acct, self.stamp(acct, ms))
+            if acct.whitelisted:
+                self.whitelist(acct, self.stamp(acct, ms), add=True)
+            if acct.idx % 2 == 1:
+                self.limits(acct, self.stamp(acct, ms))
+
+    def script(self) -> list[tuple[float, int, str]]:
+        plan = []
+        for acct in self.accounts:
+            i = acct.idx
+            jitter = (i % 8) * 0.004
+            plan.append((0.15 + jitter, i, "create"))
+            if i % 4 == 1:
+                plan.append((0.30 + jitter, i, "fill_and_refuse"))
+                plan.append((0.33 + jitter, i, "revoke_refused"))
+            plan.append((0.40 + jitter, i, "revoke"))
+            plan.append((0.43 + jitter, i, "create"))
+            if acct.whitelisted and i % 2 == 1:
+                plan.append((0.85 + jitter, i, "whitelist_remove"))
+            plan.append((0.72 + jitter, i, "recharge"))
+        plan.sort()
+        return plan
+
+    def scripted(self, acct: _Account, action: str, now: int) -> None:
+        ms = self.stamp(acct, now)
+        if action == "create":
+            if len(acct.active) < 3:
+                self.create_key(acct, ms)
+        elif action == "fill_and_refuse":
+            while len(acct.active) < 3:
+                self.create_key(acct, ms)
+                ms = self.stamp(acct, now)
+            self.create_key(acct, ms)  # the 4th: refused
+        elif action == "revoke_refused":
+            if acct.refused:
+                self.revoke_key(acct, ms, key=acct.refused[-1])  # never created: a no-op
+        elif action == "revoke":
+            self.revoke_key(acct, ms)
+        elif action == "whitelist_remove":
+            self.whitelist(acct, ms, add=False)
+        elif action == "recharge":
+            self.recharge(acct, ms)
+
+    def run(self) -> list[str]:
+        rng = self.rng
+        n = self.n
+        if n <= 0:
+            return []
+        self.prelude()
+        base = len(self.out)
+        span = max(1, n - base)
+        plan = self.script()
+        step = 0
+        bad = self.bad_fraction
+        thresholds = [bad + x for x in (0.02, 0.024, 0.027, 0.029, 0.030, 0.032)]
+        while len(self.out) < n:
+            p = (len(self.out) - base) / span
+            now = self.clock(p)
+            if step < len(plan) and plan[step][0] <= p:
+                _, idx, action = plan[step]
+                step += 1
+                self.scripted(self.accounts[idx], action, now)
+                continue
+            if self.pending_fixes and self.pending_fixes[0][0] <= len(self.out):
+                self.emit_usage(heapq.heappop(self.pending_fixes)[2])
+                continue
+            acct = self.accounts[rng.randrange(len(self.accounts))]
+            r = rng.random()
+            if r < bad:
+                self.bad(acct, now)
+            elif r < thresholds[0]:
+                if not self.redeliver():
+                    self.emit_usage(self.usage(acct, now))
+            elif r < thresholds[1]:
+                if not self.conflicting():
+                    self.emit_usage(self.usage(acct, now))
+            elif r < thresholds[2]:
+                self.recharge(acct, self.stamp(acct, now))
+            elif r < thresholds[3]:
+                self.voucher(acct, self.stamp(acct, now))
+            elif r < thresholds[4]:
+                self.limits(acct, self.stamp(acct, now))
+            elif r < thresholds[5]:
+                ms = self.stamp(acct, now)
+                if len(acct.active) < 3:
+                    self.create_key(acct, ms)
+                elif rng.random() < 0.3:
+                    self.create_key(acct, ms)  # refused
+                else:
+                    self.revoke_key(acct, ms)
+            else:
+                self.emit_usage(self.usage(acct, now))
+        return self.out[:n]
+
+
+def generate(
+    n_records: int,
+    seed: int = 1,
+    accounts: int = 8,
+    start: str = "2024-06-06T20:00:00+08:00",
+    bad_fraction: float = 0.02,
+    catalog_path: str | Path | None = None,
+) -> list[str]:
+    """`n_records` JSON lines in publish order; the same arguments always give the same lines."""
+    return _Generator(n_records, seed, accounts, start, bad_fraction, str(catalog_path or CATALOG_PATH)).run()
+
+
+def write_jsonl(path: str | Path, lines: Iterable[str]) -> int:
+    """Write the lines, one per line, to `path` ("-" for stdout); returns how many were written."""
+    count = 0
+    if str(path) == "-":
+        for line in lines:
+            sys.stdout.write(line + "\n")
+            count += 1
+        sys.stdout.flush()
+        return count
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        for line in lines:
+            fh.write(line + "\n")
+            count += 1
+    return count
+
+
+if __name__ == "__main__":  # python -m pipeline.workload N [SEED] > records.jsonl
+    args = sys.argv[1:]
+    write_jsonl("-", generate(int(args[0]) if args else 1000, int(args[1]) if len(args) > 1 else 1))

@@ -1,0 +1,30 @@
+"""The one-time free token quota: input tokens of a call before its output tokens."""
+
+import pytest
+
+from pipeline.quota import FreeSplit, split_free
+
+
+@pytest.mark.parametrize(
+    "remaining, inp, out, free_in, free_out",
+    [
+        (1_000_000, 100, 50, 100, 50),  # plenty left: the whole call is free
+        (150, 100, 50, 100, 50),  # exactly enough
+        (120, 100, 50, 100, 20),  # straddles in the output
+        (100, 100, 50, 100, 0),  # ends exactly after the input
+        (60, 100, 50, 60, 0),  # straddles in the input
+        (0, 100, 50, 0, 0),  # exhausted
+        (-5, 100, 50, 0, 0),  # over-used counts as exhausted, never as a negative split
+        (10, 0, 50, 0, 10),  # output-only call
+        (10, 0, 0, 0, 0),
+    ],
+)
+def test_split_free(remaining, inp, out, free_in, free_out):
+    split = split_free(remaining, inp, out)
+    assert split == FreeSplit(free_in, free_out)
+    assert split.free_tokens == free_in + free_out
+    assert 0 <= split.free_tokens <= max(remaining, 0)
+
+
+def test_free_tokens_sum():
+    assert FreeSplit(3, 4).free_tokens == 7

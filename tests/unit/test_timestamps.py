@@ -1,0 +1,106 @@
+"""Event time: RFC 3339 with an offset, microseconds inside, billing periods in +08:00."""
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+
+from pipeline.timestamps import (
+    US_PER_HOUR,
+    TimestampError,
+    day_start_of,
+    format_ts,
+    from_us,
+    hour_start,
+    parse_ts,
+    to_us,
+)
+
+# 2024-06-07T00:00:00+08:00 == 2024-06-06T16:00:00Z
+JUNE7_0800 = 1_717_689_600_000_000
+
+
+def test_parse_utc_and_offset_forms_of_the_same_instant_agree():
+    assert parse_ts("2024-06-07T00:00:00+08:00") == JUNE7_0800
+    assert parse_ts("2024-06-06T16:00:00Z") == JUNE7_0800
+    assert parse_ts("2024-06-06T16:00:00+00:00") == JUNE7_0800
+    assert parse_ts("2024-06-06T11:00:00-05:00") == JUNE7_0800
+    assert parse_ts("2024-06-06T16:00:00-00:00") == JUNE7_0800
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2024-06-06t16:00:00Z", "2024-06-06 16:00:00Z", "2024-06-06T16:00:00z", "2024-06-06 16:00:00z", " 2024-06-06T16:00:00Z "],
+)
+def test_parse_accepts_rfc3339_variants(text):
+    assert parse_ts(text) == JUNE7_0800
+
+
+def test_parse_fractional_seconds():
+    assert parse_ts("2024-06-06T16:00:00.5Z") == JUNE7_0800 + 500_000
+    assert parse_ts("2024-06-06T16:00:00.000001Z") == JUNE7_0800 + 1
+    assert parse_ts("2024-06-07T00:00:00.999999+08:00") == JUNE7_0800 + 999_999
+    # digits past the microsecond are dropped, never rounded up into the next microsecond
+    assert parse_ts("2024-06-06T16:00:00.123456789Z") == JUNE7_0800 + 123_456
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2024-06-07T00:00:00",  # naive: no offset
+        "2024-06-07",  # a date only
+        "2024-13-01T00:00:00Z",  # month 13
+        "2024-02-30T00:00:00Z",  # no such day
+        "2023-02-29T00:00:00Z",  # not a leap year
+        "2024-06-07T24:00:00Z",
+        "2024-06-07T10:60:00Z",
+        "2024-06-07T10:00:00+24:00",
+        "yesterday",
+        "",
+    ],
+)
+def test_parse_refuses_non_instants(text):
+    with pytest.raises(TimestampError):
+        parse_ts(text)
+
+
+def test_timestamp_error_is_a_value_error():
+    assert issubclass(TimestampError, ValueError)
+
+
+def test_leap_day_is_fine():
+    assert parse_ts("2024-02-29T00:00:00+08:00") == to_us(datetime(2024, 2, 28, 16, tzinfo=timezone.utc))
+
+
+def test_to_us_and_from_us_round_trip_in_billing_zone():
+    moment = datetime(2024, 6, 7, 10, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=8)))
+    value = to_us(moment)
+    back = from_us(value)
+    assert back == moment
+    assert back.utcoffset() == timedelta(hours=8)
+    assert (back.hour, back.minute, back.second, back.microsecond) == (10, 59, 59, 999_999)
+
+
+def test_to_us_before_epoch():
+    assert to_us(datetime(1969, 12, 31, 23, 59, 59, tzinfo=timezone.utc)) == -1_000_000
+
+
+def test_hour_start_is_the_billing_hour():
+    h10 = parse_ts("2024-06-07T10:00:00+08:00")
+    assert hour_start(parse_ts("2024-06-07T10:00:00+08:00")) == h10
+    assert hour_start(parse_ts("2024-06-07T10:59:59.999999+08:00")) == h10
+    assert hour_start(parse_ts("2024-06-07T11:00:00+08:00")) == h10 + US_PER_HOUR
+    # same instant written in UTC lands in the same billing hour
+    assert hour_start(parse_ts("2024-06-07T02:30:00Z")) == h10
+
+
+def test_day_start_is_midnight_shanghai():
+    assert day_start_of(date(2024, 6, 7)) == JUNE7_0800
+    assert day_start_of(date(2024, 9, 18)) == parse_ts("2024-09-17T16:00:00Z")
+    assert day_start_of(date(2024, 4, 23)) == parse_ts("2024-04-23T00:00:00+08:00")
+
+
+def test_format_ts_shows_billing_zone():
+    assert format_ts(JUNE7_0800) == "2024-06-07T00:00:00+08:00"
+    assert format_ts(parse_ts("2024-06-07T02:59:59Z")) == "2024-06-07T10:59:59+08:00"
+    assert format_ts(JUNE7_0800 + 1) == "2024-06-07T00:00:00.000001+08:00"
+    assert format_ts(JUNE7_0800 + 500_000) == "2024-06-07T00:00:00.500000+08:00"
