@@ -127,6 +127,7 @@ class Worker:
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
         worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        worker.spinner = None  # our own lines say what started; a spinner mangles them
         try:
             worker.execute_from_commandline()
         finally:

@@ -295,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `billing bills | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except QueryError as exc:
         say(f"billing: {exc}")
         return 1

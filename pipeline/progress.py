@@ -14,7 +14,7 @@ class Progress:
         self.stream = stream
         self.every_s = every_s if stream.isatty() else max(every_s, 5.0)
         self.started = time.monotonic()
-        self._last = 0.0
+        self._last = self.started
         self.count = 0
 
     def update(self, count: int) -> None:

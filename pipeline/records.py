@@ -126,7 +126,9 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     normal = dict(body, type=kind)
     if kind == USAGE:
         normal.setdefault("channel", "api")
-        normal["plugins"] = {name: n for name, n in body.get("plugins", {}).items() if n}
+        normal["plugins"] = {name: int(n) for name, n in body.get("plugins", {}).items() if n}
+        for name in ("input_tokens", "output_tokens"):
+            normal[name] = int(body[name])
         digest = canonical_digest(normal)
         return Usage(
             account_id=account,
@@ -137,13 +139,13 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
             event_id=body["event_id"],
             api_key_id=body["api_key_id"],
             model=body["model"],
-            input_tokens=body["input_tokens"],
-            output_tokens=body["output_tokens"],
+            input_tokens=normal["input_tokens"],  # JSON Schema lets 12.0 pass as an integer
+            output_tokens=normal["output_tokens"],
             channel=normal["channel"],
             plugins=tuple(sorted(normal["plugins"].items())),
         )
     digest = canonical_digest(normal)
-    fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
+    fields = {k: int(v) if isinstance(v, float) else v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     return AccountRecord(kind, account, ts_us, f"{kind}:{digest}", digest, text, fields)
 
 

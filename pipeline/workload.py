@@ -365,7 +365,8 @@ class _Generator:
         if not self.recent_usage:
             return False
         pool = self.recent_usage
-        self.out.append(pool[rng.randrange(max(0, len(pool) - 2000), len(pool))][0])
+        back = 2000 if rng.random() < 0.1 else 300  # mostly a prompt retry, sometimes a replay from further back
+        self.out.append(pool[rng.randrange(max(0, len(pool) - back), len(pool))][0])
         return True
 
     def conflicting(self) -> bool:

@@ -86,6 +86,8 @@ LINE_INT_FIELDS = (
 
 _MONEY = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact, decimal.InvalidOperation])
 
+_SIX = Decimal("0.000001")
+
 # ---------------------------------------------------------------------------------------------
 # time
 
@@ -263,12 +265,12 @@ class Expected:
         return Counter(r for _, _, r in self.rejections)
 
     def rows(self) -> list[dict[str, Any]]:
-        """Bill lines as the contract's JSON objects (amount as a decimal string), sorted."""
+        """Bill lines as the contract's JSON objects (amount a decimal string with 6 places), sorted."""
         out = []
         for (account, hour, key, item), v in sorted(self.bills.items()):
             row = {"account_id": account, "hour": hour, "api_key_id": key, "item": item}
             row.update({f: v[f] for f in LINE_INT_FIELDS})
-            row["amount"] = str(v["amount"])
+            row["amount"] = str(v["amount"].quantize(_SIX, context=_MONEY))
             out.append(row)
         return out
 

@@ -65,6 +65,7 @@ def test_conflicting_duplicate_first_one_stands():
     acct = Account(NO_QUOTA)
     acct.feed(usage("e1", input_tokens=1000, output_tokens=0))
     before = snapshot(acct)
+    record_ids = set()
     for changed in (
         usage("e1", input_tokens=2000, output_tokens=0),
         usage("e1", input_tokens=1000, output_tokens=0, channel="console"),
@@ -74,8 +75,12 @@ def test_conflicting_duplicate_first_one_stands():
         out = acct.feed(changed)
         assert out.status == REJECTED
         assert out.rejection.reason == "conflicting_duplicate"
-        assert out.rejection.event_id == out.rejection.record_id == "e1"
+        assert out.rejection.event_id == "e1"
         assert json.loads(out.rejection.raw) == changed
+        assert not out.claimed
+        record_ids.add(out.rejection.record_id)
+    # each conflicting copy is kept as its own rejection, none overwriting the billed original
+    assert len(record_ids) == 4 and "e1" not in record_ids
     assert snapshot(acct) == before
     assert acct.state.duplicates == 0
     # the original is still the one remembered: re-sending it is a duplicate
@@ -88,6 +93,7 @@ def test_rejected_records_claim_their_event_id():
     acct = Account()
     out = acct.feed(usage("e1", model="nope"))
     assert out.rejection.reason == "unknown_model"
+    assert out.claimed
     again = acct.feed(usage("e1", model="nope"))
     assert again.status == DUPLICATE
     assert acct.state.duplicates == 1
@@ -108,7 +114,9 @@ def test_rejected_for_a_key_not_yet_known_stays_claimed():
 def test_invalid_schema_claims_nothing():
     acct = Account()
     bad = usage("e1", input_tokens=-1)
-    assert acct.feed(bad).rejection.reason == "invalid_schema"
+    first = acct.feed(bad)
+    assert first.rejection.reason == "invalid_schema"
+    assert not first.claimed
     assert acct.feed(bad).rejection.reason == "invalid_schema"  # not a duplicate
     assert acct.state.duplicates == 0
     assert acct.feed_raw(b"junk").rejection.reason == "invalid_schema"

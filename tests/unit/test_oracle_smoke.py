@@ -92,11 +92,13 @@ def test_quota_straddles_a_call():
 def test_quota_straddle_inside_output():
     lines = [created(K1)]
     lines += [use(f"e{i}", "2024-06-07T12:00:00.000+08:00", "xingchen-lite", 32_000, 0) for i in range(31)]  # 992,000
-    lines.append(use("s", "2024-06-07T12:30:00.000+08:00", "xingchen-max", 3_000, 6_000))  # 3,000 in + 5,000 out free
+    lines.append(use("f", "2024-06-07T12:01:00.000+08:00", "xingchen-lite", 6_000, 0))  # 998,000
+    lines.append(use("s", "2024-06-07T12:30:00.000+08:00", "xingchen-max", 500, 3_000))  # 500 in + 1,500 out free
     exp = expected(lines)
     maxline = line(exp, "2024-06-07T12:00:00+08:00", "xingchen-max")
-    assert (maxline["free_tokens"], maxline["billed_input_tokens"], maxline["billed_output_tokens"]) == (8_000, 0, 1_000)
-    assert maxline["amount"] == Decimal("0.12")  # 1,000 x 0.00012
+    assert (maxline["free_tokens"], maxline["billed_input_tokens"], maxline["billed_output_tokens"]) == (2_000, 0, 1_500)
+    assert maxline["amount"] == Decimal("0.18")  # 1,500 x 0.00012
+    assert exp.straddles == [(A, "s")]
 
 
 def test_price_date_boundary():
@@ -109,7 +111,9 @@ def test_price_date_boundary():
         use("v2-before", "2024-09-17T23:59:59.999+08:00", "xingchen-plus-v2", 100, 100),
         use("v2-at", "2024-09-18T00:00:00.000+08:00", "xingchen-plus-v2", 100, 100),
         use("oversized-before", "2024-06-06T22:00:00.000+08:00", "xingchen-max", 9_000, 100),  # no price wins
-        use("t2i-early", "2024-04-22T23:59:59.999+08:00", "xingchen-base", 10, 10, plugins={"text_to_image": 1}),
+        rec("whitelist.add", "2024-04-01T00:00:00.000+08:00", model="xingchen-longcontext"),
+        use("t2i-early", "2024-04-22T23:59:59.999+08:00", "xingchen-longcontext", 10, 10, plugins={"text_to_image": 1}),
+        use("t2i-at", "2024-04-23T00:00:00.000+08:00", "xingchen-longcontext", 10, 10, plugins={"text_to_image": 1}),
     ]
     exp = expected(lines)
     assert exp.rejections == [
@@ -122,6 +126,8 @@ def test_price_date_boundary():
     base = line(exp, "2024-06-07T00:00:00+08:00", "xingchen-base")
     assert base["requests"] == 2 and base["free_tokens"] == 400 and base["amount"] == 0
     assert line(exp, "2024-09-18T00:00:00+08:00", "xingchen-plus-v2")["requests"] == 1
+    t2i = line(exp, "2024-04-23T00:00:00+08:00", "plugin:text_to_image")
+    assert (t2i["requests"], t2i["quantity"], t2i["amount"]) == (1, 1, Decimal("0.16"))
 
 
 def test_precedence():
@@ -294,4 +300,4 @@ def test_accounts_are_independent():
     assert exp.rejections == [] and exp.duplicates == 0
     assert line(exp, "2024-06-07T10:00:00+08:00", "xingchen-max", account="b")["input_tokens"] == 200
     rows = exp.rows()
-    assert [r["account_id"] for r in rows] == ["a", "b"] and rows[0]["amount"] == "0"
+    assert [r["account_id"] for r in rows] == ["a", "b"] and rows[0]["amount"] == "0.000000"

@@ -1,0 +1,109 @@
+"""Drive the product only through its public interface: the `billing` CLI, as users do."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from pipeline.runtime import read_runtime
+
+
+@dataclass
+class Stack:
+    """A `billing up` running in the background on its own data dir."""
+
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir / "up.log"
+
+    def start(self, timeout: float = 90.0) -> "Stack":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "up", "--data-dir", str(self.data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"billing up exited with {self.proc.returncode}:\n{self.log()}")
+            runtime = read_runtime(self.data_dir)
+            if runtime is not None and runtime.pid == self.proc.pid and _healthy(runtime.api):
+                return self
+            time.sleep(0.2)
+        raise RuntimeError(f"billing up did not become ready in {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Ctrl-C, as a user stops it."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"billing up did not stop on SIGINT within {timeout}s:\n{self.log()}")
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def cli(self, *args: str, input_bytes: bytes | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", *args, "--data-dir", str(self.data_dir)],
+            input=input_bytes.decode() if input_bytes is not None else None,
+            capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"billing {' '.join(args)} exited {result.returncode}:\n{result.stderr}\n--- up log:\n{self.log()}")
+        return result
+
+    def publish(self, path: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cli("publish", str(path), check=check)
+
+    def wait(self, timeout: float = 300) -> None:
+        self.cli("wait", "--timeout", str(timeout), timeout=timeout + 30)
+
+    def bills(self, *args: str) -> list[dict[str, Any]]:
+        out = self.cli("bills", "--format", "json", *args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def rejected(self, *args: str) -> list[dict[str, Any]]:
+        out = self.cli("rejected", "--format", "json", *args).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+BILL_INTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
+
+
+def bills_by_key(rows: list[dict[str, Any]], accounts: set[str] | None = None) -> dict[tuple[str, str, str, str], dict[str, Any]]:
+    """Bill rows keyed like the oracle's, amounts as Decimal; optionally only some accounts."""
+    keyed = {}
+    for row in rows:
+        if accounts is not None and row["account_id"] not in accounts:
+            continue
+        key = (row["account_id"], row["hour"], row["api_key_id"], row["item"])
+        assert key not in keyed, f"two current values for one bill line {key}"
+        keyed[key] = {**{k: row[k] for k in BILL_INTS}, "amount": Decimal(row["amount"])}
+    return keyed
