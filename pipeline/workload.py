@@ -88,18 +88,19 @@ def _ms(text: str) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
-_prefix_cache: dict[int, str] = {}
+_day_cache: dict[int, str] = {}
 
 
 def _ts(ms: int) -> str:
     """Milliseconds since the epoch -> RFC 3339 in +08:00 with millisecond precision."""
-    sec, milli = divmod(ms, 1000)
-    prefix = _prefix_cache.get(sec)
-    if prefix is None:
-        if len(_prefix_cache) > 200_000:
-            _prefix_cache.clear()
-        prefix = _prefix_cache[sec] = (_EPOCH + timedelta(seconds=sec + 8 * 3600)).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{prefix}.{milli:03d}+08:00"
+    sec, milli = divmod(ms + 8 * MS_HOUR, 1000)
+    day, rest = divmod(sec, 86_400)
+    date = _day_cache.get(day)
+    if date is None:
+        date = _day_cache[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%d")
+    hour, rest = divmod(rest, 3600)
+    minute, second = divmod(rest, 60)
+    return f"{date}T{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}+08:00"
 
 
 @dataclass
@@ -167,7 +168,7 @@ class _Generator:
         return self.seg[-1][3]
 
     def stamp(self, acct: _Account, now: int) -> int:
-        ms = max(now + self.rng.randrange(0, 1500), acct.last_ms + 1)
+        ms = max(now + int(self.rng.random() * 1500), acct.last_ms + 1)
         acct.last_ms = ms
         return ms
 
@@ -279,30 +280,37 @@ class _Generator:
                 return name
         return self.model_names[-1]
 
+    def ri(self, low: int, high: int) -> int:
+        """A uniform integer in [low, high] (randint is several times slower)."""
+        return low + int(self.rng.random() * (high - low + 1))
+
+    def pick(self, seq: Any) -> Any:
+        return seq[int(self.rng.random() * len(seq))]
+
     def tokens(self, acct: _Account, model: str) -> tuple[int, int]:
-        rng = self.rng
+        rng, ri = self.rng, self.ri
         spec = self.models.get(model)
         limit = spec.max_input if spec else 6500
         context = spec.context if spec else 8000
         r = rng.random()
         if r < 0.004:  # over the input limit
-            return limit + rng.randint(1, 3000), rng.randint(10, 500)
+            return limit + ri(1, 3000), ri(10, 500)
         if r < 0.008 and context:  # within the input limit, over the context
-            tin = rng.randint(max(1, min(limit, context) - 1500), min(limit, context))
-            return tin, context - tin + rng.randint(1, 1500)
+            tin = ri(max(1, min(limit, context) - 1500), min(limit, context))
+            return tin, context - tin + ri(1, 1500)
         room = context if context else 40_000
         top = min(limit, room - 1000)
         if acct.heavy and (context is None or context >= 32000):
-            tin = rng.randint(top // 3, top)
+            tin = ri(top // 3, top)
         else:
             tin = min(top, max(1, int(rng.lognormvariate(6.7, 0.9))))
         out_cap = max(1, min(12_000 if acct.heavy else 1500, room - tin))
-        return tin, rng.randint(1, out_cap)
+        return tin, ri(1, out_cap)
 
     def usage(self, acct: _Account, now: int) -> dict[str, Any]:
-        rng = self.rng
+        rng, ri, pick = self.rng, self.ri, self.pick
         if rng.random() < 0.03:  # a late call
-            ms = now - rng.randint(3 * MS_MIN, 60 * MS_MIN) - rng.randrange(1000)
+            ms = now - ri(3 * MS_MIN, 60 * MS_MIN) - ri(0, 999)
         else:
             ms = self.stamp(acct, now)
         model = self.pick_model(acct, ms)
@@ -312,11 +320,11 @@ class _Generator:
             key = acct.fresh
             acct.fresh = None
         elif r < 0.015 and acct.revoked:
-            key = rng.choice(acct.revoked)
+            key = pick(acct.revoked)
         elif r < 0.025:
-            key = rng.choice(acct.refused) if acct.refused and rng.random() < 0.5 else f"sk-{rng.getrandbits(96):024x}"
+            key = pick(acct.refused) if acct.refused and rng.random() < 0.5 else f"sk-{rng.getrandbits(96):024x}"
         else:
-            key = rng.choice(acct.active)
+            key = pick(acct.active)
         record: dict[str, Any] = {}
         if rng.random() < 0.1:
             record["type"] = "usage"
@@ -338,18 +346,18 @@ class _Generator:
         if r < 0.15:
             plugins: dict[str, int] = {}
             if rng.random() < 0.55:
-                plugins["text_to_image"] = rng.choice((1, 1, 1, 2, 2, 3, 4))
-            for name in rng.sample(self.free_plugins, rng.choice((0, 1, 1, 2))):
-                plugins[name] = rng.randint(1, 3)
+                plugins["text_to_image"] = pick((1, 1, 1, 2, 2, 3, 4))
+            for name in rng.sample(self.free_plugins, pick((0, 1, 1, 2))):
+                plugins[name] = ri(1, 3)
             if not plugins:
-                plugins[rng.choice(self.free_plugins)] = 1
+                plugins[pick(self.free_plugins)] = 1
             if rng.random() < 0.05:
-                plugins[rng.choice(self.free_plugins)] = 0  # metered nothing: no line
+                plugins[pick(self.free_plugins)] = 0  # metered nothing: no line
             record["plugins"] = plugins
         elif r < 0.153:
-            record["plugins"] = {rng.choice(UNKNOWN_PLUGINS): rng.randint(1, 2)}
+            record["plugins"] = {pick(UNKNOWN_PLUGINS): ri(1, 2)}
         if rng.random() < 0.15:
-            cuts = sorted(rng.randint(0, tin) for _ in range(3))
+            cuts = sorted((ri(0, tin), ri(0, tin), ri(0, tin)))
             parts = (cuts[0], cuts[1] - cuts[0], cuts[2] - cuts[1], tin - cuts[2])
             record["input_breakdown"] = {name: n for name, n in zip(BREAKDOWN, parts) if n or rng.random() < 0.5}
         return record
@@ -512,7 +520,7 @@ class _Generator:
             if self.pending_fixes and self.pending_fixes[0][0] <= len(self.out):
                 self.emit_usage(heapq.heappop(self.pending_fixes)[2])
                 continue
-            acct = self.accounts[rng.randrange(len(self.accounts))]
+            acct = self.accounts[int(rng.random() * len(self.accounts))]
             r = rng.random()
             if r < bad:
                 self.bad(acct, now)

@@ -254,12 +254,26 @@ class _Account:
 class Expected:
     bills: dict[tuple[str, str, str, str], dict[str, Any]] = field(default_factory=dict)
     rejections: list[tuple[str, str, str]] = field(default_factory=list)
+    rejected_lines: list[str] = field(default_factory=list)  # the line of each rejection, same order
     duplicates: int = 0
     # extras, for tests and reports
     free_tokens_used: dict[str, int] = field(default_factory=dict)  # account -> quota used
     straddles: list[tuple[str, str]] = field(default_factory=list)  # (account, event_id) of calls straddling the quota end
     kinds: Counter = field(default_factory=Counter)  # schema-valid deliveries per type (duplicates included)
     billed_calls: int = 0
+
+    def listed_rejections(self) -> Counter:
+        """What `billing rejected` lists: a record without a trusted identity (invalid_schema) or
+        with a conflicting one is listed once per distinct line, however often it was delivered."""
+        once: set[tuple[str, str, str, str]] = set()
+        listed: Counter = Counter()
+        for (account, event_id, reason), line in zip(self.rejections, self.rejected_lines):
+            if reason in ("invalid_schema", "conflicting_duplicate"):
+                if (account, event_id, reason, line) in once:
+                    continue
+                once.add((account, event_id, reason, line))
+            listed[(account, event_id, reason)] += 1
+        return listed
 
     def reasons(self) -> Counter:
         return Counter(r for _, _, r in self.rejections)
@@ -292,6 +306,7 @@ class _Oracle:
         self.cat = catalog
         self.accounts: dict[str, _Account] = {}
         self.out = Expected()
+        self.line = ""
 
     def account(self, account_id: str) -> _Account:
         acct = self.accounts.get(account_id)
@@ -301,8 +316,10 @@ class _Oracle:
 
     def reject(self, account_id: str, event_id: str, reason: str) -> None:
         self.out.rejections.append((account_id, event_id, reason))
+        self.out.rejected_lines.append(self.line)
 
     def feed(self, line: str) -> None:
+        self.line = line.strip()
         try:
             body = json.loads(line)
         except (ValueError, RecursionError):
@@ -346,8 +363,10 @@ class _Oracle:
             acct.keys[key_id] = _Key()
         elif kind == "api_key.revoked":
             key = acct.keys.get(body["api_key_id"])
-            if key is not None and (key.revoked_ns is None or ts < key.revoked_ns):
-                key.revoked_ns = ts  # unknown key: no-op; twice: earliest stands
+            if key is None:
+                self.reject(account_id, "", "invalid_api_key")  # not a key of this account
+            elif key.revoked_ns is None or ts < key.revoked_ns:
+                key.revoked_ns = ts  # twice: earliest stands
         elif kind == "whitelist.add":
             acct.whitelist.add(body["model"])
         elif kind == "whitelist.remove":

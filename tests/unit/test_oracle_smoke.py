@@ -205,7 +205,7 @@ def test_keys():
         created(K3, t(2)),
         created(K4, t(3)),  # a 4th active key: refused
         use("on-refused", t(4), "xingchen-base", 10, 10, key=K4),
-        rec("api_key.revoked", t(5), api_key_id="never-made"),  # unknown key: a no-op, not a rejection
+        rec("api_key.revoked", t(5), api_key_id="never-made"),  # unknown key: rejected, never ignored
         rec("api_key.revoked", t(10), api_key_id=K1),
         created(K4, t(9)),  # at 09:09 K1 is still active: refused again (a different record)
         created(K4, t(10)),  # K1 revoked at 09:10: accepted
@@ -220,6 +220,7 @@ def test_keys():
     assert exp.rejections == [
         (A, "", "api_key_limit"),
         (A, "on-refused", "invalid_api_key"),
+        (A, "", "invalid_api_key"),
         (A, "", "api_key_limit"),
         (A, "on-k1", "invalid_api_key"),
         (A, "on-k1-later", "invalid_api_key"),
