@@ -70,7 +70,7 @@ def rejected(client: Client, account: str | None = None, reason: str | None = No
     sql = (
         "SELECT event_id, account_id, reason, detail, kind, toUnixTimestamp64Micro(event_ts), record FROM rejections FINAL"
         + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY account_id, seq"
+        + " ORDER BY account_id, event_ts, record_id"
     )
     return [
         {"event_id": e, "account_id": a, "reason": r, "detail": d, "kind": k,
