@@ -24,6 +24,7 @@ from pipeline.catalog import load_catalog
 from pipeline.chclient import connect, migrate
 from pipeline.processor import BatchProcessor, BatchResult, Message
 from pipeline.settings import Settings, redact
+from pipeline.timestamps import format_ts
 
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
@@ -122,7 +123,8 @@ class Worker:
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "epoch": self.epoch, "stats": dict(self.stats),
-                "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())}}
+                "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
+                "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}
 
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""

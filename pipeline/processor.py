@@ -72,6 +72,7 @@ class BatchProcessor:
         self.states: dict[str, AccountState] = {}
         self._hours: dict[str, set[int]] = {}
         self._minutes: dict[str, set[int]] = {}
+        self.watermarks: dict[int, int] = {}  # partition -> latest event time applied (us)
 
     def forget(self, accounts: Iterable[str] | None = None) -> None:
         """Drop cached states (all, or some): they are reloaded from ClickHouse when next needed."""
@@ -103,6 +104,8 @@ class BatchProcessor:
                 for msg, record in items:
                     self._collect(rows, state, msg, record, apply(state, record, self.catalog), result)
                     state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
+                    if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
+                        self.watermarks[msg.partition] = record.ts_us
                 rows.states[acc] = state
             sink.write(self.client, rows)
         except BaseException:

@@ -16,6 +16,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.outputs import PricedUsage, Rejection, Violation
 from pipeline.state import AccountState, Line, LineKey, Window
+from pipeline.statestore import record_hash
 from pipeline.timestamps import US_PER_SECOND
 from pipeline.windows import WindowKey
 
@@ -64,7 +65,8 @@ def write(client: Client, rows: BatchRows) -> None:
     _insert(client, "raw_records",
             ["epoch", "partition", "offset", "account_id", "kind", "record_id", "event_ts", "received_at", "payload"],
             _columns([(rows.epoch, r.partition, r.offset, r.account_id, r.kind, r.record_id, r.ts_us or 0, now_ms, r.payload) for r in rows.raw], 9))
-    _insert(client, "seen_records", ["account_id", "record_id", "digest", "seq"], _columns(rows.seen, 4))
+    _insert(client, "seen_records", ["account_id", "rid_hash", "record_id", "digest", "seq"],
+            _columns([(acc, record_hash(rid), rid, digest, seq) for acc, rid, digest, seq in rows.seen], 5))
     _insert(client, "priced_usage",
             ["account_id", "hour", "event_id", "ts", "api_key_id", "model", "channel", "input_tokens", "output_tokens",
              "free_tokens", "billed_input_tokens", "billed_output_tokens", "token_amount", "plugin_amount", "plugins", "flags", "seq"],

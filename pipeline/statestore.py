@@ -7,6 +7,7 @@ processed again, so a restart resumes from one consistent point.
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 from typing import Iterable
 
@@ -28,19 +29,26 @@ def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountSta
     return {acc: AccountState.from_json(text) for acc, text in result.result_rows}
 
 
+def record_hash(record_id: str) -> int:
+    """64-bit key for `seen_records` lookups; the full record_id still decides a match."""
+    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def load_seen(client: Client, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int]]:
     """(account, record_id) -> (digest, seq) of identities already claimed."""
     if not pairs:
         return {}
+    wanted = set(pairs)
     result = client.query(
-        "SELECT account_id, record_id, digest, min(seq) FROM seen_records "
-        "WHERE (account_id, record_id) IN {p:Array(Tuple(String, String))} GROUP BY account_id, record_id, digest",
-        parameters={"p": pairs},
+        "SELECT account_id, record_id, digest, seq FROM seen_records "
+        "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
+        parameters={"a": sorted({acc for acc, _ in wanted}), "h": sorted({record_hash(rid) for _, rid in wanted})},
     )
     found: dict[tuple[str, str], tuple[str, int]] = {}
     for acc, rid, digest, seq in result.result_rows:
-        if (acc, rid) not in found or seq < found[(acc, rid)][1]:
-            found[(acc, rid)] = (digest, seq)
+        key = (acc, rid)
+        if key in wanted and (key not in found or seq < found[key][1]):
+            found[key] = (digest, seq)
     return found
 
 

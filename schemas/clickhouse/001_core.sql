@@ -23,12 +23,13 @@ ORDER BY (account_id, epoch, partition, offset);
 CREATE TABLE IF NOT EXISTS seen_records
 (
     account_id  String,
+    rid_hash    UInt64,                       -- looked up by hash (cheap to bind), matched on record_id
     record_id   String,
     digest      String,
     seq         UInt64
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (account_id, record_id);
+ORDER BY (account_id, rid_hash, record_id);
 
 -- Hourly bill lines (BILLING_RULES §8): cumulative values, newest revision wins.
 CREATE TABLE IF NOT EXISTS bill_lines
