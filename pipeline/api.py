@@ -34,6 +34,12 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
             return web.json_response({"error": "unknown account"}, status=404)
         return web.json_response(row)
 
+    async def accounts(request: web.Request) -> web.Response:
+        return web.json_response(await on_db(queries.account_ids, client_of()))
+
+    async def settlements(request: web.Request) -> web.Response:
+        return web.json_response(await on_db(queries.settlements, client_of(), arg(request, "account")))
+
     async def barrier(request: web.Request) -> web.Response:
         count = await on_db(queries.barrier_partitions, client_of(), request.match_info["barrier_id"])
         return web.json_response({"partitions": count})
@@ -51,7 +57,9 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app = web.Application(middlewares=[errors])
     app.router.add_get("/api/bills", bills)
     app.router.add_get("/api/rejected", rejected)
+    app.router.add_get("/api/accounts", accounts)
     app.router.add_get("/api/accounts/{account_id}", account)
+    app.router.add_get("/api/settlements", settlements)
     app.router.add_get("/api/barriers/{barrier_id}", barrier)
     app.router.add_get("/healthz", healthz)
     return app

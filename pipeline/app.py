@@ -19,12 +19,13 @@ from typing import Any, Callable, TypeVar
 
 import faust
 
-from pipeline import api
+from pipeline import api, outputs_json
 from pipeline.catalog import load_catalog
 from pipeline.chclient import connect, migrate
 from pipeline.processor import BatchProcessor, BatchResult, Message
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
+from pipeline.topics import ensure_all
 
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
@@ -40,11 +41,12 @@ class Worker:
         self.catalog = load_catalog(settings.catalog)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.client = self._db.submit(self._open_clickhouse).result()
-        self.processor = BatchProcessor(self.client, self.catalog, epoch)
+        self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick)
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()
         self.last_offsets: dict[int, int] = {}
+        ensure_all(settings, bootstrap)
         self.app = self._build_app(bootstrap)
 
     def _open_clickhouse(self) -> Any:
@@ -75,13 +77,17 @@ class Worker:
         )
         topic = app.topic(s.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw", partitions=s.partitions)
+        self.input_topic = topic
+        self.status_topic = app.topic(s.status_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
+        self.violations_topic = app.topic(s.violations_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         worker = self
 
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:
             async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
                 messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-                await worker.process(messages)
+                result = await worker.process(messages)
+                await worker.publish_outputs(result)
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
@@ -113,6 +119,19 @@ class Worker:
             self.last_offsets.update(result.last_offsets)
             log.debug("batch of %d in %.1f ms", len(messages), (time.perf_counter() - started) * 1000)
             return result
+
+    async def publish_outputs(self, result: BatchResult) -> None:
+        """After the batch is in ClickHouse: status changes (compacted topic, for the API gateway),
+        rate-limit violations (one message per account and batch), and clock ticks for idle accounts."""
+        for change in result.status_changes:
+            await self.status_topic.send(key=change.account_id.encode(), value=outputs_json.status(change))
+        by_account: dict[str, list[Any]] = {}
+        for violation in result.violations:
+            by_account.setdefault(violation.account_id, []).append(violation)
+        for account, violations in by_account.items():
+            await self.violations_topic.send(key=account.encode(), value=outputs_json.violations(account, violations))
+        for account, clock_us in result.ticks:
+            await self.input_topic.send(key=account.encode(), value=outputs_json.tick(account, clock_us))
 
     async def start_api(self) -> None:
         web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.on_db)

@@ -66,6 +66,7 @@ class Catalog:
     global_max_input: int
     default_limits: Limits
     max_active_keys: int
+    settlement_grace_minutes: int
     models: dict[str, ModelSpec]
     plugins: dict[str, PluginSpec]
 
@@ -157,6 +158,7 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
             global_max_input=int(data["global_max_input_tokens"]),
             default_limits=Limits(int(limits["qps"]), int(limits["qpm"]), int(limits["tpm"])),
             max_active_keys=int(data["max_active_keys"]),
+            settlement_grace_minutes=int(data.get("settlement_grace_minutes", 10)),
             models=models,
             plugins=plugins,
         )

@@ -37,11 +37,6 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def input_topic_configs() -> dict[str, str]:
-    """Replayable forever, stamped by the broker: a back-dated record is never deleted on arrival (DESIGN §2)."""
-    return {"retention.ms": "-1", "retention.bytes": "-1", "message.timestamp.type": "LogAppendTime"}
-
-
 def new_epoch() -> str:
     """Names one life of the embedded broker's log; sorts in time order."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
@@ -63,7 +58,8 @@ def kafka_of(settings: Settings) -> str:
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.app import Worker
-    from pipeline.broker import EmbeddedBroker, ensure_topics
+    from pipeline.broker import EmbeddedBroker
+    from pipeline.topics import ensure_all
     from pipeline.runtime import Runtime, clear_runtime, write_runtime
 
     running = read_runtime(settings.data_dir)
@@ -76,8 +72,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = broker.start()
     say(f"billing: broker   Tansu (embedded, memory storage) at {bootstrap}; log {settings.data_dir / 'broker.log'}")
     try:
-        ensure_topics(bootstrap, {settings.input_topic: settings.partitions}, {settings.input_topic: input_topic_configs()})
-        say(f"billing: topic    {settings.input_topic} ({settings.partitions} partitions)")
+        names = ensure_all(settings, bootstrap)
+        say(f"billing: topics   {', '.join(names)} ({settings.partitions} partitions each)")
         started = time.monotonic()
 
         def on_api(url: str) -> None:
@@ -144,8 +140,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.broker import ensure_topics
     from pipeline.publish import publish_lines
+    from pipeline.topics import ensure_all
 
     bootstrap = kafka_of(settings)
     if args.file == "-":
@@ -157,7 +153,7 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError(f"no such file: {path}")
         data = path.read_bytes().splitlines()
         lines, total = data, len(data)
-    ensure_topics(bootstrap, {settings.input_topic: settings.partitions}, {settings.input_topic: input_topic_configs()})
+    ensure_all(settings, bootstrap)
     report = publish_lines(lines, bootstrap, settings.input_topic, total=total)
     print(f"published {report.total} records" + "".join(f"\n  {kind}: {n}" for kind, n in sorted(report.sent.items())))
     if report.failures:
@@ -233,6 +229,26 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
+    """Close the hours of every known account up to T: a clock tick into each account's log."""
+    from pipeline.outputs_json import tick
+    from pipeline.publish import publish_lines
+    from pipeline.timestamps import parse_ts
+
+    until = parse_ts(args.until)
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    accounts = [a for a in reader.account_ids() if a]
+    report = publish_lines((tick(a, until) for a in accounts), kafka_of(settings), settings.input_topic, total=len(accounts))
+    print(f"published a clock tick at {args.until} for {report.total} accounts; `billing wait` then shows their settlements")
+    return 0 if not report.failures else 1
+
+
+def cmd_settlements(settings: Settings, args: argparse.Namespace) -> int:
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    output.emit(reader.settlements(args.account), args.format)
+    return 0
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.chclient import connect, migrate
 
@@ -278,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("account_id")
     acc.add_argument("--format", choices=output.FORMATS, default="table")
     acc.set_defaults(run=cmd_account)
+    settle = sub.add_parser("settle", parents=[common], help="close every account's hours up to a time (historical loads)")
+    settle.add_argument("--until", required=True, help="RFC 3339; hours ending (plus the grace) by then are settled")
+    settle.set_defaults(run=cmd_settle)
+    stl = sub.add_parser("settlements", parents=[common], help="hourly settlements against vouchers and cash")
+    stl.add_argument("--account")
+    stl.add_argument("--format", choices=output.FORMATS, default="table")
+    stl.set_defaults(run=cmd_settlements)
     sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
     return parser
 

@@ -13,6 +13,7 @@ from pipeline.keys import keys_not_revoked_by
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import plugin_amount, token_amount
 from pipeline.quota import FreeSplit, split_free
+from pipeline.settlement import close_hours, grace_us, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import ZERO, AccountState, KeyState, Line, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
@@ -39,8 +40,11 @@ def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     if isinstance(record, Usage):
         outcome = _apply_usage(state, record, catalog)
     else:
-        outcome = _apply_account_record(state, record, catalog)
+        outcome = _apply_account_record(state, record, catalog, Outcome(APPLIED))
     outcome.claimed = True
+    settlements, changes = close_hours(state, grace_us(catalog.settlement_grace_minutes), state.seq)
+    outcome.settlements.extend(settlements)
+    outcome.status_changes.extend(changes)
     return outcome
 
 
@@ -89,6 +93,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
         pline.requests += 1
         pline.quantity += units
         pline.amount += charge
+    state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount + plugins_total
     flags: tuple[str, ...] = ()
     if billable:
         flags = _count_in_windows(state, outcome, usage, catalog)
@@ -137,7 +142,7 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
     return tuple(flags)
 
 
-def _apply_account_record(state: AccountState, record: AccountRecord, catalog: Catalog) -> Outcome:
+def _apply_account_record(state: AccountState, record: AccountRecord, catalog: Catalog, outcome: Outcome) -> Outcome:
     f = record.fields
     if record.kind == "api_key.created":
         key_id = f["api_key_id"]
@@ -154,7 +159,7 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         if key.revoked_us is None or record.ts_us < key.revoked_us:
             key.revoked_us = record.ts_us
     elif record.kind == "credit.recharge":
-        _recharge(state, Decimal(f["amount"]))
+        outcome.status_changes.extend(recharge(state, Decimal(f["amount"]), state.seq))
     elif record.kind == "credit.voucher":
         if f["voucher_id"] not in state.vouchers:
             expires = record.fields.get("expires_at")
@@ -165,11 +170,4 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         state.whitelist.add(f["model"])
     elif record.kind == "whitelist.remove":
         state.whitelist.discard(f["model"])
-    return Outcome(APPLIED)
-
-
-def _recharge(state: AccountState, amount: Decimal) -> None:
-    """Recharges pay outstanding debt first (BILLING_RULES §9)."""
-    paid = min(amount, state.debt)
-    state.debt -= paid
-    state.cash_balance += amount - paid
+    return outcome  # clock.tick: the clock moved, closing is done by the caller

@@ -74,6 +74,32 @@ class Violation:
     seq: int
 
 
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    account_id: str
+    hour_us: int
+    kind: str  # regular | adjustment
+    amount: Decimal
+    voucher_part: Decimal
+    cash_part: Decimal
+    debt_added: Decimal
+    debt_after: Decimal
+    balance_after: Decimal
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """What the API gateway reads to block (arrears) or unblock (active) an account."""
+
+    account_id: str
+    status: str
+    debt: Decimal
+    cash_balance: Decimal
+    ts_us: int  # the account clock when it changed
+    seq: int
+
+
 @dataclass(slots=True)
 class Outcome:
     status: str
@@ -83,3 +109,5 @@ class Outcome:
     violations: list[Violation] = field(default_factory=list)
     lines: list[LineKey] = field(default_factory=list)
     windows: list[WindowKey] = field(default_factory=list)
+    settlements: list[Settlement] = field(default_factory=list)
+    status_changes: list[StatusChange] = field(default_factory=list)

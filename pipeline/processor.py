@@ -19,9 +19,10 @@ from clickhouse_connect.driver.client import Client
 from pipeline import sink, statestore
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
-from pipeline.outputs import Outcome
+from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows, RawRow
+from pipeline.settlement import grace_us
 from pipeline.state import AccountState
 from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start
 
@@ -47,6 +48,9 @@ class BatchResult:
     barriers: int = 0
     last_offsets: dict[int, int] = field(default_factory=dict)
     states: dict[str, AccountState] = field(default_factory=dict)  # accounts this batch changed
+    status_changes: list[StatusChange] = field(default_factory=list)  # for the status topic
+    violations: list[Violation] = field(default_factory=list)  # for the violations topic
+    ticks: list[tuple[str, int]] = field(default_factory=list)  # (account, clock) to publish for idle accounts
 
 
 def barrier_message(barrier_id: str) -> bytes:
@@ -65,7 +69,7 @@ def _barrier_id(value: bytes) -> str | None:
 class BatchProcessor:
     """Owns the in-memory account states of the partitions this worker holds."""
 
-    def __init__(self, client: Client, catalog: Catalog, epoch: str) -> None:
+    def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True) -> None:
         self.client = client
         self.catalog = catalog
         self.epoch = epoch
@@ -73,6 +77,9 @@ class BatchProcessor:
         self._hours: dict[str, set[int]] = {}
         self._minutes: dict[str, set[int]] = {}
         self.watermarks: dict[int, int] = {}  # partition -> latest event time applied (us)
+        self.auto_tick = auto_tick
+        self._ticked: dict[str, int] = {}
+        self._grace_us = grace_us(catalog.settlement_grace_minutes)
 
     def forget(self, accounts: Iterable[str] | None = None) -> None:
         """Drop cached states (all, or some): they are reloaded from ClickHouse when next needed."""
@@ -112,6 +119,10 @@ class BatchProcessor:
             self.forget(pending)  # in-memory states ran ahead of ClickHouse: reload them next time
             raise
         result.states = rows.states
+        result.status_changes = rows.status_changes
+        result.violations = rows.violations
+        if self.auto_tick:
+            result.ticks = self._idle_ticks()
         self._prune(pending)
         return result
 
@@ -181,11 +192,28 @@ class BatchProcessor:
             rows.priced.append(outcome.priced)
             self._hours[acc].add(outcome.priced.hour_us)
         rows.violations.extend(outcome.violations)
+        rows.settlements.extend(outcome.settlements)
+        rows.status_changes.extend(outcome.status_changes)
         for key in outcome.lines:
             rows.lines[(acc, key)] = state.lines[key]
         for key in outcome.windows:
             rows.windows[(acc, key)] = state.windows[key]
             self._minutes[acc].add(key[1] - key[1] % US_PER_MINUTE)
+
+    def _idle_ticks(self) -> list[tuple[str, int]]:
+        """Accounts whose open hours the partition's event time has passed but their own clock has
+        not: a `clock.tick` at the partition watermark, published into their log, settles them."""
+        ticks = []
+        for acc, state in self.states.items():
+            if state.log_epoch != self.epoch or not state.open_hours:
+                continue
+            watermark = self.watermarks.get(state.log_partition, 0)
+            if watermark <= state.max_ts_us or self._ticked.get(acc, 0) >= watermark:
+                continue
+            if min(state.open_hours) + US_PER_HOUR + self._grace_us <= watermark:
+                self._ticked[acc] = watermark
+                ticks.append((acc, watermark))
+        return ticks
 
     def _prune(self, touched: Iterable[str]) -> None:
         """Keep only recent hours and minutes in memory; older ones are reloaded on demand."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.settlement import status_of
 from pipeline.state import AccountState
 from pipeline.timestamps import format_ts, parse_ts
 
@@ -89,7 +90,7 @@ def account(client: Client, account_id: str, free_quota_tokens: int) -> Row | No
     state = AccountState.from_json(result.result_rows[0][0])
     return {
         "account_id": account_id,
-        "status": "arrears" if state.debt > 0 else "active",
+        "status": status_of(state),
         "cash_balance": money(state.cash_balance),
         "debt": money(state.debt),
         "vouchers": [
@@ -98,11 +99,36 @@ def account(client: Client, account_id: str, free_quota_tokens: int) -> Row | No
             for v in state.vouchers.values()
         ],
         "free_tokens_left": max(free_quota_tokens - state.free_used, 0),
-        "last_settled_hour": None,
+        "last_settled_hour": format_ts(state.last_settled_hour) if state.last_settled_hour is not None else None,
+        "open_hours": {format_ts(h): money(a) for h, a in sorted(state.open_hours.items())},
+        "clock": format_ts(state.max_ts_us) if state.max_ts_us else None,
         "keys": {k: {"created_at": format_ts(v.created_us), "revoked_at": format_ts(v.revoked_us) if v.revoked_us else None}
                  for k, v in state.keys.items()},
         "duplicates": state.duplicates,
     }
+
+
+def account_ids(client: Client) -> list[str]:
+    return [row[0] for row in client.query("SELECT DISTINCT account_id FROM account_state ORDER BY account_id").result_rows]
+
+
+def settlements(client: Client, account: str | None = None) -> list[Row]:
+    params: dict[str, Any] = {}
+    where = ""
+    if account:
+        params["account"] = account
+        where = " WHERE account_id = {account:String}"
+    sql = ("SELECT account_id, toUnixTimestamp(hour), kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, seq "
+           "FROM settlements FINAL" + where + " ORDER BY account_id, seq, hour")
+    names = ("account_id", "hour", "kind", "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after", "seq")
+    rows = []
+    for values in client.query(sql, parameters=params).result_rows:
+        row = dict(zip(names, values))
+        row["hour"] = format_ts(row["hour"] * 1_000_000)
+        for name in ("amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after"):
+            row[name] = money(row[name])
+        rows.append(row)
+    return rows
 
 
 def barrier_partitions(client: Client, barrier_id: str) -> int:

@@ -26,6 +26,8 @@ class Reader(Protocol):
     def rejected(self, account: str | None, reason: str | None) -> list[Row]: ...
     def account(self, account_id: str) -> Row | None: ...
     def barrier_partitions(self, barrier_id: str) -> int: ...
+    def account_ids(self) -> list[str]: ...
+    def settlements(self, account: str | None) -> list[Row]: ...
 
 
 class QueryError(RuntimeError):
@@ -48,6 +50,12 @@ class DirectReader:
 
     def barrier_partitions(self, barrier_id: str) -> int:
         return queries.barrier_partitions(self.client, barrier_id)
+
+    def account_ids(self) -> list[str]:
+        return queries.account_ids(self.client)
+
+    def settlements(self, account: str | None) -> list[Row]:
+        return queries.settlements(self.client, account)
 
 
 class ApiReader:
@@ -85,6 +93,12 @@ class ApiReader:
 
     def barrier_partitions(self, barrier_id: str) -> int:
         return int(self._get(f"/api/barriers/{urllib.parse.quote(barrier_id, safe='')}")["partitions"])
+
+    def account_ids(self) -> list[str]:
+        return list(self._get("/api/accounts"))
+
+    def settlements(self, account: str | None) -> list[Row]:
+        return self._get("/api/settlements", {"account": account})
 
 
 def open_reader(settings: Settings, free_quota: int) -> Reader:

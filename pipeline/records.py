@@ -28,6 +28,7 @@ ACCOUNT_KINDS = (
     "limits.set",
     "whitelist.add",
     "whitelist.remove",
+    "clock.tick",
 )
 KINDS = (USAGE, *ACCOUNT_KINDS)
 MAX_RECORD_BYTES = 64 * 1024
@@ -84,7 +85,17 @@ Record = Usage | AccountRecord | Invalid
 @lru_cache(maxsize=None)
 def _validator(kind: str) -> Callable[[Any], Any]:
     schema = json.loads((SCHEMA_DIR / f"{kind}.json").read_text(encoding="utf-8"))
-    return fastjsonschema.compile(schema)
+    return fastjsonschema.compile(_ascii_patterns(schema))
+
+
+def _ascii_patterns(schema: Any) -> Any:
+    """JSON Schema patterns are ECMA-262 regexes, where \\d is [0-9]; Python's re would also match
+    other scripts' digits (an amount of "١٠٠" would pass), so compile every pattern in ASCII mode."""
+    if isinstance(schema, dict):
+        return {k: "(?a)" + v if k == "pattern" and isinstance(v, str) else _ascii_patterns(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_ascii_patterns(v) for v in schema]
+    return schema
 
 
 def canonical_digest(body: dict[str, Any]) -> str:
@@ -110,7 +121,9 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     account = body.get("account_id") if isinstance(body.get("account_id"), str) else key_account
     event_id = body.get("event_id") if isinstance(body.get("event_id"), str) else ""
     if kind not in KINDS:
-        return _invalid(raw, text, account, f"unknown record type {kind!r}", event_id)
+        # repr only a string: the repr of a deeply nested array or object raises RecursionError
+        shown = repr(kind) if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
+        return _invalid(raw, text, account, f"unknown record type {shown}", event_id)
     try:
         _validator(kind)(body)
         ts_us = _in_range(parse_ts(body["timestamp"]), body["timestamp"])
@@ -126,9 +139,7 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     normal = dict(body, type=kind)
     if kind == USAGE:
         normal.setdefault("channel", "api")
-        normal["plugins"] = {name: int(n) for name, n in body.get("plugins", {}).items() if n}
-        for name in ("input_tokens", "output_tokens"):
-            normal[name] = int(body[name])
+        normal["plugins"] = {name: n for name, n in body.get("plugins", {}).items() if n}
         digest = canonical_digest(normal)
         return Usage(
             account_id=account,
@@ -139,13 +150,13 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
             event_id=body["event_id"],
             api_key_id=body["api_key_id"],
             model=body["model"],
-            input_tokens=normal["input_tokens"],  # JSON Schema lets 12.0 pass as an integer
-            output_tokens=normal["output_tokens"],
+            input_tokens=body["input_tokens"],
+            output_tokens=body["output_tokens"],
             channel=normal["channel"],
             plugins=tuple(sorted(normal["plugins"].items())),
         )
     digest = canonical_digest(normal)
-    fields = {k: int(v) if isinstance(v, float) else v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
+    fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     return AccountRecord(kind, account, ts_us, f"{kind}:{digest}", digest, text, fields)
 
 
@@ -156,15 +167,14 @@ def _in_range(ts_us: int, text: str) -> int:
     return ts_us
 
 
-def _integral(value: Any) -> Any:
+def _integral(body: dict[str, Any]) -> dict[str, Any]:
     """JSON Schema counts 2.0 as an integer; the schemas hold no other numbers, so after validation
     every float is a whole count: make it an int (Decimal * float would crash, and 2.0 and 2 are
-    one payload)."""
-    if isinstance(value, float):
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral(v) for k, v in value.items()}
-    return value
+    one payload). Records hold floats at the top level or one object deep (plugins, breakdown)."""
+    if not any(type(v) is float or (type(v) is dict and any(type(x) is float for x in v.values())) for v in body.values()):
+        return body
+    return {k: int(v) if type(v) is float else ({n: int(x) if type(x) is float else x for n, x in v.items()} if type(v) is dict else v)
+            for k, v in body.items()}
 
 
 def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "") -> Invalid:

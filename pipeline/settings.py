@@ -20,6 +20,7 @@ class Settings:
     log_epoch: str = "kafka"  # a durable Kafka log keeps its offsets; `billing up` sets its own
     batch_size: int = 2000
     batch_within_s: float = 0.2
+    auto_tick: bool = True  # settle idle accounts as their partition's event time moves on
     api_host: str = "127.0.0.1"
     api_port: int = 0  # 0: a free port
     extra: dict[str, str] = field(default_factory=dict)
@@ -37,8 +38,9 @@ class Settings:
         return f"{self.topic_prefix}.rate-violations"
 
     @property
-    def rejections_topic(self) -> str:
-        return f"{self.topic_prefix}.rejections"
+    def status_topic(self) -> str:
+        """Compacted, keyed by account: the latest status is what an API gateway reads."""
+        return f"{self.topic_prefix}.account-status"
 
     def with_(self, **changes: object) -> "Settings":
         return replace(self, **changes)
@@ -68,7 +70,9 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         app_id=env.get("BILLING_APP_ID", "billing-worker"),
         log_epoch=env.get("BILLING_LOG_EPOCH", "kafka"),
         batch_size=_env_int("BILLING_BATCH_SIZE", 2000),
+        api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_port=_env_int("BILLING_API_PORT", 0),
+        auto_tick=env.get("BILLING_AUTO_TICK", "1").lower() not in ("0", "false", "no", "off"),
     )
 
 

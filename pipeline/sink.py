@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.outputs import PricedUsage, Rejection, Violation
+from pipeline.outputs import PricedUsage, Rejection, Settlement, StatusChange, Violation
 from pipeline.state import AccountState, Line, LineKey, Window
 from pipeline.statestore import record_hash
 from pipeline.timestamps import US_PER_SECOND
@@ -44,6 +44,8 @@ class BatchRows:
     violations: list[Violation] = field(default_factory=list)
     lines: dict[tuple[str, LineKey], Line] = field(default_factory=dict)
     windows: dict[tuple[str, WindowKey], Window] = field(default_factory=dict)
+    settlements: list[Settlement] = field(default_factory=list)
+    status_changes: list[StatusChange] = field(default_factory=list)
     states: dict[str, AccountState] = field(default_factory=dict)
     barriers: list[tuple[str, int]] = field(default_factory=list)
 
@@ -57,7 +59,8 @@ def _insert(client: Client, table: str, columns: Sequence[str], data: list[list[
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [list(col) for col in zip(*rows)] if rows else [[] for _ in range(width)]
+    """Row tuples -> columns, the layout clickhouse-connect inserts fastest."""
+    return list(map(list, zip(*rows))) if rows else [[] for _ in range(width)]
 
 
 def write(client: Client, rows: BatchRows) -> None:
@@ -89,6 +92,12 @@ def write(client: Client, rows: BatchRows) -> None:
             _columns([(acc, hour // US_PER_SECOND, key, item, ln.requests, ln.input_tokens, ln.output_tokens, ln.free_tokens,
                        ln.billed_input_tokens, ln.billed_output_tokens, ln.quantity, ln.amount, ln.revision, now_ms)
                       for (acc, (hour, key, item)), ln in rows.lines.items()], 14))
+    _insert(client, "settlements",
+            ["account_id", "hour", "kind", "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after", "seq", "settled_at"],
+            _columns([(s.account_id, s.hour_us // US_PER_SECOND, s.kind, s.amount, s.voucher_part, s.cash_part, s.debt_added,
+                       s.debt_after, s.balance_after, s.seq, now_ms) for s in rows.settlements], 11))
+    _insert(client, "account_status", ["account_id", "status", "debt", "cash_balance", "clock", "seq", "changed_at"],
+            _columns([(c.account_id, c.status, c.debt, c.cash_balance, c.ts_us, c.seq, now_ms) for c in rows.status_changes], 7))
     _insert(client, "account_state", ["account_id", "seq", "state", "updated_at"],
             _columns([(acc, st.seq, st.to_json().decode(), now_ms) for acc, st in rows.states.items()], 4))
     _insert(client, "barriers", ["barrier_id", "partition", "processed_at"],

@@ -71,7 +71,9 @@ class AccountState:
     debt: Decimal = ZERO
     vouchers: dict[str, Voucher] = field(default_factory=dict)
     duplicates: int = 0
-    max_ts_us: int = 0
+    max_ts_us: int = 0  # the account's event-time clock
+    open_hours: dict[int, Decimal] = field(default_factory=dict)  # hour -> amount not yet settled
+    last_settled_hour: int | None = None
     # where in the input log this account last applied a record (edge bookkeeping)
     log_epoch: str = ""
     log_partition: int = -1
@@ -96,6 +98,8 @@ class AccountState:
                 "vouchers": [[v.voucher_id, str(v.remaining), v.expires_us] for v in self.vouchers.values()],
                 "duplicates": self.duplicates,
                 "max_ts_us": self.max_ts_us,
+                "open_hours": [[h, str(a)] for h, a in sorted(self.open_hours.items())],
+                "last_settled_hour": self.last_settled_hour,
                 "log": [self.log_epoch, self.log_partition, self.log_offset],
             }
         )
@@ -116,6 +120,8 @@ class AccountState:
             vouchers={v[0]: Voucher(v[0], Decimal(v[1]), v[2]) for v in d["vouchers"]},
             duplicates=d["duplicates"],
             max_ts_us=d["max_ts_us"],
+            open_hours={h: Decimal(a) for h, a in d.get("open_hours", [])},
+            last_settled_hour=d.get("last_settled_hour"),
             log_epoch=epoch,
             log_partition=partition,
             log_offset=offset,

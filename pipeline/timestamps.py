@@ -34,6 +34,9 @@ def parse_ts(text: str) -> int:
         raise TimestampError(f"timestamp {text!r} is not RFC 3339: {exc}") from None
     if moment.tzinfo is None:
         raise TimestampError(f"timestamp {text!r} has no UTC offset")
+    if normal[-6:-5] in ("+", "-") and normal[-3:-2] == ":" and not "00" <= normal[-2:] <= "59":
+        # fromisoformat takes "+08:60" as +09:00; RFC 3339's offset minute is 00-59
+        raise TimestampError(f"timestamp {text!r} has an offset minute over 59")
     return to_us(moment)
 
 

@@ -1,11 +1,11 @@
-"""An independent computation of the expected bills, rejections and duplicate count.
+"""An independent computation of the expected bills, rejections, duplicate count and settlement.
 
-Written from ../shared/spec/BILLING_RULES.md (§1-§8, §10) and docs/interpretations.md only; it
+Written from ../shared/spec/BILLING_RULES.md (§1-§10) and docs/interpretations.md only; it
 imports nothing from the `pipeline` package so that a bug there cannot hide in both. It reads
 the catalog JSON file itself and validates records with the JSON Schemas in schemas/records/
 (compiled with fastjsonschema) plus its own RFC 3339 check.
 
-    expected(lines, catalog_path=None) -> Expected
+    expected(lines, catalog_path=None, grace_minutes=None) -> Expected
 
 `Expected.bills` maps (account_id, hour, api_key_id, item) to the bill-line fields of the
 contract (`requests`, `input_tokens`, `output_tokens`, `free_tokens`, `billed_input_tokens`,
@@ -13,6 +13,32 @@ contract (`requests`, `input_tokens`, `output_tokens`, `free_tokens`, `billed_in
 call's hour in +08:00, e.g. "2024-06-07T10:00:00+08:00". `Expected.rejections` lists one
 (account_id, event_id or "", reason) per rejected delivery, in input order.
 `Expected.duplicates` counts duplicate deliveries. Rate windows are not computed.
+
+Settlement (BILLING_RULES §9, docs/interpretations.md "Settlement"):
+`Expected.settlements` lists every settlement in the order it happens: dicts with `account_id`,
+`hour` (as above), `kind` (`regular` | `adjustment`), `amount`, `voucher_part`, `cash_part`,
+`debt_added`, `debt_after`, `balance_after` (Decimal), and `voucher_uses` (list of
+(voucher_id, Decimal) in the order drawn); `settlement_rows()` gives them with 6-place strings.
+`Expected.status_changes` lists (account_id, status) on every change of status, in order
+(`status_log` has the same with the account clock and cause). `Expected.accounts` maps each
+account to the `billing account` summary: `account_id`, `status`, `cash_balance`, `debt`,
+`vouchers` (list of {voucher_id, remaining, expires_at} in grant order), `free_tokens_left`,
+`last_settled_hour` (Decimal amounts; `account_rows()` gives decimal strings).
+`assert_settlement_totals(exp)` checks that settlements add up to the bill lines of closed hours.
+
+Settlement choices (docs/interpretations.md leaves these open):
+- the account clock is the latest timestamp of the records that claim an identity (billed,
+  applied, no-op, or rejected for any reason but `invalid_schema` / `conflicting_duplicate`)
+  and of `clock.tick` records; duplicate deliveries change nothing (their time is already in);
+- a record is applied first, then the clock moves, then hours close: a recharge published
+  before the record that closes an hour is available to that hour's settlement;
+- an hour "has activity" when an accepted call (api or console) falls in it; it closes with a
+  regular settlement (possibly 0) once hour end + grace <= clock, oldest hour first;
+- every accepted call for an hour that already had its regular settlement gives an adjustment
+  settlement right after the record, even when its amount is 0 (late console / free call);
+- a voucher is drawn only for a settlement of an hour that ends strictly before its expiry;
+  its grant time does not matter; expired and exhausted vouchers stay listed;
+- `last_settled_hour` is the latest (greatest) hour with a regular settlement.
 
 Choices where the rule book and interpretations leave room (kept in step with the report that
 came with this file):
@@ -74,6 +100,9 @@ KINDS = (
     "whitelist.add",
     "whitelist.remove",
 )
+TICK = "clock.tick"
+ALL_KINDS = (*KINDS, TICK)  # KINDS stays the list the classic workload covers
+DEFAULT_GRACE_MINUTES = 10
 LINE_INT_FIELDS = (
     "requests",
     "input_tokens",
@@ -138,6 +167,20 @@ def hour_str(ts_ns: int) -> str:
     return (_EPOCH + timedelta(seconds=start_s)).astimezone(TZ8).isoformat()
 
 
+def hour_start_ns(ts_ns: int) -> int:
+    return (ts_ns // HOUR_NS) * HOUR_NS
+
+
+def ts_str(ts_ns: int) -> str:
+    """An instant as RFC 3339 in +08:00: whole seconds, else 6 (or 9) fractional digits."""
+    whole, frac = divmod(ts_ns, NS)
+    text = (_EPOCH + timedelta(seconds=whole)).astimezone(TZ8).isoformat()
+    if frac:
+        digits = f"{frac // 1000:06d}" if frac % 1000 == 0 else f"{frac:09d}"
+        text = text[:-6] + "." + digits + text[-6:]
+    return text
+
+
 # ---------------------------------------------------------------------------------------------
 # catalog
 
@@ -172,6 +215,7 @@ class OracleCatalog:
     max_active_keys: int
     models: dict[str, dict[str, Any]]  # name -> {context, max_input, whitelist_only, versions}
     plugins: dict[str, list[_Priced]]
+    grace_minutes: int = DEFAULT_GRACE_MINUTES
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "OracleCatalog":
@@ -192,6 +236,7 @@ class OracleCatalog:
             max_active_keys=int(data["max_active_keys"]),
             models=models,
             plugins=plugins,
+            grace_minutes=int(data.get("settlement_grace_minutes", DEFAULT_GRACE_MINUTES)),
         )
 
 
@@ -215,7 +260,7 @@ def _schema_ok(body: Any) -> tuple[str, int] | None:
     if not isinstance(body, dict):
         return None
     kind = body.get("type", "usage")
-    if not isinstance(kind, str) or kind not in KINDS:
+    if not isinstance(kind, str) or kind not in ALL_KINDS:
         return None
     try:
         _validator(kind)(body)
@@ -243,11 +288,26 @@ class _Key:
 
 
 @dataclass
+class _Voucher:
+    voucher_id: str
+    remaining: Decimal
+    expires_ns: int | None
+
+
+@dataclass
 class _Account:
     seen: dict[str, str] = field(default_factory=dict)  # identity -> canonical payload
     keys: dict[str, _Key] = field(default_factory=dict)
     whitelist: set[str] = field(default_factory=set)
     free_used: int = 0
+    # settlement
+    clock_ns: int | None = None
+    cash: Decimal = Decimal(0)
+    debt: Decimal = Decimal(0)
+    vouchers: dict[str, _Voucher] = field(default_factory=dict)  # in grant order
+    pending: dict[int, Decimal] = field(default_factory=dict)  # hour start ns -> unsettled amount
+    settled: set[int] = field(default_factory=set)  # hours with a regular settlement
+    status: str = "active"
 
 
 @dataclass
@@ -261,6 +321,14 @@ class Expected:
     straddles: list[tuple[str, str]] = field(default_factory=list)  # (account, event_id) of calls straddling the quota end
     kinds: Counter = field(default_factory=Counter)  # schema-valid deliveries per type (duplicates included)
     billed_calls: int = 0
+    # settlement
+    settlements: list[dict[str, Any]] = field(default_factory=list)
+    status_changes: list[tuple[str, str]] = field(default_factory=list)
+    status_log: list[dict[str, Any]] = field(default_factory=list)  # account_id, status, at (clock ns), cause
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clocks: dict[str, int | None] = field(default_factory=dict)  # account -> clock ns at the end
+    closed_hours: set[tuple[str, str]] = field(default_factory=set)  # (account, hour) with a regular settlement
+    grace_minutes: int = DEFAULT_GRACE_MINUTES
 
     def listed_rejections(self) -> Counter:
         """What `billing rejected` lists: a record without a trusted identity (invalid_schema) or
@@ -294,6 +362,102 @@ class Expected:
             out[(account, hour)] = out.get((account, hour), Decimal(0)) + v["amount"]
         return out
 
+    # -- settlement views -------------------------------------------------------------------------
+    def settlement_rows(self) -> list[dict[str, Any]]:
+        """Settlements in order, amounts as decimal strings with 6 places (no voucher_uses)."""
+        out = []
+        for s in self.settlements:
+            row = {k: s[k] for k in ("account_id", "hour", "kind")}
+            row.update({k: _money_str(s[k]) for k in SETTLEMENT_MONEY})
+            out.append(row)
+        return out
+
+    def account_rows(self) -> dict[str, dict[str, Any]]:
+        """`accounts` with amounts as decimal strings with 6 places."""
+        out = {}
+        for account, summary in self.accounts.items():
+            row = dict(summary)
+            row["cash_balance"] = _money_str(summary["cash_balance"])
+            row["debt"] = _money_str(summary["debt"])
+            row["vouchers"] = [dict(v, remaining=_money_str(v["remaining"])) for v in summary["vouchers"]]
+            out[account] = row
+        return out
+
+    def settled_by_account_hour(self) -> dict[tuple[str, str], Decimal]:
+        out: dict[tuple[str, str], Decimal] = {}
+        for s in self.settlements:
+            key = (s["account_id"], s["hour"])
+            out[key] = out.get(key, Decimal(0)) + s["amount"]
+        return out
+
+    def settled_by_account(self) -> dict[str, Decimal]:
+        out: dict[str, Decimal] = {}
+        for s in self.settlements:
+            out[s["account_id"]] = out.get(s["account_id"], Decimal(0)) + s["amount"]
+        return out
+
+    def adjustments(self) -> list[dict[str, Any]]:
+        return [s for s in self.settlements if s["kind"] == "adjustment"]
+
+    def arrears_episodes(self) -> list[dict[str, Any]]:
+        """Each stretch of arrears: account_id, start / end (account clock ns; end None when the
+        account is still in arrears at the end), regular settlements made during it (hours)."""
+        episodes: list[dict[str, Any]] = []
+        open_: dict[str, dict[str, Any]] = {}
+        events: list[tuple[int, str, Any]] = []  # merge status log and settlements in order
+        for s in self.status_log:
+            events.append((s["order"], "status", s))
+        for s in self.settlements:
+            events.append((s["order"], "settlement", s))
+        for _, what, item in sorted(events, key=lambda e: e[0]):
+            account = item["account_id"]
+            if what == "status":
+                if item["status"] == "arrears":
+                    open_[account] = {"account_id": account, "start": item["at"], "end": None, "hours": []}
+                    episodes.append(open_[account])
+                elif account in open_:
+                    open_.pop(account)["end"] = item["at"]
+            elif account in open_ and item["kind"] == "regular":
+                open_[account]["hours"].append(item["hour"])
+        return episodes
+
+
+SETTLEMENT_MONEY = ("amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
+
+
+def _money_str(value: Decimal) -> str:
+    return str(value.quantize(_SIX, context=_MONEY))
+
+
+def assert_settlement_totals(exp: Expected) -> None:
+    """Settlements add up: per account (and per closed hour) the settled amounts equal the bill-line
+    amounts of the closed hours; nothing is settled for an open hour; each settlement's parts add
+    up; every closed hour has exactly one regular settlement, before its adjustments."""
+    bills = exp.amounts_by_account_hour()
+    settled = exp.settled_by_account_hour()
+    for key in settled:
+        assert key in exp.closed_hours, f"settled an hour that is not closed: {key}"
+    for key in exp.closed_hours:
+        assert settled.get(key, Decimal(0)) == bills.get(key, Decimal(0)), (key, settled.get(key), bills.get(key))
+    per_account_bills: dict[str, Decimal] = {}
+    for (account, hour), amount in bills.items():
+        if (account, hour) in exp.closed_hours:
+            per_account_bills[account] = per_account_bills.get(account, Decimal(0)) + amount
+    per_account_settled = exp.settled_by_account()
+    for account in set(per_account_bills) | set(per_account_settled):
+        assert per_account_settled.get(account, Decimal(0)) == per_account_bills.get(account, Decimal(0)), account
+    regular_seen: set[tuple[str, str]] = set()
+    for s in exp.settlements:
+        key = (s["account_id"], s["hour"])
+        assert s["amount"] == s["voucher_part"] + s["cash_part"] + s["debt_added"], s
+        assert min(s[k] for k in SETTLEMENT_MONEY) >= 0, s
+        if s["kind"] == "regular":
+            assert key not in regular_seen, f"two regular settlements for {key}"
+            regular_seen.add(key)
+        else:
+            assert key in regular_seen, f"adjustment before the regular settlement of {key}"
+    assert regular_seen == exp.closed_hours
+
 
 def _empty_line() -> dict[str, Any]:
     line: dict[str, Any] = {f: 0 for f in LINE_INT_FIELDS}
@@ -305,8 +469,10 @@ class _Oracle:
     def __init__(self, catalog: OracleCatalog):
         self.cat = catalog
         self.accounts: dict[str, _Account] = {}
-        self.out = Expected()
+        self.out = Expected(grace_minutes=catalog.grace_minutes)
         self.line = ""
+        self.grace_ns = catalog.grace_minutes * 60 * NS
+        self.order = 0  # orders settlements and status changes together
 
     def account(self, account_id: str) -> _Account:
         acct = self.accounts.get(account_id)
@@ -350,6 +516,12 @@ class _Oracle:
                 self.reject(account_id, event_id, "conflicting_duplicate")
             return
         acct.seen[identity] = canonical  # every non-invalid record claims its identity
+        if acct.clock_ns is None or ts > acct.clock_ns:
+            acct.clock_ns = ts  # the account clock (applying a record never reads it)
+        self.apply(account_id, acct, kind, body, ts)
+        self.close_hours(account_id, acct)  # after the record: hours the clock has passed close
+
+    def apply(self, account_id: str, acct: _Account, kind: str, body: dict[str, Any], ts: int) -> None:
         if kind == "usage":
             self.usage(account_id, acct, body, ts)
         elif kind == "api_key.created":
@@ -361,6 +533,17 @@ class _Oracle:
                 self.reject(account_id, "", "api_key_limit")
                 return
             acct.keys[key_id] = _Key()
+        elif kind == "credit.recharge":
+            amount = Decimal(body["amount"])
+            paid = min(amount, acct.debt)
+            acct.debt = _MONEY.subtract(acct.debt, paid)
+            acct.cash = _MONEY.add(acct.cash, _MONEY.subtract(amount, paid))
+            self.status(account_id, acct, "recharge")
+        elif kind == "credit.voucher":
+            vid = body["voucher_id"]
+            if vid not in acct.vouchers:  # a known voucher_id: no-op
+                expires = parse_rfc3339_ns(body["expires_at"]) if "expires_at" in body else None
+                acct.vouchers[vid] = _Voucher(vid, Decimal(body["amount"]), expires)
         elif kind == "api_key.revoked":
             key = acct.keys.get(body["api_key_id"])
             if key is None:
@@ -371,7 +554,84 @@ class _Oracle:
             acct.whitelist.add(body["model"])
         elif kind == "whitelist.remove":
             acct.whitelist.discard(body["model"])
-        # credit.* and limits.set change no bill line
+        # limits.set and clock.tick change nothing here
+
+    # -- settlement ---------------------------------------------------------------------------
+    def close_hours(self, account_id: str, acct: _Account) -> None:
+        clock = acct.clock_ns
+        for hour in sorted(acct.pending):
+            if hour + HOUR_NS + self.grace_ns <= clock:
+                self.settle(account_id, acct, hour, acct.pending.pop(hour))
+
+    def settle(self, account_id: str, acct: _Account, hour: int, amount: Decimal) -> None:
+        kind = "adjustment" if hour in acct.settled else "regular"
+        hour_end = hour + HOUR_NS
+        left = amount
+        uses: list[tuple[str, Decimal]] = []
+        usable = [v for v in acct.vouchers.values() if v.remaining > 0 and (v.expires_ns is None or v.expires_ns > hour_end)]
+        usable.sort(key=lambda v: (v.expires_ns is None, v.expires_ns or 0, v.voucher_id))
+        for v in usable:
+            if left <= 0:
+                break
+            take = min(v.remaining, left)
+            v.remaining = _MONEY.subtract(v.remaining, take)
+            left = _MONEY.subtract(left, take)
+            uses.append((v.voucher_id, take))
+        voucher_part = _MONEY.subtract(amount, left)
+        cash_part = min(acct.cash, left)
+        acct.cash = _MONEY.subtract(acct.cash, cash_part)
+        debt_added = _MONEY.subtract(left, cash_part)
+        acct.debt = _MONEY.add(acct.debt, debt_added)
+        acct.settled.add(hour)
+        self.out.closed_hours.add((account_id, hour_str(hour)))
+        self.order += 1
+        self.out.settlements.append(
+            {
+                "account_id": account_id,
+                "hour": hour_str(hour),
+                "kind": kind,
+                "amount": amount,
+                "voucher_part": voucher_part,
+                "cash_part": cash_part,
+                "debt_added": debt_added,
+                "debt_after": acct.debt,
+                "balance_after": acct.cash,
+                "voucher_uses": uses,
+                "at": acct.clock_ns,
+                "order": self.order,
+            }
+        )
+        self.status(account_id, acct, f"{kind} {hour_str(hour)}")
+
+    def status(self, account_id: str, acct: _Account, cause: str) -> None:
+        now = "arrears" if acct.debt > 0 else "active"
+        if now != acct.status:
+            acct.status = now
+            self.order += 1
+            self.out.status_changes.append((account_id, now))
+            self.out.status_log.append(
+                {"account_id": account_id, "status": now, "at": acct.clock_ns, "cause": cause, "order": self.order}
+            )
+
+    def summaries(self) -> None:
+        for account_id, acct in self.accounts.items():
+            self.out.clocks[account_id] = acct.clock_ns
+            self.out.accounts[account_id] = {
+                "account_id": account_id,
+                "status": acct.status,
+                "cash_balance": acct.cash,
+                "debt": acct.debt,
+                "vouchers": [
+                    {
+                        "voucher_id": v.voucher_id,
+                        "remaining": v.remaining,
+                        "expires_at": None if v.expires_ns is None else ts_str(v.expires_ns),
+                    }
+                    for v in acct.vouchers.values()
+                ],
+                "free_tokens_left": max(self.cat.free_quota - acct.free_used, 0),
+                "last_settled_hour": hour_str(max(acct.settled)) if acct.settled else None,
+            }
 
     def usage(self, account_id: str, acct: _Account, body: dict[str, Any], ts: int) -> None:
         cat = self.cat
@@ -423,19 +683,31 @@ class _Oracle:
         line["billed_input_tokens"] += billed_in
         line["billed_output_tokens"] += billed_out
         line["amount"] = _MONEY.add(line["amount"], amount)
+        owed = amount
         for name, units in plugins.items():
             pline = self.out.bills.setdefault((account_id, hour, key_id, "plugin:" + name), _empty_line())
             pline["requests"] += 1
             pline["quantity"] += units
             if billable:
-                pline["amount"] = _MONEY.add(pline["amount"], _MONEY.multiply(plugin_prices[name][0], units))
+                charge = _MONEY.multiply(plugin_prices[name][0], units)
+                pline["amount"] = _MONEY.add(pline["amount"], charge)
+                owed = _MONEY.add(owed, charge)
+        h = hour_start_ns(ts)  # the hour has activity (even at 0): it will close, or adjust
+        acct.pending[h] = _MONEY.add(acct.pending.get(h, Decimal(0)), owed)
 
 
-def expected(lines: Iterable[str], catalog_path: str | Path | None = None) -> Expected:
-    """Expected bills, rejections and duplicate count for records published in this order."""
-    oracle = _Oracle(OracleCatalog.load(catalog_path))
+def expected(
+    lines: Iterable[str], catalog_path: str | Path | None = None, grace_minutes: int | None = None
+) -> Expected:
+    """Expected bills, rejections, duplicate count and settlement for records published in this
+    order. `grace_minutes` overrides the catalog's `settlement_grace_minutes` (default 10)."""
+    catalog = OracleCatalog.load(catalog_path)
+    if grace_minutes is not None:
+        catalog.grace_minutes = int(grace_minutes)
+    oracle = _Oracle(catalog)
     for line in lines:
         oracle.feed(line)
     for acct_id, acct in oracle.accounts.items():
         oracle.out.free_tokens_used.setdefault(acct_id, acct.free_used)
+    oracle.summaries()
     return oracle.out

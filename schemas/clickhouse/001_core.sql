@@ -132,6 +132,38 @@ CREATE TABLE IF NOT EXISTS account_state
 ENGINE = ReplacingMergeTree(seq)
 ORDER BY account_id;
 
+-- Hourly settlements against vouchers and cash (BILLING_RULES §9); adjustments settle late usage.
+CREATE TABLE IF NOT EXISTS settlements
+(
+    account_id     String,
+    hour           DateTime64(0, 'Asia/Shanghai'),
+    kind           LowCardinality(String),      -- regular | adjustment
+    amount         Decimal(18, 6),
+    voucher_part   Decimal(18, 6),
+    cash_part      Decimal(18, 6),
+    debt_added     Decimal(18, 6),
+    debt_after     Decimal(18, 6),
+    balance_after  Decimal(18, 6),
+    seq            UInt64,
+    settled_at     DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (account_id, seq, hour);
+
+-- Every change of an account's status (active | arrears), as also published on the status topic.
+CREATE TABLE IF NOT EXISTS account_status
+(
+    account_id    String,
+    status        LowCardinality(String),
+    debt          Decimal(18, 6),
+    cash_balance  Decimal(18, 6),
+    clock         DateTime64(6, 'UTC'),
+    seq           UInt64,
+    changed_at    DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (account_id, seq);
+
 -- `billing wait` barriers: a row per partition once everything before the barrier is written.
 CREATE TABLE IF NOT EXISTS barriers
 (

@@ -91,7 +91,9 @@ def test_durable_state_round_trip():
     assert back.whitelist == {"xingchen-longcontext", "xingchen-max"}
     assert back.cash_balance == D("12.34") and isinstance(back.cash_balance, Decimal)
     assert back.debt == D("0.000007")
-    assert back.vouchers == {"v1": Voucher("v1", D("5.5"), us("2024-07-01T00:00:00+08:00")), "v2": Voucher("v2", D("1"), None)}
+    # the 10:00 hour closed at the 12:00 revocation: its 0.001 came off the earliest-expiring voucher
+    assert back.vouchers == {"v1": Voucher("v1", D("5.499"), us("2024-07-01T00:00:00+08:00")), "v2": Voucher("v2", D("1"), None)}
+    assert back.open_hours == {} and back.last_settled_hour == us("2024-06-07T10:00:00+08:00")
     assert back.duplicates == 1
     assert back.max_ts_us == s.max_ts_us
     assert (back.log_epoch, back.log_partition, back.log_offset) == ("epoch-1", 3, 99)

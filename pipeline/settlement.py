@@ -1,0 +1,91 @@
+"""Hourly settlement against vouchers and cash, debt and arrears (BILLING_RULES §9).
+
+Pure functions over the account state. Hours close on the account's own event-time clock (see
+docs/interpretations.md, Settlement), so the stream and any replay settle identically.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pipeline.outputs import Settlement, StatusChange
+from pipeline.state import ZERO, AccountState, Voucher
+from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE
+
+ACTIVE = "active"
+ARREARS = "arrears"
+
+
+def status_of(state: AccountState) -> str:
+    return ARREARS if state.debt > 0 else ACTIVE
+
+
+def _voucher_order(voucher: Voucher) -> tuple[bool, int, str]:
+    """Earliest expiry first, vouchers that never expire last."""
+    return (voucher.expires_us is None, voucher.expires_us or 0, voucher.voucher_id)
+
+
+def settle_amount(state: AccountState, amount: Decimal, due_us: int) -> tuple[Decimal, Decimal, Decimal]:
+    """Charge `amount`: usable vouchers first, then cash; the rest becomes debt.
+
+    Returns (voucher part, cash part, debt added). A voucher is usable when it has not expired
+    at `due_us`, the end of the hour being settled.
+    """
+    left = amount
+    voucher_part = ZERO
+    for voucher in sorted(state.vouchers.values(), key=_voucher_order):
+        if left <= 0:
+            break
+        if voucher.remaining <= 0 or (voucher.expires_us is not None and voucher.expires_us <= due_us):
+            continue
+        used = min(voucher.remaining, left)
+        voucher.remaining -= used
+        voucher_part += used
+        left -= used
+    cash_part = min(max(state.cash_balance, ZERO), left)
+    state.cash_balance -= cash_part
+    left -= cash_part
+    state.debt += left
+    return voucher_part, cash_part, left
+
+
+def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[list[Settlement], list[StatusChange]]:
+    """Settle every open hour whose end plus the grace is at or before the account clock."""
+    ready = sorted(h for h in state.open_hours if h + US_PER_HOUR + grace_us <= state.max_ts_us)
+    if not ready:
+        return [], []
+    before = status_of(state)
+    settlements = []
+    for hour in ready:
+        amount = state.open_hours.pop(hour)
+        adjustment = state.last_settled_hour is not None and hour <= state.last_settled_hour
+        voucher_part, cash_part, debt_added = settle_amount(state, amount, hour + US_PER_HOUR)
+        if not adjustment:
+            state.last_settled_hour = hour
+        settlements.append(
+            Settlement(
+                state.account_id, hour, "adjustment" if adjustment else "regular", amount,
+                voucher_part, cash_part, debt_added, state.debt, state.cash_balance, seq,
+            )
+        )
+    return settlements, _status_change(state, before, seq)
+
+
+def recharge(state: AccountState, amount: Decimal, seq: int) -> list[StatusChange]:
+    """Recharges pay outstanding debt first; the rest goes to the cash balance."""
+    before = status_of(state)
+    paid = min(amount, state.debt)
+    state.debt -= paid
+    state.cash_balance += amount - paid
+    return _status_change(state, before, seq)
+
+
+def _status_change(state: AccountState, before: str, seq: int) -> list[StatusChange]:
+    after = status_of(state)
+    if after == before:
+        return []
+    return [StatusChange(state.account_id, after, state.debt, state.cash_balance, state.max_ts_us, seq)]
+
+
+def grace_us(minutes: int) -> int:
+    return minutes * US_PER_MINUTE
