@@ -40,6 +40,15 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     async def settlements(request: web.Request) -> web.Response:
         return web.json_response(await on_db(queries.settlements, client_of(), arg(request, "account")))
 
+    async def rebill_plan(request: web.Request) -> web.Response:
+        body = await request.json()
+        plan = await on_db(queries.rebill_plan, client_of(), body["catalog"], body["from"], body["to"], body.get("account"))
+        return web.json_response(plan)
+
+    async def rebill_audit(request: web.Request) -> web.Response:
+        await on_db(queries.write_rebill_audit, client_of(), await request.json())
+        return web.json_response({"ok": True})
+
     async def barrier(request: web.Request) -> web.Response:
         count = await on_db(queries.barrier_partitions, client_of(), request.match_info["barrier_id"])
         return web.json_response({"partitions": count})
@@ -61,6 +70,8 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_get("/api/accounts/{account_id}", account)
     app.router.add_get("/api/settlements", settlements)
     app.router.add_get("/api/barriers/{barrier_id}", barrier)
+    app.router.add_post("/api/rebill/plan", rebill_plan)
+    app.router.add_post("/api/rebill/audit", rebill_audit)
     app.router.add_get("/healthz", healthz)
     return app
 

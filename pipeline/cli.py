@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline import output
-from pipeline.catalog import CatalogError, load_catalog
+from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from pipeline.reader import QueryError, open_reader
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings, load_settings
@@ -249,6 +249,44 @@ def cmd_settlements(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-price [from, to) with a catalog; print per account-hour old, new, delta; apply unless --dry-run."""
+    import json as _json
+
+    from pipeline.publish import publish_lines
+    from pipeline.timestamps import parse_ts
+
+    if parse_ts(args.end) <= parse_ts(args.start):
+        raise UsageError("--to must be after --from")
+    catalog_path = Path(args.catalog) if args.catalog else (settings.catalog or DEFAULT_CATALOG)
+    catalog = load_catalog(catalog_path)  # refuse a bad catalog before any work
+    data = _json.loads(catalog_path.read_text(encoding="utf-8"))
+    reader = open_reader(settings, catalog.free_quota_tokens)
+    say(f"billing: rebill   replaying every record of the accounts with records in [{args.start}, {args.end}) "
+        f"under catalog {catalog.version}...")
+    started = time.monotonic()
+    plan = reader.rebill_plan(data, args.start, args.end, args.account)
+    audit, records = plan["audit"], plan["records"]
+    elapsed = time.monotonic() - started
+    say(f"billing: rebill   {audit['records_read']} records replayed in {elapsed:.1f}s "
+        f"({audit['records_read'] / max(elapsed, 1e-9):,.0f}/s); {audit['lines_changed']} lines change, "
+        f"{len(audit['now_billed'])} rejected calls now billed")
+    output.emit(audit["diffs"], args.format, ("account_id", "hour", "old_amount", "new_amount", "delta"))
+    if args.dry_run:
+        say("billing: rebill   dry run: nothing written")
+        return 0
+    bootstrap = kafka_of(settings)
+    if records:
+        report = publish_lines((r.encode() for r in records), bootstrap, settings.input_topic, total=len(records), quiet=True)
+        if report.failures:
+            raise RuntimeError(f"could not publish the revised lines: {report.failures[0]}; run the same rebill again")
+        if not wait_for(reader, bootstrap, settings, timeout=args.timeout):
+            return 1
+    reader.write_rebill_audit(audit)
+    say(f"billing: rebill   run {audit['run_id']} applied; audit in rebill_runs / rebill_diffs")
+    return 0
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.chclient import connect, migrate
 
@@ -301,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     stl.add_argument("--account")
     stl.add_argument("--format", choices=output.FORMATS, default="table")
     stl.set_defaults(run=cmd_settlements)
+    rebill = sub.add_parser("rebill", parents=[common], help="re-price a time range with a catalog and write revised bills")
+    rebill.add_argument("--from", dest="start", required=True, help="RFC 3339, inclusive (bill hours at or after it)")
+    rebill.add_argument("--to", dest="end", required=True, help="RFC 3339, exclusive")
+    rebill.add_argument("--catalog", help="price catalog file (default: the worker's, schemas/catalog.json)")
+    rebill.add_argument("--account", help="only this account")
+    rebill.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
+    rebill.add_argument("--format", choices=output.FORMATS, default="table")
+    rebill.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the worker to apply it")
+    rebill.set_defaults(run=cmd_rebill)
     sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
     return parser
 

@@ -7,11 +7,12 @@ stream worker and a rebill both call it in the account's log order, so they cann
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from pipeline.catalog import Catalog
 from pipeline.keys import keys_not_revoked_by
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, Outcome, PricedUsage, Rejection, Violation
-from pipeline.pricing import plugin_amount, token_amount
+from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import FreeSplit, split_free
 from pipeline.settlement import close_hours, grace_us, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
@@ -21,6 +22,7 @@ from pipeline.validation import usage_rejection
 from pipeline.windows import MINUTE, SECOND, window_keys, violated
 
 NO_FREE = FreeSplit(0, 0)
+REBILL_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
 
 
 def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
@@ -114,6 +116,22 @@ def _line(state: AccountState, outcome: Outcome, key: tuple[int, str, str]) -> L
     return line
 
 
+def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dict[str, Any]]) -> None:
+    """A rebill's revised lines replace the current ones; the money difference is owed (or given
+    back) through the hour's settlement, as an adjustment when the hour was settled already."""
+    for spec in lines:
+        hour = parse_ts(spec["hour"])
+        key = (hour_start(hour), spec["api_key_id"], spec["item"])
+        previous = state.lines[key].amount if key in state.lines else ZERO
+        line = _line(state, outcome, key)
+        for name in REBILL_COUNTS:
+            setattr(line, name, spec[name])
+        line.amount = Decimal(spec["amount"]).quantize(MICRO)
+        delta = line.amount - previous
+        if delta:
+            state.open_hours[key[0]] = state.open_hours.get(key[0], ZERO) + delta
+
+
 def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catalog: Catalog) -> tuple[str, ...]:
     """Count an API call in its second and minute windows; flag and report each limit exceeded."""
     limits = state.limits or catalog.default_limits
@@ -170,4 +188,6 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         state.whitelist.add(f["model"])
     elif record.kind == "whitelist.remove":
         state.whitelist.discard(f["model"])
+    elif record.kind == "rebill.lines":
+        _apply_rebilled_lines(state, outcome, f["lines"])
     return outcome  # clock.tick: the clock moved, closing is done by the caller

@@ -20,11 +20,11 @@ from pipeline import sink, statestore
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.outputs import Outcome, StatusChange, Violation
-from pipeline.records import Invalid, Record, Usage, parse_record
+from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows, RawRow
 from pipeline.settlement import grace_us
 from pipeline.state import AccountState
-from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start
+from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
 
 log = logging.getLogger(__name__)
 BARRIER_TYPE = "billing.barrier"
@@ -64,6 +64,15 @@ def _barrier_id(value: bytes) -> str | None:
         return str(orjson.loads(value)["barrier_id"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
+
+
+def _hours_touched(record: Record) -> list[int]:
+    """Bill hours whose lines this record may change (they must be in memory before the fold)."""
+    if isinstance(record, Usage):
+        return [hour_start(record.ts_us)]
+    if isinstance(record, AccountRecord) and record.kind == "rebill.lines":
+        return sorted({hour_start(parse_ts(line["hour"])) for line in record.fields["lines"]})
+    return []
 
 
 class BatchProcessor:
@@ -160,12 +169,10 @@ class BatchProcessor:
                 if isinstance(rec, Invalid):
                     continue
                 pairs.append((acc, rec.identity))
-                if isinstance(rec, Usage):
-                    hour = hour_start(rec.ts_us)
-                    if hour not in self._hours[acc]:
-                        hours.add((acc, hour))
+                hours.update((acc, hour) for hour in _hours_touched(rec) if hour not in self._hours[acc])
+                if isinstance(rec, Usage) and rec.channel == "api":
                     minute = rec.ts_us - rec.ts_us % US_PER_MINUTE
-                    if rec.channel == "api" and minute not in self._minutes[acc]:
+                    if minute not in self._minutes[acc]:
                         minutes.add((acc, minute))
         for (acc, rid), (digest, seq) in statestore.load_seen(self.client, pairs).items():
             if seq <= seqs[acc]:
@@ -190,12 +197,12 @@ class BatchProcessor:
             result.reasons[outcome.rejection.reason] += 1
         if outcome.priced is not None:
             rows.priced.append(outcome.priced)
-            self._hours[acc].add(outcome.priced.hour_us)
         rows.violations.extend(outcome.violations)
         rows.settlements.extend(outcome.settlements)
         rows.status_changes.extend(outcome.status_changes)
         for key in outcome.lines:
             rows.lines[(acc, key)] = state.lines[key]
+            self._hours[acc].add(key[0])
         for key in outcome.windows:
             rows.windows[(acc, key)] = state.windows[key]
             self._minutes[acc].add(key[1] - key[1] % US_PER_MINUTE)

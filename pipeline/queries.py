@@ -70,7 +70,8 @@ def rejected(client: Client, account: str | None = None, reason: str | None = No
         where.append("reason = {reason:String}")
     sql = (
         "SELECT event_id, account_id, reason, detail, kind, toUnixTimestamp64Micro(event_ts), record FROM rejections FINAL"
-        + (" WHERE " + " AND ".join(where) if where else "")
+        " WHERE (account_id, record_id) NOT IN (SELECT account_id, record_id FROM rejection_resolutions)"
+        + "".join(" AND " + w for w in where)
         + " ORDER BY account_id, event_ts, record_id"
     )
     return [
@@ -144,3 +145,27 @@ def summary(client: Client) -> Row:
     (lines, amount) = client.query("SELECT count(), sum(amount) FROM bill_lines FINAL").result_rows[0]
     (rejections,) = client.query("SELECT count() FROM rejections FINAL").result_rows[0]
     return {"records": records, "bill_lines": lines, "amount": money(amount or Decimal(0)), "rejections": rejections}
+
+
+def rebill_plan(client: Client, catalog_data: dict[str, Any], start: str, end: str, account: str | None) -> Row:
+    """Replay and diff (no writes): the audit record and the `rebill.lines` records to publish."""
+    from pipeline.catalog import parse_catalog
+    from pipeline.rebill import audit_rows, plan_rebill
+
+    plan = plan_rebill(client, parse_catalog(catalog_data), parse_ts(start), parse_ts(end), account)
+    return {"audit": audit_rows(plan, dry_run=False), "records": [r.decode() for r in plan.records()]}
+
+
+def write_rebill_audit(client: Client, audit: Row) -> None:
+    client.insert("rebill_runs", [[audit["run_id"], audit["run_by"], audit["run_at_ms"], audit["from"], audit["to"],
+                                   audit["account_filter"], audit["catalog_version"], audit["records_read"], audit["lines_changed"]]],
+                  column_names=["run_id", "run_by", "run_at", "range_from", "range_to", "account_filter", "catalog_version",
+                                "records_read", "lines_changed"])
+    diffs = audit["diffs"]
+    if diffs:
+        client.insert("rebill_diffs", [[audit["run_id"], d["account_id"], parse_ts(d["hour"]) // 1_000_000, Decimal(d["old_amount"]),
+                                        Decimal(d["new_amount"]), Decimal(d["delta"])] for d in diffs],
+                      column_names=["run_id", "account_id", "hour", "old_amount", "new_amount", "delta"])
+    if audit["now_billed"]:
+        client.insert("rejection_resolutions", [[acc, event_id, audit["run_id"]] for acc, event_id in audit["now_billed"]],
+                      column_names=["account_id", "record_id", "run_id"])

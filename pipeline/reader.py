@@ -27,6 +27,8 @@ class Reader(Protocol):
     def account(self, account_id: str) -> Row | None: ...
     def barrier_partitions(self, barrier_id: str) -> int: ...
     def account_ids(self) -> list[str]: ...
+    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, account: str | None) -> Row: ...
+    def write_rebill_audit(self, audit: Row) -> None: ...
     def settlements(self, account: str | None) -> list[Row]: ...
 
 
@@ -53,6 +55,12 @@ class DirectReader:
 
     def account_ids(self) -> list[str]:
         return queries.account_ids(self.client)
+
+    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, account: str | None) -> Row:
+        return queries.rebill_plan(self.client, catalog, start, end, account)
+
+    def write_rebill_audit(self, audit: Row) -> None:
+        queries.write_rebill_audit(self.client, audit)
 
     def settlements(self, account: str | None) -> list[Row]:
         return queries.settlements(self.client, account)
@@ -96,6 +104,26 @@ class ApiReader:
 
     def account_ids(self) -> list[str]:
         return list(self._get("/api/accounts"))
+
+    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, account: str | None) -> Row:
+        return self._post("/api/rebill/plan", {"catalog": catalog, "from": start, "to": end, "account": account})
+
+    def write_rebill_audit(self, audit: Row) -> None:
+        self._post("/api/rebill/audit", audit)
+
+    def _post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=3600) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", errors="replace")
+            if exc.code == 400:
+                raise ValueError(detail) from None
+            raise QueryError(f"the worker at {self.base} answered {exc.code}: {detail[:500]}") from None
+        except urllib.error.URLError as exc:
+            raise QueryError(f"cannot reach the worker at {self.base} ({exc.reason}); is `billing up` still running?") from None
 
     def settlements(self, account: str | None) -> list[Row]:
         return self._get("/api/settlements", {"account": account})

@@ -29,6 +29,7 @@ ACCOUNT_KINDS = (
     "whitelist.add",
     "whitelist.remove",
     "clock.tick",
+    "rebill.lines",
 )
 KINDS = (USAGE, *ACCOUNT_KINDS)
 MAX_RECORD_BYTES = 64 * 1024

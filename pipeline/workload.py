@@ -580,3 +580,304 @@ def write_jsonl(path: str | Path, lines: Iterable[str]) -> int:
 if __name__ == "__main__":  # python -m pipeline.workload N [SEED] > records.jsonl
     args = sys.argv[1:]
     write_jsonl("-", generate(int(args[0]) if args else 1000, int(args[1]) if len(args) > 1 else 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# settlement workload (BILLING_RULES §9)
+
+SETTLEMENT_START = "2024-09-18T09:00:00+08:00"  # every catalog model is priced from 2024-09-18
+SETTLEMENT_HOURS = 8
+# account roles, by index modulo 6
+_ROLES = ("rich", "recover", "long_arrears", "vouchers", "free_console", "late")
+
+
+@dataclass
+class _SAccount:
+    idx: int
+    account_id: str
+    role: str
+    keys: list[str] = field(default_factory=list)
+    last_ms: int = 0
+    weight: float = 1.0
+
+
+class _SettlementGenerator:
+    """See `generate_settlement`."""
+
+    def __init__(self, n_records: int, seed: int, accounts: int):
+        self.n = n_records
+        self.seed = seed
+        self.rng = random.Random(f"xingchen-settlement:{seed}")
+        rng = self.rng
+        self.start_ms = _ms(SETTLEMENT_START)
+        self.span_ms = SETTLEMENT_HOURS * MS_HOUR
+        self.accounts = [
+            _SAccount(idx=i, account_id=str(rng.randrange(10**15, 10**16)), role=_ROLES[i % len(_ROLES)])
+            for i in range(max(1, accounts))
+        ]
+        for acct in self.accounts:
+            if acct.role == "free_console":
+                acct.weight = 0.6
+        self.out: list[str] = []
+        self.recent: list[tuple[str, dict[str, Any]]] = []  # (line, record) of valid records
+        self.counter = 0
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def ri(self, low: int, high: int) -> int:
+        return low + int(self.rng.random() * (high - low + 1))
+
+    def event_id(self) -> str:
+        self.counter += 1
+        return f"evt-s{self.seed}-{self.rng.getrandbits(40):010x}-{self.counter:06d}"
+
+    def stamp(self, acct: _SAccount, now: int) -> int:
+        ms = max(now + int(self.rng.random() * 1500), acct.last_ms + 1)
+        acct.last_ms = ms
+        return ms
+
+    def emit(self, record: dict[str, Any], keep: bool = True) -> None:
+        line = _dumps(record)
+        self.out.append(line)
+        if keep:
+            self.recent.append((line, record))
+            if len(self.recent) > 600:
+                del self.recent[:300]
+
+    def account_record(self, acct: _SAccount, kind: str, ms: int, **fields: Any) -> dict[str, Any]:
+        record = {"type": kind, "account_id": acct.account_id, "timestamp": _ts(ms)}
+        record.update(fields)
+        return record
+
+    def voucher_id(self, acct: _SAccount, tag: str) -> str:
+        return f"vch-{acct.idx}-{tag}"
+
+    # -- records ------------------------------------------------------------------------------------
+    def prelude(self) -> None:
+        start = self.start_ms
+        for acct in self.accounts:
+            ms = self.stamp(acct, start + acct.idx * 5_000)
+            for _ in range(2 if acct.idx % 2 == 0 else 1):
+                key = f"sk-{self.rng.getrandbits(96):024x}"
+                acct.keys.append(key)
+                self.emit(self.account_record(acct, "api_key.created", ms, api_key_id=key))
+                ms = self.stamp(acct, ms)
+            cash = {"rich": "2000", "recover": "2", "long_arrears": "1", "vouchers": "15",
+                    "free_console": "10", "late": "200.00"}[acct.role]
+            self.emit(self.account_record(acct, "credit.recharge", ms, amount=cash))
+            vouchers: list[tuple[str, str, int | None]] = []  # (tag, amount, expires_ms)
+            if acct.role == "rich":
+                vouchers = [("welcome", "50", None)]
+                self.emit(self.account_record(acct, "whitelist.add", self.stamp(acct, ms), model="xingchen-longcontext"))
+            elif acct.role == "recover":
+                vouchers = [("trial", "5", start + 150 * MS_MIN)]  # expires mid-run, 11:30
+            elif acct.role == "vouchers":
+                vouchers = [
+                    ("e2", "5", start + 6 * MS_HOUR),  # same expiry as e1: drawn after it (voucher_id)
+                    ("a", "3", start + 90 * MS_MIN),  # usable for the first hour only
+                    ("b", "4", start + 4 * MS_HOUR),  # expires exactly at an hour's end: not for that hour
+                    ("n", "6", None),  # no expiry: last
+                    ("e1", "5", start + 6 * MS_HOUR),
+                ]
+            for tag, amount, expires in vouchers:
+                fields: dict[str, Any] = {"voucher_id": self.voucher_id(acct, tag), "amount": amount}
+                if expires is not None:
+                    fields["expires_at"] = _ts(expires)
+                self.emit(self.account_record(acct, "credit.voucher", self.stamp(acct, ms), **fields))
+
+    def plan(self) -> list[tuple[float, int, str]]:
+        plan = []
+        for acct in self.accounts:
+            i, role = acct.idx, acct.role
+            jitter = (i % 6) * 0.003
+            if role == "rich":
+                plan.append((0.50 + jitter, i, "voucher_day"))
+            elif role == "recover":
+                plan.append((0.55 + jitter, i, "recharge:300"))
+            elif role == "long_arrears":
+                plan.append((0.45 + jitter, i, "recharge:1.00"))  # pays part of the debt: still in arrears
+                plan.append((0.93 + jitter, i, "recharge:1500"))
+            elif role == "vouchers":
+                plan.append((0.30 + jitter, i, "voucher_late"))
+                plan.append((0.31 + jitter, i, "voucher_regrant"))  # a known voucher_id: no-op
+                plan.append((0.60 + jitter, i, "recharge:20"))
+            elif role == "free_console":
+                plan.append((0.56 + jitter, i, "tick"))  # idle from 0.40 to 0.62: a tick closes its hours
+            elif role == "late":
+                plan.append((0.30 + jitter, i, "recharge:50"))
+                plan.append((0.60 + jitter, i, "recharge:50"))
+        plan.sort()
+        return plan
+
+    def scripted(self, acct: _SAccount, action: str, now: int) -> None:
+        ms = self.stamp(acct, now)
+        if action.startswith("recharge:"):
+            self.emit(self.account_record(acct, "credit.recharge", ms, amount=action.split(":", 1)[1]))
+        elif action == "voucher_day":
+            self.emit(self.account_record(acct, "credit.voucher", ms, voucher_id=self.voucher_id(acct, "day"),
+                                          amount="30", expires_at=_ts(ms + 24 * MS_HOUR)))
+        elif action == "voucher_late":
+            self.emit(self.account_record(acct, "credit.voucher", ms, voucher_id=self.voucher_id(acct, "m"), amount="8"))
+        elif action == "voucher_regrant":
+            self.emit(self.account_record(acct, "credit.voucher", ms, voucher_id=self.voucher_id(acct, "b"), amount="400"))
+        elif action == "tick":
+            self.emit(self.account_record(acct, "clock.tick", ms))
+
+    def idle(self, acct: _SAccount, p: float) -> bool:
+        return acct.role == "free_console" and 0.40 <= p < 0.62
+
+    def pick_account(self, p: float) -> _SAccount:
+        live = [a for a in self.accounts if not self.idle(a, p)] or self.accounts
+        total = sum(a.weight for a in live)
+        r = self.rng.random() * total
+        for acct in live:
+            r -= acct.weight
+            if r < 0:
+                return acct
+        return live[-1]
+
+    def usage(self, acct: _SAccount, now: int) -> dict[str, Any]:
+        rng, ri = self.rng, self.ri
+        late_rate = 0.03 if acct.role == "late" else 0.008
+        ms = now - ri(20 * MS_MIN, 90 * MS_MIN) - ri(0, 999) if rng.random() < late_rate else 0
+        if ms < self.start_ms + 10 * MS_MIN:
+            ms = self.stamp(acct, now)
+        record: dict[str, Any] = {
+            "account_id": acct.account_id,
+            "timestamp": _ts(ms),
+            "event_id": self.event_id(),
+            "api_key_id": acct.keys[int(rng.random() * len(acct.keys))],
+        }
+        plugins: dict[str, int] = {}
+        if acct.role == "free_console":  # light calls, mostly console: never past the free quota
+            record["model"] = rng.choice(("xingchen-lite", "xingchen-base", "xingchen-plus"))
+            record["input_tokens"], record["output_tokens"] = ri(50, 2000), ri(10, 500)
+            if rng.random() < 0.7:
+                record["channel"] = "console"
+            if rng.random() < 0.1:
+                plugins[rng.choice(("web_search", "function_call", "knowledge_base"))] = ri(1, 3)
+        else:
+            r = rng.random()
+            if r < 0.003:
+                model = rng.choice(UNKNOWN_MODELS)
+                tin, tout = ri(100, 5000), ri(10, 1000)
+            elif r < 0.35:
+                model, tin = "xingchen-lite", ri(8000, 32000)
+                tout = ri(200, 8000)
+            elif r < 0.65:
+                model, tin = "xingchen-plus-v2", ri(8000, 30000)
+                tout = ri(200, min(6000, 32000 - tin))
+            elif r < 0.75:
+                model, tin = "xingchen-max", ri(2000, 6500)
+                tout = ri(100, 8000 - tin)
+            elif r < 0.95 or acct.role != "rich":
+                model, tin = rng.choice(("xingchen-base", "xingchen-plus")), ri(2000, 6500)
+                tout = ri(100, 8000 - tin)
+            else:
+                model, tin = "xingchen-longcontext", ri(5000, 28000)
+                tout = ri(100, 32000 - tin)
+            record["model"], record["input_tokens"], record["output_tokens"] = model, tin, tout
+            r = rng.random()
+            if r < 0.05:
+                record["channel"] = "console"
+            elif r < 0.08:
+                record["channel"] = "api"
+            if rng.random() < 0.1:
+                if rng.random() < 0.5:
+                    plugins["text_to_image"] = ri(1, 2)
+                plugins[rng.choice(("web_search", "function_call", "long_term_memory"))] = ri(1, 2)
+        if plugins:
+            record["plugins"] = plugins
+        return record
+
+    def redeliver(self) -> bool:
+        if not self.recent:
+            return False
+        line, _ = self.recent[self.rng.randrange(max(0, len(self.recent) - 300), len(self.recent))]
+        self.out.append(line)
+        return True
+
+    def conflicting(self) -> bool:
+        usages = [rec for _, rec in self.recent[-300:] if "event_id" in rec]
+        if not usages:
+            return False
+        changed = dict(self.rng.choice(usages))
+        changed["output_tokens"] = max(0, changed["output_tokens"] - self.ri(1, 200))
+        if changed["output_tokens"] == 0:
+            changed["output_tokens"] = 1
+        self.out.append(_dumps(changed))
+        return True
+
+    def bad(self, acct: _SAccount, now: int) -> None:
+        ms = self.stamp(acct, now)
+        if self.rng.random() < 0.5:
+            record = self.account_record(acct, "credit.recharge", ms, amount=self.rng.choice(("-5.00", "abc", 12)))
+        else:
+            record = self.usage(acct, now)
+            del record["model"]
+        self.out.append(_dumps(record))
+
+    def run(self) -> list[str]:
+        n = self.n
+        if n <= 0:
+            return []
+        rng = self.rng
+        body = max(0, n - len(self.accounts))  # the rest: one closing clock.tick per account
+        self.prelude()
+        base = len(self.out)
+        span = max(1, body - base)
+        plan = self.plan()
+        step = 0
+        while len(self.out) < body:
+            p = (len(self.out) - base) / span
+            now = self.start_ms + int(self.span_ms * p)
+            if step < len(plan) and plan[step][0] <= p:
+                _, idx, action = plan[step]
+                step += 1
+                self.scripted(self.accounts[idx], action, now)
+                continue
+            acct = self.pick_account(p)
+            r = rng.random()
+            if r < 0.008:
+                if not self.redeliver():
+                    self.emit(self.usage(acct, now))
+            elif r < 0.010:
+                if not self.conflicting():
+                    self.emit(self.usage(acct, now))
+            elif r < 0.013:
+                self.bad(acct, now)
+            else:
+                self.emit(self.usage(acct, now))
+        out = self.out[:body]
+        for acct in self.accounts:  # 2 h past the account's latest record: every hour closes
+            out.append(_dumps(self.account_record(acct, "clock.tick", acct.last_ms + 2 * MS_HOUR)))
+        return out[:n]
+
+
+def generate_settlement(n_records: int = 3000, seed: int = 1, accounts: int = 6) -> list[str]:
+    """A deterministic multi-hour workload for settlement and arrears (BILLING_RULES §9).
+
+    Event time runs 8 h from 2024-09-18 09:00 +08:00 (every model priced), then every account
+    gets a `clock.tick` 2 h past its latest record so that every hour closes; the result has
+    exactly `n_records` lines (for n_records >= the prelude plus one tick per account).
+    Accounts play roles by index modulo 6:
+    - 0 rich: 2000 cash, a 50 voucher without expiry, a 1-day voucher later, whitelisted for
+      longcontext; never in arrears;
+    - 1 recover: 2 cash and a 5 voucher expiring at 11:30; in arrears from about hour 11,
+      recharges 300 mid-run and recovers;
+    - 2 long_arrears: 1 cash; in arrears from about hour 10, a 1.00 recharge that only pays
+      part of the debt, then 1500 near the end (in arrears well over 3 h);
+    - 3 vouchers: 15 cash and vouchers with every ordering case (two with the same expiry,
+      granted out of voucher_id order; one expiring after the first hour; one expiring exactly
+      at an hour's end; no-expiry ones), a later voucher, a re-grant of a known voucher_id
+      (no-op), a 20 recharge;
+    - 4 free_console: light, mostly console calls, never past the free quota, so every hour it
+      has settles at 0; idle for a stretch with a `clock.tick` in it;
+    - 5 late: 200 cash, two recharges, more late calls.
+    All but free_console use big calls (lite / plus-v2 up to 32k tokens, max, base, plus,
+    text_to_image) so the 1,000,000 free tokens run out in the first hour or so. About 0.8% of
+    calls (3% for `late`) are 20-90 minutes late, many of them for already settled hours
+    (adjustments); 5% are console calls. Also exact re-deliveries (0.8%, credit records too),
+    conflicting re-deliveries (0.2%), schema-invalid records (0.3%) and unknown models (0.3%).
+    Each account's keys are created in its prelude, before any use.
+    """
+    return _SettlementGenerator(n_records, seed, accounts).run()

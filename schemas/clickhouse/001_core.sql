@@ -164,6 +164,44 @@ CREATE TABLE IF NOT EXISTS account_status
 ENGINE = ReplacingMergeTree
 ORDER BY (account_id, seq);
 
+-- Audit of `billing rebill` runs: who, when, range, catalog, records read, per account-hour diff.
+CREATE TABLE IF NOT EXISTS rebill_runs
+(
+    run_id           String,
+    run_by           String,
+    run_at           DateTime64(3, 'UTC'),
+    range_from       String,
+    range_to         String,
+    account_filter   String,
+    catalog_version  String,
+    records_read     UInt64,
+    lines_changed    UInt64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY run_id;
+
+CREATE TABLE IF NOT EXISTS rebill_diffs
+(
+    run_id      String,
+    account_id  String,
+    hour        DateTime64(0, 'Asia/Shanghai'),
+    old_amount  Decimal(18, 6),
+    new_amount  Decimal(18, 6),
+    delta       Decimal(18, 6)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (run_id, account_id, hour);
+
+-- Rejected calls that a rebill billed (e.g. no_price_in_force under the old catalog).
+CREATE TABLE IF NOT EXISTS rejection_resolutions
+(
+    account_id  String,
+    record_id   String,
+    run_id      String
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (account_id, record_id);
+
 -- `billing wait` barriers: a row per partition once everything before the barrier is written.
 CREATE TABLE IF NOT EXISTS barriers
 (

@@ -1,0 +1,196 @@
+"""`billing rebill`: re-price a time range with another catalog, through the same fold.
+
+Each affected account's whole log is replayed from the raw archive (ClickHouse keeps every
+input record in log order; the embedded broker forgets, and Tansu answers offsets-for-times
+wrongly, DESIGN §7) with a fresh state and the given catalog, exactly as a fresh run of those
+records would go. Lines whose hour is in [from, to) and whose values differ from the current
+ones form the plan. Applying the plan publishes one `rebill.lines` record per account into its
+log: the worker, the only writer of account state, replaces the lines with a revision above
+every earlier one and settles the money difference as an adjustment. A second identical run
+finds no difference and writes nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Callable, Iterator
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from pipeline.catalog import Catalog
+from pipeline.fold import apply
+from pipeline.records import Usage, parse_record
+from pipeline.state import ZERO, AccountState, Line, LineKey
+from pipeline.timestamps import US_PER_SECOND, format_ts
+
+COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
+ACCOUNTS_PER_QUERY = 200
+DERIVED_KINDS = ("rebill.lines",)  # outputs of earlier rebills: a replay recomputes them
+
+
+@dataclass
+class LineChange:
+    account_id: str
+    key: LineKey
+    old: Line | None
+    new: Line
+
+
+@dataclass
+class RebillPlan:
+    run_id: str
+    catalog_version: str
+    start_us: int
+    end_us: int
+    account_filter: str | None
+    records_read: int = 0
+    accounts: list[str] = field(default_factory=list)
+    changes: list[LineChange] = field(default_factory=list)
+    now_billed: list[tuple[str, str]] = field(default_factory=list)  # (account, event_id) rejected before, billed now
+    clocks: dict[str, int] = field(default_factory=dict)
+
+    def hour_diffs(self) -> list[dict[str, Any]]:
+        """Per account-hour: old amount, new amount, delta (what the audit keeps and the CLI prints)."""
+        sums: dict[tuple[str, int], list[Decimal]] = defaultdict(lambda: [ZERO, ZERO])
+        for change in self.changes:
+            pair = sums[(change.account_id, change.key[0])]
+            pair[0] += change.old.amount if change.old else ZERO
+            pair[1] += change.new.amount
+        return [
+            {"account_id": acc, "hour": format_ts(hour), "old_amount": f"{old:.6f}", "new_amount": f"{new:.6f}",
+             "delta": f"{new - old:.6f}"}
+            for (acc, hour), (old, new) in sorted(sums.items())
+        ]
+
+    def records(self) -> Iterator[bytes]:
+        """One `rebill.lines` record per changed account, stamped with the account's latest event
+        time so that it does not move the account's clock."""
+        by_account: dict[str, list[LineChange]] = defaultdict(list)
+        for change in self.changes:
+            by_account[change.account_id].append(change)
+        for acc, changes in sorted(by_account.items()):
+            yield orjson.dumps({
+                "type": "rebill.lines", "account_id": acc, "timestamp": format_ts(self.clocks[acc]),
+                "run_id": self.run_id, "catalog_version": self.catalog_version,
+                "lines": [_line_json(c) for c in changes],
+            })
+
+
+def _line_json(change: LineChange) -> dict[str, Any]:
+    hour, key, item = change.key
+    spec: dict[str, Any] = {"hour": format_ts(hour), "api_key_id": key, "item": item}
+    spec.update({name: getattr(change.new, name) for name in COUNTS})
+    spec["amount"] = f"{change.new.amount:.6f}"
+    return spec
+
+
+def affected_accounts(client: Client, start_us: int, end_us: int, account: str | None) -> list[str]:
+    params: dict[str, Any] = {"s": start_us, "e": end_us}
+    where = "toUnixTimestamp64Micro(event_ts) >= {s:Int64} AND toUnixTimestamp64Micro(event_ts) < {e:Int64}"
+    if account:
+        params["a"] = account
+        where += " AND account_id = {a:String}"
+    rows = client.query(f"SELECT DISTINCT account_id FROM raw_records WHERE {where} ORDER BY account_id", parameters=params)
+    return [r[0] for r in rows.result_rows]
+
+
+def _account_logs(client: Client, accounts: list[str]) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Each account's archived records in log order (epochs sort in time order)."""
+    for i in range(0, len(accounts), ACCOUNTS_PER_QUERY):
+        chunk = accounts[i:i + ACCOUNTS_PER_QUERY]
+        result = client.query(
+            "SELECT account_id, kind, payload FROM raw_records FINAL WHERE account_id IN {a:Array(String)} "
+            "ORDER BY account_id, epoch, partition, offset",
+            parameters={"a": chunk},
+        )
+        logs: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for acc, kind, payload in result.result_rows:
+            logs[acc].append((kind, payload))
+        for acc in chunk:
+            yield acc, logs.get(acc, [])
+
+
+def _current_lines(client: Client, accounts: list[str], start_us: int, end_us: int) -> dict[tuple[str, LineKey], Line]:
+    result = client.query(
+        "SELECT account_id, toUnixTimestamp(hour), api_key_id, item, requests, input_tokens, output_tokens, free_tokens, "
+        "billed_input_tokens, billed_output_tokens, quantity, amount, revision FROM bill_lines FINAL "
+        "WHERE account_id IN {a:Array(String)} AND toUnixTimestamp(hour) >= {s:Int64} AND toUnixTimestamp(hour) < {e:Int64}",
+        parameters={"a": accounts, "s": start_us // US_PER_SECOND, "e": -(-end_us // US_PER_SECOND)},
+    )
+    lines = {}
+    for acc, hour_s, key, item, *values, revision in result.result_rows:
+        *counts, amount = values
+        lines[(acc, (hour_s * US_PER_SECOND, key, item))] = Line(*counts, Decimal(amount).quantize(Decimal("0.000001")), revision)
+    return lines
+
+
+def _rejected_ids(client: Client, accounts: list[str]) -> set[tuple[str, str]]:
+    result = client.query(
+        "SELECT account_id, event_id FROM rejections FINAL WHERE account_id IN {a:Array(String)} AND event_id != '' "
+        "AND reason != 'invalid_schema' AND reason != 'conflicting_duplicate'",
+        parameters={"a": accounts},
+    )
+    return {(a, e) for a, e in result.result_rows}
+
+
+def _same(a: Line, b: Line) -> bool:
+    return all(getattr(a, n) == getattr(b, n) for n in COUNTS) and a.amount == b.amount
+
+
+def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, account: str | None = None,
+                progress: Callable[[int], None] | None = None) -> RebillPlan:
+    plan = RebillPlan(uuid.uuid4().hex[:16], catalog.version, start_us, end_us, account)
+    plan.accounts = affected_accounts(client, start_us, end_us, account)
+    if not plan.accounts:
+        return plan
+    current = _current_lines(client, plan.accounts, start_us, end_us)
+    rejected = _rejected_ids(client, plan.accounts)
+    for acc, log in _account_logs(client, plan.accounts):
+        state = AccountState(acc)
+        for kind, payload in log:
+            if kind in DERIVED_KINDS:
+                continue
+            record = parse_record(payload.encode("utf-8"), acc)
+            outcome = apply(state, record, catalog)
+            if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
+                    and start_us <= record.ts_us < end_us:
+                plan.now_billed.append((acc, record.event_id))
+            plan.records_read += 1
+            if progress and plan.records_read % 5000 == 0:
+                progress(plan.records_read)
+        plan.clocks[acc] = state.max_ts_us
+        in_range = {k: v for k, v in state.lines.items() if start_us <= k[0] < end_us}
+        for key in sorted(set(in_range) | {k for (a, k) in current if a == acc}):
+            new = in_range.get(key) or Line()
+            old = current.get((acc, key))
+            if old is None and new.requests == 0:
+                continue
+            if old is None or not _same(old, new):
+                plan.changes.append(LineChange(acc, key, old, new))
+    if progress:
+        progress(plan.records_read)
+    return plan
+
+
+def audit_rows(plan: RebillPlan, dry_run: bool) -> dict[str, Any]:
+    """The audit record of a run (who, when, range, catalog, records read, per account-hour diff)."""
+    return {
+        "run_id": plan.run_id,
+        "run_by": getpass.getuser(),
+        "run_at_ms": int(time.time() * 1000),
+        "from": format_ts(plan.start_us),
+        "to": format_ts(plan.end_us),
+        "account_filter": plan.account_filter or "",
+        "catalog_version": plan.catalog_version,
+        "records_read": plan.records_read,
+        "lines_changed": len(plan.changes),
+        "dry_run": dry_run,
+        "diffs": plan.hour_diffs(),
+        "now_billed": [list(p) for p in plan.now_billed],
+    }
