@@ -14,7 +14,7 @@ from pipeline.keys import keys_not_revoked_by
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import FreeSplit, split_free
-from pipeline.settlement import close_hours, grace_us, recharge
+from pipeline.settlement import close_hours, grace_us, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import ZERO, AccountState, KeyState, Line, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
@@ -75,7 +75,10 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     billed_in = usage.input_tokens - free.free_input if billable else 0
     billed_out = usage.output_tokens - free.free_output if billable else 0
     amount = token_amount(billed_in, billed_out, price.input_per_token, price.output_per_token)
+    charges = _plugin_charges(usage, catalog, billable)
+    plugins_total = sum((charge for _, _, charge in charges), ZERO)
     hour = hour_start(usage.ts_us)
+    owe(state, hour, amount + plugins_total, grace_us(catalog.settlement_grace_minutes))
     outcome = Outcome(BILLED)
     line = _line(state, outcome, (hour, usage.api_key_id, usage.model))
     line.requests += 1
@@ -85,17 +88,11 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     line.billed_input_tokens += billed_in
     line.billed_output_tokens += billed_out
     line.amount += amount
-    plugins_total = ZERO
-    for name, units in usage.plugins:
-        unit_price = catalog.plugins[name].price_at(usage.ts_us)
-        assert unit_price is not None  # validated above
-        charge = plugin_amount(units, unit_price.per_unit) if billable else ZERO
-        plugins_total += charge
+    for name, units, charge in charges:
         pline = _line(state, outcome, (hour, usage.api_key_id, f"plugin:{name}"))
         pline.requests += 1
         pline.quantity += units
         pline.amount += charge
-    state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount + plugins_total
     flags: tuple[str, ...] = ()
     if billable:
         flags = _count_in_windows(state, outcome, usage, catalog)
@@ -116,20 +113,29 @@ def _line(state: AccountState, outcome: Outcome, key: tuple[int, str, str]) -> L
     return line
 
 
-def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dict[str, Any]]) -> None:
+def _plugin_charges(usage: Usage, catalog: Catalog, billable: bool) -> list[tuple[str, int, Decimal]]:
+    """(plugin, units, charge) per plugin of the call; console calls are free."""
+    charges = []
+    for name, units in usage.plugins:
+        unit_price = catalog.plugins[name].price_at(usage.ts_us)
+        assert unit_price is not None  # validated before
+        charges.append((name, units, plugin_amount(units, unit_price.per_unit) if billable else ZERO))
+    return charges
+
+
+def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dict[str, Any]], grace: int) -> None:
     """A rebill's revised lines replace the current ones; the money difference is owed (or given
     back) through the hour's settlement, as an adjustment when the hour was settled already."""
     for spec in lines:
         hour = parse_ts(spec["hour"])
         key = (hour_start(hour), spec["api_key_id"], spec["item"])
         previous = state.lines[key].amount if key in state.lines else ZERO
+        owe(state, key[0], ZERO, grace)
         line = _line(state, outcome, key)
         for name in REBILL_COUNTS:
             setattr(line, name, spec[name])
         line.amount = Decimal(spec["amount"]).quantize(MICRO)
-        delta = line.amount - previous
-        if delta:
-            state.open_hours[key[0]] = state.open_hours.get(key[0], ZERO) + delta
+        state.open_hours[key[0]] += line.amount - previous
 
 
 def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catalog: Catalog) -> tuple[str, ...]:
@@ -189,5 +195,5 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
     elif record.kind == "whitelist.remove":
         state.whitelist.discard(f["model"])
     elif record.kind == "rebill.lines":
-        _apply_rebilled_lines(state, outcome, f["lines"])
+        _apply_rebilled_lines(state, outcome, f["lines"], grace_us(catalog.settlement_grace_minutes))
     return outcome  # clock.tick: the clock moved, closing is done by the caller

@@ -49,6 +49,15 @@ def settle_amount(state: AccountState, amount: Decimal, due_us: int) -> tuple[De
     return voucher_part, cash_part, left
 
 
+def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
+    """Add to an hour's unsettled amount. Call before the record's own line is created: an hour
+    that had lines and is already past its close was settled, so this is an adjustment."""
+    if hour not in state.open_hours and hour + US_PER_HOUR + grace <= state.max_ts_us:
+        if any(key[0] == hour for key in state.lines):
+            state.adjusting.add(hour)
+    state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount
+
+
 def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[list[Settlement], list[StatusChange]]:
     """Settle every open hour whose end plus the grace is at or before the account clock."""
     ready = sorted(h for h in state.open_hours if h + US_PER_HOUR + grace_us <= state.max_ts_us)
@@ -58,9 +67,10 @@ def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[list[Sett
     settlements = []
     for hour in ready:
         amount = state.open_hours.pop(hour)
-        adjustment = state.last_settled_hour is not None and hour <= state.last_settled_hour
+        adjustment = hour in state.adjusting
+        state.adjusting.discard(hour)
         voucher_part, cash_part, debt_added = settle_amount(state, amount, hour + US_PER_HOUR)
-        if not adjustment:
+        if not adjustment and (state.last_settled_hour is None or hour > state.last_settled_hour):
             state.last_settled_hour = hour
         settlements.append(
             Settlement(

@@ -73,7 +73,8 @@ class AccountState:
     duplicates: int = 0
     max_ts_us: int = 0  # the account's event-time clock
     open_hours: dict[int, Decimal] = field(default_factory=dict)  # hour -> amount not yet settled
-    last_settled_hour: int | None = None
+    last_settled_hour: int | None = None  # the latest hour with a regular settlement
+    adjusting: set[int] = field(default_factory=set)  # open hours that were settled before: adjustments
     # where in the input log this account last applied a record (edge bookkeeping)
     log_epoch: str = ""
     log_partition: int = -1
@@ -100,6 +101,7 @@ class AccountState:
                 "max_ts_us": self.max_ts_us,
                 "open_hours": [[h, str(a)] for h, a in sorted(self.open_hours.items())],
                 "last_settled_hour": self.last_settled_hour,
+                "adjusting": sorted(self.adjusting),
                 "log": [self.log_epoch, self.log_partition, self.log_offset],
             }
         )
@@ -122,6 +124,7 @@ class AccountState:
             max_ts_us=d["max_ts_us"],
             open_hours={h: Decimal(a) for h, a in d.get("open_hours", [])},
             last_settled_hour=d.get("last_settled_hour"),
+            adjusting=set(d.get("adjusting", [])),
             log_epoch=epoch,
             log_partition=partition,
             log_offset=offset,
