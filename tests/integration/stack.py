@@ -22,6 +22,7 @@ class Stack:
     """A `billing up` running in the background on its own data dir."""
 
     data_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -33,7 +34,7 @@ class Stack:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "up", "--data-dir", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -81,6 +82,15 @@ class Stack:
         out = self.cli("bills", "--format", "json", *args).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
+    def json_lines(self, *args: str) -> list[dict[str, Any]]:
+        out = self.cli(*args, "--format", "json").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def kafka(self) -> str:
+        runtime = read_runtime(self.data_dir)
+        assert runtime is not None, "billing up is not running"
+        return runtime.kafka
+
     def rejected(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli("rejected", "--format", "json", *args).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -107,3 +117,16 @@ def bills_by_key(rows: list[dict[str, Any]], accounts: set[str] | None = None) -
         assert key not in keyed, f"two current values for one bill line {key}"
         keyed[key] = {**{k: row[k] for k in BILL_INTS}, "amount": Decimal(row["amount"])}
     return keyed
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[tuple[bytes, bytes]]:
+    """Every message of a topic, in order per partition. Reads until idle: the embedded broker's
+    end offsets cannot be trusted (DESIGN §7)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                             group_id=None, consumer_timeout_ms=int(idle_s * 1000))
+    try:
+        return [(m.key, m.value) for m in consumer]
+    finally:
+        consumer.close()
