@@ -106,7 +106,7 @@ def split_top_level(text: str) -> list[str]:
 
 TABLE_RE = re.compile(
     r"^CREATE TABLE IF NOT EXISTS\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s*"
-    r"\((?P<columns>.*)\)\s*ENGINE\s*=\s*(?P<engine>\w+)\s*(?:\((?P<args>[^)]*)\))?\s*(?P<rest>.*)$",
+    r"\((?P<columns>.*)\)\s*ENGINE\s*=\s*(?P<engine>\w+)\s*(?P<tail>.*)$",
     re.S,
 )
 VIEW_RE = re.compile(r"^CREATE VIEW IF NOT EXISTS\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s+AS\s+(?P<select>.*)$", re.S)
@@ -122,9 +122,21 @@ def parse_table(statement: str) -> Table | None:
         name, _, type_ = part.partition(" ")
         columns.append((name.strip("`"), " ".join(type_.split())))
     lines = [line.rstrip() for line in block.strip("\n").splitlines() if line.strip()]
-    args = match.group("args")
-    return Table(match.group("name"), columns, lines, match.group("engine"), args.strip() if args is not None else None,
-                 match.group("rest").strip())
+    args, rest = engine_arguments(match.group("tail"))
+    return Table(match.group("name"), columns, lines, match.group("engine"), args, rest.strip())
+
+
+def engine_arguments(tail: str) -> tuple[str | None, str]:
+    """Split '(args) rest' (balanced parentheses) into args and rest; no '(' means no args."""
+    if not tail.startswith("("):
+        return None, tail
+    depth = 0
+    for i, ch in enumerate(tail):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0:
+            return tail[1:i].strip(), tail[i + 1:]
+    raise SystemExit(f"unbalanced parentheses in engine clause: {tail[:80]}")
 
 
 def parse_view(statement: str) -> tuple[str, str] | None:

@@ -277,3 +277,32 @@ def test_non_ascii_digits_do_not_match_schema_patterns():
         assert isinstance(parse_record(raw), Invalid), amount
     raw = orjson.dumps({"type": "credit.recharge", "account_id": "a", "timestamp": "2024-09-18T10:00:00+08:00", "amount": "100.5"})
     assert isinstance(parse_record(raw), AccountRecord)
+
+
+_REBILL_LINE = {
+    "hour": "2024-09-18T10:00:00+08:00", "api_key_id": "k", "item": "xingchen-lite", "requests": 1, "input_tokens": 1,
+    "output_tokens": 1, "free_tokens": 0, "billed_input_tokens": 1, "billed_output_tokens": 1, "quantity": 0, "amount": "1",
+}
+_REBILL_HOSTILE = {
+    "hour-not-a-timestamp": b'"hour":"garbage"',
+    "hour-offset-minute-60": b'"hour":"2024-09-18T10:00:00+08:60"',
+    "hour-before-2000": b'"hour":"1969-01-01T00:00:00Z"',
+    "count-1e308": b'"requests":1e308',
+    "count-10**30": b'"input_tokens":1' + b"0" * 30,
+}
+
+
+@pytest.mark.xfail(strict=False, reason="known, not fixed here: rebill.lines (in development alongside) does not check "
+                   "its lines' hour or bound its counts; see the hostile-input report")
+@pytest.mark.parametrize("case", sorted(_REBILL_HOSTILE))
+def test_hostile_rebill_lines_are_invalid_schema(case):
+    line = orjson.dumps(_REBILL_LINE)
+    field = _REBILL_HOSTILE[case].split(b":", 1)[0]
+    start = line.index(field + b":")
+    end = line.index(b",", start)
+    line = line[:start] + _REBILL_HOSTILE[case] + line[end:]
+    raw = (b'{"type":"rebill.lines","account_id":"a","timestamp":"2024-09-18T10:00:00+08:00","run_id":"r","lines":['
+           + line + b"]}")
+    record = parse_record(raw)
+    outcome = apply(AccountState("a"), record, CATALOG)  # must not raise
+    assert isinstance(record, Invalid) and outcome.rejection.reason == "invalid_schema"
