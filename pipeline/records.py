@@ -130,6 +130,8 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         ts_us = _in_range(parse_ts(body["timestamp"]), body["timestamp"])
         if "expires_at" in body:
             _in_range(parse_ts(body["expires_at"]), body["expires_at"])
+        for line in body.get("lines", ()) if kind == "rebill.lines" else ():
+            _in_range(parse_ts(line["hour"]), line["hour"])
     except fastjsonschema.JsonSchemaValueException as exc:
         return _invalid(raw, text, account, f"{kind}: {exc.message}", event_id)
     except TimestampError as exc:
@@ -158,7 +160,7 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         )
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
-    return AccountRecord(kind, account, ts_us, f"{kind}:{digest}", digest, text, fields)
+    return AccountRecord(kind, account, ts_us, f"#{kind}:{digest}", digest, text, fields)  # '#': never an event_id
 
 
 def _in_range(ts_us: int, text: str) -> int:

@@ -292,8 +292,6 @@ _REBILL_HOSTILE = {
 }
 
 
-@pytest.mark.xfail(strict=False, reason="known, not fixed here: rebill.lines (in development alongside) does not check "
-                   "its lines' hour or bound its counts; see the hostile-input report")
 @pytest.mark.parametrize("case", sorted(_REBILL_HOSTILE))
 def test_hostile_rebill_lines_are_invalid_schema(case):
     line = orjson.dumps(_REBILL_LINE)

@@ -93,7 +93,7 @@ def test_fourth_active_key_is_refused_and_stays_unknown():
     assert reason(out) == "api_key_limit"
     r = out.rejection
     assert (r.kind, r.event_id, r.ts_us) == ("api_key.created", "", us("2024-06-07T09:00:00+08:00"))
-    assert r.record_id.startswith("api_key.created:")
+    assert r.record_id.startswith("#api_key.created:")
     assert set(acct.state.keys) == {"k1", "k2", "k3"}
     assert reason(acct.feed(usage("e1", key="k4"))) == "invalid_api_key"
 

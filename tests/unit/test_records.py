@@ -195,7 +195,7 @@ def test_account_records(body, kind, fields):
     assert rec.account_id == ACCOUNT
     assert rec.ts_us == us(body["timestamp"])
     assert rec.fields == fields
-    assert rec.identity == f"{kind}:{rec.digest}"
+    assert rec.identity == f"#{kind}:{rec.digest}"
 
 
 def test_account_record_identity_is_its_content():
