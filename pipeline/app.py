@@ -169,6 +169,23 @@ class Worker:
                 "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
                 "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}
 
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run inside an existing event loop until `stop` is set (tests, embedding). A crash of the
+        app (e.g. an offset gap) ends it too, and is raised."""
+        try:
+            await self.app.start()
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.app.wait_until_stopped())}
+            _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                future.cancel()
+        finally:
+            await self.app.stop()
+        if self.app.crash_reason is not None:
+            raise self.app.crash_reason
+
+    def assigned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.input_topic}
+
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
         worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)

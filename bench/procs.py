@@ -1,0 +1,101 @@
+"""Child processes the bench starts, and how it makes sure they all stop."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+_started: list[subprocess.Popen[bytes]] = []
+
+
+def log(message: str) -> None:
+    """Progress on stderr (stdout is reserved for the report / JSON)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return -1.0
+
+
+def _die_with_us() -> None:  # runs in the child, before exec
+    os.setsid()  # its own process group: a Ctrl-C on our terminal does not reach it; we stop it in order
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def spawn(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A long-lived child: own process group, SIGTERM if the bench dies, output to a log file."""
+    out = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+                                env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
+    finally:
+        out.close()
+    _started.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes] | None, first: int = signal.SIGINT, grace_s: float = 30.0) -> int | None:
+    """Signal the child's process group (first SIGINT/SIGTERM, then SIGKILL) and reap it."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        _signal_group(proc, first)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            log(f"pid {proc.pid} did not stop within {grace_s:g}s after signal {first}; killing it")
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+    else:
+        _signal_group(proc, signal.SIGKILL)  # leftovers of its group, if any (the group id is its pid)
+    if proc in _started:
+        _started.remove(proc)
+    return proc.returncode
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def stop_all() -> None:
+    """Last line of defence: whatever is still running, newest first."""
+    for proc in reversed(list(_started)):
+        try:
+            stop(proc, signal.SIGTERM, grace_s=15.0)
+        except Exception as exc:  # keep stopping the others
+            log(f"could not stop pid {proc.pid}: {exc}")
+
+
+def run(argv: list[str], *, cwd: Path, timeout: float, env: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    """A short-lived child (publish, wait, rebill), killed with its group on timeout or Ctrl-C."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd, text=True,
+                            env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
+    _started.append(proc)  # type: ignore[arg-type]
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        stop(proc, signal.SIGTERM, grace_s=5.0)  # type: ignore[arg-type]
+        raise
+    finally:
+        if proc in _started:
+            _started.remove(proc)  # type: ignore[arg-type]
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)

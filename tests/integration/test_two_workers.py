@@ -1,0 +1,120 @@
+"""Two workers in one consumer group on the local broker: partitions split, a stopping worker
+hands its partitions over, and the bills stay exact.
+
+Both workers run in this test's process because the embedded ClickHouse (chdb) belongs to one
+process; each has its own Faust app, consumer, ClickHouse client and thread, as two replicas do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pipeline import queries
+from pipeline.app import Worker
+from pipeline.broker import EmbeddedBroker
+from pipeline.chclient import connect
+from pipeline.processor import barrier_message
+from pipeline.publish import publish_lines
+from pipeline.settings import Settings
+from pipeline.workload import generate
+from tests.integration.stack import bills_by_key
+from tests.integration.test_pipeline import accounts_of
+from tests.oracle import expected
+
+pytestmark = pytest.mark.integration
+
+
+class Replica:
+    """One worker replica on its own event loop thread."""
+
+    def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
+        self.name = name
+        self.worker = Worker(settings, bootstrap, settings.log_epoch)
+        self.loop = asyncio.new_event_loop()
+        self.stop_event: asyncio.Event | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.stop_event = asyncio.Event()
+        try:
+            self.loop.run_until_complete(self.worker.serve(self.stop_event))
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def partitions(self) -> set[int]:
+        return self.worker.assigned_partitions()
+
+    def stop(self) -> None:
+        assert self.stop_event is not None
+        self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(60)
+        assert not self.thread.is_alive(), f"{self.name} did not stop"
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def barrier(bootstrap: str, settings: Settings, client) -> None:
+    from kafka import KafkaProducer
+
+    barrier_id = uuid.uuid4().hex
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for p in range(settings.partitions):
+        producer.send(settings.input_topic, value=barrier_message(barrier_id), partition=p)
+    producer.flush()
+    producer.close()
+    wait_until(lambda: queries.barrier_partitions(client, barrier_id) == settings.partitions, 120, "the barrier")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    with EmbeddedBroker(tmp_path / "broker.log") as running:
+        yield running.bootstrap
+
+
+def test_two_workers_split_partitions_and_hand_over(broker: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, kafka=broker, auto_tick=False, app_id="billing-two-workers", log_epoch="two-workers")
+    lines = generate(6000, seed=77)
+    first, rest = lines[:3000], lines[3000:]
+    a = Replica(settings, broker, "worker-a")
+    b = Replica(settings, broker, "worker-b")
+    reader = connect(settings.clickhouse_url)
+    try:
+        wait_until(lambda: a.partitions() and b.partitions(), 60, "both workers to own partitions")
+        assert a.partitions() | b.partitions() == set(range(settings.partitions))
+        assert not a.partitions() & b.partitions()
+
+        publish_lines([x.encode() for x in first], broker, settings.input_topic, quiet=True)
+        barrier(broker, settings, reader)
+
+        a.stop()  # hands its partitions to b
+        assert a.error is None, a.error
+        wait_until(lambda: b.partitions() == set(range(settings.partitions)), 60, "worker-b to take over every partition")
+
+        publish_lines([x.encode() for x in rest], broker, settings.input_topic, quiet=True)
+        barrier(broker, settings, reader)
+    finally:
+        b.stop()
+        if a.thread.is_alive():
+            a.stop()
+    assert b.error is None, b.error
+
+    want = expected(lines)
+    got = bills_by_key(queries.bills(reader), accounts_of(lines))
+    assert got == want.bills
