@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+try:  # loaded here, not in the child: dlopen after fork in a threaded process can deadlock
+    _libc: Any = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:
+    _libc = None
 _started: list[subprocess.Popen[bytes]] = []
 
 
@@ -29,10 +33,8 @@ def loadavg() -> float:
 
 def _die_with_us() -> None:  # runs in the child, before exec
     os.setsid()  # its own process group: a Ctrl-C on our terminal does not reach it; we stop it in order
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def spawn(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -99,3 +101,61 @@ def run(argv: list[str], *, cwd: Path, timeout: float, env: dict[str, Any] | Non
         if proc in _started:
             _started.remove(proc)  # type: ignore[arg-type]
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+# -- CPU accounting: how much of the machine other people used during a phase -----------------
+
+_HZ = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_system_s() -> float:
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _HZ
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (ppid, cpu seconds including reaped children)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as fh:
+                text = fh.read()
+        except OSError:
+            continue
+        rest = text[text.rfind(")") + 2:].split()
+        ppid = int(rest[1])
+        utime, stime, cutime, cstime = (int(x) for x in rest[11:15])
+        table[int(name)] = (ppid, (utime + stime + cutime + cstime) / _HZ)
+    return table
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(monotonic time, busy CPU seconds of the machine, CPU seconds of the bench and its descendants)."""
+    try:
+        busy = _busy_system_s()
+        table = _proc_table()
+    except OSError:
+        return time.monotonic(), 0.0, 0.0
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    ours = 0.0
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            ours += table[pid][1]
+        todo.extend(children.get(pid, ()))
+    return time.monotonic(), busy, ours
+
+
+def cpu_delta(before: tuple[float, float, float], after: tuple[float, float, float]) -> dict[str, float]:
+    """Average cores busy over the interval: all, ours, others (other users' tests, ...)."""
+    seconds = max(after[0] - before[0], 1e-9)
+    total = (after[1] - before[1]) / seconds
+    ours = (after[2] - before[2]) / seconds
+    return {"cores_busy": round(total, 2), "cores_ours": round(ours, 2), "cores_others": round(max(total - ours, 0.0), 2)}
