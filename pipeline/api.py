@@ -7,6 +7,7 @@ query runs on the worker's ClickHouse thread (`on_db`).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -16,7 +17,8 @@ from pipeline import queries
 OnDb = Callable[..., Awaitable[Any]]
 
 
-def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb) -> web.Application:
+def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb,
+              metrics: Callable[[], str] | None = None) -> web.Application:
     def arg(request: web.Request, name: str) -> str | None:
         return request.query.get(name) or None
 
@@ -56,6 +58,17 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(health())
 
+    async def readyz(request: web.Request) -> web.Response:
+        """Ready when ClickHouse answers: a worker that cannot write should get no traffic."""
+        try:
+            await asyncio.wait_for(on_db(lambda: client_of().command("SELECT 1")), timeout=5)
+        except Exception as exc:  # any failure means not ready; the reason helps the operator
+            return web.json_response({"ready": False, "reason": str(exc)[:200]}, status=503)
+        return web.json_response({"ready": True})
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(text=metrics() if metrics else "", content_type="text/plain", charset="utf-8")
+
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         try:
@@ -73,6 +86,8 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_post("/api/rebill/plan", rebill_plan)
     app.router.add_post("/api/rebill/audit", rebill_audit)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_get("/readyz", readyz)
     return app
 
 

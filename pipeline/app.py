@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import faust
 
-from pipeline import api, outputs_json
+from pipeline import api, metrics, outputs_json
 from pipeline.catalog import load_catalog
 from pipeline.chclient import connect, migrate
 from pipeline.processor import BatchProcessor, BatchResult, Message
@@ -68,7 +68,10 @@ class Worker:
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.sink_seconds = 0.0
         self.last_offsets: dict[int, int] = {}
+        self.assigned: set[int] = set()
         ensure_all(settings, bootstrap)
         leave_group_at_generation_zero()
         self.app = self._build_app(bootstrap)
@@ -116,7 +119,12 @@ class Worker:
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
             # another worker may own these accounts next: reload from ClickHouse when they return
+            worker.assigned -= {tp.partition for tp in revoked if tp.topic == s.input_topic}
             await worker.on_db(worker.processor.forget)
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+            worker.assigned = {tp.partition for tp in assigned if tp.topic == s.input_topic}
 
         @app.task
         async def start_api() -> None:
@@ -136,7 +144,9 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
+            self.sink_seconds += time.perf_counter() - started
             self.stats["batches"] += 1
+            self.reasons.update(result.reasons)
             self.stats["records"] += len(messages)
             self.stats["skipped_redeliveries"] += result.skipped
             self.stats.update(result.statuses)
@@ -158,11 +168,26 @@ class Worker:
             await self.input_topic.send(key=account.encode(), value=outputs_json.tick(account, clock_us))
 
     async def start_api(self) -> None:
-        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.on_db)
+        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.on_db, self.metrics)
         _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
         log.info("query API at %s", self.api_url)
         if self.on_api:
             self.on_api(self.api_url)
+
+    def metrics(self) -> str:
+        rows = []
+        consumer = self.app.consumer if self.app.consumer is not None else None
+        for partition, offset in sorted(self.last_offsets.items()):
+            committed = highwater = None
+            if consumer is not None:
+                tp = faust.types.TP(self.settings.input_topic, partition)
+                committed = consumer._committed_offset.get(tp)  # Faust keeps what it last committed
+                try:
+                    highwater = consumer.highwater(tp)
+                except Exception:  # not assigned here any more, or no fetch yet
+                    highwater = None
+            rows.append((partition, offset, committed, highwater))
+        return metrics.render(self.stats, self.reasons, self.sink_seconds, rows)
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "epoch": self.epoch, "stats": dict(self.stats),
@@ -184,7 +209,8 @@ class Worker:
             raise self.app.crash_reason
 
     def assigned_partitions(self) -> set[int]:
-        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.input_topic}
+        """Input partitions this worker owns now (safe to call from any thread)."""
+        return set(self.assigned)
 
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
