@@ -147,7 +147,8 @@ class Worker:
             self.sink_seconds += time.perf_counter() - started
             self.stats["batches"] += 1
             self.reasons.update(result.reasons)
-            self.stats["records"] += len(messages)
+            self.stats["messages"] += len(messages)
+            self.stats["records"] += sum(result.statuses.values())
             self.stats["skipped_redeliveries"] += result.skipped
             self.stats.update(result.statuses)
             self.last_offsets.update(result.last_offsets)

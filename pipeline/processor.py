@@ -19,6 +19,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline import sink, statestore
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
+from pipeline.framing import split_message
 from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows, RawRow
@@ -100,7 +101,7 @@ class BatchProcessor:
     def process(self, messages: list[Message]) -> BatchResult:
         result = BatchResult()
         rows = BatchRows(epoch=self.epoch)
-        by_account: dict[str, list[tuple[Message, Record]]] = {}
+        by_account: dict[str, list[tuple[Message, int, Record]]] = {}
         for msg in messages:
             result.last_offsets[msg.partition] = max(msg.offset, result.last_offsets.get(msg.partition, -1))
             barrier = _barrier_id(msg.value)
@@ -109,16 +110,17 @@ class BatchProcessor:
                 result.barriers += 1
                 continue
             key_account = msg.key.decode("utf-8", errors="replace") if msg.key else ""
-            record = parse_record(msg.value, key_account)
-            by_account.setdefault(record.account_id, []).append((msg, record))
+            for idx, value in enumerate(split_message(msg.value)):
+                record = parse_record(value, key_account)
+                by_account.setdefault(record.account_id, []).append((msg, idx, record))
         self._load_states(by_account)
         pending = self._drop_applied(by_account, result)
         self._hydrate(pending)
         try:
             for acc, items in pending.items():
                 state = self.states[acc]
-                for msg, record in items:
-                    self._collect(rows, state, msg, record, apply(state, record, self.catalog), result)
+                for msg, idx, record in items:
+                    self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
                     state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
                     if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
                         self.watermarks[msg.partition] = record.ts_us
@@ -135,7 +137,7 @@ class BatchProcessor:
         self._prune(pending)
         return result
 
-    def _load_states(self, by_account: dict[str, list[tuple[Message, Record]]]) -> None:
+    def _load_states(self, by_account: dict[str, list[tuple[Message, int, Record]]]) -> None:
         missing = [acc for acc in by_account if acc not in self.states]
         if not missing:
             return
@@ -145,12 +147,14 @@ class BatchProcessor:
             self._hours[acc] = set()
             self._minutes[acc] = set()
 
-    def _drop_applied(self, by_account: dict[str, list[tuple[Message, Record]]], result: BatchResult) -> dict[str, list[tuple[Message, Record]]]:
+    def _drop_applied(self, by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
+                      ) -> dict[str, list[tuple[Message, int, Record]]]:
+        """A message is applied whole within one batch, so its offset alone says whether it was."""
         pending = {}
         for acc, items in by_account.items():
             state = self.states[acc]
             fresh = [
-                (msg, rec) for msg, rec in items
+                (msg, idx, rec) for msg, idx, rec in items
                 if not (state.log_epoch == self.epoch and state.log_partition == msg.partition and msg.offset <= state.log_offset)
             ]
             result.skipped += len(items) - len(fresh)
@@ -158,14 +162,14 @@ class BatchProcessor:
                 pending[acc] = fresh
         return pending
 
-    def _hydrate(self, pending: dict[str, list[tuple[Message, Record]]]) -> None:
+    def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]]) -> None:
         """Load the identities, hour lines and rate windows these records touch."""
         seqs = {acc: self.states[acc].seq for acc in pending if self.states[acc].seq > 0}
         if not seqs:
             return
         pairs, hours, minutes = [], set(), set()
         for acc in seqs:
-            for _, rec in pending[acc]:
+            for _, _, rec in pending[acc]:
                 if isinstance(rec, Invalid):
                     continue
                 pairs.append((acc, rec.identity))
@@ -186,9 +190,10 @@ class BatchProcessor:
         for acc, minute in minutes:
             self._minutes[acc].add(minute)
 
-    def _collect(self, rows: BatchRows, state: AccountState, msg: Message, record: Record, outcome: Outcome, result: BatchResult) -> None:
+    def _collect(self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome,
+                 result: BatchResult) -> None:
         acc = state.account_id
-        rows.raw.append(RawRow(msg.partition, msg.offset, acc, record.kind, record.identity, record.ts_us, record.raw))
+        rows.raw.append(RawRow(msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
         result.statuses[outcome.status] += 1
         if outcome.claimed and not isinstance(record, Invalid):
             rows.seen.append((acc, record.identity, record.digest, state.seq))

@@ -3,18 +3,29 @@
 Lines that are not JSON are not sent (they are named with their line numbers); everything that
 parses is sent, even if it breaks the schema, so that the pipeline keeps it as a rejection.
 Order per account survives retries because at most one request is in flight per connection.
+
+Consecutive records of one account travel together in one message, as an RFC 7464 JSON text
+sequence (RS before each record, LF after): the worker then pays Kafka's and Faust's per-message
+cost once per group instead of once per record. Each record keeps its bytes as received.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import orjson
 from kafka import KafkaProducer
 
+from pipeline.framing import encode_group
 from pipeline.progress import Progress
+
+MAX_RECORDS_PER_MESSAGE = 200
+MAX_MESSAGE_BYTES = 512 * 1024
+MAX_BUFFERED_RECORDS = 50_000
+MAX_BUFFER_AGE_S = 0.2  # a slow stream (stdin) is not held back longer than this
 
 
 @dataclass
@@ -50,6 +61,39 @@ def key_and_kind(body: object) -> tuple[bytes, str]:
     return (account.encode("utf-8") if isinstance(account, str) else b""), (kind if isinstance(kind, str) else "invalid")
 
 
+class Batcher:
+    """Groups each account's consecutive records into messages, in order."""
+
+    def __init__(self, send: Callable[[bytes, bytes], None]) -> None:
+        self.send = send
+        self.groups: dict[bytes, list[bytes]] = {}
+        self.sizes: dict[bytes, int] = {}
+        self.buffered = 0
+        self.oldest = time.monotonic()
+
+    def add(self, key: bytes, record: bytes) -> None:
+        if not self.groups:
+            self.oldest = time.monotonic()
+        group = self.groups.setdefault(key, [])
+        group.append(record)
+        self.sizes[key] = self.sizes.get(key, 0) + len(record) + 2
+        self.buffered += 1
+        if len(group) >= MAX_RECORDS_PER_MESSAGE or self.sizes[key] >= MAX_MESSAGE_BYTES:
+            self.flush_key(key)
+        elif self.buffered >= MAX_BUFFERED_RECORDS or time.monotonic() - self.oldest > MAX_BUFFER_AGE_S:
+            self.flush()
+
+    def flush_key(self, key: bytes) -> None:
+        group = self.groups.pop(key)
+        self.sizes.pop(key)
+        self.buffered -= len(group)
+        self.send(key, encode_group(group))
+
+    def flush(self) -> None:
+        for key in list(self.groups):
+            self.flush_key(key)
+
+
 def publish_lines(lines: Iterable[bytes], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False) -> PublishReport:
     report = PublishReport()
     producer = make_producer(bootstrap)
@@ -63,6 +107,10 @@ def publish_lines(lines: Iterable[bytes], bootstrap: str, topic: str, total: int
     def failed(exc: BaseException) -> None:
         report.failures.append(str(exc))
 
+    def send(key: bytes, value: bytes) -> None:
+        producer.send(topic, key=key, value=value).add_callback(acked).add_errback(failed)
+
+    batcher = Batcher(send)
     try:
         for number, line in enumerate(lines, start=1):
             line = line.strip()
@@ -74,10 +122,11 @@ def publish_lines(lines: Iterable[bytes], bootstrap: str, topic: str, total: int
                 report.bad_lines.append((number, str(exc)))
                 continue
             key, kind = key_and_kind(body)
-            producer.send(topic, key=key, value=line).add_callback(acked).add_errback(failed)
+            batcher.add(key, line)
             report.sent[kind] += 1
             if not quiet:
                 progress.update(report.total)
+        batcher.flush()
         producer.flush()
     finally:
         producer.close()

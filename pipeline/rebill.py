@@ -106,7 +106,7 @@ def _account_logs(client: Client, accounts: list[str]) -> Iterator[tuple[str, li
         chunk = accounts[i:i + ACCOUNTS_PER_QUERY]
         result = client.query(
             "SELECT account_id, kind, payload FROM raw_records FINAL WHERE account_id IN {a:Array(String)} "
-            "ORDER BY account_id, epoch, partition, offset",
+            "ORDER BY account_id, epoch, partition, offset, idx",
             parameters={"a": chunk},
         )
         logs: dict[str, list[tuple[str, str]]] = defaultdict(list)

@@ -18,7 +18,7 @@ class Settings:
     partitions: int = 4
     app_id: str = "billing-worker"
     log_epoch: str = "kafka"  # a durable Kafka log keeps its offsets; `billing up` sets its own
-    batch_size: int = 2000
+    batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
     batch_within_s: float = 0.2
     auto_tick: bool = True  # settle idle accounts as their partition's event time moves on
     api_host: str = "127.0.0.1"
@@ -69,7 +69,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         partitions=_env_int("BILLING_PARTITIONS", 4),
         app_id=env.get("BILLING_APP_ID", "billing-worker"),
         log_epoch=env.get("BILLING_LOG_EPOCH", "kafka"),
-        batch_size=_env_int("BILLING_BATCH_SIZE", 2000),
+        batch_size=_env_int("BILLING_BATCH_SIZE", 1000),
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_port=_env_int("BILLING_API_PORT", 0),
         auto_tick=env.get("BILLING_AUTO_TICK", "1").lower() not in ("0", "false", "no", "off"),

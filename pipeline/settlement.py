@@ -60,9 +60,9 @@ def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
 
 def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[list[Settlement], list[StatusChange]]:
     """Settle every open hour whose end plus the grace is at or before the account clock."""
+    if not state.open_hours or min(state.open_hours) + US_PER_HOUR + grace_us > state.max_ts_us:
+        return [], []  # the common case, per record: nothing to close yet
     ready = sorted(h for h in state.open_hours if h + US_PER_HOUR + grace_us <= state.max_ts_us)
-    if not ready:
-        return [], []
     before = status_of(state)
     settlements = []
     for hour in ready:

@@ -9,6 +9,7 @@ CREATE TABLE IF NOT EXISTS raw_records
     epoch        String,                      -- incarnation of the input log (offsets restart with it)
     partition    UInt32,
     offset       UInt64,
+    idx          UInt32,                      -- position inside a batched message (RFC 7464 sequence)
     account_id   String,
     kind         LowCardinality(String),
     record_id    String,
@@ -17,7 +18,7 @@ CREATE TABLE IF NOT EXISTS raw_records
     payload      String
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (account_id, epoch, partition, offset);
+ORDER BY (account_id, epoch, partition, offset, idx);
 
 -- Identities already applied per account (usage: event_id; others: content digest).
 CREATE TABLE IF NOT EXISTS seen_records

@@ -21,3 +21,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture
 def fresh_dir(tmp_path: Path) -> Path:
     return tmp_path / "billing"
+
+
+@pytest.fixture(scope="session")
+def inprocess_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests that run workers inside the test process share one embedded ClickHouse: chdb opens
+    one data directory per process. They keep apart by their accounts and consumer groups."""
+    return tmp_path_factory.mktemp("inprocess")

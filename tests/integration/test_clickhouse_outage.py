@@ -56,10 +56,10 @@ def committed_total(bootstrap: str, group: str) -> int:
         admin.close()
 
 
-def test_worker_backs_off_and_catches_up(broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_backs_off_and_catches_up(broker: str, inprocess_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flaky = FlakySink()
     monkeypatch.setattr(sink, "write", flaky.write)
-    settings = Settings(data_dir=tmp_path, kafka=broker, auto_tick=False, app_id="billing-outage", log_epoch="outage")
+    settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-outage", log_epoch="outage")
     lines = generate(8000, seed=8)
     reader = connect(settings.clickhouse_url)
     worker = Replica(settings, broker, "worker")

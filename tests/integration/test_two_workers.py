@@ -88,8 +88,8 @@ def broker(tmp_path: Path) -> Iterator[str]:
         yield running.bootstrap
 
 
-def test_two_workers_split_partitions_and_hand_over(broker: str, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, kafka=broker, auto_tick=False, app_id="billing-two-workers", log_epoch="two-workers")
+def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: Path) -> None:
+    settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-two-workers", log_epoch="two-workers")
     lines = generate(6000, seed=77)
     first, rest = lines[:3000], lines[3000:]
     a = Replica(settings, broker, "worker-a")

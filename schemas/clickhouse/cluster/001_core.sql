@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS raw_records_local ON CLUSTER '{cluster}'
     epoch        String,
     partition    UInt32,
     offset       UInt64,
+    idx          UInt32,
     account_id   String,
     kind         LowCardinality(String),
     record_id    String,
@@ -25,13 +26,14 @@ CREATE TABLE IF NOT EXISTS raw_records_local ON CLUSTER '{cluster}'
     payload      String
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')
-ORDER BY (account_id, epoch, partition, offset);
+ORDER BY (account_id, epoch, partition, offset, idx);
 
 CREATE TABLE IF NOT EXISTS raw_records ON CLUSTER '{cluster}'
 (
     epoch        String,
     partition    UInt32,
     offset       UInt64,
+    idx          UInt32,
     account_id   String,
     kind         LowCardinality(String),
     record_id    String,
