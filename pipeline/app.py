@@ -22,7 +22,7 @@ import faust
 from pipeline import api, metrics, outputs_json
 from pipeline.catalog import load_catalog
 from pipeline.chclient import connect, migrate
-from pipeline.processor import BatchProcessor, BatchResult, Message
+from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
 from pipeline.topics import ensure_all
@@ -121,6 +121,7 @@ class Worker:
             # another worker may own these accounts next: reload from ClickHouse when they return
             worker.assigned -= {tp.partition for tp in revoked if tp.topic == s.input_topic}
             await worker.on_db(worker.processor.forget)
+            worker.processor.reset_positions()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
@@ -138,6 +139,10 @@ class Worker:
             try:
                 started = time.perf_counter()
                 result = await self.on_db(self.processor.process, messages)
+            except OffsetGap as exc:
+                log.critical("%s", exc)
+                await self.app.crash(exc)  # loud: the process exits non-zero, offsets stay where they were
+                raise
             except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
                 self.stats["batch_failures"] += 1
                 log.warning("batch of %d records not written (%s); retrying in %.1fs", len(messages), str(exc)[:300], delay)

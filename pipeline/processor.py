@@ -33,6 +33,11 @@ KEEP_HOURS_US = US_PER_HOUR  # open hours kept in memory behind an account's lat
 KEEP_MINUTES_US = 2 * US_PER_MINUTE
 
 
+class OffsetGap(RuntimeError):
+    """Input offsets skipped records that were never applied: billing around the hole would lose
+    money silently, so the worker stops; a restart resumes from the committed offset."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     partition: int
@@ -87,9 +92,35 @@ class BatchProcessor:
         self._hours: dict[str, set[int]] = {}
         self._minutes: dict[str, set[int]] = {}
         self.watermarks: dict[int, int] = {}  # partition -> latest event time applied (us)
+        self._next_offset: dict[int, int] = {}  # partition -> the offset the next message must have
         self.auto_tick = auto_tick
         self._ticked: dict[str, int] = {}
         self._grace_us = grace_us(catalog.settlement_grace_minutes)
+
+    def reset_positions(self) -> None:
+        """After a rebalance: the next batch of each partition is checked against the archive again."""
+        self._next_offset.clear()
+
+    def check_contiguous(self, messages: list[Message]) -> None:
+        """Each partition's offsets must continue where this log's records were applied up to."""
+        firsts: dict[int, int] = {}
+        for msg in messages:
+            firsts.setdefault(msg.partition, msg.offset)
+        unknown = [p for p in firsts if p not in self._next_offset]
+        if unknown:
+            applied = statestore.processed_offsets(self.client, self.epoch, unknown)
+            for p in unknown:
+                self._next_offset[p] = applied.get(p, -1) + 1
+        for msg in messages:
+            expected = self._next_offset[msg.partition]
+            if msg.offset > expected:
+                raise OffsetGap(
+                    f"partition {msg.partition}: got offset {msg.offset} but offsets from {expected} were never applied "
+                    f"(log epoch {self.epoch!r}); stopping instead of billing around the gap. Restart the worker: it "
+                    "resumes from the committed offset. If those offsets are gone for good, reset the consumer group "
+                    "to re-read them."
+                )
+            self._next_offset[msg.partition] = max(expected, msg.offset + 1)
 
     def forget(self, accounts: Iterable[str] | None = None) -> None:
         """Drop cached states (all, or some): they are reloaded from ClickHouse when next needed."""
@@ -101,6 +132,7 @@ class BatchProcessor:
     def process(self, messages: list[Message]) -> BatchResult:
         result = BatchResult()
         rows = BatchRows(epoch=self.epoch)
+        self.check_contiguous(messages)
         by_account: dict[str, list[tuple[Message, int, Record]]] = {}
         for msg in messages:
             result.last_offsets[msg.partition] = max(msg.offset, result.last_offsets.get(msg.partition, -1))
@@ -125,6 +157,7 @@ class BatchProcessor:
                     if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
                         self.watermarks[msg.partition] = record.ts_us
                 rows.states[acc] = state
+            rows.progress = sorted(result.last_offsets.items())
             sink.write(self.client, rows)
         except BaseException:
             self.forget(pending)  # in-memory states ran ahead of ClickHouse: reload them next time

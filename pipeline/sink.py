@@ -50,6 +50,7 @@ class BatchRows:
     status_changes: list[StatusChange] = field(default_factory=list)
     states: dict[str, AccountState] = field(default_factory=dict)
     barriers: list[tuple[str, int]] = field(default_factory=list)
+    progress: list[tuple[int, int]] = field(default_factory=list)  # (partition, last offset of the batch)
 
     def row_count(self) -> int:
         return len(self.raw) + len(self.seen) + len(self.priced) + len(self.rejections) + len(self.violations) + len(self.lines) + len(self.windows) + len(self.states)
@@ -96,6 +97,7 @@ SETTLEMENTS = [("hour", lambda s: s.hour_us // US_PER_SECOND)] + _attrs(
     "account_id", "kind", "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after", "seq")
 STATUS = [("clock", attrgetter("ts_us"))] + _attrs("account_id", "status", "debt", "cash_balance", "seq")
 STATES = [("account_id", itemgetter(0)), ("seq", lambda kv: kv[1].seq), ("state", lambda kv: kv[1].to_json().decode())]
+PROGRESS = [("partition", itemgetter(0)), ("offset", itemgetter(1))]
 BARRIERS = [("barrier_id", itemgetter(0)), ("partition", itemgetter(1))]
 
 
@@ -111,6 +113,7 @@ def write(client: Client, rows: BatchRows) -> None:
     _insert(client, "settlements", rows.settlements, SETTLEMENTS, {"settled_at": now_ms})
     _insert(client, "account_status", rows.status_changes, STATUS, {"changed_at": now_ms})
     _insert(client, "account_state", list(rows.states.items()), STATES, {"updated_at": now_ms})  # the commit point: last
+    _insert(client, "partition_progress", rows.progress, PROGRESS, {"epoch": rows.epoch})
     _insert(client, "barriers", rows.barriers, BARRIERS, {"processed_at": now_ms})
 
 

@@ -29,6 +29,16 @@ def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountSta
     return {acc: AccountState.from_json(text) for acc, text in result.result_rows}
 
 
+def processed_offsets(client: Client, epoch: str, partitions: list[int]) -> dict[int, int]:
+    """The highest input offset processed and written, per partition of a log epoch."""
+    result = client.query(
+        "SELECT partition, max(offset) FROM partition_progress WHERE epoch = {e:String} AND partition IN {p:Array(UInt32)} "
+        "GROUP BY partition",
+        parameters={"e": epoch, "p": partitions},
+    )
+    return {int(p): int(o) for p, o in result.result_rows}
+
+
 def record_hash(record_id: str) -> int:
     """64-bit key for `seen_records` lookups; the full record_id still decides a match."""
     return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little")

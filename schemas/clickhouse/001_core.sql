@@ -203,6 +203,16 @@ CREATE TABLE IF NOT EXISTS rejection_resolutions
 ENGINE = ReplacingMergeTree
 ORDER BY (account_id, record_id);
 
+-- How far each partition of each input log has been processed (the worker's offset-gap check).
+CREATE TABLE IF NOT EXISTS partition_progress
+(
+    epoch      String,
+    partition  UInt32,
+    offset     UInt64
+)
+ENGINE = ReplacingMergeTree(offset)
+ORDER BY (epoch, partition);
+
 -- `billing wait` barriers: a row per partition once everything before the barrier is written.
 CREATE TABLE IF NOT EXISTS barriers
 (

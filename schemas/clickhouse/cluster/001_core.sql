@@ -375,6 +375,23 @@ CREATE TABLE IF NOT EXISTS rejection_resolutions ON CLUSTER '{cluster}'
 )
 ENGINE = Distributed('{cluster}', currentDatabase(), rejection_resolutions_local, cityHash64(account_id));
 
+CREATE TABLE IF NOT EXISTS partition_progress_local ON CLUSTER '{cluster}'
+(
+    epoch      String,
+    partition  UInt32,
+    offset     UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', offset)
+ORDER BY (epoch, partition);
+
+CREATE TABLE IF NOT EXISTS partition_progress ON CLUSTER '{cluster}'
+(
+    epoch      String,
+    partition  UInt32,
+    offset     UInt64
+)
+ENGINE = Distributed('{cluster}', currentDatabase(), partition_progress_local, cityHash64(epoch));
+
 CREATE TABLE IF NOT EXISTS barriers_local ON CLUSTER '{cluster}'
 (
     barrier_id    String,
