@@ -42,9 +42,13 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     async def settlements(request: web.Request) -> web.Response:
         return web.json_response(await on_db(queries.settlements, client_of(), arg(request, "account")))
 
+    async def rebill_accounts(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], body.get("account")))
+
     async def rebill_plan(request: web.Request) -> web.Response:
         body = await request.json()
-        plan = await on_db(queries.rebill_plan, client_of(), body["catalog"], body["from"], body["to"], body.get("account"))
+        plan = await on_db(queries.rebill_plan, client_of(), body["catalog"], body["from"], body["to"], body["accounts"], body["run_id"])
         return web.json_response(plan)
 
     async def rebill_audit(request: web.Request) -> web.Response:
@@ -83,6 +87,7 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_get("/api/accounts/{account_id}", account)
     app.router.add_get("/api/settlements", settlements)
     app.router.add_get("/api/barriers/{barrier_id}", barrier)
+    app.router.add_post("/api/rebill/accounts", rebill_accounts)
     app.router.add_post("/api/rebill/plan", rebill_plan)
     app.router.add_post("/api/rebill/audit", rebill_audit)
     app.router.add_get("/healthz", healthz)

@@ -26,6 +26,7 @@ from pipeline.timestamps import TimestampError
 
 BILL_COLUMNS = ("account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
                 "billed_input_tokens", "billed_output_tokens", "quantity", "amount")
+REBILL_ACCOUNTS_PER_CALL = 50  # accounts replayed per call to the worker: progress between calls
 REJECTED_COLUMNS = ("event_id", "account_id", "reason", "detail", "timestamp", "record")
 
 
@@ -253,7 +254,9 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     """Re-price [from, to) with a catalog; print per account-hour old, new, delta; apply unless --dry-run."""
     import json as _json
 
+    from pipeline.progress import Progress
     from pipeline.publish import publish_lines
+    from pipeline.rebill import audit_record, new_run_id
     from pipeline.timestamps import parse_ts
 
     if parse_ts(args.end) <= parse_ts(args.start):
@@ -262,11 +265,18 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     catalog = load_catalog(catalog_path)  # refuse a bad catalog before any work
     data = _json.loads(catalog_path.read_text(encoding="utf-8"))
     reader = open_reader(settings, catalog.free_quota_tokens)
-    say(f"billing: rebill   replaying every record of the accounts with records in [{args.start}, {args.end}) "
-        f"under catalog {catalog.version}...")
+    accounts = reader.rebill_accounts(args.start, args.end, args.account)
+    say(f"billing: rebill   replaying the whole log of {len(accounts)} accounts with records in "
+        f"[{args.start}, {args.end}) under catalog {catalog.version}")
     started = time.monotonic()
-    plan = reader.rebill_plan(data, args.start, args.end, args.account)
-    audit, records = plan["audit"], plan["records"]
+    run_id, chunks = new_run_id(), []
+    progress = Progress("billing: rebill   records replayed")
+    for i in range(0, len(accounts), REBILL_ACCOUNTS_PER_CALL):
+        chunks.append(reader.rebill_plan(data, args.start, args.end, accounts[i:i + REBILL_ACCOUNTS_PER_CALL], run_id))
+        progress.update(sum(c["records_read"] for c in chunks))
+    progress.done()
+    audit = audit_record(run_id, args.start, args.end, args.account, catalog.version, chunks)
+    records = [r for c in chunks for r in c["records"]]
     elapsed = time.monotonic() - started
     say(f"billing: rebill   {audit['records_read']} records replayed in {elapsed:.1f}s "
         f"({audit['records_read'] / max(elapsed, 1e-9):,.0f}/s); {audit['lines_changed']} lines change, "

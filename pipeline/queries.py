@@ -147,13 +147,19 @@ def summary(client: Client) -> Row:
     return {"records": records, "bill_lines": lines, "amount": money(amount or Decimal(0)), "rejections": rejections}
 
 
-def rebill_plan(client: Client, catalog_data: dict[str, Any], start: str, end: str, account: str | None) -> Row:
-    """Replay and diff (no writes): the audit record and the `rebill.lines` records to publish."""
-    from pipeline.catalog import parse_catalog
-    from pipeline.rebill import audit_rows, plan_rebill
+def rebill_accounts(client: Client, start: str, end: str, account: str | None) -> list[str]:
+    from pipeline.rebill import affected_accounts
 
-    plan = plan_rebill(client, parse_catalog(catalog_data), parse_ts(start), parse_ts(end), account)
-    return {"audit": audit_rows(plan, dry_run=False), "records": [r.decode() for r in plan.records()]}
+    return affected_accounts(client, parse_ts(start), parse_ts(end), account)
+
+
+def rebill_plan(client: Client, catalog_data: dict[str, Any], start: str, end: str, accounts: list[str], run_id: str) -> Row:
+    """Replay and diff some accounts (no writes): their diffs and the `rebill.lines` records to publish."""
+    from pipeline.catalog import parse_catalog
+    from pipeline.rebill import plan_json, plan_rebill
+
+    plan = plan_rebill(client, parse_catalog(catalog_data), parse_ts(start), parse_ts(end), accounts=accounts, run_id=run_id)
+    return plan_json(plan)
 
 
 def write_rebill_audit(client: Client, audit: Row) -> None:

@@ -27,7 +27,8 @@ class Reader(Protocol):
     def account(self, account_id: str) -> Row | None: ...
     def barrier_partitions(self, barrier_id: str) -> int: ...
     def account_ids(self) -> list[str]: ...
-    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, account: str | None) -> Row: ...
+    def rebill_accounts(self, start: str, end: str, account: str | None) -> list[str]: ...
+    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, accounts: list[str], run_id: str) -> Row: ...
     def write_rebill_audit(self, audit: Row) -> None: ...
     def settlements(self, account: str | None) -> list[Row]: ...
 
@@ -56,8 +57,11 @@ class DirectReader:
     def account_ids(self) -> list[str]:
         return queries.account_ids(self.client)
 
-    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, account: str | None) -> Row:
-        return queries.rebill_plan(self.client, catalog, start, end, account)
+    def rebill_accounts(self, start: str, end: str, account: str | None) -> list[str]:
+        return queries.rebill_accounts(self.client, start, end, account)
+
+    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, accounts: list[str], run_id: str) -> Row:
+        return queries.rebill_plan(self.client, catalog, start, end, accounts, run_id)
 
     def write_rebill_audit(self, audit: Row) -> None:
         queries.write_rebill_audit(self.client, audit)
@@ -105,8 +109,11 @@ class ApiReader:
     def account_ids(self) -> list[str]:
         return list(self._get("/api/accounts"))
 
-    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, account: str | None) -> Row:
-        return self._post("/api/rebill/plan", {"catalog": catalog, "from": start, "to": end, "account": account})
+    def rebill_accounts(self, start: str, end: str, account: str | None) -> list[str]:
+        return list(self._post("/api/rebill/accounts", {"from": start, "to": end, "account": account}))
+
+    def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, accounts: list[str], run_id: str) -> Row:
+        return self._post("/api/rebill/plan", {"catalog": catalog, "from": start, "to": end, "accounts": accounts, "run_id": run_id})
 
     def write_rebill_audit(self, audit: Row) -> None:
         self._post("/api/rebill/audit", audit)

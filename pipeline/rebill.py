@@ -144,9 +144,11 @@ def _same(a: Line, b: Line) -> bool:
 
 
 def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, account: str | None = None,
+                accounts: list[str] | None = None, run_id: str | None = None,
                 progress: Callable[[int], None] | None = None) -> RebillPlan:
-    plan = RebillPlan(uuid.uuid4().hex[:16], catalog.version, start_us, end_us, account)
-    plan.accounts = affected_accounts(client, start_us, end_us, account)
+    """The plan for the affected accounts (or the given subset of them, for progress in chunks)."""
+    plan = RebillPlan(run_id or new_run_id(), catalog.version, start_us, end_us, account)
+    plan.accounts = accounts if accounts is not None else affected_accounts(client, start_us, end_us, account)
     if not plan.accounts:
         return plan
     current = _current_lines(client, plan.accounts, start_us, end_us)
@@ -178,19 +180,33 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
     return plan
 
 
-def audit_rows(plan: RebillPlan, dry_run: bool) -> dict[str, Any]:
-    """The audit record of a run (who, when, range, catalog, records read, per account-hour diff)."""
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def plan_json(plan: RebillPlan) -> dict[str, Any]:
+    """A plan (or one chunk of it) as the worker's API returns it."""
     return {
-        "run_id": plan.run_id,
-        "run_by": getpass.getuser(),
-        "run_at_ms": int(time.time() * 1000),
-        "from": format_ts(plan.start_us),
-        "to": format_ts(plan.end_us),
-        "account_filter": plan.account_filter or "",
-        "catalog_version": plan.catalog_version,
         "records_read": plan.records_read,
         "lines_changed": len(plan.changes),
-        "dry_run": dry_run,
         "diffs": plan.hour_diffs(),
         "now_billed": [list(p) for p in plan.now_billed],
+        "records": [r.decode() for r in plan.records()],
+    }
+
+
+def audit_record(run_id: str, start: str, end: str, account: str | None, catalog_version: str, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The audit record of a run: who, when, range, catalog, records read, per account-hour diff."""
+    return {
+        "run_id": run_id,
+        "run_by": getpass.getuser(),
+        "run_at_ms": int(time.time() * 1000),
+        "from": start,
+        "to": end,
+        "account_filter": account or "",
+        "catalog_version": catalog_version,
+        "records_read": sum(c["records_read"] for c in chunks),
+        "lines_changed": sum(c["lines_changed"] for c in chunks),
+        "diffs": [d for c in chunks for d in c["diffs"]],
+        "now_billed": [p for c in chunks for p in c["now_billed"]],
     }

@@ -29,8 +29,16 @@ def settle_amount(state: AccountState, amount: Decimal, due_us: int) -> tuple[De
     """Charge `amount`: usable vouchers first, then cash; the rest becomes debt.
 
     Returns (voucher part, cash part, debt added). A voucher is usable when it has not expired
-    at `due_us`, the end of the hour being settled.
+    at `due_us`, the end of the hour being settled. A negative amount (a rebill lowered an hour
+    already settled) is a refund: it pays debt first (negative debt added), then cash (negative
+    cash part); vouchers are not given back.
     """
+    if amount < 0:  # a rebill lowered a settled hour: the refund pays debt first, then cash
+        refund = -amount
+        paid = min(refund, state.debt)
+        state.debt -= paid
+        state.cash_balance += refund - paid
+        return ZERO, -(refund - paid), -paid
     left = amount
     voucher_part = ZERO
     for voucher in sorted(state.vouchers.values(), key=_voucher_order):

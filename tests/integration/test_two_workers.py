@@ -118,3 +118,28 @@ def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: 
     want = expected(lines)
     got = bills_by_key(queries.bills(reader), accounts_of(lines))
     assert got == want.bills
+
+
+def test_workers_stopping_and_starting_repeatedly_keep_bills_exact(broker: str, inprocess_dir: Path) -> None:
+    """One worker comes and goes during the workload, the first time before anything was
+    committed; every rebalance hands accounts over through ClickHouse."""
+    settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-churn", log_epoch="churn")
+    lines = generate(9000, seed=78)
+    chunks = [lines[i:i + 1500] for i in range(0, len(lines), 1500)]
+    reader = connect(settings.clickhouse_url)
+    steady = Replica(settings, broker, "steady")
+    publish_lines([x.encode() for x in chunks[0]], broker, settings.input_topic, quiet=True)
+    churn = Replica(settings, broker, "churn-0")  # joins while the first records are in flight
+    try:
+        for n, chunk in enumerate(chunks[1:], start=1):
+            publish_lines([x.encode() for x in chunk], broker, settings.input_topic, quiet=True)
+            time.sleep(0.5)
+            churn.stop()
+            assert churn.error is None, churn.error
+            churn = Replica(settings, broker, f"churn-{n}")
+        barrier(broker, settings, reader)
+    finally:
+        churn.stop()
+        steady.stop()
+    assert steady.error is None and churn.error is None, (steady.error, churn.error)
+    assert bills_by_key(queries.bills(reader), accounts_of(lines)) == expected(lines).bills
