@@ -225,7 +225,7 @@ class Bench:
 
     def phase_raw(self) -> dict[str, Any]:
         assert self.stack is not None
-        detail = raw_consumer.run(self.stack.kafka, self.topic(), self.n)
+        detail = raw_consumer.run(self.stack.kafka, self.single_record_topic(), self.n)
         if not detail["complete"]:
             raise RuntimeError(f"the raw consumer read only {detail['records']} of {self.n} records")
         self.result["raw_consumer_rps"] = detail["rps"]
@@ -234,7 +234,8 @@ class Bench:
 
     def phase_naive(self) -> dict[str, Any]:
         assert self.stack is not None
-        detail = naive_faust.run(self.stack.kafka, self.topic(), self.n, self.workdir / "naive", timeout_s=self.args.naive_timeout)
+        detail = naive_faust.run(self.stack.kafka, self.single_record_topic(), self.n, self.workdir / "naive",
+                                 timeout_s=self.args.naive_timeout)
         self.result["naive_faust_rps"] = detail["rps"]
         if detail["rps"] is None:
             raise RuntimeError(f"the naive Faust app saw {detail['records']} records; no rate")
@@ -282,6 +283,32 @@ class Bench:
         log(f"latency: p50 {_fmt(detail['p50_s'])} s, p99 {_fmt(detail['p99_s'])} s over {detail['samples']} samples "
             f"at {detail['achieved_offered_rps']:,.0f} records/s offered")
         return detail
+
+    def single_record_topic(self) -> str:
+        """The same records, one per Kafka message, as a user's first producer would send them:
+        what (a) and (b) read. `billing publish` batches an account's records per message, which
+        would make (a) and (b) count messages, not records."""
+        if getattr(self, "_single_topic", None):
+            return self._single_topic
+        from kafka import KafkaProducer
+
+        from pipeline.broker import ensure_topics
+
+        assert self.stack is not None
+        topic = "bench.single-records"
+        ensure_topics(self.stack.kafka, {topic: 4})
+        log(f"publishing the {self.n} records one per message to {topic} for (a) and (b) (not timed)...")
+        producer = KafkaProducer(bootstrap_servers=self.stack.kafka, linger_ms=20, batch_size=512 * 1024)
+        for line in self.lines:
+            try:
+                key = str(json.loads(line).get("account_id", "")).encode()
+            except (ValueError, AttributeError):
+                key = b""
+            producer.send(topic, key=key, value=line if isinstance(line, bytes) else line.encode())
+        producer.flush()
+        producer.close()
+        self._single_topic = topic
+        return topic
 
     def topic(self) -> str:
         from pipeline.settings import load_settings

@@ -30,6 +30,7 @@ from pipeline.topics import ensure_all
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
+VIOLATIONS_PER_MESSAGE = 500  # ~100 KB: well under any broker's message size limit
 
 
 def leave_group_at_generation_zero() -> None:
@@ -111,10 +112,17 @@ class Worker:
 
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
-                messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-                result = await worker.process(messages)
-                await worker.publish_outputs(result)
+            try:
+                async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
+                    messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+                    result = await worker.process(messages)
+                    await worker.publish_outputs(result)
+            except Exception as exc:
+                # Faust would restart the agent and drop the events in flight (the offset-gap
+                # check then stops us anyway): stop loudly at the cause instead.
+                log.critical("billing agent failed: %r", exc)
+                await app.crash(exc)
+                raise
 
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
@@ -162,16 +170,27 @@ class Worker:
 
     async def publish_outputs(self, result: BatchResult) -> None:
         """After the batch is in ClickHouse: status changes (compacted topic, for the API gateway),
-        rate-limit violations (one message per account and batch), and clock ticks for idle accounts."""
-        for change in result.status_changes:
-            await self.status_topic.send(key=change.account_id.encode(), value=outputs_json.status(change))
+        rate-limit violations (per account, in messages of bounded size), and clock ticks for idle
+        accounts. Retried like the ClickHouse write: the batch is not done until they are out."""
+        sends = [(self.status_topic, c.account_id, outputs_json.status(c)) for c in result.status_changes]
         by_account: dict[str, list[Any]] = {}
         for violation in result.violations:
             by_account.setdefault(violation.account_id, []).append(violation)
         for account, violations in by_account.items():
-            await self.violations_topic.send(key=account.encode(), value=outputs_json.violations(account, violations))
-        for account, clock_us in result.ticks:
-            await self.input_topic.send(key=account.encode(), value=outputs_json.tick(account, clock_us))
+            for i in range(0, len(violations), VIOLATIONS_PER_MESSAGE):
+                sends.append((self.violations_topic, account, outputs_json.violations(account, violations[i:i + VIOLATIONS_PER_MESSAGE])))
+        sends += [(self.input_topic, account, outputs_json.tick(account, clock_us)) for account, clock_us in result.ticks]
+        delay, done = 0.5, 0
+        while done < len(sends):
+            topic, account, value = sends[done]
+            try:
+                await topic.send(key=account.encode(), value=value)
+            except Exception as exc:  # broker away: retry, the outputs must not be lost
+                log.warning("could not publish to %s (%s); retrying in %.1fs", topic.get_topic_name(), str(exc)[:200], delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            done += 1
 
     async def start_api(self) -> None:
         web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.on_db, self.metrics)

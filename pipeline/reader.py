@@ -76,21 +76,29 @@ class ApiReader:
 
     def _get(self, path: str, params: dict[str, str | None] | None = None) -> Any:
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v})
-        url = f"{self.base}{path}" + (f"?{query}" if query else "")
+        return self._request(urllib.request.Request(f"{self.base}{path}" + (f"?{query}" if query else "")), timeout=60)
+
+    def _post(self, path: str, body: Any) -> Any:
+        request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        return self._request(request, timeout=3600)
+
+    def _request(self, request: urllib.request.Request, timeout: float) -> Any:
+        """JSON back, or: None for 404, ValueError (exit 2) for 400, QueryError otherwise."""
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            body = exc.read().decode("utf-8", errors="replace")
             if exc.code == 404:
                 return None
+            body = exc.read().decode("utf-8", errors="replace")
             try:
                 body = json.loads(body)["error"]
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 pass
             if exc.code == 400:
                 raise ValueError(body) from None
-            raise QueryError(f"the worker at {self.base} answered {exc.code}: {body}") from None
+            raise QueryError(f"the worker at {self.base} answered {exc.code}: {str(body)[:500]}") from None
         except urllib.error.URLError as exc:
             raise QueryError(f"cannot reach the worker at {self.base} ({exc.reason}); is `billing up` still running?") from None
 
@@ -117,20 +125,6 @@ class ApiReader:
 
     def write_rebill_audit(self, audit: Row) -> None:
         self._post("/api/rebill/audit", audit)
-
-    def _post(self, path: str, body: Any) -> Any:
-        request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=3600) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", errors="replace")
-            if exc.code == 400:
-                raise ValueError(detail) from None
-            raise QueryError(f"the worker at {self.base} answered {exc.code}: {detail[:500]}") from None
-        except urllib.error.URLError as exc:
-            raise QueryError(f"cannot reach the worker at {self.base} ({exc.reason}); is `billing up` still running?") from None
 
     def settlements(self, account: str | None) -> list[Row]:
         return self._get("/api/settlements", {"account": account})
