@@ -21,7 +21,7 @@ import faust
 
 from pipeline import api, metrics, outputs_json
 from pipeline.catalog import load_catalog
-from pipeline.chclient import connect, migrate
+from pipeline.chclient import ClickHouseUnavailable, connect, migrate
 from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
@@ -78,10 +78,21 @@ class Worker:
         self.app = self._build_app(bootstrap)
 
     def _open_clickhouse(self) -> Any:
-        client = connect(self.settings.clickhouse_url)
-        migrate(client)
-        log.info("ClickHouse ready at %s", redact(self.settings.clickhouse_url))
-        return client
+        """A server that is not up yet is waited for (backoff, logged); the embedded engine fails
+        fast, since its only failure is another process holding it."""
+        url, delay = self.settings.clickhouse_url, 0.5
+        while True:
+            try:
+                client = connect(url)
+                migrate(client)
+                log.info("ClickHouse ready at %s", redact(url))
+                return client
+            except ClickHouseUnavailable as exc:
+                if url.startswith("chdb:"):
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ClickHouse call on the ClickHouse thread."""
