@@ -19,7 +19,7 @@ from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import ZERO, AccountState, KeyState, Line, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
 from pipeline.validation import usage_rejection
-from pipeline.windows import MINUTE, SECOND, window_keys, violated
+from pipeline.windows import window_keys, violated
 
 NO_FREE = FreeSplit(0, 0)
 REBILL_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")

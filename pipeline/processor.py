@@ -98,7 +98,7 @@ class BatchProcessor:
         self._grace_us = grace_us(catalog.settlement_grace_minutes)
 
     def reset_positions(self) -> None:
-        """After a rebalance: the next batch of each partition is checked against the archive again."""
+        """After a rebalance: the next batch of each partition is checked against partition_progress again."""
         self._next_offset.clear()
 
     def check_contiguous(self, messages: list[Message]) -> None:

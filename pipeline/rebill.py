@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -144,8 +144,7 @@ def _same(a: Line, b: Line) -> bool:
 
 
 def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, account: str | None = None,
-                accounts: list[str] | None = None, run_id: str | None = None,
-                progress: Callable[[int], None] | None = None) -> RebillPlan:
+                accounts: list[str] | None = None, run_id: str | None = None) -> RebillPlan:
     """The plan for the affected accounts (or the given subset of them, for progress in chunks)."""
     plan = RebillPlan(run_id or new_run_id(), catalog.version, start_us, end_us, account)
     plan.accounts = accounts if accounts is not None else affected_accounts(client, start_us, end_us, account)
@@ -164,8 +163,6 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
                     and start_us <= record.ts_us < end_us:
                 plan.now_billed.append((acc, record.event_id))
             plan.records_read += 1
-            if progress and plan.records_read % 5000 == 0:
-                progress(plan.records_read)
         plan.clocks[acc] = state.max_ts_us
         in_range = {k: v for k, v in state.lines.items() if start_us <= k[0] < end_us}
         for key in sorted(set(in_range) | {k for (a, k) in current if a == acc}):
@@ -175,8 +172,6 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
                 continue
             if old is None or not _same(old, new):
                 plan.changes.append(LineChange(acc, key, old, new))
-    if progress:
-        progress(plan.records_read)
     return plan
 
 

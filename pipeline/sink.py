@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Sequence
 
@@ -115,7 +114,3 @@ def write(client: Client, rows: BatchRows) -> None:
     _insert(client, "account_state", list(rows.states.items()), STATES, {"updated_at": now_ms})  # the commit point: last
     _insert(client, "partition_progress", rows.progress, PROGRESS, {"epoch": rows.epoch})
     _insert(client, "barriers", rows.barriers, BARRIERS, {"processed_at": now_ms})
-
-
-def decimal_str(amount: Decimal) -> str:
-    return f"{amount:.6f}"

@@ -5,7 +5,6 @@ from decimal import Decimal
 import pytest
 
 from helpers import (
-    CATALOG,
     KEY,
     NO_QUOTA,
     Account,

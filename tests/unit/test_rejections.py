@@ -6,7 +6,6 @@ import pytest
 
 from helpers import (
     ACCOUNT,
-    KEY,
     NO_QUOTA,
     Account,
     D,
