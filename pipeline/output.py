@@ -14,7 +14,7 @@ def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None = N
     columns = list(columns or (rows[0].keys() if rows else []))
     if fmt == "json":
         for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write(json.dumps(row) + "\n")  # ASCII: no U+2028 or NEL inside a line to split it
     elif fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -80,11 +80,11 @@ class Stack:
 
     def bills(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli("bills", "--format", "json", *args).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [json.loads(line) for line in out.split("\n") if line.strip()]
 
     def json_lines(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli(*args, "--format", "json").stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [json.loads(line) for line in out.split("\n") if line.strip()]
 
     def kafka(self) -> str:
         runtime = read_runtime(self.data_dir)
@@ -93,7 +93,7 @@ class Stack:
 
     def rejected(self, *args: str) -> list[dict[str, Any]]:
         out = self.cli("rejected", "--format", "json", *args).stdout
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+        return [json.loads(line) for line in out.split("\n") if line.strip()]
 
 
 def _healthy(api: str) -> bool:
