@@ -141,12 +141,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.publish import publish_lines
+    from pipeline.publish import live_lines, publish_lines
     from pipeline.topics import ensure_all
 
     bootstrap = kafka_of(settings)
     if args.file == "-":
-        lines: Any = sys.stdin.buffer
+        lines: Any = live_lines(sys.stdin.buffer)
         total = None
     else:
         path = Path(args.file)

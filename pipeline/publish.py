@@ -11,10 +11,11 @@ cost once per group instead of once per record. Each record keeps its bytes as r
 
 from __future__ import annotations
 
+import select
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import orjson
 from kafka import KafkaProducer
@@ -94,7 +95,19 @@ class Batcher:
             self.flush_key(key)
 
 
-def publish_lines(lines: Iterable[bytes], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False) -> PublishReport:
+def live_lines(stream: BinaryIO) -> Iterator[bytes | None]:
+    """Lines of a live stream (stdin), with None whenever nothing more is waiting, so that a slow
+    producer's records are not held back until the next line arrives."""
+    while True:
+        if not select.select([stream], [], [], 0)[0]:
+            yield None
+        line = stream.readline()
+        if not line:
+            return
+        yield line
+
+
+def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False) -> PublishReport:
     report = PublishReport()
     producer = make_producer(bootstrap)
     progress = Progress("published", total)
@@ -112,7 +125,12 @@ def publish_lines(lines: Iterable[bytes], bootstrap: str, topic: str, total: int
 
     batcher = Batcher(send)
     try:
-        for number, line in enumerate(lines, start=1):
+        number = 0
+        for line in lines:
+            if line is None:  # the input paused (a live stream): send what waits now
+                batcher.flush()
+                continue
+            number += 1
             line = line.strip()
             if not line:
                 continue

@@ -102,3 +102,33 @@ def test_bad_lines_are_named_and_the_rest_is_sent(stack: Stack, tmp_path: Path) 
         assert json.loads(row["record"]) == body
     bills = stack.bills("--account", "acct-bad-input")
     assert [(b["item"], b["requests"], b["amount"]) for b in bills] == [("xingchen-lite", 1, "0.000000")]
+
+
+def test_a_live_stream_on_stdin_is_billed_while_it_is_still_open(stack: Stack) -> None:
+    import json
+    import subprocess
+    import sys
+    import time
+
+    account = "acct-live-stdin"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "publish", "-", "--data-dir", str(stack.data_dir)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    for record in (
+        {"type": "api_key.created", "account_id": account, "timestamp": "2024-10-01T10:00:00+08:00", "api_key_id": "k"},
+        {"account_id": account, "timestamp": "2024-10-01T10:00:05+08:00", "event_id": "live-1", "api_key_id": "k",
+         "model": "xingchen-lite", "input_tokens": 10, "output_tokens": 5},
+    ):
+        proc.stdin.write((json.dumps(record) + "\n").encode())
+    proc.stdin.flush()
+    try:
+        deadline = time.monotonic() + 60
+        while not stack.bills("--account", account):
+            assert time.monotonic() < deadline, "records written to stdin were not published while it stayed open"
+            time.sleep(0.5)
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+        out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    assert proc.returncode == 0, err
+    assert b"published 2 records" in out
