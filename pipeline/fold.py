@@ -19,7 +19,7 @@ from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import ZERO, AccountState, KeyState, Line, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
 from pipeline.validation import usage_rejection
-from pipeline.windows import window_keys, violated
+from pipeline.windows import WindowKey, violated, window_keys
 
 NO_FREE = FreeSplit(0, 0)
 REBILL_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
@@ -142,17 +142,9 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
     """Count an API call in its second and minute windows; flag and report each limit exceeded."""
     limits = state.limits or catalog.default_limits
     tokens = usage.input_tokens + usage.output_tokens
-    counted = []
-    for key in window_keys(usage.ts_us):
-        window = state.windows.get(key)
-        if window is None:
-            window = state.windows[key] = Window()
-        window.requests += 1
-        window.tokens += tokens
-        window.revision = state.seq
-        outcome.windows.append(key)
-        counted.append((key, window))
-    (second_key, second), (minute_key, minute) = counted
+    second_key, minute_key = window_keys(usage.ts_us)
+    second = _window(state, outcome, second_key, tokens)
+    minute = _window(state, outcome, minute_key, tokens)
     flags = violated(limits, second.requests, minute.requests, minute.tokens)
     for flag in flags:
         start, observed, allowed = {
@@ -164,6 +156,17 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
             Violation(state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq)
         )
     return tuple(flags)
+
+
+def _window(state: AccountState, outcome: Outcome, key: WindowKey, tokens: int) -> Window:
+    window = state.windows.get(key)
+    if window is None:
+        window = state.windows[key] = Window()
+    window.requests += 1
+    window.tokens += tokens
+    window.revision = state.seq
+    outcome.windows.append(key)
+    return window
 
 
 def _apply_account_record(state: AccountState, record: AccountRecord, catalog: Catalog, outcome: Outcome) -> Outcome:

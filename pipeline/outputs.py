@@ -1,9 +1,14 @@
-"""Facts the fold emits for each record; the edges turn them into ClickHouse rows and messages."""
+"""Facts the fold emits for each record; the edges turn them into ClickHouse rows and messages.
+
+The facts are NamedTuples: immutable like frozen dataclasses, but built about five times faster
+(one per call, so it shows in the throughput) and turned into insert columns with `zip(*rows)`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import NamedTuple
 
 from pipeline.state import LineKey
 from pipeline.windows import WindowKey
@@ -28,8 +33,7 @@ REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     account_id: str
     record_id: str  # event_id, or the record's content identity
     event_id: str
@@ -41,8 +45,7 @@ class Rejection:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class PricedUsage:
+class PricedUsage(NamedTuple):
     account_id: str
     event_id: str
     ts_us: int
@@ -62,8 +65,7 @@ class PricedUsage:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class Violation:
+class Violation(NamedTuple):
     account_id: str
     event_id: str
     ts_us: int
@@ -74,8 +76,7 @@ class Violation:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
+class Settlement(NamedTuple):
     account_id: str
     hour_us: int
     kind: str  # regular | adjustment
@@ -88,8 +89,7 @@ class Settlement:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
-class StatusChange:
+class StatusChange(NamedTuple):
     """What the API gateway reads to block (arrears) or unblock (active) an account."""
 
     account_id: str

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class FreeSplit:
+class FreeSplit(NamedTuple):
     free_input: int
     free_output: int
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import fastjsonschema
 import orjson
@@ -37,8 +37,10 @@ EARLIEST_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z
 LATEST_US = 4_102_444_800 * 1_000_000  # 2100-01-01T00:00:00Z
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
+    """One call, ready to price. The record types are NamedTuples: immutable, and built several
+    times faster than frozen dataclasses (one per record, so it shows in the throughput)."""
+
     account_id: str
     ts_us: int
     identity: str  # the event_id
@@ -54,8 +56,7 @@ class Usage:
     kind: str = USAGE
 
 
-@dataclass(frozen=True, slots=True)
-class AccountRecord:
+class AccountRecord(NamedTuple):
     """Key, credit, limit and whitelist records: they change the account, never a bill directly."""
 
     kind: str
@@ -64,11 +65,10 @@ class AccountRecord:
     identity: str
     digest: str
     raw: str
-    fields: dict[str, Any] = field(hash=False)
+    fields: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """A record that breaks the schema: kept and rejected as `invalid_schema`, never billed."""
 
     account_id: str
@@ -81,6 +81,58 @@ class Invalid:
 
 
 Record = Usage | AccountRecord | Invalid
+
+
+def _usage_schema() -> dict[str, Any]:
+    return json.loads((SCHEMA_DIR / "usage.json").read_text(encoding="utf-8"))
+
+
+_USAGE = _usage_schema()
+_USAGE_KEYS = frozenset(_USAGE["properties"])
+_USAGE_REQUIRED = tuple(_USAGE["required"])
+_USAGE_NAMES = ("account_id", "api_key_id", "model")
+_TIMESTAMP = re.compile("(?a)" + re.sub(r"(?<!\\)\$", r"\\Z", _USAGE["properties"]["timestamp"]["pattern"]))  # '$' as fastjsonschema reads it
+_BREAKDOWN_KEYS = frozenset(_USAGE["properties"]["input_breakdown"]["properties"])
+_MAX_TOKENS = _USAGE["properties"]["input_tokens"]["maximum"]
+_MAX_PLUGINS = _USAGE["properties"]["plugins"]["maxProperties"]
+_MAX_PLUGIN_UNITS = _USAGE["properties"]["plugins"]["additionalProperties"]["maximum"]
+
+
+def plain_usage(body: dict[str, Any]) -> bool:
+    """True only for a usage body that schemas/records/usage.json accepts, decided by hand in about
+    a tenth of the generic validator's time (the usage kind is nearly every record). It is
+    stricter than the schema (a count must be a JSON integer, not 2.0): False sends the body to
+    the generic validator, which accepts it or says what is wrong. Its limits are read from the
+    schema; a test checks it never accepts what the schema refuses."""
+    if not _USAGE_KEYS.issuperset(body) or not all(name in body for name in _USAGE_REQUIRED):
+        return False
+    for name in _USAGE_NAMES:
+        value = body[name]
+        if type(value) is not str or not 0 < len(value) <= 128:
+            return False
+    event_id, timestamp = body["event_id"], body["timestamp"]
+    if type(event_id) is not str or not 0 < len(event_id) <= 128 or event_id[0] == "#":
+        return False
+    if type(timestamp) is not str or _TIMESTAMP.search(timestamp) is None:
+        return False
+    if not (_count(body["input_tokens"], _MAX_TOKENS) and _count(body["output_tokens"], _MAX_TOKENS)):
+        return False
+    if body.get("type", USAGE) != USAGE or body.get("channel", "api") not in ("api", "console"):
+        return False
+    if "plugins" in body and not _plain_plugins(body["plugins"]):
+        return False
+    breakdown = body.get("input_breakdown", {})
+    return (type(breakdown) is dict and _BREAKDOWN_KEYS.issuperset(breakdown)
+                                 and all(_count(v, _MAX_TOKENS) for v in breakdown.values()))
+
+
+def _count(value: Any, maximum: int) -> bool:
+    return type(value) is int and 0 <= value <= maximum
+
+
+def _plain_plugins(plugins: Any) -> bool:
+    return type(plugins) is dict and len(plugins) <= _MAX_PLUGINS and all(
+        type(name) is str and 0 < len(name) <= 64 and _count(units, _MAX_PLUGIN_UNITS) for name, units in plugins.items())
 
 
 @lru_cache(maxsize=None)
@@ -125,8 +177,10 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         # repr only a string: the repr of a deeply nested array or object raises RecursionError
         shown = repr(kind) if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
         return _invalid(raw, text, account, f"unknown record type {shown}", event_id)
+    plain = kind == USAGE and plain_usage(body)
     try:
-        _validator(kind)(body)
+        if not plain:
+            _validator(kind)(body)
         ts_us = _in_range(parse_ts(body["timestamp"]), body["timestamp"])
         if "expires_at" in body:
             _in_range(parse_ts(body["expires_at"]), body["expires_at"])
@@ -138,29 +192,24 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         return _invalid(raw, text, account, f"{kind}: {exc}", event_id)
     if key_account and account != key_account:
         return _invalid(raw, text, account, f"account_id {account!r} differs from the message key {key_account!r}", event_id)
-    body = _integral(body)
-    normal = dict(body, type=kind)
+    if not plain:
+        body = _integral(body)
     if kind == USAGE:
-        normal.setdefault("channel", "api")
-        normal["plugins"] = {name: n for name, n in body.get("plugins", {}).items() if n}
-        digest = canonical_digest(normal)
-        return Usage(
-            account_id=account,
-            ts_us=ts_us,
-            identity=body["event_id"],
-            digest=digest,
-            raw=text,
-            event_id=body["event_id"],
-            api_key_id=body["api_key_id"],
-            model=body["model"],
-            input_tokens=body["input_tokens"],
-            output_tokens=body["output_tokens"],
-            channel=normal["channel"],
-            plugins=tuple(sorted(normal["plugins"].items())),
-        )
+        return _usage(body, account, ts_us, text)
+    normal = dict(body, type=kind)
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     return AccountRecord(kind, account, ts_us, f"#{kind}:{digest}", digest, text, fields)  # '#': never an event_id
+
+
+def _usage(body: dict[str, Any], account: str, ts_us: int, text: str) -> Usage:
+    normal = dict(body, type=USAGE)
+    channel = normal.setdefault("channel", "api")
+    plugins = body.get("plugins")
+    normal["plugins"] = {name: n for name, n in plugins.items() if n} if plugins else {}
+    event_id = body["event_id"]
+    return Usage(account, ts_us, event_id, canonical_digest(normal), text, event_id, body["api_key_id"], body["model"],
+                 body["input_tokens"], body["output_tokens"], channel, tuple(sorted(normal["plugins"].items())))
 
 
 def _in_range(ts_us: int, text: str) -> int:
