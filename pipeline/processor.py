@@ -20,9 +20,10 @@ from pipeline import sink, statestore
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.framing import split_message
+from pipeline.gcpause import gc_paused
 from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
-from pipeline.sink import BatchRows, RawRow
+from pipeline.sink import BatchRows, RawRow, SeenRow
 from pipeline.settlement import grace_us
 from pipeline.state import AccountState
 from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
@@ -130,6 +131,10 @@ class BatchProcessor:
             self._minutes.pop(acc, None)
 
     def process(self, messages: list[Message]) -> BatchResult:
+        with gc_paused():
+            return self._process(messages)
+
+    def _process(self, messages: list[Message]) -> BatchResult:
         result = BatchResult()
         rows = BatchRows(epoch=self.epoch)
         self.check_contiguous(messages)
@@ -229,7 +234,7 @@ class BatchProcessor:
         rows.raw.append(RawRow(msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
         result.statuses[outcome.status] += 1
         if outcome.claimed and not isinstance(record, Invalid):
-            rows.seen.append((acc, record.identity, record.digest, state.seq))
+            rows.seen.append(SeenRow(acc, record.identity, record.digest, state.seq))
         if outcome.rejection is not None:
             rows.rejections.append(outcome.rejection)
             result.reasons[outcome.rejection.reason] += 1

@@ -25,6 +25,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
+from pipeline.gcpause import gc_paused
 from pipeline.records import Usage, parse_record
 from pipeline.state import ZERO, AccountState, Line, LineKey
 from pipeline.timestamps import US_PER_SECOND, format_ts
@@ -152,27 +153,35 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
         return plan
     current = _current_lines(client, plan.accounts, start_us, end_us)
     rejected = _rejected_ids(client, plan.accounts)
-    for acc, log in _account_logs(client, plan.accounts):
-        state = AccountState(acc)
-        for kind, payload in log:
-            if kind in DERIVED_KINDS:
-                continue
-            record = parse_record(payload.encode("utf-8"), acc)
-            outcome = apply(state, record, catalog)
-            if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
-                    and start_us <= record.ts_us < end_us:
-                plan.now_billed.append((acc, record.event_id))
-            plan.records_read += 1
-        plan.clocks[acc] = state.max_ts_us
-        in_range = {k: v for k, v in state.lines.items() if start_us <= k[0] < end_us}
-        for key in sorted(set(in_range) | {k for (a, k) in current if a == acc}):
-            new = in_range.get(key) or Line()
-            old = current.get((acc, key))
-            if old is None and new.requests == 0:
-                continue
-            if old is None or not _same(old, new):
-                plan.changes.append(LineChange(acc, key, old, new))
+    with gc_paused():
+        for acc, log in _account_logs(client, plan.accounts):
+            _replay_account(plan, catalog, acc, log, current, rejected)
     return plan
+
+
+def _replay_account(plan: RebillPlan, catalog: Catalog, acc: str, log: list[tuple[str, str]],
+                    current: dict[tuple[str, LineKey], Line], rejected: set[tuple[str, str]]) -> None:
+    """A fresh run of one account's whole log under the plan's catalog; its changed lines in range."""
+    start_us, end_us = plan.start_us, plan.end_us
+    state = AccountState(acc)
+    for kind, payload in log:
+        if kind in DERIVED_KINDS:
+            continue
+        record = parse_record(payload.encode("utf-8"), acc)
+        outcome = apply(state, record, catalog)
+        if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
+                and start_us <= record.ts_us < end_us:
+            plan.now_billed.append((acc, record.event_id))
+        plan.records_read += 1
+    plan.clocks[acc] = state.max_ts_us
+    in_range = {k: v for k, v in state.lines.items() if start_us <= k[0] < end_us}
+    for key in sorted(set(in_range) | {k for (a, k) in current if a == acc}):
+        new = in_range.get(key) or Line()
+        old = current.get((acc, key))
+        if old is None and new.requests == 0:
+            continue
+        if old is None or not _same(old, new):
+            plan.changes.append(LineChange(acc, key, old, new))
 
 
 def new_run_id() -> str:
