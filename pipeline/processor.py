@@ -151,7 +151,7 @@ class BatchProcessor:
                 record = parse_record(value, key_account)
                 by_account.setdefault(record.account_id, []).append((msg, idx, record))
         self._load_states(by_account)
-        pending = self._drop_applied(by_account, result)
+        pending, applied = self._drop_applied(by_account, result)
         self._hydrate(pending)
         try:
             for acc, items in pending.items():
@@ -170,6 +170,7 @@ class BatchProcessor:
         result.states = rows.states
         result.status_changes = rows.status_changes
         result.violations = rows.violations
+        self._republish(applied, result)
         if self.auto_tick:
             result.ticks = self._idle_ticks()
         self._prune(pending)
@@ -186,19 +187,36 @@ class BatchProcessor:
             self._minutes[acc] = set()
 
     def _drop_applied(self, by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
-                      ) -> dict[str, list[tuple[Message, int, Record]]]:
-        """A message is applied whole within one batch, so its offset alone says whether it was."""
-        pending = {}
+                      ) -> tuple[dict[str, list[tuple[Message, int, Record]]], dict[str, list[Record]]]:
+        """A message is applied whole within one batch, so its offset alone says whether it was.
+        Returns the records still to apply and, per account, the ones already applied."""
+        pending, applied = {}, {}
         for acc, items in by_account.items():
             state = self.states[acc]
-            fresh = [
-                (msg, idx, rec) for msg, idx, rec in items
-                if not (state.log_epoch == self.epoch and state.log_partition == msg.partition and msg.offset <= state.log_offset)
-            ]
+            fresh = []
+            for msg, idx, rec in items:
+                if state.log_epoch == self.epoch and state.log_partition == msg.partition and msg.offset <= state.log_offset:
+                    applied.setdefault(acc, []).append(rec)
+                else:
+                    fresh.append((msg, idx, rec))
             result.skipped += len(items) - len(fresh)
             if fresh:
                 pending[acc] = fresh
-        return pending
+        return pending, applied
+
+    def _republish(self, applied: dict[str, list[Record]], result: BatchResult) -> None:
+        """Records delivered again were applied, but the worker that applied them may have died
+        after writing ClickHouse and before publishing to Kafka (the offset commit comes last).
+        Their outputs are read back and published again: at least once, never lost. The status
+        topic is compacted by account, so a repeated status is harmless; violations carry the
+        event id for consumers that count them."""
+        if not applied:
+            return
+        seqs = {acc: self.states[acc].seq for acc in applied}
+        events = [(acc, rec.event_id) for acc, recs in applied.items() for rec in recs
+                  if isinstance(rec, Usage) and rec.channel == "api"]
+        result.status_changes = statestore.committed_statuses(self.client, seqs) + result.status_changes
+        result.violations = statestore.committed_violations(self.client, events, seqs) + result.violations
 
     def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]]) -> None:
         """Load the identities, hour lines and rate windows these records touch."""

@@ -13,6 +13,7 @@ from typing import Iterable
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.outputs import StatusChange, Violation
 from pipeline.state import AccountState, Line, LineKey, Window
 from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND
 from pipeline.windows import WindowKey
@@ -103,3 +104,34 @@ def load_windows(client: Client, account_minutes: list[tuple[str, int]], max_seq
         if key not in known or known[key].revision < revision:
             known[key] = Window(requests, tokens, revision)
     return windows
+
+
+def committed_statuses(client: Client, max_seq: dict[str, int]) -> list[StatusChange]:
+    """Each account's latest status change as of its snapshot: what the status topic must hold."""
+    if not max_seq:
+        return []
+    result = client.query(
+        "SELECT account_id, status, debt, cash_balance, toUnixTimestamp64Micro(clock), seq FROM account_status FINAL "
+        "WHERE account_id IN {a:Array(String)} ORDER BY account_id, seq",
+        parameters={"a": sorted(max_seq)},
+    )
+    latest: dict[str, StatusChange] = {}
+    for acc, status, debt, cash, clock_us, seq in result.result_rows:
+        if seq <= max_seq[acc]:
+            latest[acc] = StatusChange(acc, status, Decimal(debt), Decimal(cash), clock_us, seq)
+    return [latest[acc] for acc in sorted(latest)]
+
+
+def committed_violations(client: Client, events: list[tuple[str, str]], max_seq: dict[str, int]) -> list[Violation]:
+    """The rate-limit violations these (account, event_id) calls produced when they were applied."""
+    if not events:
+        return []
+    result = client.query(
+        "SELECT account_id, event_id, toUnixTimestamp64Micro(ts), limit_name, toUnixTimestamp64Micro(window_start), observed, "
+        "allowed, seq FROM rate_violations FINAL WHERE (account_id, event_id) IN {p:Array(Tuple(String, String))} "
+        "ORDER BY account_id, seq, limit_name",
+        parameters={"p": events},
+    )
+    order = {"qps": 0, "qpm": 1, "tpm": 2}
+    rows = [Violation(*row) for row in result.result_rows if row[7] <= max_seq.get(row[0], 0)]
+    return sorted(rows, key=lambda v: (v.account_id, v.seq, order.get(v.limit, 3)))

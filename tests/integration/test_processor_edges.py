@@ -69,3 +69,36 @@ def test_restarts_and_redeliveries_in_any_batch_shape_bill_exactly(client) -> No
         if rng.random() < 0.3:
             processor = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)  # a restart
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+
+
+def test_outputs_lost_before_publishing_are_published_when_redelivered(client) -> None:
+    """A worker writes a batch to ClickHouse and dies before publishing its status changes and
+    violations to Kafka (the offset is committed after both). The batch is delivered again to a
+    new worker: its records are skipped, not re-applied, and what the first worker never
+    published is published now, so the status topic ends as if nothing had happened."""
+    from pipeline.workload import generate_settlement
+
+    lines = generate_settlement(3000, seed=8)
+    msgs = messages(lines, partitions=1)
+    epoch = uuid.uuid4().hex
+    first_half, second_half = msgs[:1500], msgs[1500:]
+    published: dict[str, object] = {}
+    violations: set[tuple[str, str, str]] = set()
+
+    def publish(result) -> None:
+        published.update((change.account_id, change) for change in result.status_changes)
+        violations.update((v.account_id, v.event_id, v.limit) for v in result.violations)
+
+    worker = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)
+    publish(worker.process(first_half))
+    lost = worker.process(second_half)  # written; the worker dies before publishing
+    assert lost.status_changes and lost.violations, "the lost batch must have outputs to lose"
+    unpublished_latest = {c.account_id: c for c in lost.status_changes}
+    assert any(published.get(acc) != change for acc, change in unpublished_latest.items())
+
+    again = BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(second_half)
+    assert again.skipped == len(second_half) and sum(again.statuses.values()) == 0  # nothing applied twice
+    publish(again)
+    for account, change in unpublished_latest.items():
+        assert published[account] == change  # the gateway's view: every account's latest status
+    assert {(v.account_id, v.event_id, v.limit) for v in lost.violations} <= violations
