@@ -10,6 +10,7 @@ import orjson
 
 from pipeline.catalog import load_catalog
 from pipeline.fold import apply
+from pipeline.gcpause import gc_paused
 from pipeline.publish import key_and_kind
 from pipeline.records import Invalid, Usage, parse_record
 from pipeline.state import AccountState
@@ -33,13 +34,14 @@ def run(lines: list[bytes]) -> dict[str, Any]:
     states: dict[str, AccountState] = {}
     statuses: dict[str, int] = {}
     started = time.perf_counter()
-    for value, key in items:
-        record = parse_record(value, key)
-        state = states.get(record.account_id)
-        if state is None:
-            state = states[record.account_id] = AccountState(record.account_id)
-        outcome = apply(state, record, catalog)
-        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+    with gc_paused():  # as the worker and a rebill fold (pipeline/gcpause.py)
+        for value, key in items:
+            record = parse_record(value, key)
+            state = states.get(record.account_id)
+            if state is None:
+                state = states[record.account_id] = AccountState(record.account_id)
+            outcome = apply(state, record, catalog)
+            statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
     seconds = max(time.perf_counter() - started, 1e-9)
     return {"records": len(items), "seconds": seconds, "rps": len(items) / seconds, "accounts": len(states),
             "outcomes": statuses}

@@ -152,7 +152,7 @@ def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float =
             for t in threads:
                 t.join(1.0)
             if not stack.alive():
-                raise RuntimeError(f"billing up died during the latency phase:\n{stack.log_tail()}")
+                raise RuntimeError(f"the billing worker died during the latency phase:\n{stack.log_tail()}")
     finally:
         stop_all.set()
         for t in threads:

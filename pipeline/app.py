@@ -21,7 +21,7 @@ import faust
 
 from pipeline import api, metrics, outputs_json
 from pipeline.catalog import load_catalog
-from pipeline.chclient import ClickHouseUnavailable, connect, migrate
+from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
 from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
@@ -71,6 +71,11 @@ class Worker:
         self.stats: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.sink_seconds = 0.0
+        # wall clock (time.time()) of the first non-empty batch's arrival and of the latest batch's
+        # write: with records already in the topic, their span is the worker's own throughput,
+        # free of its startup and group join (the bench reads them from /healthz)
+        self.first_batch_at: float | None = None
+        self.last_batch_at: float | None = None
         self.last_offsets: dict[int, int] = {}
         self.assigned: set[int] = set()
         ensure_all(settings, bootstrap)
@@ -85,6 +90,7 @@ class Worker:
             try:
                 client = connect(url)
                 migrate(client)
+                preload_insert_support()
                 log.info("ClickHouse ready at %s", redact(url))
                 return client
             except ClickHouseUnavailable as exc:
@@ -153,6 +159,8 @@ class Worker:
         return app
 
     async def process(self, messages: list[Message]) -> BatchResult:
+        if self.first_batch_at is None and messages:
+            self.first_batch_at = time.time()
         delay = 0.5
         while True:
             try:
@@ -169,6 +177,7 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             self.sink_seconds += time.perf_counter() - started
+            self.last_batch_at = time.time()
             self.stats["batches"] += 1
             self.reasons.update(result.reasons)
             self.stats["messages"] += len(messages)
@@ -227,6 +236,7 @@ class Worker:
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "epoch": self.epoch, "stats": dict(self.stats),
+                "first_batch_at": self.first_batch_at, "last_batch_at": self.last_batch_at,
                 "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
                 "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}
 

@@ -68,3 +68,11 @@ def migrate(client: Client, ddl_dir: Path = DDL_DIR) -> int:
     for statement in statements:
         client.command(statement)
     return len(statements)
+
+
+def preload_insert_support() -> None:
+    """clickhouse-connect imports pandas (when installed) on the first insert, about 0.4 s here;
+    a worker does it at startup so that its first batch does not wait for it."""
+    from clickhouse_connect.driver import options
+
+    getattr(options, "pd", None)
