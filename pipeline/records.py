@@ -89,7 +89,7 @@ def _usage_schema() -> dict[str, Any]:
 
 _USAGE = _usage_schema()
 _USAGE_KEYS = frozenset(_USAGE["properties"])
-_USAGE_REQUIRED = tuple(_USAGE["required"])
+_USAGE_REQUIRED = frozenset(_USAGE["required"])
 _USAGE_NAMES = ("account_id", "api_key_id", "model")
 _TIMESTAMP = re.compile("(?a)" + re.sub(r"(?<!\\)\$", r"\\Z", _USAGE["properties"]["timestamp"]["pattern"]))  # '$' as fastjsonschema reads it
 _BREAKDOWN_KEYS = frozenset(_USAGE["properties"]["input_breakdown"]["properties"])
@@ -104,7 +104,8 @@ def plain_usage(body: dict[str, Any]) -> bool:
     stricter than the schema (a count must be a JSON integer, not 2.0): False sends the body to
     the generic validator, which accepts it or says what is wrong. Its limits are read from the
     schema; a test checks it never accepts what the schema refuses."""
-    if not _USAGE_KEYS.issuperset(body) or not all(name in body for name in _USAGE_REQUIRED):
+    keys = body.keys()
+    if not (_USAGE_REQUIRED <= keys <= _USAGE_KEYS):
         return False
     for name in _USAGE_NAMES:
         value = body[name]
