@@ -256,7 +256,8 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
 
     from pipeline.progress import Progress
     from pipeline.publish import publish_lines
-    from pipeline.rebill import audit_record, new_run_id
+    from pipeline.outputs import STALE_REBILL
+    from pipeline.rebill import audit_record, new_run_id, refused_accounts, without_accounts
     from pipeline.timestamps import parse_ts
 
     if parse_ts(args.end) <= parse_ts(args.start):
@@ -292,7 +293,13 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
             raise RuntimeError(f"could not publish the revised lines: {report.failures[0]}; run the same rebill again")
         if not wait_for(reader, bootstrap, settings, timeout=args.timeout):
             return 1
-    reader.write_rebill_audit(audit)
+    stale = refused_accounts(reader.rejected(None, STALE_REBILL), run_id)
+    reader.write_rebill_audit(without_accounts(audit, stale, records))
+    if stale:
+        say(f"billing: rebill   {len(stale)} accounts got a late call for a rebilled line while this rebill ran, so their "
+            f"lines were NOT revised (listed by `billing rejected --reason {STALE_REBILL}`): {', '.join(sorted(stale)[:20])}"
+            f"{' ...' if len(stale) > 20 else ''}. Run the same rebill again; the other accounts are done.")
+        return 1
     say(f"billing: rebill   run {audit['run_id']} applied; audit in rebill_runs / rebill_diffs")
     return 0
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.catalog import Catalog
 from pipeline.keys import keys_not_revoked_by
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, Outcome, PricedUsage, Rejection, Violation
+from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import FreeSplit, split_free
 from pipeline.settlement import close_hours, grace_us, owe, recharge
@@ -138,6 +138,22 @@ def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dic
         state.open_hours[key[0]] += line.amount - previous
 
 
+def _stale_line(state: AccountState, lines: list[dict[str, Any]]) -> str | None:
+    """Why a rebill's lines cannot replace the current ones, or None. Each line names the revision
+    the rebill read (`base_revision`); another revision now means a record the rebill did not
+    replay (a late call) changed the line since, and replacing it would drop that record."""
+    for spec in lines:
+        if "base_revision" not in spec:
+            continue  # written before the check existed
+        key = (hour_start(parse_ts(spec["hour"])), spec["api_key_id"], spec["item"])
+        current = state.lines[key].revision if key in state.lines else 0
+        if current != spec["base_revision"]:
+            return (f"line {spec['hour']} {spec['api_key_id']} {spec['item']} changed after the rebill read it (revision "
+                    f"{spec['base_revision']} then, {current} now); nothing of this rebill was applied to the account: "
+                    "run the same `billing rebill` again")
+    return None
+
+
 def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catalog: Catalog) -> tuple[str, ...]:
     """Count an API call in its second and minute windows; flag and report each limit exceeded."""
     limits = state.limits or catalog.default_limits
@@ -198,5 +214,8 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
     elif record.kind == "whitelist.remove":
         state.whitelist.discard(f["model"])
     elif record.kind == "rebill.lines":
+        stale = _stale_line(state, f["lines"])
+        if stale is not None:
+            return _reject(state, record.identity, "", record.kind, STALE_REBILL, stale, record.ts_us, record.raw)
         _apply_rebilled_lines(state, outcome, f["lines"], grace_us(catalog.settlement_grace_minutes))
     return outcome  # clock.tick: the clock moved, closing is done by the caller

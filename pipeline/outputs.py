@@ -31,6 +31,9 @@ REASONS = (
     "invalid_api_key",
     "api_key_limit",
 )
+# Not a call the rule book rejects but a `billing rebill` that lost a race: a record the rebill did
+# not see changed one of its lines before the worker applied it; nothing of it is applied.
+STALE_REBILL = "stale_rebill"
 
 
 class Rejection(NamedTuple):

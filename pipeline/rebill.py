@@ -88,6 +88,7 @@ def _line_json(change: LineChange) -> dict[str, Any]:
     spec: dict[str, Any] = {"hour": format_ts(hour), "api_key_id": key, "item": item}
     spec.update({name: getattr(change.new, name) for name in COUNTS})
     spec["amount"] = f"{change.new.amount:.6f}"
+    spec["base_revision"] = change.old.revision if change.old else 0  # what the worker checks before replacing
     return spec
 
 
@@ -214,3 +215,26 @@ def audit_record(run_id: str, start: str, end: str, account: str | None, catalog
         "diffs": [d for c in chunks for d in c["diffs"]],
         "now_billed": [p for c in chunks for p in c["now_billed"]],
     }
+
+
+def refused_accounts(stale_rejections: list[dict[str, Any]], run_id: str) -> set[str]:
+    """Accounts whose `rebill.lines` record of this run the worker refused as stale."""
+    refused = set()
+    for row in stale_rejections:
+        try:
+            if orjson.loads(row["record"]).get("run_id") == run_id:
+                refused.add(row["account_id"])
+        except (orjson.JSONDecodeError, AttributeError):
+            continue
+    return refused
+
+
+def without_accounts(audit: dict[str, Any], accounts: set[str], records: list[str]) -> dict[str, Any]:
+    """The audit of what was applied: refused accounts' diffs and lines left out."""
+    if not accounts:
+        return audit
+    refused_lines = sum(len(body["lines"]) for body in map(orjson.loads, records) if body["account_id"] in accounts)
+    return {**audit, "lines_changed": audit["lines_changed"] - refused_lines,
+            "diffs": [d for d in audit["diffs"] if d["account_id"] not in accounts],
+            "now_billed": [p for p in audit["now_billed"] if p[0] not in accounts],
+            "refused_accounts": sorted(accounts)}

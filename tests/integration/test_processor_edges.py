@@ -102,3 +102,60 @@ def test_outputs_lost_before_publishing_are_published_when_redelivered(client) -
     for account, change in unpublished_latest.items():
         assert published[account] == change  # the gateway's view: every account's latest status
     assert {(v.account_id, v.event_id, v.limit) for v in lost.violations} <= violations
+
+
+def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(client, tmp_path: Path) -> None:
+    """`billing rebill` reads the archive, then its revised lines travel through the input topic.
+    A late call for a rebilled line that the worker applies in between must not be overwritten:
+    the account's rebill is refused (stale_rebill, listed with the reason), the other accounts'
+    are applied, and the same rebill run again bills the late call under the new catalog."""
+    from pipeline.rebill import plan_rebill
+    from pipeline.timestamps import parse_ts
+    from tests.integration.test_rebill import CATALOG, END, START, in_range
+
+    lines = generate(2500, seed=4343, start="2024-06-06T22:00:00+08:00")
+    msgs = messages(lines, partitions=1)
+    epoch = uuid.uuid4().hex
+    worker = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)
+    worker.process(msgs)
+    catalog_path = tmp_path / "no-free-quota.json"  # every line in range changes
+    catalog_path.write_text(json.dumps({**json.loads(CATALOG.read_text()), "version": "no-free-quota", "free_quota_tokens": 0}))
+    new_catalog = load_catalog(catalog_path)
+
+    plan = plan_rebill(client, new_catalog, parse_ts(START), parse_ts(END), accounts=sorted(accounts_of(lines)))
+    assert len({c.account_id for c in plan.changes}) >= 2
+    late = _late_copy_of_a_billed_call(lines, plan)
+    offset = len(msgs)
+    assert worker.process([Message(0, offset, late["account_id"].encode(), json.dumps(late).encode())]).statuses["billed"] == 1
+    rebill_msgs = [Message(0, offset + 1 + i, json.loads(r)["account_id"].encode(), r) for i, r in enumerate(plan.records())]
+    result = worker.process(rebill_msgs)
+    assert result.reasons["stale_rebill"] == 1 and result.statuses["applied"] == len(rebill_msgs) - 1
+    listed = [r for r in queries.rejected(client, late["account_id"]) if r["reason"] == "stale_rebill"]
+    assert len(listed) == 1 and "run the same `billing rebill` again" in listed[0]["detail"]
+
+    again = plan_rebill(client, new_catalog, parse_ts(START), parse_ts(END), accounts=sorted(accounts_of(lines)))
+    assert {c.account_id for c in again.changes} == {late["account_id"]}  # only the refused account still differs
+    offset += 1 + len(rebill_msgs)
+    rerun = [Message(0, offset + i, json.loads(r)["account_id"].encode(), r) for i, r in enumerate(again.records())]
+    assert worker.process(rerun).statuses["applied"] == len(rerun)
+    fresh = expected(lines + [json.dumps(late)], catalog_path=catalog_path).bills
+    got = bills_by_key(queries.bills(client), accounts_of(lines))
+    assert {k: v for k, v in got.items() if in_range(k) and v["requests"] > 0} == {k: v for k, v in fresh.items() if in_range(k)}
+
+
+def _late_copy_of_a_billed_call(lines: list[str], plan) -> dict:
+    """Another call (new event_id) at the same instant as a call in a line the plan changes."""
+    from pipeline.timestamps import hour_start, parse_ts
+
+    changed = {(c.account_id, c.key[0], c.key[1], c.key[2]) for c in plan.changes if c.old is not None}
+    for line in lines:
+        body = json.loads(line)
+        if body.get("type", "usage") != "usage" or body.get("channel", "api") != "api" or body.get("plugins"):
+            continue
+        try:
+            hour = hour_start(parse_ts(body["timestamp"]))
+        except Exception:
+            continue
+        if (body.get("account_id"), hour, body.get("api_key_id"), body.get("model")) in changed:
+            return {**body, "event_id": body["event_id"] + "-late"}
+    raise AssertionError("no billed call in a changed line")

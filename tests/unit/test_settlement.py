@@ -489,3 +489,44 @@ def test_close_hours_directly_at_the_boundary():
     ]
     assert changes == [] and s.open_hours == {H("10"): D("0.2")} and s.last_settled_hour == H("09")
     assert hour_start(H("10") + US_PER_HOUR - 1) == H("10")
+
+
+# -- a rebill that lost a race with a late call ------------------------------------------------
+
+
+def test_rebill_whose_line_changed_after_it_was_read_is_refused_whole_and_changes_nothing():
+    a = Acct()
+    a.recharge("1", t("08:00"))
+    a.call(t("09:15"))
+    a.tick(t("10:10"))
+    key = (H("09"), KEY, "xingchen-max")
+    read = a.state.lines[key].revision  # what a rebill reads from bill_lines
+    a.call(t("09:40"))  # a late call for 09:00 lands before the rebill's lines do
+    before = (a.state.lines[key].amount, a.state.cash_balance, a.state.debt, dict(a.state.open_hours))
+    out = Account.feed(a, {"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": t("12:00"),
+                                           "run_id": "run-1", "lines": [rebill_line(t("09:00"), "0.100000", base_revision=read)]})
+    assert out.status == "rejected" and out.rejection.reason == "stale_rebill"
+    assert "run the same `billing rebill` again" in out.rejection.detail
+    assert (a.state.lines[key].amount, a.state.cash_balance, a.state.debt, dict(a.state.open_hours)) == before
+    assert out.settlements == [] and out.lines == []
+    # the rebill run again reads the new revision and applies
+    again = a.rebill(t("12:01"), t("09:00"), "0.200000", run_id="run-2", base_revision=a.state.lines[key].revision)
+    assert a.state.lines[key].amount == D("0.200000")
+    assert [s.kind for s in again.settlements] == ["adjustment"]
+
+
+def test_rebill_line_that_did_not_exist_when_read_must_still_not_exist():
+    a = Acct()
+    a.call(t("09:15"))
+    a.tick(t("10:10"))
+    out = Account.feed(a, {"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": t("12:00"), "run_id": "run-1",
+                      "lines": [rebill_line(t("09:00"), "0.100000", base_revision=0)]})
+    assert out.rejection is not None and out.rejection.reason == "stale_rebill"
+
+
+def rebill_line(hour: str, amount: str, **extra) -> dict:
+    line = {"hour": hour, "api_key_id": KEY, "item": "xingchen-max", "requests": 1, "input_tokens": 1234,
+            "output_tokens": 567, "free_tokens": 0, "billed_input_tokens": 1234, "billed_output_tokens": 567,
+            "quantity": 0, "amount": amount}
+    line.update(extra)
+    return line
