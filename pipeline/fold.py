@@ -105,9 +105,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
 
 
 def _line(state: AccountState, outcome: Outcome, key: tuple[int, str, str]) -> Line:
-    line = state.lines.get(key)
-    if line is None:
-        line = state.lines[key] = Line()
+    line = state.line(key)
     line.revision = state.seq
     outcome.lines.append(key)
     return line

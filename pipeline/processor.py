@@ -238,7 +238,7 @@ class BatchProcessor:
             if seq <= seqs[acc]:
                 self.states[acc].seen[rid] = digest
         for acc, lines in statestore.load_lines(self.client, sorted(hours), seqs).items():
-            self.states[acc].lines.update(lines)
+            self.states[acc].add_lines(lines)
         for acc, windows in statestore.load_windows(self.client, sorted(minutes), seqs).items():
             self.states[acc].windows.update(windows)
         for acc, hour in hours:
@@ -290,7 +290,7 @@ class BatchProcessor:
             state.seen.clear()
             hour_floor = hour_start(state.max_ts_us) - KEEP_HOURS_US
             if any(h < hour_floor for h in self._hours[acc]):
-                state.lines = {k: v for k, v in state.lines.items() if k[0] >= hour_floor}
+                state.drop_lines_before(hour_floor)
                 self._hours[acc] = {h for h in self._hours[acc] if h >= hour_floor}
             minute_floor = state.max_ts_us - state.max_ts_us % US_PER_MINUTE - KEEP_MINUTES_US
             if any(m < minute_floor for m in self._minutes[acc]):

@@ -61,7 +61,7 @@ def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
     """Add to an hour's unsettled amount. Call before the record's own line is created: an hour
     that had lines and is already past its close was settled, so this is an adjustment."""
     if hour not in state.open_hours and hour + US_PER_HOUR + grace <= state.max_ts_us:
-        if any(key[0] == hour for key in state.lines):
+        if hour in state.line_hours:
             state.adjusting.add(hour)
     state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount
 

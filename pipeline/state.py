@@ -82,7 +82,25 @@ class AccountState:
     # working sets
     seen: dict[str, str] = field(default_factory=dict)
     lines: dict[LineKey, Line] = field(default_factory=dict)
+    line_hours: set[int] = field(default_factory=set)  # the hours in `lines`; kept by the methods below
     windows: dict[WindowKey, Window] = field(default_factory=dict)
+
+    def line(self, key: LineKey) -> Line:
+        """The bill line at key, created empty when new."""
+        line = self.lines.get(key)
+        if line is None:
+            line = self.lines[key] = Line()
+            self.line_hours.add(key[0])
+        return line
+
+    def add_lines(self, lines: dict[LineKey, Line]) -> None:
+        """Lines loaded from ClickHouse into the working set."""
+        self.lines.update(lines)
+        self.line_hours.update(key[0] for key in lines)
+
+    def drop_lines_before(self, hour_floor: int) -> None:
+        self.lines = {key: line for key, line in self.lines.items() if key[0] >= hour_floor}
+        self.line_hours = {hour for hour in self.line_hours if hour >= hour_floor}
 
     def to_json(self) -> bytes:
         """The durable part only; working sets live in their own ClickHouse tables."""

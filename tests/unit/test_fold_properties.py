@@ -323,7 +323,7 @@ def test_a_state_round_trip_mid_sequence_changes_nothing(quota, data):
     # a restart: the durable part from its JSON, the working sets as the worker reloads them
     restored = AccountState.from_json(state.to_json())
     restored.seen = dict(state.seen)
-    restored.lines = copy.deepcopy(state.lines)
+    restored.add_lines(copy.deepcopy(state.lines))
     restored.windows = copy.deepcopy(state.windows)
     got += feed(restored, raws[cut:], cat)
 
