@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal
-from typing import Iterable
+from typing import Any, Iterable
 
 from clickhouse_connect.driver.client import Client
 
@@ -19,15 +19,26 @@ from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND
 from pipeline.windows import WindowKey
 
 
+# Values bound into one IN list. The engine takes about 1,000 times longer on a bound array of more
+# than about 131,000 values (measured with chdb 4.4: 125,000 hashes 0.2 s, 140,000 hashes 119 s), and
+# a batch of 1,000 messages can hold 200,000 records: big batches query in chunks.
+MAX_BOUND_VALUES = 50_000
+
+
+def _query_chunked(client: Client, sql: str, name: str, values: list[Any], params: dict[str, Any] | None = None) -> list[Any]:
+    """Rows of `sql` for every chunk of `values`, bound as parameter `name`."""
+    rows: list[Any] = []
+    for i in range(0, len(values), MAX_BOUND_VALUES):
+        rows += client.query(sql, parameters={**(params or {}), name: values[i:i + MAX_BOUND_VALUES]}).result_rows
+    return rows
+
+
 def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountState]:
     wanted = sorted(set(accounts))
-    if not wanted:
-        return {}
-    result = client.query(
-        "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN {a:Array(String)} GROUP BY account_id",
-        parameters={"a": wanted},
-    )
-    return {acc: AccountState.from_json(text) for acc, text in result.result_rows}
+    rows = _query_chunked(
+        client, "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN {a:Array(String)} GROUP BY account_id",
+        "a", wanted)
+    return {acc: AccountState.from_json(text) for acc, text in rows}
 
 
 def processed_offsets(client: Client, epoch: str, partitions: list[int]) -> dict[int, int]:
@@ -47,34 +58,33 @@ def record_hash(record_id: str) -> int:
 
 def load_seen(client: Client, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int]]:
     """(account, record_id) -> (digest, seq) of identities already claimed."""
-    if not pairs:
-        return {}
     wanted = set(pairs)
-    result = client.query(
-        "SELECT account_id, record_id, digest, seq FROM seen_records "
-        "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
-        parameters={"a": sorted({acc for acc, _ in wanted}), "h": sorted({record_hash(rid) for _, rid in wanted})},
-    )
+    ordered = sorted(wanted)
     found: dict[tuple[str, str], tuple[str, int]] = {}
-    for acc, rid, digest, seq in result.result_rows:
-        key = (acc, rid)
-        if key in wanted and (key not in found or seq < found[key][1]):
-            found[key] = (digest, seq)
+    for i in range(0, len(ordered), MAX_BOUND_VALUES):
+        chunk = ordered[i:i + MAX_BOUND_VALUES]
+        result = client.query(
+            "SELECT account_id, record_id, digest, seq FROM seen_records "
+            "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
+            parameters={"a": sorted({acc for acc, _ in chunk}), "h": sorted({record_hash(rid) for _, rid in chunk})},
+        )
+        for acc, rid, digest, seq in result.result_rows:
+            key = (acc, rid)
+            if key in wanted and (key not in found or seq < found[key][1]):
+                found[key] = (digest, seq)
     return found
 
 
 def load_lines(client: Client, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]:
     """Current lines of the given account-hours as of each account's snapshot seq."""
-    if not account_hours:
-        return {}
-    result = client.query(
+    rows = _query_chunked(
+        client,
         "SELECT account_id, toUnixTimestamp(hour), api_key_id, item, requests, input_tokens, output_tokens, free_tokens, "
         "billed_input_tokens, billed_output_tokens, quantity, amount, revision FROM bill_lines "
         "WHERE (account_id, toUnixTimestamp(hour)) IN {p:Array(Tuple(String, Int64))}",
-        parameters={"p": [(acc, hour // US_PER_SECOND) for acc, hour in account_hours]},
-    )
+        "p", [(acc, hour // US_PER_SECOND) for acc, hour in account_hours])
     lines: dict[str, dict[LineKey, Line]] = {}
-    for acc, hour_s, key, item, *values, revision in result.result_rows:
+    for acc, hour_s, key, item, *values, revision in rows:
         if revision > max_seq.get(acc, 0):
             continue
         line_key = (hour_s * US_PER_SECOND, key, item)
@@ -88,15 +98,13 @@ def load_lines(client: Client, account_hours: list[tuple[str, int]], max_seq: di
 
 def load_windows(client: Client, account_minutes: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[WindowKey, Window]]:
     """Second and minute windows inside the given account-minutes, as of each snapshot."""
-    if not account_minutes:
-        return {}
-    result = client.query(
+    rows = _query_chunked(
+        client,
         "SELECT account_id, kind, toUnixTimestamp64Micro(window_start) AS start, requests, tokens, revision FROM rate_windows "
         "WHERE (account_id, intDiv(toUnixTimestamp64Micro(window_start), {m:Int64})) IN {p:Array(Tuple(String, Int64))}",
-        parameters={"m": US_PER_MINUTE, "p": [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes]},
-    )
+        "p", [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes], {"m": US_PER_MINUTE})
     windows: dict[str, dict[WindowKey, Window]] = {}
-    for acc, kind, start, requests, tokens, revision in result.result_rows:
+    for acc, kind, start, requests, tokens, revision in rows:
         if revision > max_seq.get(acc, 0):
             continue
         known = windows.setdefault(acc, {})
@@ -108,15 +116,13 @@ def load_windows(client: Client, account_minutes: list[tuple[str, int]], max_seq
 
 def committed_statuses(client: Client, max_seq: dict[str, int]) -> list[StatusChange]:
     """Each account's latest status change as of its snapshot: what the status topic must hold."""
-    if not max_seq:
-        return []
-    result = client.query(
+    rows = _query_chunked(
+        client,
         "SELECT account_id, status, debt, cash_balance, toUnixTimestamp64Micro(clock), seq FROM account_status FINAL "
         "WHERE account_id IN {a:Array(String)} ORDER BY account_id, seq",
-        parameters={"a": sorted(max_seq)},
-    )
+        "a", sorted(max_seq))
     latest: dict[str, StatusChange] = {}
-    for acc, status, debt, cash, clock_us, seq in result.result_rows:
+    for acc, status, debt, cash, clock_us, seq in rows:
         if seq <= max_seq[acc]:
             latest[acc] = StatusChange(acc, status, Decimal(debt), Decimal(cash), clock_us, seq)
     return [latest[acc] for acc in sorted(latest)]
@@ -124,14 +130,11 @@ def committed_statuses(client: Client, max_seq: dict[str, int]) -> list[StatusCh
 
 def committed_violations(client: Client, events: list[tuple[str, str]], max_seq: dict[str, int]) -> list[Violation]:
     """The rate-limit violations these (account, event_id) calls produced when they were applied."""
-    if not events:
-        return []
-    result = client.query(
+    rows = _query_chunked(
+        client,
         "SELECT account_id, event_id, toUnixTimestamp64Micro(ts), limit_name, toUnixTimestamp64Micro(window_start), observed, "
-        "allowed, seq FROM rate_violations FINAL WHERE (account_id, event_id) IN {p:Array(Tuple(String, String))} "
-        "ORDER BY account_id, seq, limit_name",
-        parameters={"p": events},
-    )
+        "allowed, seq FROM rate_violations FINAL WHERE (account_id, event_id) IN {p:Array(Tuple(String, String))}",
+        "p", events)
     order = {"qps": 0, "qpm": 1, "tpm": 2}
-    rows = [Violation(*row) for row in result.result_rows if row[7] <= max_seq.get(row[0], 0)]
-    return sorted(rows, key=lambda v: (v.account_id, v.seq, order.get(v.limit, 3)))
+    violations = [Violation(*row) for row in rows if row[7] <= max_seq.get(row[0], 0)]
+    return sorted(violations, key=lambda v: (v.account_id, v.seq, order.get(v.limit, 3)))

@@ -159,3 +159,23 @@ def _late_copy_of_a_billed_call(lines: list[str], plan) -> dict:
         if (body.get("account_id"), hour, body.get("api_key_id"), body.get("model")) in changed:
             return {**body, "event_id": body["event_id"] + "-late"}
     raise AssertionError("no billed call in a changed line")
+
+
+def test_working_sets_load_in_chunks_with_the_same_bills(client, monkeypatch) -> None:
+    """Big batches read their working sets from ClickHouse in chunks (the engine slows down a
+    thousandfold on one bound list of over ~131,000 values). With tiny chunks, every load spans
+    many queries: a restart before each batch makes every batch load its seen ids, lines and
+    windows, and the bills, duplicates and rejections still equal the oracle."""
+    from pipeline import statestore
+
+    monkeypatch.setattr(statestore, "MAX_BOUND_VALUES", 7)
+    lines = generate(1500, seed=4747)
+    msgs = messages(lines)
+    epoch = uuid.uuid4().hex
+    for start in range(0, len(msgs), 300):
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(msgs[start:start + 300])
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(msgs[start:start + 300])  # redelivered
+    want = expected(lines)
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == want.bills
+    got_rejections = {(r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)}
+    assert got_rejections == {(acc, event_id, reason) for acc, event_id, reason in want.rejections}
