@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from pipeline import output
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
-from pipeline.reader import QueryError, open_reader
+from pipeline.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings, load_settings
 from pipeline.timestamps import TimestampError
@@ -189,8 +189,17 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
     finally:
         producer.close()
     deadline = time.monotonic() + timeout
+    told = False
     while True:
-        done = reader.barrier_partitions(barrier)
+        try:
+            done = reader.barrier_partitions(barrier)
+        except WorkerBusy as exc:
+            if time.monotonic() > deadline:
+                raise
+            if not told:
+                say(f"billing: {exc}; still waiting (up to {timeout:g}s in all)")
+                told = True
+            continue
         if done >= len(partitions):
             return True
         if time.monotonic() > deadline:

@@ -37,6 +37,11 @@ class QueryError(RuntimeError):
     """A query the user asked for failed; the message is for them."""
 
 
+class WorkerBusy(QueryError):
+    """The worker did not answer in time: its one ClickHouse thread is busy with a large batch or
+    is retrying an unavailable ClickHouse. Worth asking again."""
+
+
 class DirectReader:
     def __init__(self, settings: Settings, free_quota: int) -> None:
         self.client = connect(settings.clickhouse_url)
@@ -71,12 +76,13 @@ class DirectReader:
 
 
 class ApiReader:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
         self.base = base_url.rstrip("/")
+        self.timeout_s = timeout_s  # for reads; a rebill's plan (POST) may take much longer
 
     def _get(self, path: str, params: dict[str, str | None] | None = None) -> Any:
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v})
-        return self._request(urllib.request.Request(f"{self.base}{path}" + (f"?{query}" if query else "")), timeout=60)
+        return self._request(urllib.request.Request(f"{self.base}{path}" + (f"?{query}" if query else "")), timeout=self.timeout_s)
 
     def _post(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method="POST",
@@ -99,7 +105,12 @@ class ApiReader:
             if exc.code == 400:
                 raise ValueError(body) from None
             raise QueryError(f"the worker at {self.base} answered {exc.code}: {str(body)[:500]}") from None
+        except TimeoutError:
+            raise WorkerBusy(f"the worker at {self.base} did not answer within {timeout:g}s: it is busy with a large batch "
+                             "or retrying ClickHouse (see its log); try again") from None
         except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise WorkerBusy(f"the worker at {self.base} did not answer within {timeout:g}s (see its log); try again") from None
             raise QueryError(f"cannot reach the worker at {self.base} ({exc.reason}); is `billing up` still running?") from None
 
     def bills(self, account: str | None, start: str | None, end: str | None) -> list[Row]:
