@@ -65,7 +65,8 @@ class Worker:
         self.catalog = load_catalog(settings.catalog)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.client = self._db.submit(self._open_clickhouse).result()
-        self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick)
+        self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick,
+                                        write_records=settings.write_records)
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()

@@ -19,6 +19,7 @@ class Settings:
     app_id: str = "billing-worker"
     log_epoch: str = "kafka"  # a durable Kafka log keeps its offsets; `billing up` sets its own
     batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
+    write_records: int = 50_000  # records folded and written to ClickHouse as one unit (bounds memory)
     batch_within_s: float = 0.2
     auto_tick: bool = True  # settle idle accounts as their partition's event time moves on
     api_host: str = "127.0.0.1"
@@ -70,6 +71,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         app_id=env.get("BILLING_APP_ID", "billing-worker"),
         log_epoch=env.get("BILLING_LOG_EPOCH", "kafka"),
         batch_size=_env_int("BILLING_BATCH_SIZE", 1000),
+        write_records=_env_int("BILLING_WRITE_RECORDS", 50_000),
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_port=_env_int("BILLING_API_PORT", 0),
         auto_tick=env.get("BILLING_AUTO_TICK", "1").lower() not in ("0", "false", "no", "off"),

@@ -179,3 +179,32 @@ def test_working_sets_load_in_chunks_with_the_same_bills(client, monkeypatch) ->
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == want.bills
     got_rejections = {(r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)}
     assert got_rejections == {(acc, event_id, reason) for acc, event_id, reason in want.rejections}
+
+
+def test_a_big_batch_is_written_in_units_and_a_crash_between_units_loses_nothing(client, monkeypatch) -> None:
+    """A batch is folded and written in units of at most `write_records` records. If the worker
+    dies after some units are written (the batch's offsets are not acknowledged), the whole batch
+    comes again: the written units are skipped, the rest applied, and the bills are exact."""
+    from pipeline import sink
+
+    lines = generate(2000, seed=4848)
+    msgs = messages(lines)
+    epoch = uuid.uuid4().hex
+    writes = []
+    real_write = sink.write
+
+    def dies_on_third_write(client_, rows) -> None:
+        writes.append(len(rows.raw))
+        if len(writes) == 3:
+            raise ConnectionError("worker killed mid-batch")
+        real_write(client_, rows)
+
+    monkeypatch.setattr(sink, "write", dies_on_third_write)
+    with pytest.raises(ConnectionError):
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=300).process(msgs)
+    assert writes[:2] == [300, 300]  # units of whole messages, at most 300 records each
+    monkeypatch.setattr(sink, "write", real_write)
+
+    again = BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=300).process(msgs)
+    assert again.skipped == 600 and sum(again.statuses.values()) == len(msgs) - 600
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
