@@ -420,11 +420,6 @@ class Bench:
         self._single_topic = topic
         return topic
 
-    def topic(self) -> str:
-        from pipeline.settings import load_settings
-
-        return load_settings().input_topic
-
     # -- report --------------------------------------------------------------------------
     def finish(self, started: float) -> None:
         r = self.result

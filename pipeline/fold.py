@@ -16,7 +16,7 @@ from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import FreeSplit, split_free
 from pipeline.settlement import close_hours, grace_us, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
-from pipeline.state import ZERO, AccountState, KeyState, Line, Voucher, Window
+from pipeline.state import ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
 from pipeline.validation import usage_rejection
 from pipeline.windows import WindowKey, violated, window_keys
@@ -125,8 +125,7 @@ def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dic
     """A rebill's revised lines replace the current ones; the money difference is owed (or given
     back) through the hour's settlement, as an adjustment when the hour was settled already."""
     for spec in lines:
-        hour = parse_ts(spec["hour"])
-        key = (hour_start(hour), spec["api_key_id"], spec["item"])
+        key = _spec_key(spec)
         previous = state.lines[key].amount if key in state.lines else ZERO
         owe(state, key[0], ZERO, grace)
         line = _line(state, outcome, key)
@@ -136,6 +135,11 @@ def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dic
         state.open_hours[key[0]] += line.amount - previous
 
 
+def _spec_key(spec: dict[str, Any]) -> LineKey:
+    """The bill line a rebill's line spec names."""
+    return hour_start(parse_ts(spec["hour"])), spec["api_key_id"], spec["item"]
+
+
 def _stale_line(state: AccountState, lines: list[dict[str, Any]]) -> str | None:
     """Why a rebill's lines cannot replace the current ones, or None. Each line names the revision
     the rebill read (`base_revision`); another revision now means a record the rebill did not
@@ -143,7 +147,7 @@ def _stale_line(state: AccountState, lines: list[dict[str, Any]]) -> str | None:
     for spec in lines:
         if "base_revision" not in spec:
             continue  # written before the check existed
-        key = (hour_start(parse_ts(spec["hour"])), spec["api_key_id"], spec["item"])
+        key = _spec_key(spec)
         current = state.lines[key].revision if key in state.lines else 0
         if current != spec["base_revision"]:
             return (f"line {spec['hour']} {spec['api_key_id']} {spec['item']} changed after the rebill read it (revision "

@@ -83,11 +83,11 @@ class Invalid(NamedTuple):
 Record = Usage | AccountRecord | Invalid
 
 
-def _usage_schema() -> dict[str, Any]:
-    return json.loads((SCHEMA_DIR / "usage.json").read_text(encoding="utf-8"))
+def _schema(kind: str) -> dict[str, Any]:
+    return json.loads((SCHEMA_DIR / f"{kind}.json").read_text(encoding="utf-8"))
 
 
-_USAGE = _usage_schema()
+_USAGE = _schema(USAGE)
 _USAGE_KEYS = frozenset(_USAGE["properties"])
 _USAGE_REQUIRED = frozenset(_USAGE["required"])
 _USAGE_NAMES = ("account_id", "api_key_id", "model")
@@ -123,8 +123,8 @@ def plain_usage(body: dict[str, Any]) -> bool:
     if "plugins" in body and not _plain_plugins(body["plugins"]):
         return False
     breakdown = body.get("input_breakdown", {})
-    return (type(breakdown) is dict and _BREAKDOWN_KEYS.issuperset(breakdown)
-                                 and all(_count(v, _MAX_TOKENS) for v in breakdown.values()))
+    return type(breakdown) is dict and _BREAKDOWN_KEYS.issuperset(breakdown) and all(
+        _count(v, _MAX_TOKENS) for v in breakdown.values())
 
 
 def _count(value: Any, maximum: int) -> bool:
@@ -138,8 +138,7 @@ def _plain_plugins(plugins: Any) -> bool:
 
 @lru_cache(maxsize=None)
 def _validator(kind: str) -> Callable[[Any], Any]:
-    schema = json.loads((SCHEMA_DIR / f"{kind}.json").read_text(encoding="utf-8"))
-    return fastjsonschema.compile(_ascii_patterns(schema))
+    return fastjsonschema.compile(_ascii_patterns(_schema(kind)))
 
 
 def _ascii_patterns(schema: Any) -> Any:
