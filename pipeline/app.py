@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 import faust
 
-from pipeline import api, metrics, outputs_json
+from pipeline import CORE_BUILD, api, metrics, outputs_json
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
 from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
@@ -236,7 +236,7 @@ class Worker:
         return metrics.render(self.stats, self.reasons, self.sink_seconds, rows)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "epoch": self.epoch, "stats": dict(self.stats),
+        return {"status": "ok", "epoch": self.epoch, "core": CORE_BUILD.label, "stats": dict(self.stats),
                 "first_batch_at": self.first_batch_at, "last_batch_at": self.last_batch_at,
                 "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
                 "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}

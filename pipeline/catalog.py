@@ -46,7 +46,8 @@ class ModelSpec:
     prices: tuple[TokenPrice, ...]  # ascending by from_us
 
     def price_at(self, ts_us: int) -> TokenPrice | None:
-        return _in_force(self.prices, ts_us)
+        price: TokenPrice | None = _in_force(self.prices, ts_us)
+        return price
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,8 @@ class PluginSpec:
     prices: tuple[UnitPrice, ...]
 
     def price_at(self, ts_us: int) -> UnitPrice | None:
-        return _in_force(self.prices, ts_us)
+        price: UnitPrice | None = _in_force(self.prices, ts_us)
+        return price
 
 
 @dataclass(frozen=True, slots=True)

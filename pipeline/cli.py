@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import output
+from pipeline import CORE_BUILD, output
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from pipeline.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
@@ -86,6 +86,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
         worker = Worker(settings, bootstrap, epoch, on_api=on_api)
         say(f"billing: store    ClickHouse {worker_store_label(settings)}")
+        say(f"billing: core     {CORE_BUILD.label}")
         worker.run()
     finally:
         clear_runtime(settings.data_dir, os.getpid())
@@ -130,7 +131,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     def on_api(url: str) -> None:
         if embedded:  # the other commands reach this engine through the worker
             write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, settings.log_epoch, datetime.now(timezone.utc).isoformat()))
-        say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}")
+        say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}; core {CORE_BUILD.label}")
 
     try:
         Worker(settings, bootstrap, settings.log_epoch, on_api=on_api).run()

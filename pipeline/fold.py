@@ -11,9 +11,9 @@ from typing import Any
 
 from pipeline.catalog import Catalog
 from pipeline.keys import keys_not_revoked_by
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
+from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation, fact
 from pipeline.pricing import MICRO, plugin_amount, token_amount
-from pipeline.quota import FreeSplit, split_free
+from pipeline.quota import split_free
 from pipeline.settlement import close_hours, grace_us, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
@@ -21,7 +21,6 @@ from pipeline.timestamps import hour_start, parse_ts
 from pipeline.validation import usage_rejection
 from pipeline.windows import WindowKey, violated, window_keys
 
-NO_FREE = FreeSplit(0, 0)
 REBILL_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
 
 
@@ -67,13 +66,13 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     model = catalog.models[usage.model]
     price = model.price_at(usage.ts_us)
     assert price is not None  # validated above
+    free_in, free_out = 0, 0
     if billable:
-        free = split_free(catalog.free_quota_tokens - state.free_used, usage.input_tokens, usage.output_tokens)
-        state.free_used += free.free_tokens
-    else:
-        free = NO_FREE
-    billed_in = usage.input_tokens - free.free_input if billable else 0
-    billed_out = usage.output_tokens - free.free_output if billable else 0
+        free_in, free_out = split_free(catalog.free_quota_tokens - state.free_used, usage.input_tokens, usage.output_tokens)
+    free_tokens = free_in + free_out
+    state.free_used += free_tokens
+    billed_in = usage.input_tokens - free_in if billable else 0
+    billed_out = usage.output_tokens - free_out if billable else 0
     amount = token_amount(billed_in, billed_out, price.input_per_token, price.output_per_token)
     charges = _plugin_charges(usage, catalog, billable)
     plugins_total = sum((charge for _, _, charge in charges), ZERO)
@@ -84,7 +83,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     line.requests += 1
     line.input_tokens += usage.input_tokens
     line.output_tokens += usage.output_tokens
-    line.free_tokens += free.free_tokens
+    line.free_tokens += free_tokens
     line.billed_input_tokens += billed_in
     line.billed_output_tokens += billed_out
     line.amount += amount
@@ -96,9 +95,9 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     flags: tuple[str, ...] = ()
     if billable:
         flags = _count_in_windows(state, outcome, usage, catalog)
-    outcome.priced = PricedUsage(
-        state.account_id, usage.event_id, usage.ts_us, hour, usage.api_key_id, usage.model, usage.channel,
-        usage.input_tokens, usage.output_tokens, free.free_tokens, billed_in, billed_out,
+    outcome.priced = fact(
+        PricedUsage, state.account_id, usage.event_id, usage.ts_us, hour, usage.api_key_id, usage.model, usage.channel,
+        usage.input_tokens, usage.output_tokens, free_tokens, billed_in, billed_out,
         amount, plugins_total, usage.plugins, flags, state.seq,
     )
     return outcome

@@ -84,7 +84,8 @@ Record = Usage | AccountRecord | Invalid
 
 
 def _schema(kind: str) -> dict[str, Any]:
-    return json.loads((SCHEMA_DIR / f"{kind}.json").read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{kind}.json").read_text(encoding="utf-8"))
+    return schema
 
 
 _USAGE = _schema(USAGE)
@@ -171,8 +172,8 @@ def parse_record(raw: bytes, key_account: str = "") -> Record:
 
 def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "") -> Record:
     kind = body.get("type", USAGE)
-    account = body.get("account_id") if isinstance(body.get("account_id"), str) else key_account
-    event_id = body.get("event_id") if isinstance(body.get("event_id"), str) else ""
+    account: str = _text(body, "account_id", key_account)
+    event_id: str = _text(body, "event_id", "")
     if kind not in KINDS:
         # repr only a string: the repr of a deeply nested array or object raises RecursionError
         shown = repr(kind) if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
@@ -200,6 +201,12 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     return AccountRecord(kind, account, ts_us, f"#{kind}:{digest}", digest, text, fields)  # '#': never an event_id
+
+
+def _text(body: dict[str, Any], name: str, otherwise: str) -> str:
+    """A field that should be a string, for naming the record in a rejection."""
+    value = body.get(name)
+    return value if isinstance(value, str) else otherwise
 
 
 def _usage(body: dict[str, Any], account: str, ts_us: int, text: str) -> Usage:

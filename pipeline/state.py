@@ -30,26 +30,46 @@ class KeyState:
         return self.revoked_us is None or self.revoked_us > ts_us
 
 
-@dataclass(slots=True)
+# The two classes below write their __init__ by hand: compiled (setup.py), a dataclass's generated
+# __init__ would stay interpreted Python, and they are made per new line and window.
+@dataclass(slots=True, init=False)
 class Line:
     """Cumulative values of one bill line; `revision` is the account seq that last changed it."""
 
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    free_tokens: int = 0
-    billed_input_tokens: int = 0
-    billed_output_tokens: int = 0
-    quantity: int = 0
-    amount: Decimal = ZERO
-    revision: int = 0
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    free_tokens: int
+    billed_input_tokens: int
+    billed_output_tokens: int
+    quantity: int
+    amount: Decimal
+    revision: int
+
+    def __init__(self, requests: int = 0, input_tokens: int = 0, output_tokens: int = 0, free_tokens: int = 0,
+                 billed_input_tokens: int = 0, billed_output_tokens: int = 0, quantity: int = 0, amount: Decimal = ZERO,
+                 revision: int = 0) -> None:
+        self.requests = requests
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.free_tokens = free_tokens
+        self.billed_input_tokens = billed_input_tokens
+        self.billed_output_tokens = billed_output_tokens
+        self.quantity = quantity
+        self.amount = amount
+        self.revision = revision
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Window:
-    requests: int = 0
-    tokens: int = 0
-    revision: int = 0
+    requests: int
+    tokens: int
+    revision: int
+
+    def __init__(self, requests: int = 0, tokens: int = 0, revision: int = 0) -> None:
+        self.requests = requests
+        self.tokens = tokens
+        self.revision = revision
 
 
 @dataclass(slots=True)

@@ -319,16 +319,33 @@ def test_dockerfile_keeps_code_next_to_schemas():
     _, stages = dockerfile_stages()
     build = next(s for s in stages if any(ins == "RUN" and "pip install" in rest for ins, rest in s["instructions"]))
     workdirs = [rest for ins, rest in build["instructions"] if ins == "WORKDIR"]
-    install = next(rest for ins, rest in build["instructions"] if ins == "RUN" and "pip install" in rest)
-    assert re.search(r"pip install (\S+ )*-e \.", install), "install editable (pip install -e .) so pipeline/ stays next to schemas/"
+    installs = [rest for ins, rest in build["instructions"] if ins == "RUN" and "pip install" in rest]
+    for install in installs:
+        assert re.search(r"pip install (\S+ )*-e \.", install), "install editable (pip install -e .) so pipeline/ stays next to schemas/"
     app = workdirs[-1]
-    final = stages[-1]["instructions"]
-    copies = [rest.split() for ins, rest in final if ins == "COPY"]
+    copies = [rest.split() for ins, rest in build["instructions"] if ins == "COPY"]
     dest = {parts[-2].rstrip("/"): parts[-1].rstrip("/") for parts in copies if not parts[0].startswith("--")}
     assert dest.get("pipeline") == f"{app}/pipeline", f"pipeline/ must land in {app}/pipeline (where the editable install points)"
     assert dest.get("schemas") == f"{app}/schemas", f"schemas/ must land in {app}/schemas, next to pipeline/"
-    from_build = [parts[1:] for parts in copies if parts[0] == f"--from={build['name']}"]
+    assert dest.get("setup.py") in (".", "./", f"{app}/setup.py", app), "setup.py (it compiles the core) belongs in the app dir"
+    final = stages[-1]["instructions"]
+    from_build = [rest.split()[1:] for ins, rest in final if ins == "COPY" and rest.startswith(f"--from={build['name']}")]
     assert ["/opt/venv", "/opt/venv"] in from_build and [app, app] in from_build
+
+
+def test_dockerfile_compiles_the_core_after_the_code_and_checks_it():
+    """The compiled core is built where the code is (the build stage, with a compiler), and the
+    build fails rather than ship a worker on the slower Python sources."""
+    _, stages = dockerfile_stages()
+    build = stages[0]["instructions"]
+    steps = [(ins, rest) for ins, rest in build]
+    code_at = next(i for i, (ins, rest) in enumerate(steps) if ins == "COPY" and rest.split()[0].rstrip("/") == "pipeline")
+    compile_at = next(i for i, (ins, rest) in enumerate(steps) if ins == "RUN" and "pip install --no-deps -e ." in rest)
+    assert code_at < compile_at
+    assert "CORE_BUILD.compiled" in steps[compile_at][1]
+    assert any(ins == "RUN" and "gcc" in rest for ins, rest in steps[:compile_at]), "no compiler before the compile step"
+    final = stages[-1]["instructions"]
+    assert not any(ins == "RUN" and "gcc" in rest for ins, rest in final), "the runtime image needs no compiler"
 
 
 def test_dockerfile_api_port_host_and_no_secret():
@@ -351,7 +368,7 @@ def test_dockerfile_api_port_host_and_no_secret():
 
 def test_build_context_has_what_the_code_reads_and_nothing_private():
     context = build_context()
-    needed = {"pyproject.toml", "README.md", "schemas/catalog.json"}
+    needed = {"pyproject.toml", "setup.py", "README.md", "schemas/catalog.json"}
     needed |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "pipeline").glob("*.py")}
     needed |= {p.relative_to(ROOT).as_posix() for p in SINGLE_DDL_DIR.glob("*.sql")}
     needed |= {p.relative_to(ROOT).as_posix() for p in (ROOT / "schemas" / "records").glob("*.json")}
