@@ -42,7 +42,9 @@ def core_extensions() -> list:
     from mypyc.build import mypycify
 
     sources = [HERE / "pipeline" / f"{name}.py" for name in CORE_MODULES]
-    extensions = mypycify([str(p.relative_to(HERE)) for p in sources], opt_level="3", group_name="pipeline_core")
+    # Third-party modules (orjson, fastjsonschema) are not installed yet while pip builds: typed as Any.
+    options = ["--ignore-missing-imports"]
+    extensions = mypycify(options + [str(p.relative_to(HERE)) for p in sources], opt_level="3", group_name="pipeline_core")
     for extension in extensions:
         extension.optional = True  # no compiler: install the Python sources alone
     MANIFEST.write_text(json.dumps({p.stem: source_hash(p) for p in sources}, indent=1) + "\n")
