@@ -21,7 +21,7 @@ from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.framing import RS, split_message
 from pipeline.gcpause import gc_paused
-from pipeline.outputs import Outcome, StatusChange, Violation
+from pipeline.outputs import Outcome, StatusChange, Violation, fact
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows, RawRow, SeenRow
 from pipeline.settlement import grace_us
@@ -34,7 +34,7 @@ KEEP_HOURS_US = US_PER_HOUR  # open hours kept in memory behind an account's lat
 KEEP_MINUTES_US = 2 * US_PER_MINUTE
 
 
-class OffsetGap(RuntimeError):
+class OffsetGap(Exception):
     """Input offsets skipped records that were never applied: billing around the hole would lose
     money silently, so the worker stops; a restart resumes from the committed offset."""
 
@@ -228,7 +228,8 @@ class BatchProcessor:
                       ) -> tuple[dict[str, list[tuple[Message, int, Record]]], dict[str, list[Record]]]:
         """A message is applied whole within one batch, so its offset alone says whether it was.
         Returns the records still to apply and, per account, the ones already applied."""
-        pending, applied = {}, {}
+        pending: dict[str, list[tuple[Message, int, Record]]] = {}
+        applied: dict[str, list[Record]] = {}
         for acc, items in by_account.items():
             state = self.states[acc]
             fresh = []
@@ -261,7 +262,9 @@ class BatchProcessor:
         seqs = {acc: self.states[acc].seq for acc in pending if self.states[acc].seq > 0}
         if not seqs:
             return
-        pairs, hours, minutes = [], set(), set()
+        pairs: list[tuple[str, str]] = []
+        hours: set[tuple[str, int]] = set()
+        minutes: set[tuple[str, int]] = set()
         for acc in seqs:
             for _, _, rec in pending[acc]:
                 if isinstance(rec, Invalid):
@@ -287,10 +290,10 @@ class BatchProcessor:
     def _collect(self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome,
                  result: BatchResult) -> None:
         acc = state.account_id
-        rows.raw.append(RawRow(msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
+        rows.raw.append(fact(RawRow, msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
         result.statuses[outcome.status] += 1
         if outcome.claimed and not isinstance(record, Invalid):
-            rows.seen.append(SeenRow(acc, record.identity, record.digest, state.seq))
+            rows.seen.append(fact(SeenRow, acc, record.identity, record.digest, state.seq))
         if outcome.rejection is not None:
             rows.rejections.append(outcome.rejection)
             result.reasons[outcome.rejection.reason] += 1
@@ -299,12 +302,12 @@ class BatchProcessor:
         rows.violations.extend(outcome.violations)
         rows.settlements.extend(outcome.settlements)
         rows.status_changes.extend(outcome.status_changes)
-        for key in outcome.lines:
-            rows.lines[(acc, key)] = state.lines[key]
-            self._hours[acc].add(key[0])
-        for key in outcome.windows:
-            rows.windows[(acc, key)] = state.windows[key]
-            self._minutes[acc].add(key[1] - key[1] % US_PER_MINUTE)
+        for line_key in outcome.lines:
+            rows.lines[(acc, line_key)] = state.lines[line_key]
+            self._hours[acc].add(line_key[0])
+        for window_key in outcome.windows:
+            rows.windows[(acc, window_key)] = state.windows[window_key]
+            self._minutes[acc].add(window_key[1] - window_key[1] % US_PER_MINUTE)
 
     def _idle_ticks(self) -> list[tuple[str, int]]:
         """Accounts whose open hours the partition's event time has passed but their own clock has
