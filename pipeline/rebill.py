@@ -28,10 +28,14 @@ from pipeline.fold import apply
 from pipeline.gcpause import gc_paused
 from pipeline.records import Usage, parse_record
 from pipeline.state import ZERO, AccountState, Line, LineKey
-from pipeline.timestamps import US_PER_SECOND, format_ts
+from pipeline.processor import KEEP_MINUTES_US
+from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND, format_ts
 
 COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
-ACCOUNTS_PER_QUERY = 200
+LOG_PAGE_ROWS = 50_000  # archived records per query: a rebill holds one page, whatever an account's history
+LOG_ORDER = ("account_id", "epoch", "partition", "offset", "idx")  # raw_records' sort key: log order per account
+_LOG_TYPES = ("String", "String", "UInt32", "UInt64", "UInt32")
+TRIM_EVERY = 10_000  # records replayed between trims of an account's working sets
 DERIVED_KINDS = ("rebill.lines",)  # outputs of earlier rebills: a replay recomputes them
 
 
@@ -102,20 +106,38 @@ def affected_accounts(client: Client, start_us: int, end_us: int, account: str |
     return [r[0] for r in rows.result_rows]
 
 
-def _account_logs(client: Client, accounts: list[str]) -> Iterator[tuple[str, list[tuple[str, str]]]]:
-    """Each account's archived records in log order (epochs sort in time order)."""
-    for i in range(0, len(accounts), ACCOUNTS_PER_QUERY):
-        chunk = accounts[i:i + ACCOUNTS_PER_QUERY]
-        result = client.query(
-            "SELECT account_id, kind, payload FROM raw_records FINAL WHERE account_id IN {a:Array(String)} "
-            "ORDER BY account_id, epoch, partition, offset, idx",
-            parameters={"a": chunk},
-        )
-        logs: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for acc, kind, payload in result.result_rows:
-            logs[acc].append((kind, payload))
-        for acc in chunk:
-            yield acc, logs.get(acc, [])
+def _archived_records(client: Client, accounts: list[str]) -> Iterator[tuple[str, str, str]]:
+    """(account, kind, payload) of the accounts' archived records, each account's in log order
+    (epochs sort in time order), read in pages that continue after the last row's sort key."""
+    after: tuple[Any, ...] | None = None
+    while True:
+        where, params = "account_id IN {a:Array(String)}", {"a": accounts}
+        if after is not None:
+            where += " AND " + _after_condition()
+            params.update({f"k{i}": value for i, value in enumerate(after)})
+        rows = client.query(
+            f"SELECT {', '.join(LOG_ORDER)}, kind, payload FROM raw_records FINAL WHERE {where} "
+            f"ORDER BY {', '.join(LOG_ORDER)} LIMIT {LOG_PAGE_ROWS}",
+            parameters=params,
+        ).result_rows
+        for row in rows:
+            yield row[0], row[5], row[6]
+        if len(rows) < LOG_PAGE_ROWS:
+            return
+        last = tuple(rows[-1][:len(LOG_ORDER)])
+        if after is not None and last <= after:  # UTF-8 byte order is code point order: Python agrees with ClickHouse
+            raise RuntimeError(f"reading the archive did not advance past {after}: stopping instead of replaying records twice")
+        after = last
+
+
+def _after_condition() -> str:
+    """Rows after (k0, k1, ...) in sort-key order, spelled out column by column so that the
+    primary key index can serve it: k0 > v0 OR (k0 = v0 AND k1 > v1) OR ..."""
+    terms = []
+    for i, column in enumerate(LOG_ORDER):
+        equal = [f"{c} = {{k{j}:{_LOG_TYPES[j]}}}" for j, c in enumerate(LOG_ORDER[:i])]
+        terms.append("(" + " AND ".join(equal + [f"{column} > {{k{i}:{_LOG_TYPES[i]}}}"]) + ")")
+    return "(" + " OR ".join(terms) + ")"
 
 
 def _current_lines(client: Client, accounts: list[str], start_us: int, end_us: int) -> dict[tuple[str, LineKey], Line]:
@@ -128,7 +150,10 @@ def _current_lines(client: Client, accounts: list[str], start_us: int, end_us: i
     lines = {}
     for acc, hour_s, key, item, *values, revision in result.result_rows:
         *counts, amount = values
-        lines[(acc, (hour_s * US_PER_SECOND, key, item))] = Line(*counts, Decimal(amount).quantize(Decimal("0.000001")), revision)
+        line = Line(amount=Decimal(amount).quantize(Decimal("0.000001")), revision=revision)
+        lines[(acc, (hour_s * US_PER_SECOND, key, item))] = line
+        for name, count in zip(COUNTS, counts, strict=True):
+            setattr(line, name, count)
     return lines
 
 
@@ -154,26 +179,51 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
         return plan
     current = _current_lines(client, plan.accounts, start_us, end_us)
     rejected = _rejected_ids(client, plan.accounts)
+    replayed: set[str] = set()
+    state: AccountState | None = None
     with gc_paused():
-        for acc, log in _account_logs(client, plan.accounts):
-            _replay_account(plan, catalog, acc, log, current, rejected)
+        for acc, kind, payload in _archived_records(client, plan.accounts):
+            if state is None or state.account_id != acc:
+                if state is not None:
+                    _compare(plan, state, current)
+                state = AccountState(acc)
+                replayed.add(acc)
+            if kind not in DERIVED_KINDS:
+                _replay_record(plan, catalog, state, payload, rejected)
+        if state is not None:
+            _compare(plan, state, current)
+        for acc in plan.accounts:
+            if acc not in replayed:  # nothing archived: every current line in range goes
+                _compare(plan, AccountState(acc), current)
     return plan
 
 
-def _replay_account(plan: RebillPlan, catalog: Catalog, acc: str, log: list[tuple[str, str]],
-                    current: dict[tuple[str, LineKey], Line], rejected: set[tuple[str, str]]) -> None:
-    """A fresh run of one account's whole log under the plan's catalog; its changed lines in range."""
-    start_us, end_us = plan.start_us, plan.end_us
-    state = AccountState(acc)
-    for kind, payload in log:
-        if kind in DERIVED_KINDS:
-            continue
-        record = parse_record(payload.encode("utf-8"), acc)
-        outcome = apply(state, record, catalog)
-        if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
-                and start_us <= record.ts_us < end_us:
-            plan.now_billed.append((acc, record.event_id))
-        plan.records_read += 1
+def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, payload: str, rejected: set[tuple[str, str]]) -> None:
+    """One record of a fresh run of the account's whole log under the plan's catalog."""
+    acc = state.account_id
+    record = parse_record(payload.encode("utf-8"), acc)
+    outcome = apply(state, record, catalog)
+    if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
+            and plan.start_us <= record.ts_us < plan.end_us:
+        plan.now_billed.append((acc, record.event_id))
+    plan.records_read += 1
+    if plan.records_read % TRIM_EVERY == 0:
+        _trim(state, plan.start_us, plan.end_us)
+
+
+def _trim(state: AccountState, start_us: int, end_us: int) -> None:
+    """Drop what the replay no longer needs, so that its memory does not grow with the account's
+    history: lines outside the range (only those in it are compared; a record changes only its
+    own hour's lines) and rate windows older than the worker keeps (they flag calls, they never
+    change a line). The identities seen stay: a duplicate can come at any time."""
+    state.keep_lines_between(start_us, end_us)
+    floor = state.max_ts_us - state.max_ts_us % US_PER_MINUTE - KEEP_MINUTES_US
+    state.windows = {key: window for key, window in state.windows.items() if key[1] >= floor}
+
+
+def _compare(plan: RebillPlan, state: AccountState, current: dict[tuple[str, LineKey], Line]) -> None:
+    """The account's lines in range that differ from the current ones go into the plan."""
+    acc, start_us, end_us = state.account_id, plan.start_us, plan.end_us
     plan.clocks[acc] = state.max_ts_us
     in_range = {k: v for k, v in state.lines.items() if start_us <= k[0] < end_us}
     for key in sorted(set(in_range) | {k for (a, k) in current if a == acc}):

@@ -18,6 +18,7 @@ from pipeline.windows import Limits, WindowKey
 
 ZERO = Decimal("0.000000")
 LineKey = tuple[int, str, str]  # (hour start us, api_key_id, item)
+LATEST_HOUR = 2**63 - 1  # beyond every hour
 
 
 @dataclass(slots=True)
@@ -119,8 +120,12 @@ class AccountState:
         self.line_hours.update(key[0] for key in lines)
 
     def drop_lines_before(self, hour_floor: int) -> None:
-        self.lines = {key: line for key, line in self.lines.items() if key[0] >= hour_floor}
-        self.line_hours = {hour for hour in self.line_hours if hour >= hour_floor}
+        self.keep_lines_between(hour_floor, LATEST_HOUR)
+
+    def keep_lines_between(self, start_us: int, end_us: int) -> None:
+        """Only the lines of hours in [start_us, end_us) stay in the working set."""
+        self.lines = {key: line for key, line in self.lines.items() if start_us <= key[0] < end_us}
+        self.line_hours = {hour for hour in self.line_hours if start_us <= hour < end_us}
 
     def to_json(self) -> bytes:
         """The durable part only; working sets live in their own ClickHouse tables."""
