@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import fold_bench, latency, naive_faust, profile, raw_consumer
+from bench.calibrate import machine_speed
 from bench.procs import cpu_delta, cpu_snapshot, loadavg, log, stop_all
 from bench.stack import BillingStack, HealthSampler, WorkerStart, find_py_spy
 from pipeline import CORE_BUILD
@@ -95,6 +96,7 @@ class Bench:
             "ratio_fold_to_raw": None, "latency_p50_s": None, "latency_p99_s": None, "offered_rps": None,
             "cpu_count": os.cpu_count(), "python_version": platform.python_version(),
             "core": CORE_BUILD.label, "worker_core": None,  # the compiled core or the Python sources (setup.py)
+            "machine_speed_start": None, "machine_speed_end": None,  # bench/calibrate.py
         }
         self.details: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
@@ -118,6 +120,8 @@ class Bench:
         self.lines = [line.encode() for line in generate(self.n, seed=self.args.seed)]
         log(f"generated {len(self.lines)} records, {sum(map(len, self.lines)) / len(self.lines):.0f} bytes on average, "
             f"in {time.perf_counter() - t:.1f}s")
+        self.result["machine_speed_start"] = machine_speed()
+        log(f"machine speed: {self.result['machine_speed_start']:.0f} M loop steps/s (bench/calibrate.py)")
         needs_stack = any(p in wanted for p in (*NEEDS_RECORDS_IN_STACK, "latency"))
         needs_records = any(p in wanted for p in NEEDS_RECORDS_IN_STACK)
         try:
@@ -137,6 +141,8 @@ class Bench:
                 self.phase(name, fn)
         finally:
             self.shutdown()
+        self.result["machine_speed_end"] = machine_speed()
+        log(f"machine speed: {self.result['machine_speed_end']:.0f} M loop steps/s at the end")
         self.finish(started)
 
     def blocked(self, name: str) -> str | None:
@@ -521,6 +527,8 @@ def render_table(r: dict[str, Any]) -> str:
     out.append("")
     out.append(f"{r['cpu_count']} CPUs, Python {r['python_version']}; load average now {r['environment']['loadavg']}")
     out.append(f"core: {r['core']} (bench), {r['worker_core'] or '-'} (worker)")
+    out.append(f"machine speed: {_fmt(r['machine_speed_start'], 0)} M loop steps/s before, {_fmt(r['machine_speed_end'], 0)} after "
+               "(bench/calibrate.py: compare runs only when these agree)")
     for name, detail in d.items():
         cpu = detail.get("cpu")
         if cpu:
