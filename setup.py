@@ -25,7 +25,7 @@ from setuptools import setup
 # per-record loops and output formats. Not sink.py and statestore.py: tests replace their functions
 # and constants, and compiled callers in one group would not see that.
 COMPILED_MODULES = (
-    "timestamps", "windows", "state", "outputs", "catalog", "pricing", "quota", "keys", "settlement", "records",
+    "tuples", "timestamps", "windows", "state", "outputs", "catalog", "pricing", "quota", "keys", "settlement", "records",
     "validation", "fold", "framing", "outputs_json", "processor",
 )
 HERE = Path(__file__).resolve().parent

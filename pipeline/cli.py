@@ -131,7 +131,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     def on_api(url: str) -> None:
         if embedded:  # the other commands reach this engine through the worker
             write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, settings.log_epoch, datetime.now(timezone.utc).isoformat()))
-        say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}; core {CORE_BUILD.label}")
+        say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}")
+        say(f"billing: core {CORE_BUILD.label}")
 
     try:
         Worker(settings, bootstrap, settings.log_epoch, on_api=on_api).run()

@@ -11,13 +11,14 @@ from typing import Any
 
 from pipeline.catalog import Catalog
 from pipeline.keys import keys_not_revoked_by
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation, fact
+from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import split_free
 from pipeline.settlement import close_hours, grace_us, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
+from pipeline.tuples import namedtuple_of
 from pipeline.validation import usage_rejection
 from pipeline.windows import WindowKey, violated, window_keys
 
@@ -95,7 +96,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     flags: tuple[str, ...] = ()
     if billable:
         flags = _count_in_windows(state, outcome, usage, catalog)
-    outcome.priced = fact(
+    outcome.priced = namedtuple_of(
         PricedUsage, state.account_id, usage.event_id, usage.ts_us, hour, usage.api_key_id, usage.model, usage.channel,
         usage.input_tokens, usage.output_tokens, free_tokens, billed_in, billed_out,
         amount, plugins_total, usage.plugins, flags, state.seq,
@@ -163,15 +164,15 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
     second = _window(state, outcome, second_key, tokens)
     minute = _window(state, outcome, minute_key, tokens)
     flags = violated(limits, second.requests, minute.requests, minute.tokens)
-    for flag in flags:
-        start, observed, allowed = {
-            "qps": (second_key[1], second.requests, limits.qps),
-            "qpm": (minute_key[1], minute.requests, limits.qpm),
-            "tpm": (minute_key[1], minute.tokens, limits.tpm),
-        }[flag]
-        outcome.violations.append(
-            Violation(state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq)
-        )
+    for flag in flags:  # a quarter of the calls in the bench's workload break a limit
+        if flag == "qps":
+            start, observed, allowed = second_key[1], second.requests, limits.qps
+        elif flag == "qpm":
+            start, observed, allowed = minute_key[1], minute.requests, limits.qpm
+        else:
+            start, observed, allowed = minute_key[1], minute.tokens, limits.tpm
+        violation = namedtuple_of(Violation, state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq)
+        outcome.violations.append(violation)
     return tuple(flags)
 
 

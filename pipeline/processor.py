@@ -21,12 +21,13 @@ from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.framing import RS, split_message
 from pipeline.gcpause import gc_paused
-from pipeline.outputs import Outcome, StatusChange, Violation, fact
+from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows, RawRow, SeenRow
 from pipeline.settlement import grace_us
 from pipeline.state import AccountState
 from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
+from pipeline.tuples import namedtuple_of
 
 log = logging.getLogger(__name__)
 BARRIER_TYPE = "billing.barrier"
@@ -290,10 +291,11 @@ class BatchProcessor:
     def _collect(self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome,
                  result: BatchResult) -> None:
         acc = state.account_id
-        rows.raw.append(fact(RawRow, msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
+        raw = namedtuple_of(RawRow, msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw)
+        rows.raw.append(raw)
         result.statuses[outcome.status] += 1
         if outcome.claimed and not isinstance(record, Invalid):
-            rows.seen.append(fact(SeenRow, acc, record.identity, record.digest, state.seq))
+            rows.seen.append(namedtuple_of(SeenRow, acc, record.identity, record.digest, state.seq))
         if outcome.rejection is not None:
             rows.rejections.append(outcome.rejection)
             result.reasons[outcome.rejection.reason] += 1

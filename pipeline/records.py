@@ -17,6 +17,7 @@ import fastjsonschema
 import orjson
 
 from pipeline.timestamps import TimestampError, parse_ts
+from pipeline.tuples import namedtuple_of
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "records"
 USAGE = "usage"
@@ -215,8 +216,9 @@ def _usage(body: dict[str, Any], account: str, ts_us: int, text: str) -> Usage:
     plugins = body.get("plugins")
     normal["plugins"] = {name: n for name, n in plugins.items() if n} if plugins else {}
     event_id = body["event_id"]
-    return Usage(account, ts_us, event_id, canonical_digest(normal), text, event_id, body["api_key_id"], body["model"],
-                 body["input_tokens"], body["output_tokens"], channel, tuple(sorted(normal["plugins"].items())))
+    return namedtuple_of(Usage, account, ts_us, event_id, canonical_digest(normal), text, event_id, body["api_key_id"],
+                         body["model"], body["input_tokens"], body["output_tokens"], channel,
+                         tuple(sorted(normal["plugins"].items())), USAGE)
 
 
 def _in_range(ts_us: int, text: str) -> int:

@@ -1,10 +1,11 @@
-"""Facts built the fast way (outputs.fact, used on the per-record path) are the NamedTuples."""
+"""Facts built the fast way (tuples.namedtuple_of, used on the per-record path) are the NamedTuples."""
 
 from decimal import Decimal
 
 import pytest
 
-from pipeline.outputs import PricedUsage, Violation, fact
+from pipeline.outputs import PricedUsage, Violation
+from pipeline.tuples import namedtuple_of
 from pipeline.sink import RawRow, SeenRow
 
 
@@ -15,13 +16,13 @@ from pipeline.sink import RawRow, SeenRow
     (SeenRow, ("a", "e", "d" * 32, 7)),
 ])
 def test_fact_is_the_namedtuple(kind, values):
-    built = fact(kind, *values)
+    built = namedtuple_of(kind, *values)
     assert built == kind(*values) and type(built) is kind
     assert built._asdict() == kind(*values)._asdict()  # field names line up
 
 
 def test_fact_refuses_a_wrong_number_of_values():
     with pytest.raises(TypeError, match="SeenRow has 4 fields, got 3 values"):
-        fact(SeenRow, "a", "e", "d")
+        namedtuple_of(SeenRow, "a", "e", "d")
     with pytest.raises(TypeError, match="has 4 fields, got 5"):
-        fact(SeenRow, "a", "e", "d", 1, 2)
+        namedtuple_of(SeenRow, "a", "e", "d", 1, 2)
