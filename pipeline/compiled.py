@@ -31,6 +31,7 @@ REBUILD = "pip install -e . (in the repository)"
 class CoreBuild:
     compiled: bool
     why: str  # shown by `billing up`, /healthz and the bench
+    warn: bool = False  # a build was made but cannot be used: say so on every start
 
     @property
     def label(self) -> str:
@@ -47,11 +48,11 @@ def inspect(package_dir: Path, manifest: dict[str, str] | None, pure_requested: 
         return CoreBuild(False, "BILLING_PURE_PYTHON=1"), names
     missing = [n for n in names if not (package_dir / f"{n}{EXTENSION_SUFFIX}").exists()]
     if missing:
-        return CoreBuild(False, f"not compiled: {', '.join(missing)}"), names
+        return CoreBuild(False, f"not compiled: {', '.join(missing)}", warn=True), names
     changed = [n for n in names if _hash(package_dir / f"{n}.py") != manifest[n]]
     if changed:
         files = ", ".join(f"pipeline/{n}.py" for n in changed)
-        return CoreBuild(False, f"{files} changed since the core was compiled; rebuild with {REBUILD}"), names
+        return CoreBuild(False, f"{files} changed since the core was compiled; rebuild with {REBUILD}", warn=True), names
     return CoreBuild(True, "sources match the build"), []
 
 
@@ -86,6 +87,6 @@ def choose() -> CoreBuild:
     build, use_sources = inspect(PACKAGE_DIR, _read_manifest(), os.environ.get("BILLING_PURE_PYTHON") == "1")
     if use_sources:
         sys.meta_path.insert(0, SourceFinder(__package__ or "pipeline", PACKAGE_DIR, use_sources))
-        if "changed" in build.why or "not compiled:" in build.why:
+        if build.warn:
             print(f"billing: running the Python sources of the core, slower: {build.why}", file=sys.stderr)
     return build

@@ -52,20 +52,21 @@ def test_an_edited_source_sends_every_core_module_to_its_source(tmp_path):
     assert not build.compiled
     assert use_sources == ["fold", "state"]  # all or none: compiled modules call each other directly
     assert "pipeline/state.py changed" in build.why and "pip install -e ." in build.why
+    assert build.warn
 
 
 def test_a_missing_extension_means_the_sources(tmp_path):
     package, manifest = _package(tmp_path, compiled=("fold",))
     build, use_sources = inspect(package, manifest, pure_requested=False)
     assert not build.compiled and use_sources == ["fold", "state"]
-    assert build.why == "not compiled: state"
+    assert build.why == "not compiled: state" and build.warn
 
 
 def test_pure_python_on_request(tmp_path):
     package, manifest = _package(tmp_path)
     build, use_sources = inspect(package, manifest, pure_requested=True)
     assert not build.compiled and use_sources == ["fold", "state"]
-    assert build.label == "Python sources (BILLING_PURE_PYTHON=1)"
+    assert build.label == "Python sources (BILLING_PURE_PYTHON=1)" and not build.warn  # asked for: no warning
 
 
 def test_extensions_without_a_manifest_are_not_trusted(tmp_path):
