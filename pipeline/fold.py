@@ -16,14 +16,11 @@ from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import split_free
 from pipeline.settlement import close_hours, grace_us, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
-from pipeline.state import ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
+from pipeline.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
 from pipeline.tuples import namedtuple_of
 from pipeline.validation import usage_rejection
 from pipeline.windows import WindowKey, violated, window_keys
-
-REBILL_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
-
 
 def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     state.seq += 1
@@ -129,7 +126,7 @@ def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dic
         previous = state.lines[key].amount if key in state.lines else ZERO
         owe(state, key[0], ZERO, grace)
         line = _line(state, outcome, key)
-        for name in REBILL_COUNTS:
+        for name in LINE_COUNTS:
             setattr(line, name, spec[name])
         line.amount = Decimal(spec["amount"]).quantize(MICRO)
         state.open_hours[key[0]] += line.amount - previous

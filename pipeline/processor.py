@@ -335,7 +335,7 @@ class BatchProcessor:
             if any(h < hour_floor for h in self._hours[acc]):
                 state.drop_lines_before(hour_floor)
                 self._hours[acc] = {h for h in self._hours[acc] if h >= hour_floor}
-            minute_floor = state.max_ts_us - state.max_ts_us % US_PER_MINUTE - KEEP_MINUTES_US
+            minute_floor = state.window_floor(KEEP_MINUTES_US)
             if any(m < minute_floor for m in self._minutes[acc]):
-                state.windows = {k: v for k, v in state.windows.items() if k[1] >= minute_floor}
+                state.drop_windows_before(minute_floor)
                 self._minutes[acc] = {m for m in self._minutes[acc] if m >= minute_floor}

@@ -27,11 +27,11 @@ from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.gcpause import gc_paused
 from pipeline.records import Usage, parse_record
-from pipeline.state import ZERO, AccountState, Line, LineKey
+from pipeline.state import LINE_COUNTS, ZERO, AccountState, Line, LineKey
 from pipeline.processor import KEEP_MINUTES_US
-from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND, format_ts
+from pipeline.statestore import LINE_SELECT, line_of
+from pipeline.timestamps import US_PER_SECOND, format_ts
 
-COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
 LOG_PAGE_ROWS = 50_000  # archived records per query: a rebill holds one page, whatever an account's history
 LOG_ORDER = ("account_id", "epoch", "partition", "offset", "idx")  # raw_records' sort key: log order per account
 _LOG_TYPES = ("String", "String", "UInt32", "UInt64", "UInt32")
@@ -90,7 +90,7 @@ class RebillPlan:
 def _line_json(change: LineChange) -> dict[str, Any]:
     hour, key, item = change.key
     spec: dict[str, Any] = {"hour": format_ts(hour), "api_key_id": key, "item": item}
-    spec.update({name: getattr(change.new, name) for name in COUNTS})
+    spec.update({name: getattr(change.new, name) for name in LINE_COUNTS})
     spec["amount"] = f"{change.new.amount:.6f}"
     spec["base_revision"] = change.old.revision if change.old else 0  # what the worker checks before replacing
     return spec
@@ -142,19 +142,11 @@ def _after_condition() -> str:
 
 def _current_lines(client: Client, accounts: list[str], start_us: int, end_us: int) -> dict[tuple[str, LineKey], Line]:
     result = client.query(
-        "SELECT account_id, toUnixTimestamp(hour), api_key_id, item, requests, input_tokens, output_tokens, free_tokens, "
-        "billed_input_tokens, billed_output_tokens, quantity, amount, revision FROM bill_lines FINAL "
-        "WHERE account_id IN {a:Array(String)} AND toUnixTimestamp(hour) >= {s:Int64} AND toUnixTimestamp(hour) < {e:Int64}",
+        LINE_SELECT + " FINAL WHERE account_id IN {a:Array(String)} AND toUnixTimestamp(hour) >= {s:Int64} "
+        "AND toUnixTimestamp(hour) < {e:Int64}",
         parameters={"a": accounts, "s": start_us // US_PER_SECOND, "e": -(-end_us // US_PER_SECOND)},
     )
-    lines = {}
-    for acc, hour_s, key, item, *values, revision in result.result_rows:
-        *counts, amount = values
-        line = Line(amount=Decimal(amount).quantize(Decimal("0.000001")), revision=revision)
-        lines[(acc, (hour_s * US_PER_SECOND, key, item))] = line
-        for name, count in zip(COUNTS, counts, strict=True):
-            setattr(line, name, count)
-    return lines
+    return {(acc, (hour_s * US_PER_SECOND, key, item)): line_of(values) for acc, hour_s, key, item, *values in result.result_rows}
 
 
 def _rejected_ids(client: Client, accounts: list[str]) -> set[tuple[str, str]]:
@@ -167,7 +159,7 @@ def _rejected_ids(client: Client, accounts: list[str]) -> set[tuple[str, str]]:
 
 
 def _same(a: Line, b: Line) -> bool:
-    return all(getattr(a, n) == getattr(b, n) for n in COUNTS) and a.amount == b.amount
+    return all(getattr(a, n) == getattr(b, n) for n in LINE_COUNTS) and a.amount == b.amount
 
 
 def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, account: str | None = None,
@@ -217,8 +209,7 @@ def _trim(state: AccountState, start_us: int, end_us: int) -> None:
     own hour's lines) and rate windows older than the worker keeps (they flag calls, they never
     change a line). The identities seen stay: a duplicate can come at any time."""
     state.keep_lines_between(start_us, end_us)
-    floor = state.max_ts_us - state.max_ts_us % US_PER_MINUTE - KEEP_MINUTES_US
-    state.windows = {key: window for key, window in state.windows.items() if key[1] >= floor}
+    state.drop_windows_before(state.window_floor(KEEP_MINUTES_US))
 
 
 def _compare(plan: RebillPlan, state: AccountState, current: dict[tuple[str, LineKey], Line]) -> None:

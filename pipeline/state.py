@@ -14,11 +14,14 @@ from typing import Any
 
 import orjson
 
+from pipeline.timestamps import US_PER_MINUTE
 from pipeline.windows import Limits, WindowKey
 
 ZERO = Decimal("0.000000")
 LineKey = tuple[int, str, str]  # (hour start us, api_key_id, item)
 LATEST_HOUR = 2**63 - 1  # beyond every hour
+# The counters of a bill line, in the bill tables' column order (amount and revision follow them).
+LINE_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
 
 
 @dataclass(slots=True)
@@ -126,6 +129,13 @@ class AccountState:
         """Only the lines of hours in [start_us, end_us) stay in the working set."""
         self.lines = {key: line for key, line in self.lines.items() if start_us <= key[0] < end_us}
         self.line_hours = {hour for hour in self.line_hours if start_us <= hour < end_us}
+
+    def window_floor(self, keep_us: int) -> int:
+        """Start of the oldest rate window worth keeping: the minute `keep_us` behind the clock."""
+        return self.max_ts_us - self.max_ts_us % US_PER_MINUTE - keep_us
+
+    def drop_windows_before(self, floor_us: int) -> None:
+        self.windows = {key: window for key, window in self.windows.items() if key[1] >= floor_us}
 
     def to_json(self) -> bytes:
         """The durable part only; working sets live in their own ClickHouse tables."""

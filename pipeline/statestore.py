@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal
-from typing import Any, Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
 from pipeline.outputs import StatusChange, Violation
-from pipeline.state import AccountState, Line, LineKey, Window
+from pipeline.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND
 from pipeline.windows import WindowKey
 
@@ -79,24 +79,34 @@ def load_seen(client: Client, pairs: list[tuple[str, str]]) -> dict[tuple[str, s
     return found
 
 
+# A bill line as the worker and a rebill read it: its key, then `line_of`'s values.
+LINE_SELECT = f"SELECT account_id, toUnixTimestamp(hour), api_key_id, item, {', '.join(LINE_COUNTS)}, amount, revision FROM bill_lines"
+
+
+def line_of(values: Sequence[Any]) -> Line:
+    """A Line from the values of LINE_SELECT after the key (counters, amount, revision)."""
+    *counts, amount, revision = values
+    line = Line(amount=Decimal(amount).quantize(Decimal("0.000001")), revision=revision)
+    for name, count in zip(LINE_COUNTS, counts, strict=True):
+        setattr(line, name, count)
+    return line
+
+
 def load_lines(client: Client, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]:
     """Current lines of the given account-hours as of each account's snapshot seq."""
     rows = _query_chunked(
         client,
-        "SELECT account_id, toUnixTimestamp(hour), api_key_id, item, requests, input_tokens, output_tokens, free_tokens, "
-        "billed_input_tokens, billed_output_tokens, quantity, amount, revision FROM bill_lines "
-        "WHERE (account_id, toUnixTimestamp(hour)) IN {p:Array(Tuple(String, Int64))}",
+        LINE_SELECT + " WHERE (account_id, toUnixTimestamp(hour)) IN {p:Array(Tuple(String, Int64))}",
         "p", [(acc, hour // US_PER_SECOND) for acc, hour in account_hours])
     lines: dict[str, dict[LineKey, Line]] = {}
-    for acc, hour_s, key, item, *values, revision in rows:
-        if revision > max_seq.get(acc, 0):
+    for acc, hour_s, key, item, *values in rows:
+        line = line_of(values)
+        if line.revision > max_seq.get(acc, 0):
             continue
         line_key = (hour_s * US_PER_SECOND, key, item)
         known = lines.setdefault(acc, {})
-        if line_key in known and known[line_key].revision >= revision:
-            continue
-        req, inp, out, free, b_in, b_out, qty, amount = values
-        known[line_key] = Line(req, inp, out, free, b_in, b_out, qty, Decimal(amount).quantize(Decimal("0.000001")), revision)
+        if line_key not in known or known[line_key].revision < line.revision:
+            known[line_key] = line
     return lines
 
 
