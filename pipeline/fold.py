@@ -52,7 +52,7 @@ def _event_id(record: Record) -> str:
 
 
 def _reject(state: AccountState, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str) -> Outcome:
-    rejection = Rejection(state.account_id, record_id, event_id, kind, reason, detail, ts_us, raw, state.seq)
+    rejection = namedtuple_of(Rejection, state.account_id, record_id, event_id, kind, reason, detail, ts_us, raw, state.seq)
     return Outcome(REJECTED, rejection=rejection)
 
 

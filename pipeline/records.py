@@ -201,7 +201,7 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     normal = dict(body, type=kind)
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
-    return AccountRecord(kind, account, ts_us, f"#{kind}:{digest}", digest, text, fields)  # '#': never an event_id
+    return namedtuple_of(AccountRecord, kind, account, ts_us, f"#{kind}:{digest}", digest, text, fields)  # '#': never an event_id
 
 
 def _text(body: dict[str, Any], name: str, otherwise: str) -> str:
@@ -240,4 +240,4 @@ def _integral(body: dict[str, Any]) -> dict[str, Any]:
 
 def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "") -> Invalid:
     identity = "raw:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
-    return Invalid(account_id=account or "", identity=identity, raw=text, detail=detail, event_id=event_id)
+    return namedtuple_of(Invalid, account or "", identity, text, detail, event_id, None, "invalid")

@@ -11,6 +11,7 @@ from decimal import Decimal
 from pipeline.outputs import Settlement, StatusChange
 from pipeline.state import ZERO, AccountState, Voucher
 from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE
+from pipeline.tuples import namedtuple_of
 
 ACTIVE = "active"
 ARREARS = "arrears"
@@ -81,8 +82,8 @@ def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[list[Sett
         if not adjustment and (state.last_settled_hour is None or hour > state.last_settled_hour):
             state.last_settled_hour = hour
         settlements.append(
-            Settlement(
-                state.account_id, hour, "adjustment" if adjustment else "regular", amount,
+            namedtuple_of(
+                Settlement, state.account_id, hour, "adjustment" if adjustment else "regular", amount,
                 voucher_part, cash_part, debt_added, state.debt, state.cash_balance, seq,
             )
         )
@@ -102,7 +103,7 @@ def _status_change(state: AccountState, before: str, seq: int) -> list[StatusCha
     after = status_of(state)
     if after == before:
         return []
-    return [StatusChange(state.account_id, after, state.debt, state.cash_balance, state.max_ts_us, seq)]
+    return [namedtuple_of(StatusChange, state.account_id, after, state.debt, state.cash_balance, state.max_ts_us, seq)]
 
 
 def grace_us(minutes: int) -> int:

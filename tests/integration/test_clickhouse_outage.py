@@ -38,13 +38,13 @@ class FlakySink:
     def __init__(self) -> None:
         self.down = threading.Event()
         self.failures = 0
-        self.real = sink.write
+        self.real = sink.send
 
-    def write(self, client: Any, rows: sink.BatchRows) -> None:
+    def send(self, client: Any, encoded: sink.Encoded) -> None:
         if self.down.is_set():
             self.failures += 1
             raise ConnectionError("ClickHouse is unreachable (injected)")
-        self.real(client, rows)
+        self.real(client, encoded)
 
 
 def committed_total(bootstrap: str, group: str) -> int:
@@ -58,7 +58,7 @@ def committed_total(bootstrap: str, group: str) -> int:
 
 def test_worker_backs_off_and_catches_up(broker: str, inprocess_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     flaky = FlakySink()
-    monkeypatch.setattr(sink, "write", flaky.write)
+    monkeypatch.setattr(sink, "send", flaky.send)
     settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-outage", log_epoch="outage")
     lines = generate(8000, seed=8)
     reader = connect(settings.clickhouse_url)

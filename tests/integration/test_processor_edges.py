@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -31,6 +33,23 @@ def messages(lines: list[str], partitions: int = 2) -> list[Message]:
         out.append(Message(partition, offsets[partition], str(account).encode(), line.encode()))
         offsets[partition] += 1
     return out
+
+
+def fail_nth_write(monkeypatch, n: int, message: str) -> list[int]:
+    """Make the sink's n-th write fail as a lost server would; returns the records of each write."""
+    from pipeline import sink
+
+    real_send = sink.send
+    writes: list[int] = []
+
+    def send(client_, encoded) -> None:
+        writes.append(encoded.records)
+        if len(writes) == n:
+            raise ConnectionError(message)
+        real_send(client_, encoded)
+
+    monkeypatch.setattr(sink, "send", send)
+    return writes
 
 
 @pytest.fixture
@@ -181,6 +200,20 @@ def test_working_sets_load_in_chunks_with_the_same_bills(client, monkeypatch) ->
     assert got_rejections == {(acc, event_id, reason) for acc, event_id, reason in want.rejections}
 
 
+def test_a_server_gets_smaller_chunks_than_the_embedded_engine(client) -> None:
+    """Over HTTP the bound values travel in the URL, which a server caps at 1 MiB by default; a
+    chunk of 50,000 seen-id hashes would be refused there (about 1.1 MB)."""
+    from types import SimpleNamespace
+
+    from pipeline import statestore
+
+    assert statestore._bound_limit(client) == statestore.MAX_BOUND_VALUES == 50_000
+    server = SimpleNamespace(uri="http://clickhouse:8123/billing")
+    assert statestore._bound_limit(server) == statestore.MAX_BOUND_VALUES_HTTP
+    hashes = [2**64 - 1] * statestore.MAX_BOUND_VALUES_HTTP
+    assert len(repr(hashes)) < 1024 * 1024 / 8  # the URL of one server chunk stays far below the cap
+
+
 def test_a_big_batch_is_written_in_units_and_a_crash_between_units_loses_nothing(client, monkeypatch) -> None:
     """A batch is folded and written in units of at most `write_records` records. If the worker
     dies after some units are written (the batch's offsets are not acknowledged), the whole batch
@@ -190,23 +223,82 @@ def test_a_big_batch_is_written_in_units_and_a_crash_between_units_loses_nothing
     lines = generate(2000, seed=4848)
     msgs = messages(lines)
     epoch = uuid.uuid4().hex
-    writes = []
-    real_write = sink.write
-
-    def dies_on_third_write(client_, rows) -> None:
-        writes.append(len(rows.raw))
-        if len(writes) == 3:
-            raise ConnectionError("worker killed mid-batch")
-        real_write(client_, rows)
-
-    monkeypatch.setattr(sink, "write", dies_on_third_write)
+    real_send = sink.send
+    writes = fail_nth_write(monkeypatch, 3, "worker killed mid-batch")
     with pytest.raises(ConnectionError):
         BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=300).process(msgs)
     assert writes[:2] == [300, 300]  # units of whole messages, at most 300 records each
-    monkeypatch.setattr(sink, "write", real_write)
+    monkeypatch.setattr(sink, "send", real_send)
 
     again = BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=300).process(msgs)
     assert again.skipped == 600 and sum(again.statuses.values()) == len(msgs) - 600
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+
+
+class ReadGuard:
+    """The processor's client, refusing any read while a unit's write is in flight: one client
+    serves both threads, and a read that overtook the write could miss that unit's rows."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.in_flight = threading.Event()
+        self.reads = 0
+        self.reads_in_flight = 0
+
+    def query(self, *args, **kwargs):
+        self.reads += 1
+        if self.in_flight.is_set():
+            self.reads_in_flight += 1
+        return self._client.query(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_no_read_overtakes_the_write_in_flight_and_bills_stay_exact(client, monkeypatch) -> None:
+    """Write-behind: unit N is written on the sink thread while unit N+1 is parsed. Every read of
+    unit N+1 (states, identities, lines, windows) must come after unit N's write, across
+    redeliveries and restarts, or a duplicate in the next unit would be billed again."""
+    from pipeline import sink
+
+    lines = generate(3000, seed=5252)
+    msgs = messages(lines)
+    guard = ReadGuard(client)
+    real_send = sink.send
+    sends = []
+
+    def slow_send(client_, encoded) -> None:
+        guard.in_flight.set()
+        try:
+            time.sleep(0.05)  # a slow server: gives a read the chance to overtake
+            real_send(client_, encoded)
+            sends.append(threading.current_thread().name)
+        finally:
+            guard.in_flight.clear()
+
+    monkeypatch.setattr(sink, "send", slow_send)
+    epoch = uuid.uuid4().hex
+    processor = BatchProcessor(guard, load_catalog(), epoch, auto_tick=False, write_records=200)
+    for start in range(0, len(msgs), 700):
+        processor.process(msgs[max(0, start - 100):start + 700])  # each batch redelivers 100
+    assert len(sends) > 15 and all(name.startswith("billing-sink") for name in sends)
+    assert guard.reads > 0 and guard.reads_in_flight == 0
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+
+
+def test_a_failed_write_behind_the_next_unit_is_retried_on_the_same_worker(client, monkeypatch) -> None:
+    """The second unit's write fails while the third unit is being parsed. The batch fails, the
+    accounts whose states ran ahead of ClickHouse are reloaded, and the same worker, retrying the
+    batch, bills it exactly (nothing skipped as if written, nothing applied twice)."""
+    lines = generate(2000, seed=5353)
+    msgs = messages(lines)
+    calls = fail_nth_write(monkeypatch, 2, "ClickHouse went away (injected)")
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=300)
+    with pytest.raises(ConnectionError, match="went away"):
+        processor.process(msgs)
+    assert calls == [300, 300]  # the failure surfaced before the third unit read anything or was written
+    result = processor.process(msgs)
+    assert result.skipped == 300  # only the first unit was written
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
 
 
