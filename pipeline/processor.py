@@ -1,9 +1,10 @@
 """The batch edge around the fold: bytes from the log in, ClickHouse rows out, nothing twice.
 
 Framework-free on purpose: the Faust agent, the tests and a rebill all drive `process` with
-plain messages. Per batch it loads the accounts' snapshots and working sets, skips records it
-has already applied (same log epoch, partition, offset at or below the account's position),
-folds the rest in log order, writes every fact in one go, and only then keeps the new states.
+plain messages. Per unit of a batch it loads the accounts' snapshots and working sets, skips
+records it has already applied (same log epoch, partition, offset at or below the account's
+position), folds the rest in log order and writes every fact of the unit in one go, behind the
+next unit's parse. States that ran ahead of a write that failed are dropped and reloaded.
 """
 
 from __future__ import annotations
