@@ -16,6 +16,8 @@ directory. Phases, in this order:
                        share the machine's cores, as (d) did before it measured one worker.
   raw (a), naive (b)   read the records, one per Kafka message, from `bench.single-records`
   fold (c)             the pure fold in this process
+  processor            the worker's batch processor alone in this process (no Kafka, no Faust),
+                       on a fresh embedded engine: processor_rps
   rebill (e)           `billing rebill` over the hours of every workload published
   latency              publish -> queryable bill at a steady offered load
 
@@ -42,13 +44,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import fold_bench, latency, naive_faust, profile, raw_consumer
+from bench import fold_bench, latency, naive_faust, processor_bench, profile, raw_consumer
 from bench.calibrate import machine_speed
 from bench.procs import cpu_delta, cpu_snapshot, loadavg, log, stop_all
 from bench.stack import BillingStack, HealthSampler, WorkerStart, find_py_spy
 from pipeline import CORE_BUILD
 
-PHASES = ("pipeline", "publish_and_process", "raw", "naive", "fold", "rebill", "latency")
+PHASES = ("pipeline", "publish_and_process", "raw", "naive", "fold", "processor", "rebill", "latency")
 NEEDS_RECORDS_IN_STACK = ("pipeline", "publish_and_process", "raw", "naive", "rebill")
 SECOND_SEED_OFFSET = 1000  # publish_and_process: a fresh workload, new accounts and event ids
 PROFILE_HZ = 200
@@ -90,7 +92,7 @@ class Bench:
         self.n = args.records
         self.result: dict[str, Any] = {
             "records": self.n, "publish_rate": None, "raw_consumer_rps": None, "naive_faust_rps": None, "fold_rps": None,
-            "parse_rps": None, "parse_and_fold_rps": None,
+            "parse_rps": None, "parse_and_fold_rps": None, "processor_rps": None,
             "pipeline_rps": None, "publish_and_process_rps": None, "worker_startup_s": None, "rebill_rps": None,
             "ratio_pipeline_to_raw": None, "ratio_pipeline_to_naive": None,
             "ratio_fold_to_raw": None, "latency_p50_s": None, "latency_p99_s": None, "offered_rps": None,
@@ -130,7 +132,8 @@ class Bench:
             if needs_records and "stack" not in self.errors:
                 self.phase("pipeline", self.phase_pipeline)
             for name, fn in (("publish_and_process", self.phase_publish_and_process), ("raw", self.phase_raw),
-                             ("naive", self.phase_naive), ("fold", self.phase_fold), ("rebill", self.phase_rebill),
+                             ("naive", self.phase_naive), ("fold", self.phase_fold), ("processor", self.phase_processor),
+                             ("rebill", self.phase_rebill),
                              ("latency", self.phase_latency)):
                 if name not in wanted:
                     continue
@@ -147,7 +150,7 @@ class Bench:
 
     def blocked(self, name: str) -> str | None:
         """Why a phase cannot run after an earlier failure (None: it can)."""
-        if name == "fold":
+        if name in ("fold", "processor"):
             return None
         if "stack" in self.errors:
             return "the broker did not start"
@@ -366,6 +369,13 @@ class Bench:
             f"both {detail['parse_and_fold_rps']:,.0f}/s")
         return detail
 
+    def phase_processor(self) -> dict[str, Any]:
+        detail = processor_bench.run(self.lines, self.workdir)
+        self.result["processor_rps"] = detail["rps"]
+        log(f"batch processor alone: {detail['rps']:,.0f} records/s ({detail['messages']} messages in batches of "
+            f"{detail['batch_messages']}, units of {detail['write_records']} records)")
+        return detail
+
     def phase_rebill(self) -> dict[str, Any]:
         """(e) over the hours of every workload published: rebill replays whole accounts' logs, so
         with publish_and_process's workload it replays both (the CLI's count is reported)."""
@@ -507,6 +517,7 @@ def render_table(r: dict[str, Any]) -> str:
         ("    parse and validate", rps(r["parse_rps"]), "bytes -> records, apart from (c)"),
         ("    parse and fold", rps(r["parse_and_fold_rps"]), "both: what (c) measured before 2026-11-29"),
         ("(d) whole pipeline, one worker", rps(r["pipeline_rps"]), "published records: first batch -> queryable; target >= 20,000/s"),
+        ("    batch processor alone", rps(r["processor_rps"]), "the worker's own work, no Kafka or Faust, in the bench process"),
         ("    worker startup", s(r["worker_startup_s"]), "process start -> first batch (group join); not in (d)"),
         ("publish and process at once", rps(r["publish_and_process_rps"]), "fresh records: publish start -> queryable, warm worker"),
         ("    worker drain rate", rps(d.get("publish_and_process", {}).get("worker_drain_rps")),
