@@ -72,6 +72,7 @@ class Worker:
         self.stats: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.sink_seconds = 0.0
+        self.write_wait_seconds = 0.0
         # wall clock (time.time()) of the first non-empty batch's arrival and of the latest batch's
         # write: with records already in the topic, their span is the worker's own throughput,
         # free of its startup and group join (the bench reads them from /healthz)
@@ -178,6 +179,7 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             self.sink_seconds += time.perf_counter() - started
+            self.write_wait_seconds += result.write_wait_s
             self.last_batch_at = time.time()
             self.stats["batches"] += 1
             self.reasons.update(result.reasons)
@@ -233,10 +235,11 @@ class Worker:
                 except Exception:  # not assigned here any more, or no fetch yet
                     highwater = None
             rows.append((partition, offset, committed, highwater))
-        return metrics.render(self.stats, self.reasons, self.sink_seconds, rows)
+        return metrics.render(self.stats, self.reasons, self.sink_seconds, rows, self.write_wait_seconds)
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "epoch": self.epoch, "core": CORE_BUILD.label, "stats": dict(self.stats),
+                "batch_seconds": round(self.sink_seconds, 3), "write_wait_seconds": round(self.write_wait_seconds, 3),
                 "first_batch_at": self.first_batch_at, "last_batch_at": self.last_batch_at,
                 "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
                 "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}

@@ -17,7 +17,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(stats: Counter[str], reasons: Counter[str], sink_seconds: float, partitions: Iterable[tuple[int, int, int | None, int | None]]) -> str:
+def render(stats: Counter[str], reasons: Counter[str], sink_seconds: float, partitions: Iterable[tuple[int, int, int | None, int | None]],
+           write_wait_seconds: float = 0.0) -> str:
     """`partitions`: (partition, last processed offset, committed offset, high watermark)."""
     out = [
         "# HELP billing_records_total Input records processed, by outcome.",
@@ -39,6 +40,10 @@ def render(stats: Counter[str], reasons: Counter[str], sink_seconds: float, part
         "# TYPE billing_sink_batch_seconds summary",
         _line("billing_sink_batch_seconds_sum", round(sink_seconds, 6)),
         _line("billing_sink_batch_seconds_count", stats.get("batches", 0)),
+        "# HELP billing_write_wait_seconds_total Time the worker waited for ClickHouse to finish writing a unit before the next "
+        "could read. A large share of the batch seconds means ClickHouse, not the worker, limits throughput.",
+        "# TYPE billing_write_wait_seconds_total counter",
+        _line("billing_write_wait_seconds_total", round(write_wait_seconds, 6)),
         "# HELP billing_partition_offset Last input offset processed and written, per partition.",
         "# TYPE billing_partition_offset gauge",
         "# HELP billing_partition_committed_offset Last offset committed to Kafka, per partition.",

@@ -62,6 +62,7 @@ class BatchResult:
     status_changes: list[StatusChange] = field(default_factory=list)  # for the status topic
     violations: list[Violation] = field(default_factory=list)  # for the violations topic
     ticks: list[tuple[str, int]] = field(default_factory=list)  # (account, clock) to publish for idle accounts
+    write_wait_s: float = 0.0  # time the folding thread waited for ClickHouse to finish a unit's write
 
     def merge(self, other: "BatchResult") -> None:
         """Add a later unit of the same batch."""
@@ -75,6 +76,7 @@ class BatchResult:
         self.status_changes += other.status_changes
         self.violations += other.violations
         self.ticks += other.ticks
+        self.write_wait_s += other.write_wait_s
 
 
 def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]:
@@ -133,6 +135,7 @@ class WriteBehind:
         self._forget = forget
         self._in_flight: Future[None] | None = None
         self._accounts: list[str] = []
+        self.waited_s = 0.0
 
     def submit(self, encoded: sink.Encoded, accounts: list[str]) -> None:
         self.settle()
@@ -145,11 +148,14 @@ class WriteBehind:
         future, self._in_flight = self._in_flight, None
         if future is None:
             return
+        started = time.perf_counter()
         try:
             future.result()
         except BaseException:
             self._forget(self._accounts)
             raise
+        finally:
+            self.waited_s += time.perf_counter() - started
 
     def abandon(self) -> None:
         """Something else failed: still wait for the write (the batch will be retried and must
@@ -230,6 +236,7 @@ class BatchProcessor:
                 behind.abandon()
                 raise
             behind.settle()
+        result.write_wait_s = behind.waited_s
         return result
 
     def _process(self, messages: list[Message], behind: "WriteBehind") -> BatchResult:

@@ -279,10 +279,12 @@ def test_no_read_overtakes_the_write_in_flight_and_bills_stay_exact(client, monk
     monkeypatch.setattr(sink, "send", slow_send)
     epoch = uuid.uuid4().hex
     processor = BatchProcessor(guard, load_catalog(), epoch, auto_tick=False, write_records=200)
+    waited = 0.0
     for start in range(0, len(msgs), 700):
-        processor.process(msgs[max(0, start - 100):start + 700])  # each batch redelivers 100
+        waited += processor.process(msgs[max(0, start - 100):start + 700]).write_wait_s  # each batch redelivers 100
     assert len(sends) > 15 and all(name.startswith("billing-sink") for name in sends)
     assert guard.reads > 0 and guard.reads_in_flight == 0
+    assert waited > 0.025 * len(sends)  # the 50 ms writes outlast parsing a unit: the wait is reported (worker /metrics)
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
 
 
