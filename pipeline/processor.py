@@ -239,7 +239,7 @@ class BatchProcessor:
         result.write_wait_s = behind.waited_s
         return result
 
-    def _process(self, messages: list[Message], behind: "WriteBehind") -> BatchResult:
+    def _process(self, messages: list[Message], behind: WriteBehind) -> BatchResult:
         result = BatchResult()
         rows = BatchRows(epoch=self.epoch)
         by_account = self._parse(messages, rows, result)  # overlaps the previous unit's write

@@ -22,7 +22,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from pipeline.outputs import PricedUsage, Rejection, Settlement, StatusChange, Violation
-from pipeline.state import AccountState, Line, LineKey, Window
+from pipeline.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.statestore import record_hash
 from pipeline.timestamps import US_PER_SECOND
 from pipeline.windows import WindowKey
@@ -78,12 +78,13 @@ class Encoded:
 
 
 def _encode(table: str, items: Sequence[tuple[Any, ...]], columns: Sequence[Column],
-            constants: dict[str, Any] | None = None) -> list[Insert]:
-    """Columnar body of NamedTuple facts: one C-level transpose, then only the columns that need
-    a conversion are touched value by value, and orjson writes the JSON."""
+            constants: dict[str, Any] | None = None, fields: Sequence[str] | None = None) -> list[Insert]:
+    """Columnar body of facts (NamedTuples, or plain tuples with their `fields`): one C-level
+    transpose, then only the columns that need a conversion are touched value by value, and
+    orjson writes the JSON."""
     if not items:
         return []
-    by_field = dict(zip(items[0]._fields, zip(*items)))  # type: ignore[attr-defined]
+    by_field = dict(zip(fields or items[0]._fields, zip(*items)))  # type: ignore[attr-defined]
     data: list[Sequence[Any]] = [by_field[source] if convert is None else list(map(convert, by_field[source]))
                                  for _, source, convert in columns]
     data += [[value] * len(items) for value in (constants or {}).values()]
@@ -133,20 +134,8 @@ class WindowRow(NamedTuple):
     revision: int
 
 
-class LineRow(NamedTuple):
-    account_id: str
-    hour: int
-    api_key_id: str
-    item: str
-    requests: int
-    input_tokens: int
-    output_tokens: int
-    free_tokens: int
-    billed_input_tokens: int
-    billed_output_tokens: int
-    quantity: int
-    amount: Decimal
-    revision: int
+# A bill line's row: its key, then the fields of state.Line (named once, in state.LINE_COUNTS).
+LINE_ROW_FIELDS = ("account_id", "hour", "api_key_id", "item", *LINE_COUNTS, "amount", "revision")
 
 
 class StateRow(NamedTuple):
@@ -165,10 +154,6 @@ class BarrierRow(NamedTuple):
     partition: int
 
 
-def _pairs_as_map(pairs: tuple[tuple[str, int], ...]) -> dict[str, int]:
-    return dict(pairs)
-
-
 def _col(name: str, source: str, convert: Callable[[Any], Any] | None) -> Column:
     return (name, source, convert)
 
@@ -181,7 +166,7 @@ RAW: list[Column] = [_col("event_ts", "ts_us", micros_as_seconds)] + _same(
     "partition", "offset", "idx", "account_id", "kind", "record_id", "payload")
 SEEN: list[Column] = _same("account_id", "record_id", "digest", "seq") + [_col("rid_hash", "record_id", record_hash)]
 PRICED: list[Column] = [_col("hour", "hour_us", _seconds), _col("ts", "ts_us", micros_as_seconds),
-                        _col("plugins", "plugins", _pairs_as_map)] + _same(
+                        _col("plugins", "plugins", dict)] + _same(
     "account_id", "event_id", "api_key_id", "model", "channel", "input_tokens", "output_tokens", "free_tokens",
     "billed_input_tokens", "billed_output_tokens", "flags", "seq") + _money_cols("token_amount", "plugin_amount")
 REJECTIONS: list[Column] = [_col("event_ts", "ts_us", micros_as_seconds), _col("record", "raw", None)] + _same(
@@ -192,7 +177,7 @@ VIOLATIONS: list[Column] = [_col("ts", "ts_us", micros_as_seconds), _col("limit_
 WINDOWS: list[Column] = [_col("window_start", "window_start", micros_as_seconds)] + _same(
     *(name for name in WindowRow._fields if name != "window_start"))
 LINES: list[Column] = [_col("hour", "hour", _seconds), _col("amount", "amount", _money)] + _same(
-    *(name for name in LineRow._fields if name not in ("hour", "amount")))
+    *(name for name in LINE_ROW_FIELDS if name not in ("hour", "amount")))
 SETTLEMENTS: list[Column] = [_col("hour", "hour_us", _seconds)] + _same("account_id", "kind", "seq") + _money_cols(
     "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
 STATUS: list[Column] = [_col("clock", "ts_us", micros_as_seconds)] + _same("account_id", "status", "seq") + _money_cols(
@@ -206,9 +191,9 @@ def _window_rows(windows: dict[tuple[str, WindowKey], Window]) -> list[WindowRow
     return [WindowRow(acc, kind, start, w.requests, w.tokens, w.revision) for (acc, (kind, start)), w in windows.items()]
 
 
-def _line_rows(lines: dict[tuple[str, LineKey], Line]) -> list[LineRow]:
-    return [LineRow(acc, hour, key, item, v.requests, v.input_tokens, v.output_tokens, v.free_tokens, v.billed_input_tokens,
-                    v.billed_output_tokens, v.quantity, v.amount, v.revision) for (acc, (hour, key, item)), v in lines.items()]
+def _line_rows(lines: dict[tuple[str, LineKey], Line]) -> list[tuple[Any, ...]]:
+    return [(acc, hour, key, item, *(getattr(v, name) for name in LINE_COUNTS), v.amount, v.revision)
+            for (acc, (hour, key, item)), v in lines.items()]
 
 
 def encode(rows: BatchRows) -> Encoded:
@@ -222,7 +207,7 @@ def encode(rows: BatchRows) -> Encoded:
         + _encode("rejections", rows.rejections, REJECTIONS, {"rejected_at": now})
         + _encode("rate_violations", rows.violations, VIOLATIONS)
         + _encode("rate_windows", _window_rows(rows.windows), WINDOWS)
-        + _encode("bill_lines", _line_rows(rows.lines), LINES, {"updated_at": now})
+        + _encode("bill_lines", _line_rows(rows.lines), LINES, {"updated_at": now}, LINE_ROW_FIELDS)
         + _encode("settlements", rows.settlements, SETTLEMENTS, {"settled_at": now})
         + _encode("account_status", rows.status_changes, STATUS, {"changed_at": now})
         + _encode("account_state", states, STATES, {"updated_at": now})  # the commit point: last of the facts
