@@ -1,14 +1,15 @@
 """Input records: bytes from the topic -> a validated, typed record, or an `Invalid` with the reason.
 
 The JSON Schemas in schemas/records/ are the contract's record formats; this module only
-compiles them and adds what a schema cannot say (a timestamp that is a real instant).
+compiles them and adds what a schema cannot say (a timestamp that is a real instant). Usage
+records, nearly all of them, are read first by the native decoder generated from the same schema
+(usage_decoder.py); whatever it refuses takes the generic validator, which says why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -16,7 +17,8 @@ from typing import Any, Callable, NamedTuple
 import fastjsonschema
 import orjson
 
-from pipeline.timestamps import TimestampError, parse_ts
+from pipeline import usage_decoder
+from pipeline.timestamps import TimestampError, parse_ts, quick_us
 from pipeline.tuples import namedtuple_of
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "records"
@@ -89,55 +91,6 @@ def _schema(kind: str) -> dict[str, Any]:
     return schema
 
 
-_USAGE = _schema(USAGE)
-_USAGE_KEYS = frozenset(_USAGE["properties"])
-_USAGE_REQUIRED = frozenset(_USAGE["required"])
-_USAGE_NAMES = ("account_id", "api_key_id", "model")
-_TIMESTAMP = re.compile("(?a)" + re.sub(r"(?<!\\)\$", r"\\Z", _USAGE["properties"]["timestamp"]["pattern"]))  # '$' as fastjsonschema reads it
-_BREAKDOWN_KEYS = frozenset(_USAGE["properties"]["input_breakdown"]["properties"])
-_MAX_TOKENS = _USAGE["properties"]["input_tokens"]["maximum"]
-_MAX_PLUGINS = _USAGE["properties"]["plugins"]["maxProperties"]
-_MAX_PLUGIN_UNITS = _USAGE["properties"]["plugins"]["additionalProperties"]["maximum"]
-
-
-def plain_usage(body: dict[str, Any]) -> bool:
-    """True only for a usage body that schemas/records/usage.json accepts, decided by hand in about
-    a tenth of the generic validator's time (the usage kind is nearly every record). It is
-    stricter than the schema (a count must be a JSON integer, not 2.0): False sends the body to
-    the generic validator, which accepts it or says what is wrong. Its limits are read from the
-    schema; a test checks it never accepts what the schema refuses."""
-    keys = body.keys()
-    if not (_USAGE_REQUIRED <= keys <= _USAGE_KEYS):
-        return False
-    for name in _USAGE_NAMES:
-        value = body[name]
-        if type(value) is not str or not 0 < len(value) <= 128:
-            return False
-    event_id, timestamp = body["event_id"], body["timestamp"]
-    if type(event_id) is not str or not 0 < len(event_id) <= 128 or event_id[0] == "#":
-        return False
-    if type(timestamp) is not str or _TIMESTAMP.search(timestamp) is None:
-        return False
-    if not (_count(body["input_tokens"], _MAX_TOKENS) and _count(body["output_tokens"], _MAX_TOKENS)):
-        return False
-    if body.get("type", USAGE) != USAGE or body.get("channel", "api") not in ("api", "console"):
-        return False
-    if "plugins" in body and not _plain_plugins(body["plugins"]):
-        return False
-    breakdown = body.get("input_breakdown", {})
-    return type(breakdown) is dict and _BREAKDOWN_KEYS.issuperset(breakdown) and all(
-        _count(v, _MAX_TOKENS) for v in breakdown.values())
-
-
-def _count(value: Any, maximum: int) -> bool:
-    return type(value) is int and 0 <= value <= maximum
-
-
-def _plain_plugins(plugins: Any) -> bool:
-    return type(plugins) is dict and len(plugins) <= _MAX_PLUGINS and all(
-        type(name) is str and 0 < len(name) <= 64 and _count(units, _MAX_PLUGIN_UNITS) for name, units in plugins.items())
-
-
 @lru_cache(maxsize=None)
 def _validator(kind: str) -> Callable[[Any], Any]:
     return fastjsonschema.compile(_ascii_patterns(_schema(kind)))
@@ -154,7 +107,11 @@ def _ascii_patterns(schema: Any) -> Any:
 
 
 def canonical_digest(body: dict[str, Any]) -> str:
-    return hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+    return _digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+
+
+def _digest(canonical: bytes) -> str:
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def parse_record(raw: bytes, key_account: str = "") -> Record:
@@ -162,6 +119,9 @@ def parse_record(raw: bytes, key_account: str = "") -> Record:
     text = raw.decode("utf-8", errors="replace")
     if len(raw) > MAX_RECORD_BYTES:
         return _invalid(raw, text, key_account, f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES} limit")
+    usage = _native_usage(raw, text, key_account)
+    if usage is not None:
+        return usage
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -179,10 +139,8 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         # repr only a string: the repr of a deeply nested array or object raises RecursionError
         shown = repr(kind) if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
         return _invalid(raw, text, account, f"unknown record type {shown}", event_id)
-    plain = kind == USAGE and plain_usage(body)
     try:
-        if not plain:
-            _validator(kind)(body)
+        _validator(kind)(body)
         ts_us = _in_range(parse_ts(body["timestamp"]), body["timestamp"])
         if "expires_at" in body:
             _in_range(parse_ts(body["expires_at"]), body["expires_at"])
@@ -194,10 +152,9 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         return _invalid(raw, text, account, f"{kind}: {exc}", event_id)
     if key_account and account != key_account:
         return _invalid(raw, text, account, f"account_id {account!r} differs from the message key {key_account!r}", event_id)
-    if not plain:
-        body = _integral(body)
+    body = _integral(body)
     if kind == USAGE:
-        return _usage(body, account, ts_us, text)
+        return _schema_checked_usage(body, raw, text, account, ts_us)
     normal = dict(body, type=kind)
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
@@ -210,15 +167,38 @@ def _text(body: dict[str, Any], name: str, otherwise: str) -> str:
     return value if isinstance(value, str) else otherwise
 
 
-def _usage(body: dict[str, Any], account: str, ts_us: int, text: str) -> Usage:
-    normal = dict(body, type=USAGE)
-    channel = normal.setdefault("channel", "api")
-    plugins = body.get("plugins")
-    normal["plugins"] = {name: n for name, n in plugins.items() if n} if plugins else {}
-    event_id = body["event_id"]
-    return namedtuple_of(Usage, account, ts_us, event_id, canonical_digest(normal), text, event_id, body["api_key_id"],
-                         body["model"], body["input_tokens"], body["output_tokens"], channel,
-                         tuple(sorted(normal["plugins"].items())), USAGE)
+def _native_usage(raw: bytes, text: str, key_account: str) -> Usage | None:
+    """The usage record in `raw` by the native decoder, or None: then the generic path decides
+    (another type, a count written 2.0, an unusual timestamp, a break of the schema, a key that
+    names another account), and says why when it refuses."""
+    try:
+        call = usage_decoder.decode(raw)
+    except usage_decoder.DecodeError:
+        return None
+    ts_us = quick_us(call.timestamp)
+    if not EARLIEST_US <= ts_us < LATEST_US or (key_account and call.account_id != key_account):
+        return None
+    return _usage(call, ts_us, text)
+
+
+def _schema_checked_usage(body: dict[str, Any], raw: bytes, text: str, account: str, ts_us: int) -> Record:
+    """A usage body the generic validator accepted and made integral, in the one normal form."""
+    try:
+        call = usage_decoder.decode(orjson.dumps(body))
+    except usage_decoder.DecodeError as exc:  # the generated types and the schema disagree: say so, never bill
+        return _invalid(raw, text, account, f"usage: the native decoder refuses what the schema accepts: {exc}", body["event_id"])
+    return _usage(call, ts_us, text)
+
+
+def _usage(call: Any, ts_us: int, text: str) -> Usage:
+    """A call in its normal form, which its digest is taken of: type and channel written out
+    (channel "api" when absent), plugins used zero times left out (they cost nothing)."""
+    channel: str = "api" if call.channel is usage_decoder.UNSET else call.channel
+    plugins: dict[str, int] = {} if call.plugins is usage_decoder.UNSET else {name: n for name, n in call.plugins.items() if n}
+    digest = _digest(usage_decoder.canonical(call, channel, plugins))
+    event_id: str = call.event_id
+    return namedtuple_of(Usage, call.account_id, ts_us, event_id, digest, text, event_id, call.api_key_id, call.model,
+                         call.input_tokens, call.output_tokens, channel, tuple(sorted(plugins.items())), USAGE)
 
 
 def _in_range(ts_us: int, text: str) -> int:

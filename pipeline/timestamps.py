@@ -40,6 +40,76 @@ def parse_ts(text: str) -> int:
     return to_us(moment)
 
 
+def quick_us(text: str) -> int:
+    """parse_ts for the shape producers send (`2024-06-06T20:00:44.240+08:00`: ASCII digits, T,
+    t or space, up to 9 fraction digits, Z, z or an offset), in integer arithmetic; -1 for
+    anything else, where parse_ts decides. Where it answers it gives parse_ts's answer (tests).
+    Its reason to exist: datetime.fromisoformat with a tzinfo was a tenth of a worker's time."""
+    size = len(text)
+    if not 20 <= size <= 35 or text[4] != "-" or text[7] != "-" or text[10] not in "Tt " or text[13] != ":" or text[16] != ":":
+        return -1
+    year, month, day = _digits(text, 0, 4), _digits(text, 5, 2), _digits(text, 8, 2)
+    hour, minute, second = _digits(text, 11, 2), _digits(text, 14, 2), _digits(text, 17, 2)
+    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= _month_days(year, month) or not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 59):
+        return -1
+    end, micros = 19, 0
+    if text[19] == ".":
+        end = 20
+        while end < size and "0" <= text[end] <= "9":
+            end += 1
+        if not 21 <= end <= 29:
+            return -1
+        kept = min(end, 26)  # parse_ts keeps microseconds and drops the rest
+        micros = _digits(text, 20, kept - 20) * 10 ** (26 - kept)
+    offset = _offset_seconds(text, end)
+    if offset == -1:
+        return -1
+    seconds = _civil_days(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset
+    return seconds * US_PER_SECOND + micros
+
+
+def _digits(text: str, start: int, count: int) -> int:
+    """The ASCII decimal number text[start:start + count], or -1."""
+    value = 0
+    for i in range(start, start + count):
+        digit = ord(text[i]) - 48
+        if not 0 <= digit <= 9:
+            return -1
+        value = value * 10 + digit
+    return value
+
+
+def _offset_seconds(text: str, start: int) -> int:
+    """Seconds east of UTC of a `Z`, `z` or `+hh:mm` ending exactly the text; -1 otherwise (also
+    for -1 s, which no hh:mm offset is)."""
+    rest = len(text) - start
+    if rest == 1 and text[start] in "Zz":
+        return 0
+    if rest != 6 or text[start] not in "+-" or text[start + 3] != ":":
+        return -1
+    hours, minutes = _digits(text, start + 1, 2), _digits(text, start + 4, 2)
+    if not (0 <= hours <= 23 and 0 <= minutes <= 59):
+        return -1
+    seconds = hours * 3600 + minutes * 60
+    return seconds if text[start] == "+" else -seconds
+
+
+def _month_days(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _civil_days(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil)."""
+    if month <= 2:
+        year -= 1
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month - 3 if month > 2 else month + 9) + 2) // 5 + day - 1
+    return era * 146_097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - 719_468
+
+
 def to_us(moment: datetime) -> int:
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds

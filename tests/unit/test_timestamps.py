@@ -3,6 +3,8 @@
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.timestamps import (
     US_PER_HOUR,
@@ -12,6 +14,7 @@ from pipeline.timestamps import (
     from_us,
     hour_start,
     parse_ts,
+    quick_us,
     to_us,
 )
 
@@ -104,3 +107,45 @@ def test_format_ts_shows_billing_zone():
     assert format_ts(parse_ts("2024-06-07T02:59:59Z")) == "2024-06-07T10:59:59+08:00"
     assert format_ts(JUNE7_0800 + 1) == "2024-06-07T00:00:00.000001+08:00"
     assert format_ts(JUNE7_0800 + 500_000) == "2024-06-07T00:00:00.500000+08:00"
+
+
+# -- quick_us: parse_ts's answer in integer arithmetic, or -1 ------------------------------------
+
+TIMESTAMP_PARTS = st.tuples(
+    st.integers(0, 2200), st.integers(0, 13), st.integers(0, 32), st.sampled_from("Tt -"), st.integers(0, 25), st.integers(0, 61),
+    st.integers(0, 61), st.sampled_from(["", ".", ".5", ".123", ".000001", ".999999", ".1234567", ".123456789", ".1234567890"]),
+    st.sampled_from(["Z", "z", "+08:00", "-03:30", "+00:00", "-00:00", "+23:59", "+24:00", "+08:60", "+0800", "", "Z ", "UTC"]),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(TIMESTAMP_PARTS)
+def test_quick_us_gives_parse_ts_answer_or_leaves_it_to_parse_ts(parts):
+    year, month, day, sep, hour, minute, second, fraction, offset = parts
+    text = f"{year:04d}-{month:02d}-{day:02d}{sep}{hour:02d}:{minute:02d}:{second:02d}{fraction}{offset}"
+    quick = quick_us(text)
+    try:
+        expected = parse_ts(text)
+    except TimestampError:
+        assert quick == -1, text
+        return
+    assert quick in (expected, -1), text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2024-06-07T00:00:00+08:00", JUNE7_0800), ("2024-06-06t16:00:00z", JUNE7_0800), ("2024-06-06 11:00:00-05:00", JUNE7_0800),
+    ("2024-06-06T16:00:00.5Z", JUNE7_0800 + 500_000), ("2024-06-06T16:00:00.123456789Z", JUNE7_0800 + 123_456),
+    ("2024-02-29T00:00:00Z", 1_709_164_800_000_000), ("2000-02-29T00:00:00Z", 951_782_400_000_000),
+    ("1970-01-01T00:00:00Z", 0), ("2099-12-31T23:59:59.999999Z", 4_102_444_799_999_999),
+])
+def test_quick_us_answers_the_shapes_producers_send(text, expected):
+    assert quick_us(text) == expected == parse_ts(text)
+
+
+@pytest.mark.parametrize("text", [
+    "2023-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2024-04-31T00:00:00Z", "2024-06-06T24:00:00Z", "2024-06-06T16:00:60Z",
+    "2024-06-06T16:00:00+24:00", "2024-06-06T16:00:00+08:60", "2024-06-06T16:00:00", " 2024-06-06T16:00:00Z",
+    "２０２４-06-06T16:00:00Z", "2024-06-06T16:00:00.Z", "2024-06-06T16:00:00.1234567890Z", "2024-06-06T16:00Z",
+])
+def test_quick_us_leaves_everything_else_to_parse_ts(text):
+    assert quick_us(text) == -1
