@@ -3,8 +3,8 @@
 Framework-free on purpose: the Faust agent, the tests and a rebill all drive `process` with
 plain messages. Per unit of a batch it loads the accounts' snapshots and working sets, skips
 records it has already applied (same log epoch, partition, offset at or below the account's
-position), folds the rest in log order and writes every fact of the unit in one go, behind the
-next unit's parse. States that ran ahead of a write that failed are dropped and reloaded.
+position), folds the rest in log order and writes every fact of the unit in one go, beside the
+next unit's fold. States that ran ahead of a write that failed are dropped and reloaded.
 """
 
 from __future__ import annotations
@@ -166,6 +166,14 @@ class WriteBehind:
             log.warning("a unit's write also failed: %r", exc)
 
 
+@dataclass
+class Held:
+    """A unit's encoded rows, folded but not yet handed to ClickHouse, and its accounts."""
+
+    encoded: sink.Encoded
+    accounts: list[str]
+
+
 class BatchProcessor:
     """Owns the in-memory account states of the partitions this worker holds."""
 
@@ -222,54 +230,65 @@ class BatchProcessor:
         after the whole batch; a crash between units redelivers it, and the units already
         written are skipped.
 
-        Write-behind: while ClickHouse ingests a unit (in C, without the GIL, on a second
-        thread), the next unit is parsed. Everything that reads ClickHouse waits for that write
-        first, and the batch returns only once its last unit is written."""
+        Write-behind: ClickHouse ingests a unit (in C, without the GIL, on a second thread)
+        while the next unit is folded. A unit's rows are encoded right after its fold and handed
+        over after the next unit's reads (working sets, snapshots, outputs to publish again), so
+        that no read ever runs beside a write; those reads find the held unit's effects in
+        memory, where everything the batch touched stays until the batch is written (the prune
+        waits for the end). The batch returns only once its last unit is written."""
         result = BatchResult()
+        touched: set[str] = set()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink") as pool:
             behind = WriteBehind(pool, self.client, self.forget)
+            held: Held | None = None
             try:
                 with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
                     for unit in _units(messages, self.write_records):
-                        result.merge(self._process(unit, behind))
+                        held = self._process(unit, behind, held, result, touched)
+                    if held is not None:
+                        behind.submit(held.encoded, held.accounts)
+                    behind.settle()
             except BaseException:
                 behind.abandon()
+                self.forget(touched)  # in-memory states ran ahead of what ClickHouse holds: reload them next time
                 raise
-            behind.settle()
+        self._prune(touched)
         result.write_wait_s = behind.waited_s
         return result
 
-    def _process(self, messages: list[Message], behind: WriteBehind) -> BatchResult:
+    def _process(self, messages: list[Message], behind: WriteBehind, held: Held | None, batch: BatchResult,
+                 touched: set[str]) -> Held:
+        """One unit: its reads, then the previous unit's write handed over, then the fold beside
+        that write. Returns this unit's encoded rows, held for the next unit (or the batch's end)."""
         result = BatchResult()
         rows = BatchRows(epoch=self.epoch)
-        by_account = self._parse(messages, rows, result)  # overlaps the previous unit's write
+        by_account = self._parse(messages, rows, result)  # overlaps the write of the unit before the held one
         behind.settle()
         self.check_contiguous(messages)
         self._load_states(by_account)
         pending, applied = self._drop_applied(by_account, result)
+        touched.update(pending)
         republished = self._republished(applied)
         self._hydrate(pending)
-        try:
-            for acc, items in pending.items():
-                state = self.states[acc]
-                for msg, idx, record in items:
-                    self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
-                    state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
-                    if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
-                        self.watermarks[msg.partition] = record.ts_us
-                rows.states[acc] = state
-            rows.progress = sorted(result.last_offsets.items())
-            behind.submit(sink.encode(rows), list(pending))
-        except BaseException:
-            self.forget(pending)  # in-memory states ran ahead of ClickHouse: reload them next time
-            raise
+        if held is not None:
+            behind.submit(held.encoded, held.accounts)
+        for acc, items in pending.items():
+            state = self.states[acc]
+            for msg, idx, record in items:
+                self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
+                state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
+                if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
+                    self.watermarks[msg.partition] = record.ts_us
+            rows.states[acc] = state
+        rows.progress = sorted(result.last_offsets.items())
+        encoded = sink.encode(rows)
         result.states = rows.states
         result.status_changes = republished[0] + rows.status_changes
         result.violations = republished[1] + rows.violations
         if self.auto_tick:
             result.ticks = self._idle_ticks()
-        self._prune(pending)
-        return result
+        batch.merge(result)
+        return Held(encoded, list(pending))
 
     def _parse(self, messages: list[Message], rows: BatchRows, result: BatchResult) -> dict[str, list[tuple[Message, int, Record]]]:
         """Records by account, in log order; barriers go straight to the rows. Reads no state."""

@@ -332,3 +332,30 @@ def test_a_rebill_reads_the_archive_in_pages_and_trims_as_it_replays(client, mon
     monkeypatch.setattr(rebill, "LOG_PAGE_ROWS", 7)
     monkeypatch.setattr(rebill, "TRIM_EVERY", 5)
     assert plan() == whole
+
+
+def test_later_units_of_a_batch_see_what_earlier_units_claimed_before_it_is_written(client) -> None:
+    """A unit's rows reach ClickHouse while the next unit is folded, so that unit's reads cannot
+    find them there: repeats, conflicting repeats and late calls for an hour the account has
+    long left, arriving units after the originals in the same batch, must still be judged
+    against the earlier units (kept in memory until the batch is written)."""
+    lines = generate(1500, seed=5151)
+    refused = {event_id for _, event_id, _ in expected(lines).rejections}
+    usages = [body for body in map(json.loads, lines[:300]) if body.get("type", "usage") == "usage"
+              and body.get("event_id") not in refused | {None} and body["model"] == "xingchen-base"][:30]  # billed calls
+    late = [json.dumps({**usages[0], "event_id": f"late-{i}"}) for i in range(50)]  # new calls of one account in its first hour
+    again = [json.dumps(body) for body in usages]  # the same calls again: duplicate deliveries
+    changed = [json.dumps({**body, "output_tokens": body.get("output_tokens", 0) + 1}) for body in usages]  # same ids, other payloads
+    lines = lines + late + again + changed
+    hours = {json.loads(line)["timestamp"][:13] for line in lines if "timestamp" in json.loads(line)}
+    assert len(hours) > 2  # the originals' hours are behind the accounts' latest by the time the repeats come
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=20)
+    result = processor.process(messages(lines))  # one batch of about 80 units: an old hour's calls span several
+    assert sum(result.statuses.values()) == len(lines)
+    want = expected(lines)
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == want.bills
+    got_rejections = {(r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)}
+    assert got_rejections == {(acc, event_id, reason) for acc, event_id, reason in want.rejections}
+    assert result.statuses["duplicate"] >= len(usages)
+    late_refused = [r for r in want.rejections if r[1].startswith("late-")]
+    assert not late_refused  # the late calls are billed into the old hour's lines
