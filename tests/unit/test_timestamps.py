@@ -149,3 +149,30 @@ def test_quick_us_answers_the_shapes_producers_send(text, expected):
 ])
 def test_quick_us_leaves_everything_else_to_parse_ts(text):
     assert quick_us(text) == -1
+
+
+def _format_by_datetime(us):
+    moment = from_us(us)
+    return moment.isoformat(timespec="seconds" if moment.microsecond == 0 else "microseconds")
+
+
+@settings(max_examples=5000, deadline=None)
+@given(st.one_of(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999 - 8 * 3_600_000_000),  # datetime's range in +08:00
+                 st.integers(946_684_800_000_000, 4_102_444_800_000_000),
+                 st.integers(946_684_800, 4_102_444_800).map(lambda s: s * 1_000_000)))
+def test_format_ts_is_what_datetime_writes(us):
+    """Bills, statuses and violations on the wire carry format_ts: its integer arithmetic must
+    give datetime's text for every instant datetime can hold (whole seconds without a fraction)."""
+    assert format_ts(us) == _format_by_datetime(us)
+
+
+@pytest.mark.parametrize("us", [0, -1, 1, JUNE7_0800, JUNE7_0800 - 1, 951_782_400_000_000, 4_102_444_799_999_999,
+                                -62_135_596_800_000_000, 253_402_300_799_999_999 - 8 * 3_600_000_000])
+def test_format_ts_edges(us):
+    assert format_ts(us) == _format_by_datetime(us)
+    assert parse_ts(format_ts(us)) == us
+
+
+def test_format_ts_outside_datetime_raises_as_datetime_does():
+    with pytest.raises(OverflowError):
+        format_ts(253_402_300_800_000_000)
