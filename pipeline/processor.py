@@ -357,14 +357,17 @@ class BatchProcessor:
         hours: set[tuple[str, int]] = set()
         minutes: set[tuple[str, int]] = set()
         for acc in seqs:
+            known_hours, known_minutes = self._hours[acc], self._minutes[acc]
             for _, _, rec in pending[acc]:
                 if isinstance(rec, Invalid):
                     continue
                 pairs.append((acc, rec.identity))
-                hours.update((acc, hour) for hour in _hours_touched(rec) if hour not in self._hours[acc])
+                for hour in _hours_touched(rec):
+                    if hour not in known_hours:
+                        hours.add((acc, hour))
                 if isinstance(rec, Usage) and rec.channel == "api":
                     minute = rec.ts_us - rec.ts_us % US_PER_MINUTE
-                    if minute not in self._minutes[acc]:
+                    if minute not in known_minutes:
                         minutes.add((acc, minute))
         for (acc, rid), (digest, seq) in statestore.load_seen(self.client, pairs).items():
             if seq <= seqs[acc]:
