@@ -175,8 +175,9 @@ def _native_usage(raw: bytes, text: str, key_account: str) -> Usage | None:
         call = usage_decoder.decode(raw)
     except usage_decoder.DecodeError:
         return None
-    ts_us = quick_us(call.timestamp)
-    if not EARLIEST_US <= ts_us < LATEST_US or (key_account and call.account_id != key_account):
+    ts_us = quick_us(call.timestamp)  # -1 also when the timestamp breaks the schema's pattern (usage_decoder)
+    event_id: str = call.event_id
+    if not EARLIEST_US <= ts_us < LATEST_US or event_id.startswith("#") or (key_account and call.account_id != key_account):
         return None
     return _usage(call, ts_us, text)
 

@@ -6,6 +6,7 @@ included, must be the one the generic path builds."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import fastjsonschema
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 import pipeline.records as records
 from pipeline import usage_decoder
 from pipeline.records import Invalid, Usage, _validator, canonical_digest, parse_record
+from pipeline.timestamps import quick_us
 from pipeline.workload import generate
 from tests.hostile import hostile_corpus
 
@@ -174,5 +176,47 @@ def test_a_schema_keyword_it_cannot_check_is_an_error_not_a_skipped_rule(path: t
 
 def test_patterns_read_digits_as_ascii_and_dollar_as_the_very_end() -> None:
     for timestamp in ("٢٠٢٤-٠٩-١٨T10:00:00+08:00", "2024-09-18T10:00:00Z\n"):
-        with pytest.raises(msgspec.ValidationError, match="timestamp"):
-            usage_decoder.decode(orjson.dumps({**BASE, "timestamp": timestamp}))
+        assert not _pattern("timestamp").search(timestamp)
+        assert native(orjson.dumps({**BASE, "timestamp": timestamp})) is None
+
+
+# -- the two patterns the native path checks itself ----------------------------------------------
+
+def _pattern(field: str) -> re.Pattern[str]:
+    return re.compile(usage_decoder.python_pattern(_schema()["properties"][field]["pattern"]))
+
+
+TIMESTAMPISH = st.text(alphabet="0123456789-:.+TtZz \\n٢", min_size=18, max_size=36)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(st.one_of(TIMESTAMPISH, st.sampled_from(["2024-09-18T10:00:00Z", "2024-09-18t10:00:00.123456789+08:00",
+                                                "2024-09-18 10:00:00-03:30", "2024-09-18T10:00:00Z\\n"])))
+def test_quick_us_accepts_no_timestamp_the_schema_pattern_refuses(text: str) -> None:
+    if quick_us(text) != -1:
+        assert _pattern("timestamp").search(text), text
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(min_size=1, max_size=4))
+def test_the_event_id_check_is_the_schema_pattern(text: str) -> None:
+    assert (not text.startswith("#")) == bool(_pattern("event_id").search(text))
+
+
+def test_the_patterns_left_out_of_the_decoder_are_exactly_those_checked_after() -> None:
+    patterned = {name for name, prop in _schema()["properties"].items() if "pattern" in prop}
+    assert patterned == usage_decoder.PATTERNS_CHECKED_AFTER  # a new pattern must be added to the checks here
+    types = {f.name: f.type for f in msgspec.inspect.type_info(usage_decoder.UsageCall).fields}
+    assert all(getattr(types[name], "pattern", None) is None for name in patterned)
+    assert types["account_id"].max_length == 128  # the other constraints are still the decoder's
+
+
+@pytest.mark.parametrize("change", [
+    {"event_id": "#usage:1"}, {"event_id": "#"}, {"timestamp": "2024-09-18T10:00Z"}, {"timestamp": "2024-09-18T10:00:00"},
+    {"timestamp": "2024-09-18T10:00:00+0800"}, {"timestamp": " 2024-09-18T10:00:00Z"}, {"timestamp": "2024-09-18T10:00:00.Z"},
+])
+def test_what_the_patterns_refuse_is_refused_with_the_reason(change: dict[str, Any]) -> None:
+    raw = orjson.dumps({**BASE, **change})
+    assert native(raw) is None
+    record = parse_record(raw)
+    assert isinstance(record, Invalid) and next(iter(change)) in record.detail
