@@ -9,6 +9,7 @@ next unit's fold. States that ran ahead of a write that failed are dropped and r
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import Counter
@@ -247,6 +248,8 @@ class BatchProcessor:
                         held = self._process(unit, behind, held, result, touched)
                     if held is not None:
                         behind.submit(held.encoded, held.accounts)
+                        held = None
+                    gc.collect(0)  # the batch's young objects, while the last write runs (this thread would only wait)
                     behind.settle()
             except BaseException:
                 behind.abandon()
