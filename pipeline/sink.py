@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from pipeline.columns import decimal_texts, json_objects, seconds_from_micros, whole_seconds
 from pipeline.outputs import PricedUsage, Rejection, Settlement, StatusChange, Violation
 from pipeline.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.statestore import record_hash
-from pipeline.timestamps import US_PER_SECOND
 from pipeline.windows import WindowKey
 
 
@@ -58,7 +57,7 @@ class BatchRows:
     progress: list[tuple[int, int]] = field(default_factory=list)  # (partition, last offset of the batch)
 
 
-Column = tuple[str, str, Callable[[Any], Any] | None]  # (ClickHouse column, field of the fact, conversion to JSON)
+Column = tuple[str, str, Callable[[Sequence[Any]], list[Any]] | None]  # (ClickHouse column, field of the fact, column conversion)
 INSERT_FORMAT = "JSONCompactColumns"  # one JSON array per column: [[c1 values], [c2 values], ...]
 
 
@@ -85,8 +84,7 @@ def _encode(table: str, items: Sequence[tuple[Any, ...]], columns: Sequence[Colu
     if not items:
         return []
     by_field = dict(zip(fields or items[0]._fields, zip(*items)))  # type: ignore[attr-defined]
-    data: list[Sequence[Any]] = [by_field[source] if convert is None else list(map(convert, by_field[source]))
-                                 for _, source, convert in columns]
+    data: list[Sequence[Any]] = [by_field[source] if convert is None else convert(by_field[source]) for _, source, convert in columns]
     data += [[value] * len(items) for value in (constants or {}).values()]
     names = [name for name, _, _ in columns] + list(constants or {})
     return [Insert(table, names, orjson.dumps(data), len(items))]
@@ -96,26 +94,13 @@ def _same(*names: str) -> list[Column]:
     return [(name, name, None) for name in names]
 
 
-def micros_as_seconds(us: int | None) -> float:
-    """A DateTime64(6) value in JSON, where numbers are read as seconds. Exact: event times are
-    validated to 2000-2100 (below 2**32 s), where doubles are spaced under half a microsecond,
-    so the shortest text of the nearest double is the microsecond value itself
-    (tests/integration/test_sink.py round-trips the edges). None (no valid timestamp) is 1970-01-01."""
-    return (us or 0) / US_PER_SECOND
-
-
 def millis_as_seconds(ms: int) -> float:
-    """A DateTime64(3) value in JSON (exact for the same reason)."""
+    """A DateTime64(3) value in JSON (exact for the reason columns.seconds_from_micros gives)."""
     return ms / 1000
 
 
-def _seconds(us: int) -> int:
-    return us // US_PER_SECOND
-
-
-def _money(amount: Decimal) -> str:
-    """Decimal(18, 6) in JSON: the exact decimal text, never a float."""
-    return str(amount)
+def _rid_hashes(record_ids: Sequence[str]) -> list[int]:
+    return list(map(record_hash, record_ids))
 
 
 class SeenRow(NamedTuple):
@@ -154,33 +139,33 @@ class BarrierRow(NamedTuple):
     partition: int
 
 
-def _col(name: str, source: str, convert: Callable[[Any], Any] | None) -> Column:
+def _col(name: str, source: str, convert: Callable[[Sequence[Any]], list[Any]] | None) -> Column:
     return (name, source, convert)
 
 
 def _money_cols(*names: str) -> list[Column]:
-    return [(name, name, _money) for name in names]
+    return [(name, name, decimal_texts) for name in names]
 
 
-RAW: list[Column] = [_col("event_ts", "ts_us", micros_as_seconds)] + _same(
+RAW: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros)] + _same(
     "partition", "offset", "idx", "account_id", "kind", "record_id", "payload")
-SEEN: list[Column] = _same("account_id", "record_id", "digest", "seq") + [_col("rid_hash", "record_id", record_hash)]
-PRICED: list[Column] = [_col("hour", "hour_us", _seconds), _col("ts", "ts_us", micros_as_seconds),
-                        _col("plugins", "plugins", dict)] + _same(
+SEEN: list[Column] = _same("account_id", "record_id", "digest", "seq") + [_col("rid_hash", "record_id", _rid_hashes)]
+PRICED: list[Column] = [_col("hour", "hour_us", whole_seconds), _col("ts", "ts_us", seconds_from_micros),
+                        _col("plugins", "plugins", json_objects)] + _same(
     "account_id", "event_id", "api_key_id", "model", "channel", "input_tokens", "output_tokens", "free_tokens",
     "billed_input_tokens", "billed_output_tokens", "flags", "seq") + _money_cols("token_amount", "plugin_amount")
-REJECTIONS: list[Column] = [_col("event_ts", "ts_us", micros_as_seconds), _col("record", "raw", None)] + _same(
+REJECTIONS: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros), _col("record", "raw", None)] + _same(
     "account_id", "record_id", "event_id", "kind", "reason", "detail", "seq")
-VIOLATIONS: list[Column] = [_col("ts", "ts_us", micros_as_seconds), _col("limit_name", "limit", None),
-                            _col("window_start", "window_start_us", micros_as_seconds)] + _same(
+VIOLATIONS: list[Column] = [_col("ts", "ts_us", seconds_from_micros), _col("limit_name", "limit", None),
+                            _col("window_start", "window_start_us", seconds_from_micros)] + _same(
     "account_id", "event_id", "observed", "allowed", "seq")
-WINDOWS: list[Column] = [_col("window_start", "window_start", micros_as_seconds)] + _same(
+WINDOWS: list[Column] = [_col("window_start", "window_start", seconds_from_micros)] + _same(
     *(name for name in WindowRow._fields if name != "window_start"))
-LINES: list[Column] = [_col("hour", "hour", _seconds), _col("amount", "amount", _money)] + _same(
+LINES: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _same(
     *(name for name in LINE_ROW_FIELDS if name not in ("hour", "amount")))
-SETTLEMENTS: list[Column] = [_col("hour", "hour_us", _seconds)] + _same("account_id", "kind", "seq") + _money_cols(
+SETTLEMENTS: list[Column] = [_col("hour", "hour_us", whole_seconds)] + _same("account_id", "kind", "seq") + _money_cols(
     "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
-STATUS: list[Column] = [_col("clock", "ts_us", micros_as_seconds)] + _same("account_id", "status", "seq") + _money_cols(
+STATUS: list[Column] = [_col("clock", "ts_us", seconds_from_micros)] + _same("account_id", "status", "seq") + _money_cols(
     "debt", "cash_balance")
 STATES: list[Column] = _same(*StateRow._fields)
 PROGRESS: list[Column] = _same(*ProgressRow._fields)
