@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
-US_PER_SECOND = 1_000_000
+from pipeline.timestamps import US_PER_SECOND
 
 
 def seconds_from_micros(values: Sequence[int | None]) -> list[float]:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -126,22 +126,18 @@ def yield_gil() -> None:
 
 
 class WriteBehind:
-    """At most one unit's write in flight, on the batch's sink thread. Its accounts' in-memory
-    states ran ahead of ClickHouse, so if the write fails they are forgotten (reloaded from what
-    ClickHouse holds) before the failure is raised."""
+    """At most one unit's write in flight, on the batch's sink thread. A failed write is raised
+    where it is next waited for; the batch then forgets every account it touched."""
 
-    def __init__(self, pool: ThreadPoolExecutor, client: Client, forget: Callable[[Iterable[str]], None]) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, client: Client) -> None:
         self._pool = pool
         self._client = client
-        self._forget = forget
         self._in_flight: Future[None] | None = None
-        self._accounts: list[str] = []
         self.waited_s = 0.0
 
-    def submit(self, encoded: sink.Encoded, accounts: list[str]) -> None:
+    def submit(self, encoded: sink.Encoded) -> None:
         self.settle()
         self._in_flight = self._pool.submit(sink.send, self._client, encoded)
-        self._accounts = accounts
         yield_gil()  # the sink thread starts now, not when this thread next runs interpreted code
 
     def settle(self) -> None:
@@ -152,27 +148,16 @@ class WriteBehind:
         started = time.perf_counter()
         try:
             future.result()
-        except BaseException:
-            self._forget(self._accounts)
-            raise
         finally:
             self.waited_s += time.perf_counter() - started
 
     def abandon(self) -> None:
         """Something else failed: still wait for the write (the batch will be retried and must
-        not race it), and forget its accounts if it failed too."""
+        not race it)."""
         try:
             self.settle()
         except BaseException as exc:  # the first failure is the one raised
             log.warning("a unit's write also failed: %r", exc)
-
-
-@dataclass
-class Held:
-    """A unit's encoded rows, folded but not yet handed to ClickHouse, and its accounts."""
-
-    encoded: sink.Encoded
-    accounts: list[str]
 
 
 class BatchProcessor:
@@ -240,14 +225,14 @@ class BatchProcessor:
         result = BatchResult()
         touched: set[str] = set()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink") as pool:
-            behind = WriteBehind(pool, self.client, self.forget)
-            held: Held | None = None
+            behind = WriteBehind(pool, self.client)
+            held: sink.Encoded | None = None  # a unit's rows, folded but not yet handed to ClickHouse
             try:
                 with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
                     for unit in _units(messages, self.write_records):
                         held = self._process(unit, behind, held, result, touched)
                     if held is not None:
-                        behind.submit(held.encoded, held.accounts)
+                        behind.submit(held)
                         held = None
                     gc.collect(0)  # the batch's young objects, while the last write runs (this thread would only wait)
                     behind.settle()
@@ -259,8 +244,8 @@ class BatchProcessor:
         result.write_wait_s = behind.waited_s
         return result
 
-    def _process(self, messages: list[Message], behind: WriteBehind, held: Held | None, batch: BatchResult,
-                 touched: set[str]) -> Held:
+    def _process(self, messages: list[Message], behind: WriteBehind, held: sink.Encoded | None, batch: BatchResult,
+                 touched: set[str]) -> sink.Encoded:
         """One unit: its reads, then the previous unit's write handed over, then the fold beside
         that write. Returns this unit's encoded rows, held for the next unit (or the batch's end)."""
         result = BatchResult()
@@ -274,7 +259,7 @@ class BatchProcessor:
         republished = self._republished(applied)
         self._hydrate(pending)
         if held is not None:
-            behind.submit(held.encoded, held.accounts)
+            behind.submit(held)
         for acc, items in pending.items():
             state = self.states[acc]
             for msg, idx, record in items:
@@ -291,7 +276,7 @@ class BatchProcessor:
         if self.auto_tick:
             result.ticks = self._idle_ticks()
         batch.merge(result)
-        return Held(encoded, list(pending))
+        return encoded
 
     def _parse(self, messages: list[Message], rows: BatchRows, result: BatchResult) -> dict[str, list[tuple[Message, int, Record]]]:
         """Records by account, in log order; barriers go straight to the rows. Reads no state."""

@@ -94,7 +94,7 @@ def load_seen(client: Client, pairs: list[tuple[str, str]]) -> dict[tuple[str, s
         result = client.query(
             "SELECT account_id, record_id, digest, seq FROM seen_records "
             "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
-            parameters={"a": sorted({acc for acc, _ in chunk}), "h": IntArrayParam(sorted({record_hash(rid) for _, rid in chunk}))},
+            parameters={"a": sorted({acc for acc, _ in chunk}), "h": IntArrayParam({record_hash(rid) for _, rid in chunk})},
         )
         for acc, rid, digest, seq in result.result_rows:
             key = (acc, rid)

@@ -14,7 +14,7 @@ US_PER_MINUTE = 60 * US_PER_SECOND
 US_PER_HOUR = 60 * US_PER_MINUTE
 US_PER_DAY = 24 * US_PER_HOUR
 BILLING_TZ = timezone(timedelta(hours=8), "Asia/Shanghai")
-BILLING_OFFSET_US = 8 * 3_600_000_000
+BILLING_OFFSET_US = 8 * US_PER_HOUR
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FORMAT_MIN_US = -62_135_596_800_000_000 + 86_400_000_000  # 0001-01-02T00:00Z: the integer path stays in datetime's years
 _FORMAT_MAX_US = 253_402_300_799_999_999 - 86_400_000_000  # 9999-12-30T23:59:59.999999Z
