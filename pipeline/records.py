@@ -114,6 +114,12 @@ def _digest(canonical: bytes) -> str:
     return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
+def record_hash(record_id: str) -> int:
+    """64-bit key of an identity for `seen_records` lookups (cheap to bind and to index); the full
+    record_id still decides a match. Stored in the table: never change the function."""
+    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little")
+
+
 def parse_record(raw: bytes, key_account: str = "") -> Record:
     """Decode and validate one record. Never raises: bad input becomes `Invalid` with a reason."""
     text = raw.decode("utf-8", errors="replace")

@@ -7,9 +7,7 @@ processed again, so a restart resumes from one consistent point.
 
 from __future__ import annotations
 
-import hashlib
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 from clickhouse_connect.driver.client import Client
@@ -66,14 +64,6 @@ def processed_offsets(client: Client, epoch: str, partitions: list[int]) -> dict
     return {int(p): int(o) for p, o in result.result_rows}
 
 
-@lru_cache(maxsize=65_536)
-def record_hash(record_id: str) -> int:
-    """64-bit key for `seen_records` lookups; the full record_id still decides a match. Cached:
-    a unit hashes each identity twice, to look it up and to write it (a write unit is at most
-    50,000 records by default)."""
-    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little")
-
-
 class IntArrayParam:
     """An Array(UInt64) query parameter, rendered by str.join in C. clickhouse-connect renders a
     bound list value by value in Python, about 3 us a value: more than half the time of looking
@@ -86,15 +76,15 @@ class IntArrayParam:
         return self.text
 
 
-def load_seen(client: Client, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, int]]:
-    """(account, record_id) -> (digest, seq) of identities already claimed."""
-    wanted = set(pairs)
+def load_seen(client: Client, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]:
+    """(account, record_id) -> (digest, seq) of identities already claimed. `wanted` maps each
+    (account, record_id) to its record_hash (the caller has it: it writes the same hash)."""
     found: dict[tuple[str, str], tuple[str, int]] = {}
-    for chunk in _chunks(list(wanted), _bound_limit(client)):
+    for chunk in _chunks(list(wanted.items()), _bound_limit(client)):
         result = client.query(
             "SELECT account_id, record_id, digest, seq FROM seen_records "
             "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
-            parameters={"a": sorted({acc for acc, _ in chunk}), "h": IntArrayParam({record_hash(rid) for _, rid in chunk})},
+            parameters={"a": sorted({acc for (acc, _), _ in chunk}), "h": IntArrayParam({h for _, h in chunk})},
         )
         for acc, rid, digest, seq in result.result_rows:
             key = (acc, rid)
