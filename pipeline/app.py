@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 import faust
 
 from pipeline import CORE_BUILD, api, metrics, outputs_json
+from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
 from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
@@ -30,7 +31,6 @@ from pipeline.topics import ensure_all
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
-VIOLATIONS_PER_MESSAGE = 500  # ~100 KB: well under any broker's message size limit
 
 
 def leave_group_at_generation_zero() -> None:
@@ -132,7 +132,7 @@ class Worker:
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:
             try:
-                async for events in stream.take_events(s.batch_size, within=s.batch_within_s):
+                async for events in take_batches(stream, s.batch_size, s.batch_within_s):
                     messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
                     result = await worker.process(messages)
                     await worker.publish_outputs(result)
@@ -194,20 +194,16 @@ class Worker:
     async def publish_outputs(self, result: BatchResult) -> None:
         """After the batch is in ClickHouse: status changes (compacted topic, for the API gateway),
         rate-limit violations (per account, in messages of bounded size), and clock ticks for idle
-        accounts. Retried like the ClickHouse write: the batch is not done until they are out."""
-        sends = [(self.status_topic, c.account_id, outputs_json.status(c)) for c in result.status_changes]
-        by_account: dict[str, list[Any]] = {}
-        for violation in result.violations:
-            by_account.setdefault(violation.account_id, []).append(violation)
-        for account, violations in by_account.items():
-            for i in range(0, len(violations), VIOLATIONS_PER_MESSAGE):
-                sends.append((self.violations_topic, account, outputs_json.violations(account, violations[i:i + VIOLATIONS_PER_MESSAGE])))
-        sends += [(self.input_topic, account, outputs_json.tick(account, clock_us)) for account, clock_us in result.ticks]
+        accounts, encoded by the processor while its last write ran. Retried like the ClickHouse
+        write: the batch is not done until they are out."""
+        topics = {outputs_json.STATUS: self.status_topic, outputs_json.VIOLATIONS: self.violations_topic,
+                  outputs_json.INPUT: self.input_topic}
         delay, done = 0.5, 0
-        while done < len(sends):
-            topic, account, value = sends[done]
+        while done < len(result.outbound):
+            message = result.outbound[done]
+            topic = topics[message.destination]
             try:
-                await topic.send(key=account.encode(), value=value)
+                await topic.send(key=message.account_id.encode(), value=message.value)
             except Exception as exc:  # broker away: retry, the outputs must not be lost
                 log.warning("could not publish to %s (%s); retrying in %.1fs", topic.get_topic_name(), str(exc)[:200], delay)
                 await asyncio.sleep(delay)

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import orjson
 
 from pipeline.outputs import StatusChange, Violation
 from pipeline.timestamps import format_ts
+
+
+# Where an outgoing message goes (the worker maps each to its topic).
+STATUS = "status"  # the compacted account-status topic, for the API gateway
+VIOLATIONS = "violations"  # rate-limit violations, per account
+INPUT = "input"  # clock ticks for idle accounts, into their own log
+VIOLATIONS_PER_MESSAGE = 500  # ~100 KB: well under any broker's message size limit
+
+
+class Outbound(NamedTuple):
+    destination: str  # STATUS | VIOLATIONS | INPUT
+    account_id: str  # the message key
+    value: bytes
+
+
+def messages(changes: Iterable[StatusChange], violated: Iterable[Violation], ticks: Iterable[tuple[str, int]]) -> list[Outbound]:
+    """A batch's outputs as the messages to publish: one per status change, an account's
+    violations in messages of bounded size, one tick per idle account."""
+    out = [Outbound(STATUS, change.account_id, status(change)) for change in changes]
+    by_account: dict[str, list[Violation]] = {}
+    for violation in violated:
+        by_account.setdefault(violation.account_id, []).append(violation)
+    for account, items in by_account.items():
+        for i in range(0, len(items), VIOLATIONS_PER_MESSAGE):
+            out.append(Outbound(VIOLATIONS, account, violations(account, items[i:i + VIOLATIONS_PER_MESSAGE])))
+    out += [Outbound(INPUT, account, tick(account, clock_us)) for account, clock_us in ticks]
+    return out
 
 
 def status(change: StatusChange) -> bytes:

@@ -25,6 +25,7 @@ from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.framing import RS, split_message
 from pipeline.gcpause import gc_paused
+from pipeline import outputs_json
 from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record, record_hash
 from pipeline.sink import BatchRows
@@ -62,6 +63,7 @@ class BatchResult:
     status_changes: list[StatusChange] = field(default_factory=list)  # for the status topic
     violations: list[Violation] = field(default_factory=list)  # for the violations topic
     ticks: list[tuple[str, int]] = field(default_factory=list)  # (account, clock) to publish for idle accounts
+    outbound: list[outputs_json.Outbound] = field(default_factory=list)  # the three above as messages, once the batch is done
     write_wait_s: float = 0.0  # time the folding thread waited for ClickHouse to finish a unit's write
 
     def merge(self, other: "BatchResult") -> None:
@@ -241,7 +243,10 @@ class BatchProcessor:
                     if held is not None:
                         behind.submit(held)
                         held = None
-                    gc.collect(0)  # the batch's young objects, while the last write runs (this thread would only wait)
+                    # while the last write runs (this thread would only wait): the outgoing messages,
+                    # and the batch's young objects
+                    result.outbound = outputs_json.messages(result.status_changes, result.violations, result.ticks)
+                    gc.collect(0)
                     behind.settle()
             except BaseException:
                 behind.abandon()

@@ -1,0 +1,42 @@
+"""The messages a batch publishes: what the API gateway and violation consumers read."""
+
+from decimal import Decimal
+
+import orjson
+
+from pipeline import outputs_json
+from pipeline.outputs import StatusChange, Violation
+from pipeline.timestamps import parse_ts
+
+T0 = parse_ts("2024-06-07T10:00:00+08:00")
+
+
+def _violation(account: str, n: int) -> Violation:
+    return Violation(account, f"{account}-evt-{n}", T0 + n, "qps", T0, 7, 5, n + 1)
+
+
+def test_violations_go_per_account_in_messages_of_at_most_500_in_log_order() -> None:
+    violated = [_violation("acc-a", n) for n in range(1201)] + [_violation("acc-b", n) for n in range(3)]
+    out = outputs_json.messages([], violated, [])
+    assert [(m.destination, m.account_id) for m in out] == [("violations", "acc-a")] * 3 + [("violations", "acc-b")]
+    bodies = [orjson.loads(m.value) for m in out]
+    assert [len(b["violations"]) for b in bodies] == [500, 500, 201, 3]
+    assert all(b["account_id"] == m.account_id for b, m in zip(bodies, out))
+    sent_a = [v["event_id"] for b in bodies[:3] for v in b["violations"]]
+    assert sent_a == [f"acc-a-evt-{n}" for n in range(1201)]  # none lost or repeated across the split
+    first = bodies[0]["violations"][0]
+    assert first == {"event_id": "acc-a-evt-0", "timestamp": "2024-06-07T10:00:00+08:00", "limit": "qps",
+                     "window_start": "2024-06-07T10:00:00+08:00", "observed": 7, "allowed": 5}
+
+
+def test_status_changes_and_ticks_become_one_message_each() -> None:
+    change = StatusChange("acc-a", "arrears", Decimal("1.5"), Decimal("0"), T0, 9)
+    out = outputs_json.messages([change], [], [("acc-b", T0 + 3_600_000_000)])
+    assert [(m.destination, m.account_id) for m in out] == [("status", "acc-a"), ("input", "acc-b")]
+    assert orjson.loads(out[0].value) == {"account_id": "acc-a", "status": "arrears", "debt": "1.500000",
+                                          "cash_balance": "0.000000", "as_of": "2024-06-07T10:00:00+08:00", "seq": 9}
+    assert orjson.loads(out[1].value) == {"type": "clock.tick", "account_id": "acc-b", "timestamp": "2024-06-07T11:00:00+08:00"}
+
+
+def test_a_quiet_batch_publishes_nothing() -> None:
+    assert outputs_json.messages([], [], []) == []
