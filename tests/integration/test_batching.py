@@ -1,0 +1,98 @@
+"""take_batches on the real broker: batches of at most `max_` in log order, every event once, and
+an offset committed only after its batch was handled (a crash mid-batch redelivers the batch)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import faust
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+
+from pipeline.app import leave_group_at_generation_zero
+from pipeline.batching import take_batches
+from pipeline.broker import EmbeddedBroker, ensure_topics
+
+pytestmark = pytest.mark.integration
+MESSAGES, MAX = 25, 10
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    with EmbeddedBroker(tmp_path / "broker.log") as running:
+        yield running.bootstrap
+
+
+def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group)
+    finally:
+        admin.close()
+    meta = offsets.get(group, {}).get(TopicPartition(topic, 0))
+    return None if meta is None or meta.offset < 0 else meta.offset
+
+
+def _wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(broker: str) -> None:
+    topic, group = f"batching-{uuid.uuid4().hex[:8]}", f"batching-test-{uuid.uuid4().hex[:8]}"
+    ensure_topics(broker, {topic: 1})
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for i in range(MESSAGES):
+        producer.send(topic, value=str(i).encode(), partition=0)
+    producer.flush()
+    producer.close()
+
+    leave_group_at_generation_zero()
+    app = faust.App(group, broker=f"kafka://{broker}", store="memory://", broker_session_timeout=6,
+                    broker_heartbeat_interval=1, broker_commit_interval=0.2, consumer_auto_offset_reset="earliest",
+                    topic_disable_leader=True, web_enabled=False)
+    source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    @app.agent(source)
+    async def handle(stream: faust.StreamT) -> None:
+        async for events in take_batches(stream, MAX, 0.3):
+            batches.append([e.message.offset for e in events])
+            if len(batches) == 2:  # the second batch is being handled until the test says so
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+
+    loop = asyncio.new_event_loop()
+    stop = threading.Event()
+
+    async def serve() -> None:
+        await app.start()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await app.stop()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    thread.start()
+    try:
+        _wait_until(lambda: len(batches) >= 2, 60, "two batches")
+        time.sleep(1.5)  # several commit intervals while the second batch is still being handled
+        assert _committed(broker, group, topic) == len(batches[0])  # the first batch only
+        release.set()
+        _wait_until(lambda: sum(map(len, batches)) == MESSAGES, 30, "every message")
+        _wait_until(lambda: _committed(broker, group, topic) == MESSAGES, 30, "the last commit")
+    finally:
+        release.set()
+        stop.set()
+        thread.join(60)
+    assert all(len(batch) <= MAX for batch in batches)
+    assert [offset for batch in batches for offset in batch] == list(range(MESSAGES))
