@@ -306,7 +306,10 @@ class BatchProcessor:
             key_account = msg.key.decode("utf-8", errors="replace") if msg.key else ""
             for idx, value in enumerate(split_message(msg.value)):
                 record = parse_record(value, key_account)
-                by_account.setdefault(record.account_id, []).append((msg, idx, record))
+                items = by_account.get(record.account_id)
+                if items is None:  # not setdefault: that builds an empty list for every record
+                    items = by_account[record.account_id] = []
+                items.append((msg, idx, record))
         return by_account
 
     def _load_states(self, by_account: dict[str, list[tuple[Message, int, Record]]]) -> None:

@@ -110,14 +110,24 @@ def canonical_digest(body: dict[str, Any]) -> str:
     return _digest(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 
 
+# Fresh BLAKE2b states to copy, once per record each: a copy costs about 0.35 us against 0.6 us
+# for a new hasher, whose parameters are parsed and set up every time; the hashes are the same.
+_BLAKE2B_16 = hashlib.blake2b(digest_size=16)
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)
+
+
 def _digest(canonical: bytes) -> str:
-    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+    hasher = _BLAKE2B_16.copy()
+    hasher.update(canonical)
+    return hasher.hexdigest()
 
 
 def record_hash(record_id: str) -> int:
     """64-bit key of an identity for `seen_records` lookups (cheap to bind and to index); the full
     record_id still decides a match. Stored in the table: never change the function."""
-    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest(), "little")
+    hasher = _BLAKE2B_8.copy()
+    hasher.update(record_id.encode("utf-8"))
+    return int.from_bytes(hasher.digest(), "little")
 
 
 def parse_record(raw: bytes, key_account: str = "") -> Record:

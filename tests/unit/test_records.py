@@ -203,3 +203,11 @@ def test_account_record_identity_is_its_content():
     assert parse(recharge("5")).identity != parse(recharge("6")).identity
     assert parse(recharge("5")).identity != parse(recharge("5", ts="2024-06-07T10:00:01+08:00")).identity
     assert parse(key_created("k1")).identity != parse(key_created("k1", account="acct-2")).identity
+
+
+@pytest.mark.parametrize("record_id, stored", [("evt-1", 5142162847298372542), ("ключ-東京-🙂", 3991245291496767935)])
+def test_record_hash_is_the_one_seen_records_holds(record_id, stored):
+    """seen_records is looked up by this hash: a different value for an id already stored would
+    miss it, and the record would be billed twice. Pinned (BLAKE2b, 8 bytes, little-endian)."""
+    assert records.record_hash(record_id) == stored
+    assert records.record_hash(record_id) == stored  # the shared hasher state is copied, never changed
