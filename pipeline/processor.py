@@ -20,12 +20,11 @@ from typing import Iterable, Iterator
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from pipeline import sink, statestore
+from pipeline import outputs_json, sink, statestore
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.framing import RS, split_message
 from pipeline.gcpause import gc_paused
-from pipeline import outputs_json
 from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record, record_hash
 from pipeline.sink import BatchRows
