@@ -109,11 +109,10 @@ def _barrier_id(value: bytes) -> str | None:
         return None
 
 
-def _hours_touched(record: Record) -> list[int]:
-    """Bill hours whose lines this record may change (they must be in memory before the fold)."""
-    if isinstance(record, Usage):
-        return [hour_start(record.ts_us)]
-    if isinstance(record, AccountRecord) and record.kind == "rebill.lines":
+def _rebilled_hours(record: AccountRecord) -> list[int]:
+    """Bill hours whose lines an account record may change (a rebill's): they must be in memory
+    before the fold, as a usage record's hour must."""
+    if record.kind == "rebill.lines":
         return sorted({hour_start(parse_ts(line["hour"])) for line in record.fields["lines"]})
     return []
 
@@ -376,7 +375,7 @@ class BatchProcessor:
                         if minute not in known_minutes:
                             minutes.add((acc, minute))
                 else:
-                    hours.update((acc, hour) for hour in _hours_touched(rec) if hour not in known_hours)
+                    hours.update((acc, hour) for hour in _rebilled_hours(rec) if hour not in known_hours)
         for (acc, rid), (digest, seq) in statestore.load_seen(self.client, wanted).items():
             if seq <= seqs[acc]:
                 self.states[acc].seen[rid] = digest

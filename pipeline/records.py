@@ -236,5 +236,5 @@ def _integral(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "") -> Invalid:
-    identity = "raw:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+    identity = "raw:" + _digest(raw)
     return namedtuple_of(Invalid, account or "", identity, text, detail, event_id, None, "invalid")

@@ -7,6 +7,7 @@ from typing import Iterator
 
 import pytest
 
+from pipeline.broker import EmbeddedBroker
 from tests.integration.stack import Stack
 
 
@@ -28,3 +29,10 @@ def inprocess_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tests that run workers inside the test process share one embedded ClickHouse: chdb opens
     one data directory per process. They keep apart by their accounts and consumer groups."""
     return tmp_path_factory.mktemp("inprocess")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A broker of the test's own (its topics, groups and offsets start empty)."""
+    with EmbeddedBroker(tmp_path / "broker.log") as running:
+        yield running.bootstrap

@@ -7,8 +7,6 @@ import asyncio
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Iterator
 
 import faust
 import pytest
@@ -16,16 +14,11 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from pipeline.app import leave_group_at_generation_zero
 from pipeline.batching import take_batches
-from pipeline.broker import EmbeddedBroker, ensure_topics
+from pipeline.broker import ensure_topics
+from tests.integration.test_two_workers import wait_until
 
 pytestmark = pytest.mark.integration
 MESSAGES, MAX = 25, 10
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedBroker(tmp_path / "broker.log") as running:
-        yield running.bootstrap
 
 
 def _committed(bootstrap: str, group: str, topic: str) -> int | None:
@@ -36,15 +29,6 @@ def _committed(bootstrap: str, group: str, topic: str) -> int | None:
         admin.close()
     meta = offsets.get(group, {}).get(TopicPartition(topic, 0))
     return None if meta is None or meta.offset < 0 else meta.offset
-
-
-def _wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(broker: str) -> None:
@@ -84,12 +68,12 @@ def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(br
     thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     thread.start()
     try:
-        _wait_until(lambda: len(batches) >= 2, 60, "two batches")
+        wait_until(lambda: len(batches) >= 2, 60, "two batches")
         time.sleep(1.5)  # several commit intervals while the second batch is still being handled
         assert _committed(broker, group, topic) == len(batches[0])  # the first batch only
         release.set()
-        _wait_until(lambda: sum(map(len, batches)) == MESSAGES, 30, "every message")
-        _wait_until(lambda: _committed(broker, group, topic) == MESSAGES, 30, "the last commit")
+        wait_until(lambda: sum(map(len, batches)) == MESSAGES, 30, "every message")
+        wait_until(lambda: _committed(broker, group, topic) == MESSAGES, 30, "the last commit")
     finally:
         release.set()
         stop.set()

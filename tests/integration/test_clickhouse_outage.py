@@ -7,13 +7,12 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
 
 from pipeline import queries, sink
-from pipeline.broker import EmbeddedBroker
 from pipeline.chclient import connect
 from pipeline.publish import publish_lines
 from pipeline.settings import Settings
@@ -24,12 +23,6 @@ from tests.integration.test_two_workers import Replica, barrier, wait_until
 from tests.oracle import expected
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedBroker(tmp_path / "broker.log") as running:
-        yield running.bootstrap
 
 
 class FlakySink:

@@ -10,11 +10,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
 from pipeline.publish import publish_lines
 from pipeline.runtime import read_runtime
 from pipeline.workload import generate
@@ -24,12 +22,6 @@ from tests.oracle import expected
 
 pytestmark = pytest.mark.integration
 TOPIC = "billing.input"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedBroker(tmp_path / "broker.log") as running:
-        yield running.bootstrap
 
 
 class WorkerProcess:

@@ -12,13 +12,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from pipeline import queries
 from pipeline.app import Worker
-from pipeline.broker import EmbeddedBroker
 from pipeline.chclient import connect
 from pipeline.processor import barrier_message
 from pipeline.publish import publish_lines
@@ -80,12 +78,6 @@ def barrier(bootstrap: str, settings: Settings, client) -> None:
     producer.flush()
     producer.close()
     wait_until(lambda: queries.barrier_partitions(client, barrier_id) == settings.partitions, 120, "the barrier")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    with EmbeddedBroker(tmp_path / "broker.log") as running:
-        yield running.bootstrap
 
 
 def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: Path) -> None:
