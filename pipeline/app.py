@@ -4,8 +4,14 @@ Faust's per-event overhead is the bottleneck here (DESIGN §7), so the agent tak
 batches, hands each batch to the framework-free `BatchProcessor`, and does no per-event work
 of its own. ClickHouse access runs on one dedicated thread (chdb handles are not shared across
 threads, and the event loop must keep heartbeating while a batch is written); the query API
-uses the same thread. A batch that cannot be written is retried with backoff, never skipped:
-its offsets are not acknowledged until it is in ClickHouse.
+uses the same thread, after any write in flight. A batch that cannot be written is retried with
+backoff, never skipped: its offsets are not acknowledged until it is in ClickHouse.
+
+A batch's last write is left in flight while the agent takes the next batch, whose first unit is
+parsed beside it (the folding thread would otherwise wait for ClickHouse at every batch's end). A
+completion task per batch, chained in log order, waits for that write, publishes the batch's
+outputs and only then acknowledges its events; if the write failed, it processes the batch
+again (the next batch, finding the failure, waits for that and then goes again itself).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pipeline import CORE_BUILD, api, metrics, outputs_json
 from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
-from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
+from pipeline.processor import BatchProcessor, BatchResult, EarlierWriteFailed, Message, OffsetGap
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
 from pipeline.topics import ensure_all
@@ -80,6 +86,9 @@ class Worker:
         self.last_batch_at: float | None = None
         self.last_offsets: dict[int, int] = {}
         self.assigned: set[int] = set()
+        self._completing: asyncio.Future[None] | None = None  # the latest batch's completion task
+        self._nothing_owed = asyncio.Event()  # cleared while a batch whose last write failed is processed again
+        self._nothing_owed.set()
         ensure_all(settings, bootstrap)
         leave_group_at_generation_zero()
         self.app = self._build_app(bootstrap)
@@ -132,10 +141,8 @@ class Worker:
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:
             try:
-                async for events in take_batches(stream, s.batch_size, s.batch_within_s):
-                    messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
-                    result = await worker.process(messages)
-                    await worker.publish_outputs(result)
+                async for events in take_batches(stream, s.batch_size, s.batch_within_s, auto_ack=False):
+                    await worker.handle(stream, events)
             except Exception as exc:
                 # Faust would restart the agent and drop the events in flight (the offset-gap
                 # check then stops us anyway): stop loudly at the cause instead.
@@ -160,36 +167,90 @@ class Worker:
 
         return app
 
-    async def process(self, messages: list[Message]) -> BatchResult:
+    async def handle(self, stream: faust.StreamT, events: list[Any]) -> None:
+        """Process a batch and leave its completion (last write, outputs, acks) to a task, so that
+        the next batch starts beside that write."""
+        messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
         if self.first_batch_at is None and messages:
             self.first_batch_at = time.time()
+        # a batch whose last write failed is processed again before anything after it (the failure
+        # may already be cleared in the processor, so the processor alone cannot tell this batch)
+        await self._nothing_owed.wait()
+        result = await self.process(messages, leave_last_write=True)
+        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing))
+
+    async def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
+        """Process a batch, retrying with backoff until it is applied (ClickHouse down, disk full:
+        money is never skipped). An offset gap stops the worker."""
         delay = 0.5
         while True:
             try:
                 started = time.perf_counter()
-                result = await self.on_db(self.processor.process, messages)
+                result = await self.on_db(self.processor.process, messages, leave_last_write)
             except OffsetGap as exc:
                 log.critical("%s", exc)
                 await self.app.crash(exc)  # loud: the process exits non-zero, offsets stay where they were
                 raise
+            except EarlierWriteFailed:
+                if leave_last_write and self._completing is not None:
+                    # the previous batch's completion processes that batch again: this one follows it
+                    await asyncio.shield(self._completing)
+                continue  # (or a completion processing its own batch again: the failure is cleared now)
             except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
-                self.stats["batch_failures"] += 1
-                log.warning("batch of %d records not written (%s); retrying in %.1fs", len(messages), str(exc)[:300], delay)
+                self._failed(len(messages), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             self.sink_seconds += time.perf_counter() - started
             self.write_wait_seconds += result.write_wait_s
-            self.last_batch_at = time.time()
-            self.stats["batches"] += 1
-            self.reasons.update(result.reasons)
-            self.stats["messages"] += len(messages)
-            self.stats["records"] += sum(result.statuses.values())
-            self.stats["skipped_redeliveries"] += result.skipped
-            self.stats.update(result.statuses)
-            self.last_offsets.update(result.last_offsets)
-            log.debug("batch of %d in %.1f ms", len(messages), (time.perf_counter() - started) * 1000)
             return result
+
+    def _failed(self, records: int, exc: BaseException, delay: float) -> None:
+        self.stats["batch_failures"] += 1
+        log.warning("batch of %d messages not written (%s); retrying in %.1fs", records, str(exc)[:300], delay)
+
+    async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
+                        previous: asyncio.Future[None] | None) -> None:
+        """Once the batch's last write is in (after the batches before it): its outputs, then its
+        acknowledgements, so that an offset is committed only for a batch billed and announced."""
+        try:
+            if previous is not None:
+                await previous
+            try:
+                await asyncio.wrap_future(result.written)
+            except Exception as exc:
+                self._nothing_owed.clear()
+                try:
+                    self._failed(len(messages), exc, 0.5)
+                    await asyncio.sleep(0.5)
+                    result = await self.process(messages)
+                finally:
+                    self._nothing_owed.set()
+            self._account(messages, result)
+            await self.publish_outputs(result)
+            for event in events:
+                await stream.ack(event)
+        except Exception as exc:
+            log.critical("billing agent failed completing a batch: %r", exc)
+            await self.app.crash(exc)
+            raise
+
+    def _account(self, messages: list[Message], result: BatchResult) -> None:
+        self.last_batch_at = time.time()
+        self.stats["batches"] += 1
+        self.reasons.update(result.reasons)
+        self.stats["messages"] += len(messages)
+        self.stats["records"] += sum(result.statuses.values())
+        self.stats["skipped_redeliveries"] += result.skipped
+        self.stats.update(result.statuses)
+        self.last_offsets.update(result.last_offsets)
+
+    async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
+        """An API call on the ClickHouse thread, after the write in flight (if any) is in."""
+        def after_writes() -> T:
+            self.processor.wait_for_writes()
+            return fn(*args)
+        return await self.on_db(after_writes)
 
     async def publish_outputs(self, result: BatchResult) -> None:
         """After the batch is in ClickHouse: status changes (compacted topic, for the API gateway),
@@ -212,7 +273,7 @@ class Worker:
             done += 1
 
     async def start_api(self) -> None:
-        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.on_db, self.metrics)
+        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics)
         _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
         log.info("query API at %s", self.api_url)
         if self.on_api:
@@ -251,6 +312,7 @@ class Worker:
                 future.cancel()
         finally:
             await self.app.stop()
+            await self.on_db(self.processor.close)
         if self.app.crash_reason is not None:
             raise self.app.crash_reason
 
@@ -265,4 +327,5 @@ class Worker:
         try:
             worker.execute_from_commandline()
         finally:
+            self._db.submit(self.processor.close).result()
             self._db.shutdown(wait=True)

@@ -11,6 +11,10 @@ growing for `settle` seconds is handed out at once. Under a steady light load ba
 at most every `within`, which keeps ClickHouse's inserts few; after a long batch the next starts
 without the idle wait.
 
+With `auto_ack=False` the caller acknowledges each batch's events itself (`stream.ack(event)`, in
+order), possibly after asking for the next batch: the worker hands a batch's last write to
+ClickHouse and starts on the next batch while it runs, and acknowledges once the write is in.
+
 It mirrors take_events of faust-streaming 0.15.3 (pinned in pyproject.toml): the same buffering
 processor, passive consumption and acknowledgement, only the wait differs.
 """
@@ -27,14 +31,16 @@ from mode.utils.futures import notify
 SETTLE_S = 0.01  # a buffer that has not grown for this long holds what the consumer had fetched
 
 
-def take_batches(stream: StreamT, max_: int, within: float, settle: float = SETTLE_S) -> AsyncGenerator[Sequence[EventT], None]:
+def take_batches(stream: StreamT, max_: int, within: float, settle: float = SETTLE_S,
+                 auto_ack: bool = True) -> AsyncGenerator[Sequence[EventT], None]:
     """`stream.take_events(max_, within)` without the idle wait after a long batch (module doc)."""
-    agen = _take_batches(stream, max_, within, settle)
+    agen = _take_batches(stream, max_, within, settle, auto_ack)
     stream._active_agens.add(agen)  # type: ignore[attr-defined]  # closed by Stream.on_stop, as take_events' are
     return agen
 
 
-async def _take_batches(stream: Any, max_: int, within: float, settle: float) -> AsyncGenerator[Sequence[EventT], None]:
+async def _take_batches(stream: Any, max_: int, within: float, settle: float,
+                        auto_ack: bool) -> AsyncGenerator[Sequence[EventT], None]:
     buffer: list[Any] = []
     events: list[EventT] = []
     buffer_full = asyncio.Event()
@@ -68,7 +74,7 @@ async def _take_batches(stream: Any, max_: int, within: float, settle: float) ->
             await stream.crash(exc)
         return value
 
-    stream.enable_acks = False  # events are acked here, after the batch is handled
+    stream.enable_acks = False  # events are acked after the batch is handled: here, or by the caller
     stream.add_processor(add_to_buffer)
     stream._enable_passive(channel_it)
     last_handed_out = loop.time()  # the first batch waits `within`, as take_events' does
@@ -83,8 +89,9 @@ async def _take_batches(stream: Any, max_: int, within: float, settle: float) ->
                 yield list(events)
             finally:
                 buffer.clear()
-                for event in events:
-                    await stream.ack(event)
+                if auto_ack:
+                    for event in events:
+                        await stream.ack(event)
                 events.clear()
                 notify(buffer_consuming)
                 buffer_full.clear()

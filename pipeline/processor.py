@@ -13,7 +13,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -43,6 +43,13 @@ class OffsetGap(Exception):
     money silently, so the worker stops; a restart resumes from the committed offset."""
 
 
+class EarlierWriteFailed(Exception):
+    """The last write of the previous batch, left in flight by `process(..., leave_last_write=True)`,
+    failed. Nothing of this batch was applied; the accounts of both batches are reloaded. The
+    previous batch must be processed again before this one (its `written` future holds the
+    failure, which is how its owner learns it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     partition: int
@@ -64,6 +71,7 @@ class BatchResult:
     ticks: list[tuple[str, int]] = field(default_factory=list)  # (account, clock) to publish for idle accounts
     outbound: list[outputs_json.Outbound] = field(default_factory=list)  # the three above as messages, once the batch is done
     write_wait_s: float = 0.0  # time the folding thread waited for ClickHouse to finish a unit's write
+    written: "Future[None]" = field(default_factory=lambda: _done())  # resolves once every row of the batch is in ClickHouse
 
     def merge(self, other: "BatchResult") -> None:
         """Add a later unit of the same batch."""
@@ -78,6 +86,12 @@ class BatchResult:
         self.violations += other.violations
         self.ticks += other.ticks
         self.write_wait_s += other.write_wait_s
+
+
+def _done() -> "Future[None]":
+    future: Future[None] = Future()
+    future.set_result(None)
+    return future
 
 
 def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]:
@@ -133,13 +147,15 @@ def yield_gil() -> None:
 
 
 class WriteBehind:
-    """At most one unit's write in flight, on the batch's sink thread. A failed write is raised
-    where it is next waited for; the batch then forgets every account it touched."""
+    """At most one unit's write in flight, on the processor's sink thread. A failed write is raised
+    where it is next waited for; the batch then forgets every account it touched. It starts with
+    the previous batch's last write when that was left in flight."""
 
-    def __init__(self, pool: ThreadPoolExecutor, client: Client) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, client: Client, earlier: "Future[None] | None" = None) -> None:
         self._pool = pool
         self._client = client
-        self._in_flight: Future[None] | None = None
+        self._in_flight = earlier
+        self._earlier = earlier is not None
         self.waited_s = 0.0
 
     def submit(self, encoded: sink.Encoded) -> None:
@@ -148,15 +164,25 @@ class WriteBehind:
         yield_gil()  # the sink thread starts now, not when this thread next runs interpreted code
 
     def settle(self) -> None:
-        """Wait for the write in flight; raise its failure."""
+        """Wait for the write in flight; raise its failure (EarlierWriteFailed for the previous batch's)."""
         future, self._in_flight = self._in_flight, None
+        earlier, self._earlier = self._earlier, False
         if future is None:
             return
         started = time.perf_counter()
         try:
             future.result()
+        except Exception as exc:
+            if earlier:
+                raise EarlierWriteFailed(f"the previous batch's last write failed: {exc!r}") from exc
+            raise
         finally:
             self.waited_s += time.perf_counter() - started
+
+    def detach(self) -> "Future[None]":
+        """Leave the write in flight to the caller (the batch's `written`)."""
+        future, self._in_flight = self._in_flight, None
+        return future if future is not None else _done()
 
     def abandon(self) -> None:
         """Something else failed: still wait for the write (the batch will be retried and must
@@ -183,6 +209,22 @@ class BatchProcessor:
         self.auto_tick = auto_tick
         self._ticked: dict[str, int] = {}
         self._grace_us = grace_us(catalog.settlement_grace_minutes)
+        # one sink thread for the processor's life (its thread ends when the processor is collected
+        # or closed); the last write of a batch may still run on it when `process` returns
+        self._sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink")
+        self._last_write: Future[None] | None = None  # left in flight by the previous batch
+        self._last_touched: set[str] = set()  # that batch's accounts, reloaded if the write fails
+
+    def wait_for_writes(self) -> None:
+        """Block until no write is in flight (a read beside a write could miss its rows). A failure
+        is not raised here: the next `process` raises it, and the batch's `written` holds it."""
+        if self._last_write is not None:
+            wait([self._last_write])
+
+    def close(self) -> None:
+        """Wait for the write in flight and end the sink thread."""
+        self.wait_for_writes()
+        self._sink.shutdown(wait=True)
 
     def reset_positions(self) -> None:
         """After a rebalance: the next batch of each partition is checked against partition_progress again."""
@@ -216,7 +258,7 @@ class BatchProcessor:
             self._hours.pop(acc, None)
             self._minutes.pop(acc, None)
 
-    def process(self, messages: list[Message]) -> BatchResult:
+    def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Fold and write a batch, in units of at most `write_records` records (whole messages):
         a batch of 1,000 messages can hold 200,000 records, and one unit's working memory and
         the time the worker's API waits behind a write grow with it. Offsets are acknowledged
@@ -228,30 +270,43 @@ class BatchProcessor:
         over after the next unit's reads (working sets, snapshots, outputs to publish again), so
         that no read ever runs beside a write; those reads find the held unit's effects in
         memory, where everything the batch touched stays until the batch is written (the prune
-        waits for the end). The batch returns only once its last unit is written."""
+        waits for the end).
+
+        By default the batch returns once its last unit is written. With `leave_last_write` it
+        returns with that write in flight (`result.written` resolves when it is in), and the next
+        batch parses its first unit beside it before any read; the caller acknowledges the batch
+        only once `written` has resolved. If that write fails, the next `process` raises
+        EarlierWriteFailed without applying anything."""
         result = BatchResult()
         touched: set[str] = set()
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink") as pool:
-            behind = WriteBehind(pool, self.client)
-            held: sink.Encoded | None = None  # a unit's rows, folded but not yet handed to ClickHouse
-            try:
-                with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
-                    for unit in _units(messages, self.write_records):
-                        held = self._process(unit, behind, held, result, touched)
-                    if held is not None:
-                        behind.submit(held)
-                        held = None
-                    # while the last write runs (this thread would only wait): the outgoing messages,
-                    # and the batch's young objects
-                    result.outbound = outputs_json.messages(result.status_changes, result.violations, result.ticks)
-                    gc.collect(0)
+        earlier, earlier_touched = self._last_write, self._last_touched
+        self._last_write, self._last_touched = None, set()
+        behind = WriteBehind(self._sink, self.client, earlier)
+        held: sink.Encoded | None = None  # a unit's rows, folded but not yet handed to ClickHouse
+        try:
+            with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
+                for unit in _units(messages, self.write_records):
+                    held = self._process(unit, behind, held, result, touched)
+                behind.settle()  # an empty batch still waits for the previous batch's write
+                if held is not None:
+                    behind.submit(held)
+                    held = None
+                # while the last write runs (this thread would only wait): the outgoing messages,
+                # and the batch's young objects
+                result.outbound = outputs_json.messages(result.status_changes, result.violations, result.ticks)
+                gc.collect(0)
+                if not leave_last_write:
                     behind.settle()
-            except BaseException:
-                behind.abandon()
-                self.forget(touched)  # in-memory states ran ahead of what ClickHouse holds: reload them next time
-                raise
+        except BaseException:
+            behind.abandon()
+            # in-memory states ran ahead of what ClickHouse holds: reload them next time
+            self.forget(touched | earlier_touched)
+            raise
         self._prune(touched)
         result.write_wait_s = behind.waited_s
+        if leave_last_write:
+            result.written = self._last_write = behind.detach()
+            self._last_touched = touched
         return result
 
     def _process(self, messages: list[Message], behind: WriteBehind, held: sink.Encoded | None, batch: BatchResult,

@@ -8,6 +8,8 @@ from typing import Iterator
 import pytest
 
 from pipeline.broker import EmbeddedBroker
+from pipeline.chclient import connect, migrate
+from pipeline.settings import Settings
 from tests.integration.stack import Stack
 
 
@@ -29,6 +31,14 @@ def inprocess_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tests that run workers inside the test process share one embedded ClickHouse: chdb opens
     one data directory per process. They keep apart by their accounts and consumer groups."""
     return tmp_path_factory.mktemp("inprocess")
+
+
+@pytest.fixture
+def client(inprocess_dir: Path):
+    """The shared embedded ClickHouse, migrated."""
+    client = connect(Settings(data_dir=inprocess_dir).clickhouse_url)
+    migrate(client)
+    return client
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import asyncio
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator
 
 import faust
 import pytest
@@ -31,7 +33,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> int | None:
     return None if meta is None or meta.offset < 0 else meta.offset
 
 
-def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(broker: str) -> None:
+def _published(broker: str) -> tuple[str, str]:
     topic, group = f"batching-{uuid.uuid4().hex[:8]}", f"batching-test-{uuid.uuid4().hex[:8]}"
     ensure_topics(broker, {topic: 1})
     producer = KafkaProducer(bootstrap_servers=broker)
@@ -39,23 +41,18 @@ def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(br
         producer.send(topic, value=str(i).encode(), partition=0)
     producer.flush()
     producer.close()
+    return topic, group
 
+
+@contextmanager
+def _running(broker: str, topic: str, group: str, agent: Callable[[faust.StreamT], Awaitable[None]]) -> Iterator[None]:
+    """A Faust app consuming `topic` with `agent`, on its own event loop thread."""
     leave_group_at_generation_zero()
     app = faust.App(group, broker=f"kafka://{broker}", store="memory://", broker_session_timeout=6,
                     broker_heartbeat_interval=1, broker_commit_interval=0.2, consumer_auto_offset_reset="earliest",
                     topic_disable_leader=True, web_enabled=False)
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
-    batches: list[list[int]] = []
-    release = threading.Event()
-
-    @app.agent(source)
-    async def handle(stream: faust.StreamT) -> None:
-        async for events in take_batches(stream, MAX, 0.3):
-            batches.append([e.message.offset for e in events])
-            if len(batches) == 2:  # the second batch is being handled until the test says so
-                while not release.is_set():
-                    await asyncio.sleep(0.05)
-
+    app.agent(source)(agent)
     loop = asyncio.new_event_loop()
     stop = threading.Event()
 
@@ -68,15 +65,61 @@ def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(br
     thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     thread.start()
     try:
-        wait_until(lambda: len(batches) >= 2, 60, "two batches")
-        time.sleep(1.5)  # several commit intervals while the second batch is still being handled
-        assert _committed(broker, group, topic) == len(batches[0])  # the first batch only
-        release.set()
-        wait_until(lambda: sum(map(len, batches)) == MESSAGES, 30, "every message")
-        wait_until(lambda: _committed(broker, group, topic) == MESSAGES, 30, "the last commit")
+        yield
     finally:
-        release.set()
         stop.set()
         thread.join(60)
+
+
+def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(broker: str) -> None:
+    topic, group = _published(broker)
+    batches: list[list[int]] = []
+    release = threading.Event()
+
+    async def handle(stream: faust.StreamT) -> None:
+        async for events in take_batches(stream, MAX, 0.3):
+            batches.append([e.message.offset for e in events])
+            if len(batches) == 2:  # the second batch is being handled until the test says so
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+
+    try:
+        with _running(broker, topic, group, handle):
+            wait_until(lambda: len(batches) >= 2, 60, "two batches")
+            time.sleep(1.5)  # several commit intervals while the second batch is still being handled
+            assert _committed(broker, group, topic) == len(batches[0])  # the first batch only
+            release.set()
+            wait_until(lambda: sum(map(len, batches)) == MESSAGES, 30, "every message")
+            wait_until(lambda: _committed(broker, group, topic) == MESSAGES, 30, "the last commit")
+    finally:
+        release.set()
     assert all(len(batch) <= MAX for batch in batches)
     assert [offset for batch in batches for offset in batch] == list(range(MESSAGES))
+
+
+def test_with_acks_left_to_the_caller_nothing_is_committed_until_it_acks(broker: str) -> None:
+    """auto_ack=False (the worker's way: a batch's last write is still running when the next batch
+    is taken): asking for the next batches acknowledges nothing; the caller's acks do, in order."""
+    topic, group = _published(broker)
+    held: list[Any] = []
+    release = threading.Event()
+
+    async def handle(stream: faust.StreamT) -> None:
+        async for events in take_batches(stream, MAX, 0.3, auto_ack=False):
+            held.extend(events)
+            if len(held) == MESSAGES:
+                while not release.is_set():
+                    await asyncio.sleep(0.05)
+                for event in held:
+                    await stream.ack(event)
+
+    try:
+        with _running(broker, topic, group, handle):
+            wait_until(lambda: len(held) == MESSAGES, 60, "every batch handed out")
+            time.sleep(1.5)  # several commit intervals with every batch handed out and none acked
+            assert _committed(broker, group, topic) is None
+            release.set()
+            wait_until(lambda: _committed(broker, group, topic) == MESSAGES, 30, "the commit after the acks")
+    finally:
+        release.set()
+    assert [event.message.offset for event in held] == list(range(MESSAGES))

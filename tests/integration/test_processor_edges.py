@@ -13,9 +13,7 @@ import pytest
 
 from pipeline import queries
 from pipeline.catalog import load_catalog
-from pipeline.chclient import connect, migrate
 from pipeline.processor import BatchProcessor, Message, OffsetGap
-from pipeline.settings import Settings
 from pipeline.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
@@ -50,13 +48,6 @@ def fail_nth_write(monkeypatch, n: int, message: str) -> list[int]:
 
     monkeypatch.setattr(sink, "send", send)
     return writes
-
-
-@pytest.fixture
-def client(inprocess_dir: Path):
-    client = connect(Settings(data_dir=inprocess_dir).clickhouse_url)
-    migrate(client)
-    return client
 
 
 def test_an_offset_gap_stops_the_processor(client) -> None:

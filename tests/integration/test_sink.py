@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from pipeline import sink
-from pipeline.chclient import connect, migrate
 from pipeline.outputs import PricedUsage, Settlement, StatusChange
 from pipeline.records import EARLIEST_US, LATEST_US
-from pipeline.settings import Settings
 from pipeline.sink import BatchRows, RawRow
 from pipeline.state import AccountState, Line
 from pipeline.timestamps import US_PER_HOUR, parse_ts
@@ -29,13 +26,6 @@ EDGE_TIMES = [EARLIEST_US, EARLIEST_US + 1, parse_ts("2024-06-06T20:00:44.240+08
 EDGE_MONEY = [Decimal("0"), Decimal("0.000001"), Decimal("-0.000001"), Decimal("999999999999.999999"),
               Decimal("-999999999999.999999"), Decimal("12.5")]
 AWKWARD_TEXT = ['{"a": "quote \\" backslash \\\\ tab \t"}', "line\nbreak and NUL \x00", "星辰 emoji 🙂 \u2028"]
-
-
-@pytest.fixture
-def client(inprocess_dir: Path):
-    client = connect(Settings(data_dir=inprocess_dir).clickhouse_url)
-    migrate(client)
-    return client
 
 
 def _priced(acc: str, i: int, ts_us: int, money: Decimal) -> PricedUsage:
