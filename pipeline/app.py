@@ -25,7 +25,7 @@ from typing import Any, Callable, TypeVar
 
 import faust
 
-from pipeline import CORE_BUILD, api, metrics, outputs_json
+from pipeline import CORE_BUILD, api, metrics, outputs_json, records
 from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
@@ -102,6 +102,7 @@ class Worker:
                 client = connect(url)
                 migrate(client)
                 preload_insert_support()
+                records.compile_validators()
                 log.info("ClickHouse ready at %s", redact(url))
                 return client
             except ClickHouseUnavailable as exc:

@@ -42,8 +42,10 @@ def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
         outcome = _apply_account_record(state, record, catalog, Outcome(APPLIED))
     outcome.claimed = True
     settlements, changes = close_hours(state, grace_us(catalog.settlement_grace_minutes), state.seq)
-    outcome.settlements.extend(settlements)
-    outcome.status_changes.extend(changes)
+    if settlements:
+        outcome.settlements = settlements
+    if changes:
+        outcome.status_changes = [*outcome.status_changes, *changes]
     return outcome
 
 
@@ -77,7 +79,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     hour = hour_start(usage.ts_us)
     owe(state, hour, amount + plugins_total, grace_us(catalog.settlement_grace_minutes))
     outcome = Outcome(BILLED)
-    line = _line(state, outcome, (hour, usage.api_key_id, usage.model))
+    line = _line(state, (hour, usage.api_key_id, usage.model))
     line.requests += 1
     line.input_tokens += usage.input_tokens
     line.output_tokens += usage.output_tokens
@@ -86,7 +88,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     line.billed_output_tokens += billed_out
     line.amount += amount
     for name, units, charge in charges:
-        pline = _line(state, outcome, (hour, usage.api_key_id, f"plugin:{name}"))
+        pline = _line(state, (hour, usage.api_key_id, f"plugin:{name}"))
         pline.requests += 1
         pline.quantity += units
         pline.amount += charge
@@ -101,10 +103,11 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     return outcome
 
 
-def _line(state: AccountState, outcome: Outcome, key: tuple[int, str, str]) -> Line:
+def _line(state: AccountState, key: tuple[int, str, str]) -> Line:
+    """The line, marked as changed by this record (its revision: the processor writes the lines
+    whose revision is above the account's seq before a unit)."""
     line = state.line(key)
     line.revision = state.seq
-    outcome.lines.append(key)
     return line
 
 
@@ -125,7 +128,7 @@ def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dic
         key = _spec_key(spec)
         previous = state.lines[key].amount if key in state.lines else ZERO
         owe(state, key[0], ZERO, grace)
-        line = _line(state, outcome, key)
+        line = _line(state, key)
         for name in LINE_COUNTS:
             setattr(line, name, spec[name])
         line.amount = Decimal(spec["amount"]).quantize(MICRO)
@@ -158,29 +161,31 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
     limits = state.limits or catalog.default_limits
     tokens = usage.input_tokens + usage.output_tokens
     second_key, minute_key = window_keys(usage.ts_us)
-    second = _window(state, outcome, second_key, tokens)
-    minute = _window(state, outcome, minute_key, tokens)
+    second = _window(state, second_key, tokens)
+    minute = _window(state, minute_key, tokens)
     flags = violated(limits, second.requests, minute.requests, minute.tokens)
-    for flag in flags:  # a quarter of the calls in the bench's workload break a limit
+    if not flags:
+        return ()
+    violations = []  # a quarter of the calls in the bench's workload break a limit
+    for flag in flags:
         if flag == "qps":
             start, observed, allowed = second_key[1], second.requests, limits.qps
         elif flag == "qpm":
             start, observed, allowed = minute_key[1], minute.requests, limits.qpm
         else:
             start, observed, allowed = minute_key[1], minute.tokens, limits.tpm
-        violation = namedtuple_of(Violation, state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq)
-        outcome.violations.append(violation)
-    return tuple(flags)
+        violations.append(namedtuple_of(Violation, state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq))
+    outcome.violations = violations
+    return flags
 
 
-def _window(state: AccountState, outcome: Outcome, key: WindowKey, tokens: int) -> Window:
+def _window(state: AccountState, key: WindowKey, tokens: int) -> Window:
     window = state.windows.get(key)
     if window is None:
         window = state.windows[key] = Window()
     window.requests += 1
     window.tokens += tokens
     window.revision = state.seq
-    outcome.windows.append(key)
     return window
 
 
@@ -201,7 +206,9 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         if key.revoked_us is None or record.ts_us < key.revoked_us:
             key.revoked_us = record.ts_us
     elif record.kind == "credit.recharge":
-        outcome.status_changes.extend(recharge(state, Decimal(f["amount"]), state.seq))
+        changes = recharge(state, Decimal(f["amount"]), state.seq)
+        if changes:
+            outcome.status_changes = changes
     elif record.kind == "credit.voucher":
         if f["voucher_id"] not in state.vouchers:
             expires = record.fields.get("expires_at")

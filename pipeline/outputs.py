@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
-from pipeline.state import LineKey
-from pipeline.windows import WindowKey
 
 BILLED = "billed"
 REJECTED = "rejected"
@@ -105,23 +103,23 @@ class StatusChange(NamedTuple):
 
 @dataclass(slots=True, init=False)  # __init__ by hand: compiled, a dataclass's generated one stays interpreted
 class Outcome:
+    """What one record did. The three fact lists are a shared empty tuple unless the record made
+    some (most make none): no lists built and freed per record. The bill lines and rate windows a
+    record changed are found by their revision (the record's seq), not listed here."""
+
     status: str
     claimed: bool  # the record's identity is now taken: a re-send is a duplicate
     rejection: Rejection | None
     priced: PricedUsage | None
-    lines: list[LineKey]
-    windows: list[WindowKey]
-    violations: list[Violation]
-    settlements: list[Settlement]
-    status_changes: list[StatusChange]
+    violations: Sequence[Violation]
+    settlements: Sequence[Settlement]
+    status_changes: Sequence[StatusChange]
 
     def __init__(self, status: str, rejection: Rejection | None = None) -> None:
         self.status = status
         self.claimed = False
         self.rejection = rejection
         self.priced = None
-        self.lines = []
-        self.windows = []
-        self.violations = []
-        self.settlements = []
-        self.status_changes = []
+        self.violations = ()
+        self.settlements = ()
+        self.status_changes = ()

@@ -95,13 +95,15 @@ def _done() -> "Future[None]":
 
 
 def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]:
-    """Consecutive runs of whole messages holding at most `max_records` records (a message with
-    more is a unit of its own)."""
+    """Consecutive runs of whole messages, as few as hold at most `max_records` records each (a
+    message with more is a unit of its own), and about the same size: a small last unit would be
+    folded in less time than the write of the unit before it takes, and wait for it."""
+    sizes = [msg.value.count(RS) if msg.value.startswith(RS) else 1 for msg in messages]
+    target = -(-sum(sizes) // max(1, -(-sum(sizes) // max_records)))  # total / ceil(total / max), rounded up
     unit: list[Message] = []
     count = 0
-    for msg in messages:
-        records = msg.value.count(RS) if msg.value.startswith(RS) else 1
-        if unit and count + records > max_records:
+    for msg, records in zip(messages, sizes):
+        if unit and (count >= target or count + records > max_records):
             yield unit
             unit, count = [], 0
         unit.append(msg)

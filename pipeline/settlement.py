@@ -7,6 +7,7 @@ docs/interpretations.md, Settlement), so the stream and any replay settle identi
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Sequence
 
 from pipeline.outputs import Settlement, StatusChange
 from pipeline.state import ZERO, AccountState, Voucher
@@ -58,6 +59,9 @@ def settle_amount(state: AccountState, amount: Decimal, due_us: int) -> tuple[De
     return voucher_part, cash_part, left
 
 
+NOTHING_CLOSED: tuple[Sequence[Settlement], Sequence[StatusChange]] = ((), ())
+
+
 def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
     """Add to an hour's unsettled amount. Call before the record's own line is created: an hour
     that had lines and is already past its close was settled, so this is an adjustment."""
@@ -67,10 +71,10 @@ def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
     state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount
 
 
-def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[list[Settlement], list[StatusChange]]:
+def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[Sequence[Settlement], Sequence[StatusChange]]:
     """Settle every open hour whose end plus the grace is at or before the account clock."""
     if not state.open_hours or min(state.open_hours) + US_PER_HOUR + grace_us > state.max_ts_us:
-        return [], []  # the common case, per record: nothing to close yet
+        return NOTHING_CLOSED  # the common case, per record: nothing to close yet
     ready = sorted(h for h in state.open_hours if h + US_PER_HOUR + grace_us <= state.max_ts_us)
     before = status_of(state)
     settlements = []

@@ -30,13 +30,14 @@ def window_keys(ts_us: int) -> tuple[WindowKey, WindowKey]:
     return (SECOND, ts_us - ts_us % US_PER_SECOND), (MINUTE, ts_us - ts_us % US_PER_MINUTE)
 
 
-def violated(limits: Limits, second_requests: int, minute_requests: int, minute_tokens: int) -> list[str]:
-    """Limits a window exceeds once the call is counted in it, in the order qps, qpm, tpm."""
-    flags = []
+def violated(limits: Limits, second_requests: int, minute_requests: int, minute_tokens: int) -> tuple[str, ...]:
+    """Limits a window exceeds once the call is counted in it, in the order qps, qpm, tpm (the
+    shared empty tuple when none: the common case, per call)."""
+    flags: tuple[str, ...] = ()
     if second_requests > limits.qps:
-        flags.append("qps")
+        flags += ("qps",)
     if minute_requests > limits.qpm:
-        flags.append("qpm")
+        flags += ("qpm",)
     if minute_tokens > limits.tpm:
-        flags.append("tpm")
+        flags += ("tpm",)
     return flags

@@ -217,12 +217,12 @@ def test_a_big_batch_is_written_in_units_and_a_crash_between_units_loses_nothing
     real_send = sink.send
     writes = fail_nth_write(monkeypatch, 3, "worker killed mid-batch")
     with pytest.raises(ConnectionError):
-        BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=300).process(msgs)
-    assert writes[:2] == [300, 300]  # units of whole messages, at most 300 records each
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=250).process(msgs)
+    assert writes[:2] == [250, 250]  # units of whole messages, at most 250 records each
     monkeypatch.setattr(sink, "send", real_send)
 
-    again = BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=300).process(msgs)
-    assert again.skipped == 600 and sum(again.statuses.values()) == len(msgs) - 600
+    again = BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=250).process(msgs)
+    assert again.skipped == 500 and sum(again.statuses.values()) == len(msgs) - 500
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
 
 
@@ -286,12 +286,12 @@ def test_a_failed_write_behind_the_next_unit_is_retried_on_the_same_worker(clien
     lines = generate(2000, seed=5353)
     msgs = messages(lines)
     calls = fail_nth_write(monkeypatch, 2, "ClickHouse went away (injected)")
-    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=300)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=250)
     with pytest.raises(ConnectionError, match="went away"):
         processor.process(msgs)
-    assert calls == [300, 300]  # the failure surfaced before the third unit read anything or was written
+    assert calls == [250, 250]  # the failure surfaced before the third unit read anything or was written
     result = processor.process(msgs)
-    assert result.skipped == 300  # only the first unit was written
+    assert result.skipped == 250  # only the first unit was written
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
 
 

@@ -11,7 +11,8 @@ from pipeline import records
 from pipeline.catalog import DEFAULT_CATALOG, Catalog, load_catalog, parse_catalog
 from pipeline.fold import apply
 from pipeline.outputs import Outcome
-from pipeline.state import AccountState
+from pipeline.state import AccountState, LineKey
+from pipeline.windows import WindowKey
 from pipeline.timestamps import hour_start, parse_ts
 
 ACCOUNT = "acct-1"
@@ -122,3 +123,10 @@ class Account:
 
     def line(self, ts: str, item: str, key: str = KEY):
         return self.state.lines[(hour_start(us(ts)), key, item)]
+
+
+def touched(state: AccountState) -> tuple[list[LineKey], list[WindowKey]]:
+    """The bill lines and rate windows the record applied last changed: they carry its seq as
+    their revision (how the processor finds what to write)."""
+    return ([key for key, line in state.lines.items() if line.revision == state.seq],
+            [key for key, window in state.windows.items() if window.revision == state.seq])

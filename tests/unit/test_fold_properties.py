@@ -18,7 +18,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import catalog_data, make_catalog
+from helpers import catalog_data, make_catalog, touched
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, Outcome
@@ -149,7 +149,12 @@ def sequences(draw, account: str, min_size: int = 1, max_size: int = 25, channel
 
 
 def feed(state: AccountState, raws: list[bytes], cat: Catalog) -> list[Outcome]:
-    return [apply(state, parse_record(raw, state.account_id), cat) for raw in raws]
+    return [outcome for outcome, _ in feed_touching(state, raws, cat)]
+
+
+def feed_touching(state: AccountState, raws: list[bytes], cat: Catalog) -> list[tuple[Outcome, tuple[list, list]]]:
+    """Each record's outcome with the lines and windows it changed."""
+    return [(apply(state, parse_record(raw, state.account_id), cat), touched(state)) for raw in raws]
 
 
 def fresh(account: str, cat: Catalog) -> AccountState:
@@ -226,15 +231,16 @@ def test_console_calls_use_no_quota_and_cost_nothing(quota, data):
     items = data.draw(st.lists(calls(channels=("api", "console")), min_size=1, max_size=30))
     cat = catalog(quota)
     state = fresh("acct-a", cat)
-    outcomes = feed(state, [usage_record("acct-a", i, c) for i, c in enumerate(items)], cat)
+    fed = feed_touching(state, [usage_record("acct-a", i, c) for i, c in enumerate(items)], cat)
+    outcomes = [outcome for outcome, _ in fed]
     assert all(o.status == BILLED for o in outcomes)
     api_tokens = sum(c["input_tokens"] + c["output_tokens"] for c in items if c["channel"] == "api")
     assert state.free_used == min(quota, api_tokens)
-    for call, outcome in zip(items, outcomes):
+    for call, (outcome, (_, windows)) in zip(items, fed):
         if call["channel"] == "console":
             p = outcome.priced
             assert (p.free_tokens, p.billed_input_tokens, p.billed_output_tokens) == (0, 0, 0)
-            assert p.token_amount == p.plugin_amount == 0 and outcome.violations == [] and outcome.windows == []
+            assert p.token_amount == p.plugin_amount == 0 and outcome.violations == () and windows == []
     want, _ = expected_lines(items, quota)
     assert {k: [*astuple(line)[:7], line.amount] for k, line in state.lines.items()} == want
 
@@ -256,11 +262,11 @@ def test_replaying_a_prefix_changes_no_line(quota, data):
 
     k = data.draw(st.integers(0, len(raws)))
     replay = data.draw(st.permutations(raws[:k])) if data.draw(st.booleans()) else raws[:k]
-    again = feed(state, replay, cat)
-    for raw, outcome in zip(replay, again):
+    again = feed_touching(state, replay, cat)
+    for raw, (outcome, (changed_lines, _)) in zip(replay, again):
         if raw in claimed:
             assert outcome.status == DUPLICATE
-        assert outcome.status != BILLED and outcome.lines == [] and outcome.priced is None
+        assert outcome.status != BILLED and changed_lines == [] and outcome.priced is None
     assert lines_of(state) == lines
     assert state.free_used == free_used
     assert state.duplicates == duplicates + sum(1 for raw in replay if raw in claimed)
@@ -301,11 +307,11 @@ def test_interleaving_accounts_differently_changes_no_account(quota, data):
 # -- (d) a state round trip in the middle ---------------------------------------------------------
 
 
-def summary(outcomes: list[Outcome]) -> list[tuple]:
+def summary(fed: list[tuple[Outcome, tuple[list, list]]]) -> list[tuple]:
     return [
         (o.status, o.claimed, o.rejection and (o.rejection.reason, o.rejection.seq), o.priced, tuple(o.violations),
-         tuple(o.lines), tuple(o.windows))
-        for o in outcomes
+         tuple(lines), tuple(windows))
+        for o, (lines, windows) in fed
     ]
 
 
@@ -315,17 +321,17 @@ def test_a_state_round_trip_mid_sequence_changes_nothing(quota, data):
     raws = data.draw(sequences("acct-a", max_size=30, mixed=True, channels=("api", "console")))
     cat = catalog(quota)
     straight = fresh("acct-a", cat)
-    want = feed(straight, raws, cat)
+    want = feed_touching(straight, raws, cat)
 
     cut = data.draw(st.integers(0, len(raws)))
     state = fresh("acct-a", cat)
-    got = feed(state, raws[:cut], cat)
+    got = feed_touching(state, raws[:cut], cat)
     # a restart: the durable part from its JSON, the working sets as the worker reloads them
     restored = AccountState.from_json(state.to_json())
     restored.seen = dict(state.seen)
     restored.add_lines(copy.deepcopy(state.lines))
     restored.windows = copy.deepcopy(state.windows)
-    got += feed(restored, raws[cut:], cat)
+    got += feed_touching(restored, raws[cut:], cat)
 
     assert summary(got) == summary(want)
     assert lines_of(restored) == lines_of(straight)

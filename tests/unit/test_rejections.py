@@ -5,6 +5,7 @@ import json
 import pytest
 
 from helpers import (
+    touched,
     ACCOUNT,
     NO_QUOTA,
     Account,
@@ -36,7 +37,7 @@ def test_rejected_call_changes_no_bill_quota_or_window():
     acct = Account()
     out = acct.feed(usage("e1", model="xingchen-nope"))
     assert reason(out) == "unknown_model"
-    assert out.priced is None and out.lines == [] and out.windows == [] and out.violations == []
+    assert out.priced is None and touched(acct.state) == ([], []) and out.violations == ()
     assert acct.state.lines == {} and acct.state.windows == {} and acct.state.free_used == 0
 
 

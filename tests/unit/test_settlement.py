@@ -17,7 +17,7 @@ from pipeline.settlement import close_hours, grace_us, recharge as recharge_stat
 from pipeline.state import AccountState, Voucher
 from pipeline.timestamps import US_PER_HOUR, hour_start
 
-from helpers import ACCOUNT, CATALOG, KEY, Account, D, us
+from helpers import ACCOUNT, CATALOG, KEY, Account, D, touched, us
 
 DAY = "2024-10-08"
 GRACE = grace_us(10)
@@ -104,7 +104,7 @@ def test_settlement_arithmetic_is_exact_to_six_places():
     assert str(s.balance_after) == "0.882592" and s.debt_after == 0
     assert a.state.cash_balance == D("0.882592") and a.state.debt == 0
     assert s.seq == a.state.seq  # settled by the tick, the last record applied
-    assert out.status_changes == [] and a.state.last_settled_hour == H("09")
+    assert out.status_changes == () and a.state.last_settled_hour == H("09")
 
 
 # -- when an hour closes ----------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_settlement_arithmetic_is_exact_to_six_places():
 def test_hour_does_not_close_a_microsecond_before_end_plus_grace():
     a = Acct()
     a.call(t("09:15"))
-    assert a.tick(t("10:09:59.999999")).settlements == []
+    assert a.tick(t("10:09:59.999999")).settlements == ()
     assert a.state.open_hours == {H("09"): MAX_CALL} and a.state.last_settled_hour is None
     (s,) = a.tick(t("10:10:00")).settlements
     assert (s.hour_us, s.kind, s.amount) == (H("09"), "regular", MAX_CALL)
@@ -142,14 +142,14 @@ def test_clock_tick_closes_several_idle_hours_oldest_first():
     ]
     assert [s.debt_after for s in out.settlements] == [MAX_CALL, D("0.121400")]
     assert a.state.last_settled_hour == H("10") and a.state.open_hours == {}
-    assert a.tick(t("23:00")).settlements == []  # nothing left to settle, hours with no activity settle nothing
+    assert a.tick(t("23:00")).settlements == ()  # nothing left to settle, hours with no activity settle nothing
 
 
 def test_tick_earlier_than_the_clock_does_not_move_it_back_or_close_anything():
     a = Acct()
     a.call(t("09:15"))
     a.tick(t("10:05"))
-    assert a.tick(t("08:00")).settlements == []
+    assert a.tick(t("08:00")).settlements == ()
     assert a.state.max_ts_us == us(t("10:05"))
 
 
@@ -240,7 +240,7 @@ def test_fully_paid_settlement_publishes_no_status_change():
     out = a.tick(t("10:10"))
     (s,) = out.settlements
     assert (s.cash_part, s.debt_added, s.balance_after, s.debt_after) == (MAX_CALL, 0, 0, 0)
-    assert out.status_changes == [] and a.changes == []
+    assert out.status_changes == () and a.changes == []
     assert status_of(a.state) == "active"
 
 
@@ -253,14 +253,14 @@ def test_recharge_in_arrears_pays_debt_first_and_only_clearing_it_flips_to_activ
     a.tick(t("10:10"))
     assert a.state.debt == MAX_CALL and [c.status for c in a.changes] == ["arrears"]
     partial = a.recharge("0.1", t("10:20"))
-    assert partial.status_changes == []
+    assert partial.status_changes == ()
     assert (a.state.debt, a.state.cash_balance) == (D("0.017400"), 0)
     assert status_of(a.state) == "arrears"
     clearing = a.recharge("0.05", t("10:30"))
     assert clearing.status_changes == [StatusChange(ACCOUNT, "active", D("0"), D("0.032600"), us(t("10:30")), a.state.seq)]
     assert (a.state.debt, a.state.cash_balance) == (0, D("0.032600"))
     # a further recharge while active all goes to cash and changes no status
-    assert a.recharge("1", t("10:40")).status_changes == []
+    assert a.recharge("1", t("10:40")).status_changes == ()
     assert a.state.cash_balance == D("1.032600")
     assert [c.status for c in a.changes] == ["arrears", "active"]
 
@@ -296,7 +296,7 @@ def test_vouchers_never_pay_debt_but_pay_later_hours():
     a.call(t("09:15"))
     a.tick(t("10:10"))
     granted = a.voucher("v", "1", t("10:20"))
-    assert granted.status_changes == [] and granted.settlements == []
+    assert granted.status_changes == () and granted.settlements == ()
     assert a.state.debt == MAX_CALL and a.remaining("v") == 1 and status_of(a.state) == "arrears"
     a.call(t("10:30"))
     (s,) = a.tick(t("11:10")).settlements
@@ -319,7 +319,7 @@ def test_late_usage_for_a_settled_hour_is_an_adjustment_of_just_the_delta():
     assert (s.hour_us, s.kind, s.amount, s.debt_added, s.debt_after) == (H("09"), "adjustment", D("0.008000"), D("0.008000"), D("0.242800"))
     assert a.state.last_settled_hour == H("10")
     assert a.state.open_hours == {} and a.state.adjusting == set()
-    assert late.status_changes == []  # already in arrears
+    assert late.status_changes == ()  # already in arrears
     # a second late call is another adjustment, never a second regular settlement
     (s2,) = a.call(t("09:41"), model="xingchen-lite", inp=1, out=0).settlements
     assert (s2.hour_us, s2.kind, s2.amount) == (H("09"), "adjustment", D("0.000002"))
@@ -341,7 +341,7 @@ def test_late_usage_for_an_hour_that_is_still_open_is_not_settled_yet():
     a = Acct()
     a.call(t("09:15"))
     a.call(t("10:05"))
-    assert a.call(t("09:55"), model="xingchen-lite", inp=1000, out=0).settlements == []
+    assert a.call(t("09:55"), model="xingchen-lite", inp=1000, out=0).settlements == ()
     (s,) = a.tick(t("10:10")).settlements
     assert (s.kind, s.amount) == ("regular", D("0.119400"))
 
@@ -396,7 +396,7 @@ def test_rebill_lowering_a_cash_paid_hour_refunds_the_delta_to_cash():
     parts_add_up(s)
     assert (s.balance_after, s.debt_after) == (D("0.900000"), 0)
     assert a.state.lines[(H("09"), KEY, "xingchen-max")].amount == D("0.100000")
-    assert out.status_changes == []
+    assert out.status_changes == ()
 
 
 def test_rebill_lowering_an_hour_in_debt_reduces_the_debt_not_cash_and_never_below_zero():
@@ -481,7 +481,7 @@ def test_close_hours_directly_at_the_boundary():
     s = _state(cash="1")
     s.open_hours = {H("09"): D("0.3"), H("10"): D("0.2")}
     s.max_ts_us = H("10") + GRACE - 1
-    assert close_hours(s, GRACE, seq=3) == ([], [])
+    assert close_hours(s, GRACE, seq=3) == ((), ())
     s.max_ts_us = H("10") + GRACE
     settled, changes = close_hours(s, GRACE, seq=4)
     assert [(x.hour_us, x.kind, x.amount, x.cash_part, x.balance_after, x.seq) for x in settled] == [
@@ -508,7 +508,7 @@ def test_rebill_whose_line_changed_after_it_was_read_is_refused_whole_and_change
     assert out.status == "rejected" and out.rejection.reason == "stale_rebill"
     assert "run the same `billing rebill` again" in out.rejection.detail
     assert (a.state.lines[key].amount, a.state.cash_balance, a.state.debt, dict(a.state.open_hours)) == before
-    assert out.settlements == [] and out.lines == []
+    assert out.settlements == () and touched(a.state)[0] == []
     # the rebill run again reads the new revision and applies
     again = a.rebill(t("12:01"), t("09:00"), "0.200000", run_id="run-2", base_revision=a.state.lines[key].revision)
     assert a.state.lines[key].amount == D("0.200000")

@@ -22,15 +22,15 @@ def test_windows_tumble():
 
 def test_violated_at_and_over_limit():
     limits = Limits(qps=1, qpm=60, tpm=1000)
-    assert violated(limits, 1, 60, 1000) == []
-    assert violated(limits, 2, 1, 1) == ["qps"]
-    assert violated(limits, 1, 61, 1) == ["qpm"]
-    assert violated(limits, 1, 1, 1001) == ["tpm"]
-    assert violated(limits, 2, 61, 1001) == ["qps", "qpm", "tpm"]
+    assert violated(limits, 1, 60, 1000) == ()
+    assert violated(limits, 2, 1, 1) == ("qps",)
+    assert violated(limits, 1, 61, 1) == ("qpm",)
+    assert violated(limits, 1, 1, 1001) == ("tpm",)
+    assert violated(limits, 2, 61, 1001) == ("qps", "qpm", "tpm")
 
 
 def test_zero_limits_flag_any_call():
-    assert violated(Limits(0, 0, 0), 1, 1, 1) == ["qps", "qpm", "tpm"]
+    assert violated(Limits(0, 0, 0), 1, 1, 1) == ("qps", "qpm", "tpm")
 
 
 def test_limits_updated_keeps_absent_values():
