@@ -26,7 +26,7 @@ from pipeline.fold import apply
 from pipeline.framing import RS, split_message
 from pipeline.gcpause import gc_paused
 from pipeline.outputs import Outcome, StatusChange, Violation
-from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record, record_hash
+from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows
 from pipeline.settlement import grace_us
 from pipeline.state import AccountState
@@ -131,14 +131,6 @@ def _rebilled_hours(record: AccountRecord) -> list[int]:
     if record.kind == "rebill.lines":
         return sorted({hour_start(parse_ts(line["hour"])) for line in record.fields["lines"]})
     return []
-
-
-def _hash_of(record_id: str, hashes: dict[str, int]) -> int:
-    """record_hash, once per identity in a unit (it is looked up and written)."""
-    known = hashes.get(record_id)
-    if known is None:
-        known = hashes[record_id] = record_hash(record_id)
-    return known
 
 
 def yield_gil() -> None:
@@ -324,15 +316,14 @@ class BatchProcessor:
         pending, applied = self._drop_applied(by_account, result)
         touched.update(pending)
         republished = self._republished(applied)
-        hashes: dict[str, int] = {}  # record_id -> record_hash, taken once per unit for the lookup and the write
-        self._hydrate(pending, hashes)
+        self._hydrate(pending)
         if held is not None:
             behind.submit(held)
         for acc, items in pending.items():
             state = self.states[acc]
             seq_before = state.seq
             for msg, idx, record in items:
-                self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result, hashes)
+                self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
                 state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
                 if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
                     self.watermarks[msg.partition] = record.ts_us
@@ -409,7 +400,7 @@ class BatchProcessor:
                   if isinstance(rec, Usage) and rec.channel == "api"]
         return statestore.committed_statuses(self.client, seqs), statestore.committed_violations(self.client, events, seqs)
 
-    def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]], hashes: dict[str, int]) -> None:
+    def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]]) -> None:
         """Load the identities, hour lines and rate windows these records touch."""
         seqs = {acc: self.states[acc].seq for acc in pending if self.states[acc].seq > 0}
         if not seqs:
@@ -422,7 +413,7 @@ class BatchProcessor:
             for _, _, rec in pending[acc]:
                 if isinstance(rec, Invalid):
                     continue
-                wanted[(acc, rec.identity)] = _hash_of(rec.identity, hashes)
+                wanted[(acc, rec.identity)] = rec.identity_hash
                 if isinstance(rec, Usage):
                     hour = hour_start(rec.ts_us)
                     if hour not in known_hours:
@@ -446,7 +437,7 @@ class BatchProcessor:
             self._minutes[acc].add(minute)
 
     def _collect(self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome,
-                 result: BatchResult, hashes: dict[str, int]) -> None:
+                 result: BatchResult) -> None:
         """One record's rows (plain tuples in RawRow's and SeenRow's field order: built several times
         faster than the NamedTuples) and facts. Lines and windows are taken per account after its
         records, by `_collect_changed`."""
@@ -454,15 +445,18 @@ class BatchProcessor:
         rows.raw.append((msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
         result.statuses[outcome.status] += 1
         if outcome.claimed and not isinstance(record, Invalid):
-            rows.seen.append((acc, record.identity, record.digest, state.seq, _hash_of(record.identity, hashes)))
+            rows.seen.append((acc, record.identity, record.digest, state.seq, record.identity_hash))
         if outcome.rejection is not None:
             rows.rejections.append(outcome.rejection)
             result.reasons[outcome.rejection.reason] += 1
         if outcome.priced is not None:
             rows.priced.append(outcome.priced)
-        rows.violations.extend(outcome.violations)
-        rows.settlements.extend(outcome.settlements)
-        rows.status_changes.extend(outcome.status_changes)
+        if outcome.violations:  # most records make none of these three
+            rows.violations.extend(outcome.violations)
+        if outcome.settlements:
+            rows.settlements.extend(outcome.settlements)
+        if outcome.status_changes:
+            rows.status_changes.extend(outcome.status_changes)
 
     def _collect_changed(self, rows: BatchRows, state: AccountState, seq_before: int) -> None:
         """The lines and windows this unit's records changed: a line or window carries the seq of

@@ -56,6 +56,7 @@ class Usage(NamedTuple):
     output_tokens: int
     channel: str
     plugins: tuple[tuple[str, int], ...]
+    identity_hash: int  # record_hash(identity): the worker looks the identity up and writes it by this key
     kind: str = USAGE
 
 
@@ -69,6 +70,7 @@ class AccountRecord(NamedTuple):
     digest: str
     raw: str
     fields: dict[str, Any]
+    identity_hash: int  # record_hash(identity)
 
 
 class Invalid(NamedTuple):
@@ -181,7 +183,8 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     normal = dict(body, type=kind)
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
-    return namedtuple_of(AccountRecord, kind, account, ts_us, f"#{kind}:{digest}", digest, text, fields)  # '#': never an event_id
+    identity = f"#{kind}:{digest}"  # '#': never an event_id
+    return namedtuple_of(AccountRecord, kind, account, ts_us, identity, digest, text, fields, record_hash(identity))
 
 
 def _text(body: dict[str, Any], name: str, otherwise: str) -> str:
@@ -222,7 +225,7 @@ def _usage(call: Any, ts_us: int, text: str) -> Usage:
     digest = _digest(usage_decoder.canonical(call, channel, plugins))
     event_id: str = call.event_id
     return namedtuple_of(Usage, call.account_id, ts_us, event_id, digest, text, event_id, call.api_key_id, call.model,
-                         call.input_tokens, call.output_tokens, channel, tuple(sorted(plugins.items())), USAGE)
+                         call.input_tokens, call.output_tokens, channel, tuple(sorted(plugins.items())), record_hash(event_id), USAGE)
 
 
 def _in_range(ts_us: int, text: str) -> int:

@@ -211,3 +211,12 @@ def test_record_hash_is_the_one_seen_records_holds(record_id, stored):
     miss it, and the record would be billed twice. Pinned (BLAKE2b, 8 bytes, little-endian)."""
     assert records.record_hash(record_id) == stored
     assert records.record_hash(record_id) == stored  # the shared hasher state is copied, never changed
+
+
+def test_a_parsed_record_carries_the_hash_of_its_identity():
+    """The worker looks identities up in seen_records, and writes them, by the hash the record
+    carries: it must be record_hash of the identity, whichever path parsed the record."""
+    generic = usage("evt-generic", input_tokens=2.0)  # a count written 2.0 takes the generic validator
+    for rec in (parse(usage("evt-hash")), parse(generic), parse(recharge("5")), parse(key_created("k1"))):
+        assert rec.identity_hash == records.record_hash(rec.identity)
+    assert parse(usage("evt-1")).identity_hash == 5142162847298372542
