@@ -206,6 +206,7 @@ class BatchProcessor:
         # one sink thread for the processor's life (its thread ends when the processor is collected
         # or closed); the last write of a batch may still run on it when `process` returns
         self._sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-reader")
         self._last_write: Future[None] | None = None  # left in flight by the previous batch
         self._last_touched: set[str] = set()  # that batch's accounts, reloaded if the write fails
 
@@ -219,6 +220,7 @@ class BatchProcessor:
         """Wait for the write in flight and end the sink thread."""
         self.wait_for_writes()
         self._sink.shutdown(wait=True)
+        self._reader.shutdown(wait=True)
 
     def reset_positions(self) -> None:
         """After a rebalance: the next batch of each partition is checked against partition_progress again."""
@@ -276,14 +278,14 @@ class BatchProcessor:
         earlier, earlier_touched = self._last_write, self._last_touched
         self._last_write, self._last_touched = None, set()
         behind = WriteBehind(self._sink, self.client, earlier)
-        held: sink.Encoded | None = None  # a unit's rows, folded but not yet handed to ClickHouse
+        held: BatchRows | None = None  # a unit's rows, folded but not yet encoded and handed to ClickHouse
         try:
             with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
                 for unit in _units(messages, self.write_records):
                     held = self._process(unit, behind, held, result, touched)
                 behind.settle()  # an empty batch still waits for the previous batch's write
                 if held is not None:
-                    behind.submit(held)
+                    behind.submit(sink.encode(held))
                     held = None
                 # while the last write runs (this thread would only wait): the outgoing messages,
                 # and the batch's young objects
@@ -303,22 +305,24 @@ class BatchProcessor:
             self._last_touched = touched
         return result
 
-    def _process(self, messages: list[Message], behind: WriteBehind, held: sink.Encoded | None, batch: BatchResult,
-                 touched: set[str]) -> sink.Encoded:
-        """One unit: its reads, then the previous unit's write handed over, then the fold beside
-        that write. Returns this unit's encoded rows, held for the next unit (or the batch's end)."""
+    def _process(self, messages: list[Message], behind: WriteBehind, held: BatchRows | None, batch: BatchResult,
+                 touched: set[str]) -> BatchRows:
+        """One unit: its reads, on the reader thread while this one encodes the previous unit's
+        rows; then that unit's write handed over, and this unit's fold beside it. Returns this
+        unit's rows, held for the next unit (or the batch's end)."""
         result = BatchResult()
         rows = BatchRows(epoch=self.epoch)
         by_account = self._parse(messages, rows, result)  # overlaps the write of the unit before the held one
-        behind.settle()
-        self.check_contiguous(messages)
-        self._load_states(by_account)
-        pending, applied = self._drop_applied(by_account, result)
+        behind.settle()  # no read ever runs beside a write
+        reads = self._reader.submit(self._read, messages, by_account, result)
+        try:
+            encoded = sink.encode(held) if held is not None else None
+        finally:
+            wait([reads])  # never leave a read running behind a failure
+        pending, republished = reads.result()
         touched.update(pending)
-        republished = self._republished(applied)
-        self._hydrate(pending)
-        if held is not None:
-            behind.submit(held)
+        if encoded is not None:
+            behind.submit(encoded)
         for acc, items in pending.items():
             state = self.states[acc]
             seq_before = state.seq
@@ -330,14 +334,28 @@ class BatchProcessor:
             self._collect_changed(rows, state, seq_before)
             rows.states[acc] = state
         rows.progress = sorted(result.last_offsets.items())
-        encoded = sink.encode(rows)
         result.states = rows.states
         result.status_changes = republished[0] + rows.status_changes
         result.violations = republished[1] + rows.violations
         if self.auto_tick:
             result.ticks = self._idle_ticks()
         batch.merge(result)
-        return encoded
+        return rows
+
+    def _read(self, messages: list[Message], by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
+              ) -> tuple[dict[str, list[tuple[Message, int, Record]]], tuple[list[StatusChange], list[Violation]]]:
+        """A unit's reads, on the reader thread (the engine answers without Python's lock): where its
+        partitions stand, its accounts' snapshots and working sets, the outputs to publish again.
+        Meanwhile the folding thread only encodes the previous unit's rows: those read the durable
+        fields of the states and the lines and windows that unit changed, and these reads touch
+        neither (they add snapshots of accounts not in memory, and identities, lines and windows
+        of hours and minutes not in memory). Returns the records to apply, by account."""
+        self.check_contiguous(messages)
+        self._load_states(by_account)
+        pending, applied = self._drop_applied(by_account, result)
+        republished = self._republished(applied)
+        self._hydrate(pending)
+        return pending, republished
 
     def _parse(self, messages: list[Message], rows: BatchRows, result: BatchResult) -> dict[str, list[tuple[Message, int, Record]]]:
         """Records by account, in log order; barriers go straight to the rows. Reads no state."""
