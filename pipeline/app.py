@@ -206,9 +206,9 @@ class Worker:
             self.write_wait_seconds += result.write_wait_s
             return result
 
-    def _failed(self, records: int, exc: BaseException, delay: float) -> None:
+    def _failed(self, messages: int, exc: BaseException, delay: float) -> None:
         self.stats["batch_failures"] += 1
-        log.warning("batch of %d messages not written (%s); retrying in %.1fs", records, str(exc)[:300], delay)
+        log.warning("batch of %d messages not written (%s); retrying in %.1fs", messages, str(exc)[:300], delay)
 
     async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
                         previous: asyncio.Future[None] | None) -> None:

@@ -203,8 +203,8 @@ class BatchProcessor:
         self.auto_tick = auto_tick
         self._ticked: dict[str, int] = {}
         self._grace_us = grace_us(catalog.settlement_grace_minutes)
-        # one sink thread for the processor's life (its thread ends when the processor is collected
-        # or closed); the last write of a batch may still run on it when `process` returns
+        # one sink and one reader thread for the processor's life (they end when the processor is
+        # collected or closed); the last write of a batch may still run when `process` returns
         self._sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-reader")
         self._last_write: Future[None] | None = None  # left in flight by the previous batch
@@ -217,7 +217,7 @@ class BatchProcessor:
             wait([self._last_write])
 
     def close(self) -> None:
-        """Wait for the write in flight and end the sink thread."""
+        """Wait for the write in flight and end the sink and reader threads."""
         self.wait_for_writes()
         self._sink.shutdown(wait=True)
         self._reader.shutdown(wait=True)
@@ -261,12 +261,12 @@ class BatchProcessor:
         after the whole batch; a crash between units redelivers it, and the units already
         written are skipped.
 
-        Write-behind: ClickHouse ingests a unit (in C, without the GIL, on a second thread)
-        while the next unit is folded. A unit's rows are encoded right after its fold and handed
-        over after the next unit's reads (working sets, snapshots, outputs to publish again), so
-        that no read ever runs beside a write; those reads find the held unit's effects in
-        memory, where everything the batch touched stays until the batch is written (the prune
-        waits for the end).
+        Write-behind: ClickHouse ingests a unit (in C, without the GIL, on the sink thread)
+        while the next unit is folded. A unit's rows are encoded while the next unit's reads
+        (working sets, snapshots, outputs to publish again) run on the reader thread, and handed
+        over after those reads, so that no read ever runs beside a write; the reads find the
+        held unit's effects in memory, where everything the batch touched stays until the batch
+        is written (the prune waits for the end).
 
         By default the batch returns once its last unit is written. With `leave_last_write` it
         returns with that write in flight (`result.written` resolves when it is in), and the next
