@@ -99,7 +99,8 @@ def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]
     message with more is a unit of its own), and about the same size: a small last unit would be
     folded in less time than the write of the unit before it takes, and wait for it."""
     sizes = [msg.value.count(RS) if msg.value.startswith(RS) else 1 for msg in messages]
-    target = -(-sum(sizes) // max(1, -(-sum(sizes) // max_records)))  # total / ceil(total / max), rounded up
+    total = sum(sizes)
+    target = -(-total // max(1, -(-total // max_records)))  # total / ceil(total / max), rounded up
     unit: list[Message] = []
     count = 0
     for msg, records in zip(messages, sizes):
@@ -283,10 +284,11 @@ class BatchProcessor:
             with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
                 for unit in _units(messages, self.write_records):
                     held = self._process(unit, behind, held, result, touched)
-                behind.settle()  # an empty batch still waits for the previous batch's write
                 if held is not None:
-                    behind.submit(sink.encode(held))
+                    behind.submit(sink.encode(held))  # (after the write in flight)
                     held = None
+                else:
+                    behind.settle()  # an empty batch still waits for the previous batch's write
                 # while the last write runs (this thread would only wait): the outgoing messages,
                 # and the batch's young objects
                 result.outbound = outputs_json.messages(result.status_changes, result.violations, result.ticks)
