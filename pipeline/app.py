@@ -122,6 +122,7 @@ class Worker:
             s.app_id,
             broker=f"kafka://{bootstrap}",
             store="memory://",
+            datadir=str(s.data_dir / "faust"),  # not Faust's default <app id>-data in the cwd
             topic_partitions=s.partitions,
             broker_session_timeout=6,  # Tansu holds JoinGroup for half of it (DESIGN §7)
             broker_heartbeat_interval=1,

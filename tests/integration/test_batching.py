@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 import faust
@@ -45,10 +46,11 @@ def _published(broker: str) -> tuple[str, str]:
 
 
 @contextmanager
-def _running(broker: str, topic: str, group: str, agent: Callable[[faust.StreamT], Awaitable[None]]) -> Iterator[None]:
+def _running(broker: str, topic: str, group: str, agent: Callable[[faust.StreamT], Awaitable[None]],
+             datadir: Path) -> Iterator[None]:
     """A Faust app consuming `topic` with `agent`, on its own event loop thread."""
     leave_group_at_generation_zero()
-    app = faust.App(group, broker=f"kafka://{broker}", store="memory://", broker_session_timeout=6,
+    app = faust.App(group, broker=f"kafka://{broker}", store="memory://", datadir=str(datadir), broker_session_timeout=6,
                     broker_heartbeat_interval=1, broker_commit_interval=0.2, consumer_auto_offset_reset="earliest",
                     topic_disable_leader=True, web_enabled=False)
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
@@ -71,7 +73,7 @@ def _running(broker: str, topic: str, group: str, agent: Callable[[faust.StreamT
         thread.join(60)
 
 
-def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(broker: str) -> None:
+def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(broker: str, tmp_path: Path) -> None:
     topic, group = _published(broker)
     batches: list[list[int]] = []
     release = threading.Event()
@@ -84,7 +86,7 @@ def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(br
                     await asyncio.sleep(0.05)
 
     try:
-        with _running(broker, topic, group, handle):
+        with _running(broker, topic, group, handle, tmp_path):
             wait_until(lambda: len(batches) >= 2, 60, "two batches")
             time.sleep(1.5)  # several commit intervals while the second batch is still being handled
             assert _committed(broker, group, topic) == len(batches[0])  # the first batch only
@@ -97,7 +99,7 @@ def test_batches_are_bounded_ordered_complete_and_committed_only_once_handled(br
     assert [offset for batch in batches for offset in batch] == list(range(MESSAGES))
 
 
-def test_with_acks_left_to_the_caller_nothing_is_committed_until_it_acks(broker: str) -> None:
+def test_with_acks_left_to_the_caller_nothing_is_committed_until_it_acks(broker: str, tmp_path: Path) -> None:
     """auto_ack=False (the worker's way: a batch's last write is still running when the next batch
     is taken): asking for the next batches acknowledges nothing; the caller's acks do, in order."""
     topic, group = _published(broker)
@@ -114,7 +116,7 @@ def test_with_acks_left_to_the_caller_nothing_is_committed_until_it_acks(broker:
                     await stream.ack(event)
 
     try:
-        with _running(broker, topic, group, handle):
+        with _running(broker, topic, group, handle, tmp_path):
             wait_until(lambda: len(held) == MESSAGES, 60, "every batch handed out")
             time.sleep(1.5)  # several commit intervals with every batch handed out and none acked
             assert _committed(broker, group, topic) is None

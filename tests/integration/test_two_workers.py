@@ -80,7 +80,11 @@ def barrier(bootstrap: str, settings: Settings, client) -> None:
     wait_until(lambda: queries.barrier_partitions(client, barrier_id) == settings.partitions, 120, "the barrier")
 
 
-def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: Path) -> None:
+def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # a worker keeps everything in its data dir, nothing in the cwd
     settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-two-workers", log_epoch="two-workers")
     lines = generate(6000, seed=77)
     first, rest = lines[:3000], lines[3000:]
@@ -110,6 +114,7 @@ def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: 
     want = expected(lines)
     got = bills_by_key(queries.bills(reader), accounts_of(lines))
     assert got == want.bills
+    assert list(cwd.iterdir()) == []
 
 
 def test_workers_stopping_and_starting_repeatedly_keep_bills_exact(broker: str, inprocess_dir: Path) -> None:
