@@ -2,7 +2,7 @@
 
 chdb lets one process own a data directory (DESIGN §6), so `bills`, `rejected`, `account` and
 `wait` ask the running worker. Read-only; parameters go to `queries`, which binds them. Every
-query runs on the worker's ClickHouse thread (`on_db`).
+query runs between two of the worker's writes (`on_db`), never beside one.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ again (the next batch, finding the failure, waits for that and then goes again i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
@@ -248,11 +249,13 @@ class Worker:
         self.last_offsets.update(result.last_offsets)
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
-        """An API call on the ClickHouse thread, after the write in flight (if any) is in."""
-        def after_writes() -> T:
-            self.processor.wait_for_writes()
-            return fn(*args)
-        return await self.on_db(after_writes)
+        """An API call between two of the processor's writes: it sees every record written before
+        it, no unit in part, and the batch being folded goes on meanwhile."""
+        try:
+            written = self.processor.read_between_writes(functools.partial(fn, *args))
+        except RuntimeError:  # the processor is closed (the worker is stopping): nothing writes now
+            return await self.on_db(fn, *args)
+        return await asyncio.wrap_future(written)
 
     async def publish_outputs(self, result: BatchResult) -> None:
         """After the batch is in ClickHouse: status changes (compacted topic, for the API gateway),

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -217,6 +217,14 @@ class BatchProcessor:
         if self._last_write is not None:
             wait([self._last_write])
 
+    def read_between_writes(self, read: Callable[[], Any]) -> "Future[Any]":
+        """`read` on the sink thread, after every write submitted before it and before any
+        submitted after: it sees each unit whole and every unit written before the call, and it
+        leaves the folding thread alone. (On the folding thread it waited there for the write in
+        flight, which the next batch would have parsed beside: the worker's API, `billing wait`
+        among its callers, cost every batch that overlap.) RuntimeError once closed."""
+        return self._sink.submit(read)
+
     def close(self) -> None:
         """Wait for the write in flight and end the sink and reader threads."""
         self.wait_for_writes()
@@ -258,7 +266,7 @@ class BatchProcessor:
     def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Fold and write a batch, in units of at most `write_records` records (whole messages):
         a batch of 1,000 messages can hold 200,000 records, and one unit's working memory and
-        the time the worker's API waits behind a write grow with it. Offsets are acknowledged
+        the time a query of the worker's API waits behind its write grow with it. Offsets are acknowledged
         after the whole batch; a crash between units redelivers it, and the units already
         written are skipped.
 

@@ -38,8 +38,8 @@ class QueryError(RuntimeError):
 
 
 class WorkerBusy(QueryError):
-    """The worker did not answer in time: its one ClickHouse thread is busy with a large batch or
-    is retrying an unavailable ClickHouse. Worth asking again."""
+    """The worker did not answer in time: a query waits for the write in flight (a large unit's, or
+    one retrying an unavailable ClickHouse). Worth asking again."""
 
 
 class DirectReader:
@@ -106,7 +106,7 @@ class ApiReader:
                 raise ValueError(body) from None
             raise QueryError(f"the worker at {self.base} answered {exc.code}: {str(body)[:500]}") from None
         except TimeoutError:
-            raise WorkerBusy(f"the worker at {self.base} did not answer within {timeout:g}s: it is busy with a large batch "
+            raise WorkerBusy(f"the worker at {self.base} did not answer within {timeout:g}s: it is writing a large unit "
                              "or retrying ClickHouse (see its log); try again") from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):

@@ -1,4 +1,4 @@
-"""A worker busy with a large batch (or retrying ClickHouse) answers its API late. Readers say
+"""A worker writing a large unit (or retrying ClickHouse) answers its API late. Readers say
 so plainly, and `billing wait` keeps waiting instead of failing on the first slow answer."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def slow_api() -> Iterator[str]:
 
 
 def test_a_late_answer_is_worker_busy_with_what_to_do(slow_api: str) -> None:
-    with pytest.raises(WorkerBusy, match="did not answer within 0.2s.*busy with a large batch"):
+    with pytest.raises(WorkerBusy, match="did not answer within 0.2s.*writing a large unit"):
         ApiReader(slow_api, timeout_s=0.2).bills(None, None, None)
     assert ApiReader(slow_api, timeout_s=5).bills(None, None, None) == []
 

@@ -5,6 +5,7 @@ exactly, and the worker finishes a failed last write even when no batch comes af
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pipeline.catalog import load_catalog
 from pipeline.chclient import connect
 from pipeline.processor import BatchProcessor, EarlierWriteFailed
 from pipeline.publish import publish_lines
+from pipeline.reader import ApiReader
 from pipeline.settings import Settings
 from pipeline.workload import generate
 from tests.integration.stack import bills_by_key
@@ -61,6 +63,32 @@ def test_the_next_batch_parses_beside_the_last_write_and_reads_only_after_it(cli
     assert sum(r.skipped for r in results) == 50 * (len(results) - 1)
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
     processor.close()
+
+
+def test_a_read_between_writes_waits_for_the_write_before_it_and_sees_it_whole(client, monkeypatch) -> None:
+    """The worker's API reads between two writes: a query made while a batch's last write is
+    held must wait for it and then see every bill of that batch, as the oracle says."""
+    lines = generate(1200, seed=6060)
+    gate = threading.Event()
+    real_send = sink.send
+
+    def gated_send(client_: Any, encoded: sink.Encoded) -> None:
+        gate.wait(10)
+        real_send(client_, encoded)
+
+    monkeypatch.setattr(sink, "send", gated_send)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=400)
+    try:
+        result = processor.process(messages(lines), leave_last_write=True)
+        read = processor.read_between_writes(lambda: queries.bills(client))
+        time.sleep(0.3)
+        assert not read.done(), "the read ran before the write made ahead of it"
+        gate.set()
+        assert bills_by_key(read.result(10), accounts_of(lines)) == expected(lines).bills
+        assert result.written.done()
+    finally:
+        gate.set()
+        processor.close()
 
 
 @pytest.mark.parametrize("order", ["next batch first", "failed batch first"])
@@ -164,3 +192,21 @@ def test_a_batch_arriving_while_a_failed_one_is_retried_waits_for_it(broker: str
                60, "every offset committed")
     assert bills_by_key(queries.bills(reader), accounts_of(lines)) == expected(lines).bills
     assert worker.worker.stats["batch_failures"] == 2
+
+
+def test_the_api_answers_while_a_batch_is_being_folded(broker: str, flaky_worker) -> None:
+    """A query waits for the writes before it, not for the batch the ClickHouse thread is folding
+    (held here): `billing bills` answers during a long batch, with everything already billed."""
+    _, worker, settings = flaky_worker
+    lines = generate(600, seed=6565)
+    report = publish_lines([x.encode() for x in lines], broker, settings.input_topic, quiet=True)
+    wait_until(lambda: committed_total(broker, settings.app_id) == sum(last + 1 for last in report.offsets.values()),
+               60, "every offset committed")
+    wait_until(lambda: worker.worker.api_url is not None, 30, "the worker's API")
+    folding = threading.Event()
+    worker.worker._db.submit(folding.wait, 60)  # the ClickHouse thread is busy with a batch
+    try:
+        rows = ApiReader(worker.worker.api_url, timeout_s=20).bills(None, None, None)
+    finally:
+        folding.set()
+    assert bills_by_key(rows, accounts_of(lines)) == expected(lines).bills
