@@ -77,9 +77,9 @@ def test_a_read_between_writes_waits_for_the_write_before_it_and_sees_it_whole(c
         real_send(client_, encoded)
 
     monkeypatch.setattr(sink, "send", gated_send)
-    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=400)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=100_000)
     try:
-        result = processor.process(messages(lines), leave_last_write=True)
+        result = processor.process(messages(lines), leave_last_write=True)  # one unit: its write is held
         read = processor.read_between_writes(lambda: queries.bills(client))
         time.sleep(0.3)
         assert not read.done(), "the read ran before the write made ahead of it"
