@@ -30,6 +30,25 @@ from tests.oracle import expected
 pytestmark = pytest.mark.integration
 
 
+def hold_writes(monkeypatch: pytest.MonkeyPatch, in_flight: threading.Event | None = None) -> threading.Event:
+    """Every write waits (up to 10 s) for the returned gate to open; `in_flight` is set meanwhile."""
+    gate = threading.Event()
+    real_send = sink.send
+
+    def gated_send(client_: Any, encoded: sink.Encoded) -> None:
+        if in_flight is not None:
+            in_flight.set()
+        try:
+            gate.wait(10)
+            real_send(client_, encoded)
+        finally:
+            if in_flight is not None:
+                in_flight.clear()
+
+    monkeypatch.setattr(sink, "send", gated_send)
+    return gate
+
+
 def test_the_next_batch_parses_beside_the_last_write_and_reads_only_after_it(client, monkeypatch) -> None:
     """Each batch is one unit; its write is held until a timer opens the gate, after `process`
     has returned. The next batch must not read anything before that write is in (it would miss
@@ -37,18 +56,7 @@ def test_the_next_batch_parses_beside_the_last_write_and_reads_only_after_it(cli
     lines = generate(2400, seed=6161)
     msgs = messages(lines)
     guard = ReadGuard(client)
-    gate = threading.Event()
-    real_send = sink.send
-
-    def gated_send(client_: Any, encoded: sink.Encoded) -> None:
-        guard.in_flight.set()
-        try:
-            gate.wait(10)
-            real_send(client_, encoded)
-        finally:
-            guard.in_flight.clear()
-
-    monkeypatch.setattr(sink, "send", gated_send)
+    gate = hold_writes(monkeypatch, guard.in_flight)
     processor = BatchProcessor(guard, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=100_000)
     results = []
     for start in range(0, len(msgs), 400):
@@ -69,14 +77,7 @@ def test_a_read_between_writes_waits_for_the_write_before_it_and_sees_it_whole(c
     """The worker's API reads between two writes: a query made while a batch's last write is
     held must wait for it and then see every bill of that batch, as the oracle says."""
     lines = generate(1200, seed=6060)
-    gate = threading.Event()
-    real_send = sink.send
-
-    def gated_send(client_: Any, encoded: sink.Encoded) -> None:
-        gate.wait(10)
-        real_send(client_, encoded)
-
-    monkeypatch.setattr(sink, "send", gated_send)
+    gate = hold_writes(monkeypatch)
     processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=100_000)
     try:
         result = processor.process(messages(lines), leave_last_write=True)  # one unit: its write is held
