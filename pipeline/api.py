@@ -1,13 +1,21 @@
 """The worker's small HTTP API: how other commands query while `billing up` holds the engine.
 
 chdb lets one process own a data directory (DESIGN §6), so `bills`, `rejected`, `account` and
-`wait` ask the running worker. Read-only; parameters go to `queries`, which binds them. Every
-query runs between two of the worker's writes (`on_db`), never beside one.
+`wait` ask the running worker. Parameters go to `queries`, which binds them. Every query runs
+between two of the worker's writes (`on_db`), never beside one.
+
+Access (CONTRACT): probes and /metrics are open. Reads are open on loopback only; beyond it they
+need the API token (`Authorization: Bearer`, or the `billing_token` cookie that /console?token=
+sets for a browser). Every POST needs the operator token (BILLING_API_TOKEN, or one the worker
+makes at start and leaves, owner-only, in the data dir's runtime.json for the CLI on this machine).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -15,10 +23,70 @@ from aiohttp import web
 from pipeline import queries
 
 OnDb = Callable[..., Awaitable[Any]]
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PREFIXES = ("/console/static/",)  # scripts and styles of the console: no data in them
+TOKEN_COOKIE = "billing_token"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call what: `token` for reads beyond loopback, `operator_token` for every write."""
+
+    operator_token: str
+    token: str | None = None
+    loopback_only: bool = True
+
+    def may_read(self, given: str | None) -> bool:
+        return (self.loopback_only and self.token is None) or self._matches(given, self.token) or self.may_write(given)
+
+    def may_write(self, given: str | None) -> bool:
+        return self._matches(given, self.operator_token)
+
+    @staticmethod
+    def _matches(given: str | None, expected: str | None) -> bool:
+        return bool(given) and bool(expected) and hmac.compare_digest(str(given).encode(), str(expected).encode())
+
+
+def _given_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer "):].strip()
+    return request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
+
+
+def auth_middleware(access: Access) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
+            return await handler(request)
+        given = _given_token(request)
+        allowed = access.may_read(given) if request.method in ("GET", "HEAD") else access.may_write(given)
+        if not allowed:
+            needed = "the API token (BILLING_API_TOKEN)" if request.method in ("GET", "HEAD") else "the operator token"
+            return web.json_response({"error": f"unauthorized: {request.method} {request.path} needs {needed} as "
+                                               "'Authorization: Bearer <token>'"}, status=401)
+        response = await handler(request)
+        if request.query.get("token") and given == request.query.get("token"):  # a browser keeps it for the next pages
+            response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="Strict")
+        return response
+
+    return auth
 
 
 def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb,
-              metrics: Callable[[], str] | None = None) -> web.Application:
+              metrics: Callable[[], str] | None = None, access: Access | None = None,
+              ready: Callable[[], str | None] | None = None) -> web.Application:
+    """`ready`: why the worker should get no traffic (e.g. a batch failing again and again), or None."""
     def arg(request: web.Request, name: str) -> str | None:
         return request.query.get(name) or None
 
@@ -60,10 +128,14 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
         return web.json_response({"partitions": count})
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(health())
+        body = health()
+        return web.json_response(body, status=200 if body.get("status") == "ok" else 503)
 
     async def readyz(request: web.Request) -> web.Response:
-        """Ready when ClickHouse answers: a worker that cannot write should get no traffic."""
+        """Ready when ClickHouse answers and no batch is stuck: a worker that cannot write should get no traffic."""
+        stuck = ready() if ready is not None else None
+        if stuck is not None:
+            return web.json_response({"ready": False, "reason": stuck}, status=503)
         try:
             await asyncio.wait_for(on_db(lambda: client_of().command("SELECT 1")), timeout=5)
         except Exception as exc:  # any failure means not ready; the reason helps the operator
@@ -80,7 +152,7 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
         except ValueError as exc:  # bad user input, e.g. a --from that is not RFC 3339
             return web.json_response({"error": str(exc)}, status=400)
 
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[auth_middleware(access or Access(operator_token="")), errors])
     app.router.add_get("/api/bills", bills)
     app.router.add_get("/api/rejected", rejected)
     app.router.add_get("/api/accounts", accounts)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import logging
 import time
 from collections import Counter
@@ -30,7 +31,8 @@ from pipeline import CORE_BUILD, api, metrics, outputs_json, records
 from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
-from pipeline.processor import BatchProcessor, BatchResult, EarlierWriteFailed, Message, OffsetGap
+from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap
+from pipeline.runtime import control_key
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
 from pipeline.topics import ensure_all
@@ -38,6 +40,25 @@ from pipeline.topics import ensure_all
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
+ISOLATE_AFTER = 2  # failures of one batch before its messages are tried one by one
+STUCK_AFTER = 3  # failures of one batch after which the worker reports itself unhealthy
+MAX_POISON_STREAK = 5  # messages refused in a row, with no good write between: the fault is not theirs
+# Codes of ClickHouse errors that pass (load, space, replication): retried, never blamed on a record.
+TRANSIENT_CODES = ("MEMORY_LIMIT_EXCEEDED", "TOO_MANY_PARTS", "TIMEOUT_EXCEEDED", "NOT_ENOUGH_SPACE", "TABLE_IS_READ_ONLY",
+                   "KEEPER_EXCEPTION", "NO_ZOOKEEPER", "ALL_CONNECTION_TRIES_FAILED", "NETWORK_ERROR", "SOCKET_TIMEOUT",
+                   "TOO_MANY_SIMULTANEOUS_QUERIES", "UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Cannot lock file",
+                   "No space left", "Connection refused", "timed out")
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure of ClickHouse itself (down, full, overloaded, not migrated), not of the data: wait
+    and retry. Anything else that fails the same batch again and again is looked for in its records."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    if isinstance(exc, (ClickHouseUnavailable, OperationalError, OSError, TimeoutError, MemoryError)):
+        return True
+    text = str(exc)
+    return any(code in text for code in TRANSIENT_CODES)
 
 
 def leave_group_at_generation_zero() -> None:
@@ -66,14 +87,19 @@ def leave_group_at_generation_zero() -> None:
 class Worker:
     """One `billing worker`: the Faust app, its processor and its query API."""
 
-    def __init__(self, settings: Settings, bootstrap: str, epoch: str, on_api: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, epoch: str, on_api: Callable[[str], None] | None = None,
+                 operator_token: str | None = None) -> None:
         self.settings = settings
+        self.operator_token = operator_token or settings.api_token or secrets.token_urlsafe(32)
         self.epoch = epoch
         self.catalog = load_catalog(settings.catalog)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.client = self._db.submit(self._open_clickhouse).result()
+        self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
+        bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
         self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick,
-                                        write_records=settings.write_records)
+                                        write_records=settings.write_records, control_key=self.control_key, clock_bounds=bounds,
+                                        max_cached_accounts=settings.max_cached_accounts)
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()
@@ -90,6 +116,9 @@ class Worker:
         self._completing: asyncio.Future[None] | None = None  # the latest batch's completion task
         self._nothing_owed = asyncio.Event()  # cleared while a batch whose last write failed is processed again
         self._nothing_owed.set()
+        self.consecutive_failures = 0  # of the batch being retried now (0: the last batch went in)
+        self.last_failure = ""
+        self._poison_streak = 0
         ensure_all(settings, bootstrap)
         leave_group_at_generation_zero()
         self.app = self._build_app(bootstrap)
@@ -201,16 +230,67 @@ class Worker:
                 continue  # (or a completion processing its own batch again: the failure is cleared now)
             except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
                 self._failed(len(messages), exc, delay)
+                if self.consecutive_failures >= ISOLATE_AFTER and not transient(exc):
+                    isolated = await self.on_db(self._isolate, messages)
+                    if isolated is not None:
+                        self._succeeded()
+                        return isolated
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             self.sink_seconds += time.perf_counter() - started
             self.write_wait_seconds += result.write_wait_s
+            self._succeeded()
             return result
 
     def _failed(self, messages: int, exc: BaseException, delay: float) -> None:
         self.stats["batch_failures"] += 1
+        self.consecutive_failures += 1
+        self.last_failure = str(exc)[:300]
         log.warning("batch of %d messages not written (%s); retrying in %.1fs", messages, str(exc)[:300], delay)
+
+    def _succeeded(self) -> None:
+        self.consecutive_failures = 0
+        self.last_failure = ""
+
+    def stuck(self) -> str | None:
+        """Why this worker should not count as healthy: the same batch failing again and again."""
+        if self.consecutive_failures < STUCK_AFTER:
+            return None
+        return f"the same batch failed {self.consecutive_failures} times in a row: {self.last_failure}"
+
+    def _isolate(self, messages: list[Message]) -> BatchResult | None:
+        """On the ClickHouse thread: a batch that keeps failing for a reason in its data, one message
+        at a time. A message that fails alone is tried again with its records rejected (the error as
+        the detail); if that goes in, it was the message, and billing goes on for everyone else. If
+        that fails too, or messages keep being refused with no good write between them, the fault is
+        ClickHouse's or the tables': None, and the batch is retried as a whole (and the worker says
+        it is stuck). Nothing is acknowledged before the whole batch is in."""
+        total = BatchResult()
+        for msg in messages:
+            try:
+                total.merge(self.processor.process([msg]))
+                self._poison_streak = 0
+                continue
+            except OffsetGap:
+                raise
+            except Exception as exc:
+                if transient(exc) or self._poison_streak >= MAX_POISON_STREAK:
+                    return None
+                error = f"{type(exc).__name__}: {exc}"
+            self.processor.poisoned[(msg.partition, msg.offset)] = error
+            try:
+                total.merge(self.processor.process([msg]))
+            except Exception as exc:
+                del self.processor.poisoned[(msg.partition, msg.offset)]
+                log.error("message %d@%d refused even as a rejection (%r): not its fault; retrying the batch", msg.offset,
+                          msg.partition, exc)
+                return None
+            self._poison_streak += 1
+            self.stats["poisoned_messages"] += 1
+            log.error("partition %d offset %d: ClickHouse refused its rows (%s); its records are rejected, billing goes on",
+                      msg.partition, msg.offset, error[:300])
+        return total
 
     async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
                         previous: asyncio.Future[None] | None) -> None:
@@ -278,7 +358,10 @@ class Worker:
             done += 1
 
     async def start_api(self) -> None:
-        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics)
+        s = self.settings
+        access = api.Access(operator_token=self.operator_token, token=s.api_token, loopback_only=api.is_loopback(s.api_host))
+        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics,
+                                access=access, ready=self.stuck)
         _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
         log.info("query API at %s", self.api_url)
         if self.on_api:
@@ -297,10 +380,12 @@ class Worker:
                 except Exception:  # not assigned here any more, or no fetch yet
                     highwater = None
             rows.append((partition, offset, committed, highwater))
+        self.stats["consecutive_failures"] = self.consecutive_failures
         return metrics.render(self.stats, self.reasons, self.sink_seconds, rows, self.write_wait_seconds)
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "epoch": self.epoch, "core": CORE_BUILD.label, "stats": dict(self.stats),
+        stuck = self.stuck()
+        return {"status": "ok" if stuck is None else "stuck", "problem": stuck, "epoch": self.epoch, "core": CORE_BUILD.label, "stats": dict(self.stats),
                 "batch_seconds": round(self.sink_seconds, 3), "write_wait_seconds": round(self.write_wait_seconds, 3),
                 "first_batch_at": self.first_batch_at, "last_batch_at": self.last_batch_at,
                 "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},

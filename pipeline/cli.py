@@ -43,6 +43,28 @@ def new_epoch() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
 
+def operator_key(settings: Settings) -> bytes:
+    """The control key, for the commands that write control records (ticks, rebills, barriers)."""
+    from pipeline.runtime import ControlKeyMissing, control_key
+
+    try:
+        return control_key(settings.data_dir, settings.control_key)
+    except ControlKeyMissing as exc:
+        raise UsageError(str(exc)) from None
+
+
+def api_token_checked(settings: Settings) -> str:
+    """The operator token of the worker's API; refuses an API beyond loopback without a token."""
+    import secrets
+
+    from pipeline.api import is_loopback
+
+    if not is_loopback(settings.api_host) and not settings.api_token:
+        raise UsageError(f"BILLING_API_HOST={settings.api_host} serves bills beyond this machine: set BILLING_API_TOKEN "
+                         "(a long random secret; clients send it as 'Authorization: Bearer <token>')")
+    return settings.api_token or secrets.token_urlsafe(32)
+
+
 def kafka_of(settings: Settings) -> str:
     if settings.kafka:
         return settings.kafka
@@ -67,6 +89,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     if running is not None:
         raise UsageError(f"`billing up` already runs on data dir {settings.data_dir} (pid {running.pid}); stop it first")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    operator_token = api_token_checked(settings)
     epoch = new_epoch()
     settings = settings.with_(log_epoch=epoch)
     broker = EmbeddedBroker(settings.data_dir / "broker.log")
@@ -78,13 +101,14 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         started = time.monotonic()
 
         def on_api(url: str) -> None:
-            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat()))
+            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat(),
+                                                     operator_token))
             say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait` in other terminals)")
             say(f"billing: ready in {time.monotonic() - started:.1f}s; publish with `billing publish FILE`; Ctrl-C stops")
             if args.demo:
                 threading.Thread(target=run_demo, args=(settings, bootstrap, url, args.demo_records), daemon=True).start()
 
-        worker = Worker(settings, bootstrap, epoch, on_api=on_api)
+        worker = Worker(settings, bootstrap, epoch, on_api=on_api, operator_token=operator_token)
         say(f"billing: store    ClickHouse {worker_store_label(settings)}")
         say(f"billing: core     {CORE_BUILD.label}")
         worker.run()
@@ -106,10 +130,16 @@ def run_demo(settings: Settings, bootstrap: str, api_url: str, records: int) -> 
     from pipeline.workload import generate
 
     say(f"billing: demo     generating {records} records (several accounts, all models, price dates, plugins, bad records)")
-    lines = [line.encode() for line in generate(records, seed=int(time.time()) % 1000)]
+    from pipeline.control import sign_line
+
+    key = operator_key(settings)  # the demo's closing clock ticks are the operator's, signed
+    lines = [sign_line(line.encode(), key) for line in generate(records, seed=int(time.time()) % 1000)]
     report = publish_lines(lines, bootstrap, settings.input_topic, total=len(lines))
     say(f"billing: demo     published {report.total} records: " + ", ".join(f"{k} {v}" for k, v in sorted(report.sent.items())))
-    reader = ApiReader(api_url)
+    from pipeline.runtime import read_runtime as _running
+
+    running = _running(settings.data_dir)
+    reader = ApiReader(api_url, token=running.operator_token if running else settings.api_token)
     if not wait_for(reader, bootstrap, settings, timeout=300):
         say("billing: demo     the worker did not catch up within 300 s")
         return
@@ -127,15 +157,17 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     bootstrap = kafka_of(settings)
     embedded = settings.clickhouse_url.startswith("chdb:")
+    operator_token = api_token_checked(settings)
 
     def on_api(url: str) -> None:
         if embedded:  # the other commands reach this engine through the worker
-            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, settings.log_epoch, datetime.now(timezone.utc).isoformat()))
+            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, settings.log_epoch,
+                                                     datetime.now(timezone.utc).isoformat(), operator_token))
         say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}")
         say(f"billing: core {CORE_BUILD.label}")
 
     try:
-        Worker(settings, bootstrap, settings.log_epoch, on_api=on_api).run()
+        Worker(settings, bootstrap, settings.log_epoch, on_api=on_api, operator_token=operator_token).run()
     finally:
         if embedded:
             clear_runtime(settings.data_dir, os.getpid())
@@ -156,6 +188,11 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError(f"no such file: {path}")
         data = path.read_bytes().splitlines()
         lines, total = data, len(data)
+    if args.control:  # an operator's own file of control records (e.g. clock ticks of a historical load)
+        from pipeline.control import sign_line
+
+        key = operator_key(settings)
+        lines = (sign_line(line, key) if line is not None else None for line in lines)
     ensure_all(settings, bootstrap)
     report = publish_lines(lines, bootstrap, settings.input_topic, total=total)
     print(f"published {report.total} records" + "".join(f"\n  {kind}: {n}" for kind, n in sorted(report.sent.items())))
@@ -180,13 +217,14 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
     from pipeline.processor import barrier_message
 
     barrier = uuid.uuid4().hex
+    key = operator_key(settings)
     producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="billing-wait", acks="all")
     try:
         partitions = sorted(producer.partitions_for(settings.input_topic) or [])
         if not partitions:
             raise UsageError(f"topic {settings.input_topic} does not exist yet: nothing was published")
         for p in partitions:
-            producer.send(settings.input_topic, value=barrier_message(barrier), partition=p)
+            producer.send(settings.input_topic, value=barrier_message(barrier, key), partition=p)
         producer.flush()
     finally:
         producer.close()
@@ -250,7 +288,8 @@ def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
     until = parse_ts(args.until)
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
     accounts = [a for a in reader.account_ids() if a]
-    report = publish_lines((tick(a, until) for a in accounts), kafka_of(settings), settings.input_topic, total=len(accounts))
+    key = operator_key(settings)
+    report = publish_lines((tick(a, until, key) for a in accounts), kafka_of(settings), settings.input_topic, total=len(accounts))
     print(f"published a clock tick at {args.until} for {report.total} accounts; `billing wait` then shows their settlements")
     return 0 if not report.failures else 1
 
@@ -299,7 +338,11 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     bootstrap = kafka_of(settings)
     if records:
-        report = publish_lines((r.encode() for r in records), bootstrap, settings.input_topic, total=len(records), quiet=True)
+        from pipeline.control import sign_line
+
+        key = operator_key(settings)
+        report = publish_lines((sign_line(r.encode(), key) for r in records), bootstrap, settings.input_topic, total=len(records),
+                               quiet=True)
         if report.failures:
             raise RuntimeError(f"could not publish the revised lines: {report.failures[0]}; run the same rebill again")
         if not wait_for(reader, bootstrap, settings, timeout=args.timeout):
@@ -343,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", parents=[common], help="the pipeline worker alone (production: N replicas)").set_defaults(run=cmd_worker)
     pub = sub.add_parser("publish", parents=[common], help="publish JSON-lines input records (FILE or - for stdin)")
     pub.add_argument("file")
+    pub.add_argument("--control", action="store_true",
+                     help="operators only: sign the file's control records (clock.tick, rebill.lines) with the control key "
+                          "(BILLING_CONTROL_KEY or the data dir's control.key); without it the worker rejects them as unauthorized")
     pub.set_defaults(run=cmd_publish)
     wait = sub.add_parser("wait", parents=[common], help="return once everything published so far is queryable")
     wait.add_argument("--timeout", type=float, default=300.0)

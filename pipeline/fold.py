@@ -10,8 +10,9 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.catalog import Catalog
+from pipeline.column_ranges import count_problem, first_problem, money_problem
 from pipeline.keys import keys_not_revoked_by
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
+from pipeline.outputs import APPLIED, BILLED, DUPLICATE, OUT_OF_RANGE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import split_free
 from pipeline.settlement import close_hours, grace_us, owe, recharge
@@ -24,8 +25,8 @@ from pipeline.windows import WindowKey, violated, window_keys
 
 def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     state.seq += 1
-    if isinstance(record, Invalid):
-        return _reject(state, record.identity, record.event_id, record.kind, "invalid_schema", record.detail, record.ts_us, record.raw)
+    if isinstance(record, Invalid):  # invalid_schema, unauthorized, or a given value out of range
+        return _reject(state, record.identity, record.event_id, record.kind, record.reason, record.detail, record.ts_us, record.raw)
     earlier = state.seen.get(record.identity)
     if earlier is not None:
         if earlier == record.digest:
@@ -70,13 +71,16 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     if billable:
         free_in, free_out = split_free(catalog.free_quota_tokens - state.free_used, usage.input_tokens, usage.output_tokens)
     free_tokens = free_in + free_out
-    state.free_used += free_tokens
     billed_in = usage.input_tokens - free_in if billable else 0
     billed_out = usage.output_tokens - free_out if billable else 0
     amount = token_amount(billed_in, billed_out, price.input_per_token, price.output_per_token)
     charges = _plugin_charges(usage, catalog, billable)
     plugins_total = sum((charge for _, _, charge in charges), ZERO)
     hour = hour_start(usage.ts_us)
+    overflow = _usage_out_of_range(state, usage, hour, amount, charges, amount + plugins_total)
+    if overflow is not None:
+        return _reject(state, usage.identity, usage.event_id, usage.kind, OUT_OF_RANGE, overflow, usage.ts_us, usage.raw)
+    state.free_used += free_tokens
     owe(state, hour, amount + plugins_total, grace_us(catalog.settlement_grace_minutes))
     outcome = Outcome(BILLED)
     line = _line(state, (hour, usage.api_key_id, usage.model))
@@ -101,6 +105,52 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
         amount, plugins_total, usage.plugins, flags, state.seq,
     )
     return outcome
+
+
+def _exposure(state: AccountState) -> Decimal:
+    """A bound on every balance, debt and settlement the account's money can come to: settling
+    only moves money between open hours, vouchers, cash and debt."""
+    return abs(state.cash_balance) + state.debt + sum((abs(v) for v in state.open_hours.values()), ZERO)
+
+
+def _usage_out_of_range(state: AccountState, usage: Usage, hour: int, amount: Decimal, charges: list[tuple[str, int, Decimal]],
+                        total: Decimal) -> str | None:
+    """The first derived value of this call its column cannot hold (column_ranges), or None. Rate
+    windows need no check: a call has at most 2e9 tokens, so a minute would need 9e9 calls."""
+    line = state.lines.get((hour, usage.api_key_id, usage.model))
+    problems: list[str | None] = []
+    if line is not None:
+        problems += [money_problem("the bill line's amount", line.amount + amount),
+                     count_problem("the bill line's requests", line.requests + 1),
+                     count_problem("the bill line's input tokens", line.input_tokens + usage.input_tokens),
+                     count_problem("the bill line's output tokens", line.output_tokens + usage.output_tokens)]
+    for name, units, charge in charges:
+        pline = state.lines.get((hour, usage.api_key_id, f"plugin:{name}"))
+        if pline is not None:
+            problems += [money_problem(f"the plugin:{name} line's amount", pline.amount + charge),
+                         count_problem(f"the plugin:{name} line's quantity", pline.quantity + units)]
+    problems.append(money_problem("the account's balances and debt", _exposure(state) + abs(total)))
+    return first_problem(problems)
+
+
+def _account_record_out_of_range(state: AccountState, record: AccountRecord) -> str | None:
+    """The first derived value of an account record its column cannot hold, or None."""
+    f = record.fields
+    if record.kind == "credit.recharge":
+        amount = Decimal(f["amount"])
+        return money_problem("the cash balance", state.cash_balance + amount - min(amount, state.debt))
+    if record.kind == "rebill.lines":
+        problems: list[str | None] = []
+        delta = ZERO
+        for spec in f["lines"]:
+            key = _spec_key(spec)
+            problems += [count_problem(f"the line's {name}", spec[name]) for name in LINE_COUNTS]
+            new = Decimal(spec["amount"])
+            problems.append(money_problem("the line's amount", new))
+            delta += abs(new - (state.lines[key].amount if key in state.lines else ZERO))
+        problems.append(money_problem("the account's balances and debt", _exposure(state) + delta))
+        return first_problem(problems)
+    return None
 
 
 def _line(state: AccountState, key: tuple[int, str, str]) -> Line:
@@ -191,6 +241,9 @@ def _window(state: AccountState, key: WindowKey, tokens: int) -> Window:
 
 def _apply_account_record(state: AccountState, record: AccountRecord, catalog: Catalog, outcome: Outcome) -> Outcome:
     f = record.fields
+    problem = _account_record_out_of_range(state, record)
+    if problem is not None:
+        return _reject(state, record.identity, "", record.kind, OUT_OF_RANGE, problem, record.ts_us, record.raw)
     if record.kind == "api_key.created":
         key_id = f["api_key_id"]
         if key_id not in state.keys:

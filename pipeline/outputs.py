@@ -19,6 +19,8 @@ APPLIED = "applied"  # an account record that changed (or confirmed) the account
 # BILLING_RULES §10, in precedence order: the first that applies is the one reported.
 REASONS = (
     "invalid_schema",
+    "unauthorized",
+    "out_of_range",
     "conflicting_duplicate",
     "unknown_model",
     "unknown_plugin",
@@ -32,6 +34,9 @@ REASONS = (
 # Not a call the rule book rejects but a `billing rebill` that lost a race: a record the rebill did
 # not see changed one of its lines before the worker applied it; nothing of it is applied.
 STALE_REBILL = "stale_rebill"
+INVALID_SCHEMA = "invalid_schema"
+UNAUTHORIZED = "unauthorized"  # a control record not signed by the pipeline's own tools (control.py)
+OUT_OF_RANGE = "out_of_range"  # a given or derived value outside its column's range (column_ranges.py)
 
 
 class Rejection(NamedTuple):

@@ -6,6 +6,7 @@ from typing import Iterable, NamedTuple
 
 import orjson
 
+from pipeline import control
 from pipeline.outputs import StatusChange, Violation
 from pipeline.timestamps import format_ts
 
@@ -23,7 +24,7 @@ class Outbound(NamedTuple):
     value: bytes
 
 
-def messages(changes: Iterable[StatusChange], violated: Iterable[Violation], ticks: Iterable[tuple[str, int]]) -> list[Outbound]:
+def messages(changes: Iterable[StatusChange], violated: Iterable[Violation], ticks: Iterable[tuple[str, bytes]]) -> list[Outbound]:
     """A batch's outputs as the messages to publish: one per status change, an account's
     violations in messages of bounded size, one tick per idle account."""
     out = [Outbound(STATUS, change.account_id, status(change)) for change in changes]
@@ -33,7 +34,7 @@ def messages(changes: Iterable[StatusChange], violated: Iterable[Violation], tic
     for account, items in by_account.items():
         for i in range(0, len(items), VIOLATIONS_PER_MESSAGE):
             out.append(Outbound(VIOLATIONS, account, violations(account, items[i:i + VIOLATIONS_PER_MESSAGE])))
-    out += [Outbound(INPUT, account, tick(account, clock_us)) for account, clock_us in ticks]
+    out += [Outbound(INPUT, account, signed_tick) for account, signed_tick in ticks]
     return out
 
 
@@ -59,5 +60,6 @@ def violations(account_id: str, items: Iterable[Violation]) -> bytes:
     })
 
 
-def tick(account_id: str, clock_us: int) -> bytes:
-    return orjson.dumps({"type": "clock.tick", "account_id": account_id, "timestamp": format_ts(clock_us)})
+def tick(account_id: str, clock_us: int, control_key: bytes) -> bytes:
+    """A clock tick into the account's own log, signed: only the pipeline's tools may move a clock."""
+    return control.signed_bytes({"type": "clock.tick", "account_id": account_id, "timestamp": format_ts(clock_us)}, control_key)

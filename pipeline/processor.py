@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from pipeline import outputs_json, sink, statestore
+from pipeline import control, outputs_json, sink, statestore
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.framing import RS, split_message
@@ -33,9 +33,18 @@ from pipeline.state import AccountState
 from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
 
 log = logging.getLogger(__name__)
-BARRIER_TYPE = "billing.barrier"
+BARRIER_TYPE = control.BARRIER
 KEEP_HOURS_US = US_PER_HOUR  # open hours kept in memory behind an account's latest event
 KEEP_MINUTES_US = 2 * US_PER_MINUTE
+
+
+@dataclass(frozen=True, slots=True)
+class ClockBounds:
+    """How far ahead a record may be and still move its partition's event time (the auto ticks
+    that settle idle accounts): of the wall clock, and of its own account's latest record."""
+
+    max_future_us: int = 3600 * 1_000_000
+    max_jump_us: int = 86_400 * 1_000_000
 
 
 class OffsetGap(Exception):
@@ -55,7 +64,7 @@ class Message:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone, which any producer can send (rejected, never a crash)
 
 
 @dataclass
@@ -85,6 +94,7 @@ class BatchResult:
         self.status_changes += other.status_changes
         self.violations += other.violations
         self.ticks += other.ticks
+        self.outbound += other.outbound
         self.write_wait_s += other.write_wait_s
 
 
@@ -98,7 +108,7 @@ def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]
     """Consecutive runs of whole messages, as few as hold at most `max_records` records each (a
     message with more is a unit of its own), and about the same size: a small last unit would be
     folded in less time than the write of the unit before it takes, and wait for it."""
-    sizes = [msg.value.count(RS) if msg.value.startswith(RS) else 1 for msg in messages]
+    sizes = [msg.value.count(RS) if msg.value is not None and msg.value.startswith(RS) else 1 for msg in messages]
     total = sum(sizes)
     target = -(-total // max(1, -(-total // max_records)))  # total / ceil(total / max), rounded up
     unit: list[Message] = []
@@ -113,17 +123,22 @@ def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]
         yield unit
 
 
-def barrier_message(barrier_id: str) -> bytes:
-    return orjson.dumps({"type": BARRIER_TYPE, "barrier_id": barrier_id})
+def barrier_message(barrier_id: str, control_key: bytes) -> bytes:
+    return control.signed_bytes({"type": BARRIER_TYPE, "barrier_id": barrier_id}, control_key)
 
 
-def _barrier_id(value: bytes) -> str | None:
-    if not value.startswith(b'{"type":"' + BARRIER_TYPE.encode()):
+def _barrier_id(value: bytes | None, control_key: bytes | None) -> str | None:
+    """The id of a barrier signed by the pipeline's tools; anything else claiming to be one is
+    parsed as a record (and rejected as unauthorized)."""
+    if value is None or not value.startswith(b'{"type":"' + BARRIER_TYPE.encode()):
         return None
     try:
-        return str(orjson.loads(value)["barrier_id"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
         return None
+    if not isinstance(body, dict) or not isinstance(body.get("barrier_id"), str) or not control.verify(body, control_key):
+        return None
+    return str(body["barrier_id"])
 
 
 def _rebilled_hours(record: AccountRecord) -> list[int]:
@@ -132,6 +147,14 @@ def _rebilled_hours(record: AccountRecord) -> list[int]:
     if record.kind == "rebill.lines":
         return sorted({hour_start(parse_ts(line["hour"])) for line in record.fields["lines"]})
     return []
+
+
+def _unwritable(record: Record, error: str) -> Invalid:
+    """A record of a message ClickHouse refused to write, rejected with the error (`out_of_range`:
+    a value the tables cannot hold that the fold's own checks did not foresee)."""
+    detail = f"ClickHouse refused to write this record's message ({error[:500]}); it was rejected so that billing goes on"
+    event_id = record.event_id if isinstance(record, (Usage, Invalid)) else ""
+    return Invalid(record.account_id, "raw:" + record.identity, record.raw, detail, event_id, record.ts_us, record.kind, "out_of_range")
 
 
 def yield_gil() -> None:
@@ -191,8 +214,11 @@ class WriteBehind:
 class BatchProcessor:
     """Owns the in-memory account states of the partitions this worker holds."""
 
-    def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True, write_records: int = 50_000) -> None:
+    def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True, write_records: int = 50_000,
+                 control_key: bytes | None = None, clock_bounds: ClockBounds | None = None, max_cached_accounts: int = 100_000) -> None:
         self.client = client
+        self.control_key = control_key  # None: no control record is accepted (and no tick is sent)
+        self.clock_bounds = clock_bounds or ClockBounds()
         self.write_records = max(write_records, 1)
         self.catalog = catalog
         self.epoch = epoch
@@ -203,6 +229,13 @@ class BatchProcessor:
         self._next_offset: dict[int, int] = {}  # partition -> the offset the next message must have
         self.auto_tick = auto_tick
         self._ticked: dict[str, int] = {}
+        self.max_cached_accounts = max(max_cached_accounts, 1)
+        # accounts evicted from memory with hours still open: (partition, earliest open hour, clock),
+        # so that the partition's event time still settles them (a tick loads them again)
+        self._sleeping: dict[str, tuple[int, int, int]] = {}
+        # messages ClickHouse refused to write, found by the worker's isolation of a failing batch:
+        # (partition, offset) -> the error; their records are rejected instead of applied
+        self.poisoned: dict[tuple[int, int], str] = {}
         self._grace_us = grace_us(catalog.settlement_grace_minutes)
         # one sink and one reader thread for the processor's life (they end when the processor is
         # collected or closed); the last write of a batch may still run when `process` returns
@@ -231,6 +264,14 @@ class BatchProcessor:
         self._sink.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 
+    def _roll_back(self, accounts: set[str]) -> None:
+        if not accounts:
+            return
+        try:
+            statestore.roll_back(self.client, accounts)
+        except Exception as exc:  # ClickHouse away: the retry rewrites the same rows anyway
+            log.warning("could not roll back the failed batch's rows (%r); its retry overwrites them", exc)
+
     def reset_positions(self) -> None:
         """After a rebalance: the next batch of each partition is checked against partition_progress again."""
         self._next_offset.clear()
@@ -258,6 +299,8 @@ class BatchProcessor:
 
     def forget(self, accounts: Iterable[str] | None = None) -> None:
         """Drop cached states (all, or some): they are reloaded from ClickHouse when next needed."""
+        if accounts is None:
+            self._sleeping.clear()  # the partitions may be another worker's now
         for acc in list(self.states) if accounts is None else list(accounts):
             self.states.pop(acc, None)
             self._hours.pop(acc, None)
@@ -299,16 +342,20 @@ class BatchProcessor:
                     behind.settle()  # an empty batch still waits for the previous batch's write
                 # while the last write runs (this thread would only wait): the outgoing messages,
                 # and the batch's young objects
-                result.outbound = outputs_json.messages(result.status_changes, result.violations, result.ticks)
+                result.outbound = outputs_json.messages(result.status_changes, result.violations, self._signed_ticks(result.ticks))
                 gc.collect(0)
                 if not leave_last_write:
                     behind.settle()
         except BaseException:
             behind.abandon()
-            # in-memory states ran ahead of what ClickHouse holds: reload them next time
-            self.forget(touched | earlier_touched)
+            # in-memory states ran ahead of what ClickHouse holds: reload them next time, and take
+            # back what the failed units wrote past the commit points (no query sees it after this)
+            failed = touched | earlier_touched
+            self.forget(failed)
+            self._roll_back(failed)
             raise
         self._prune(touched)
+        self._evict()
         result.write_wait_s = behind.waited_s
         if leave_last_write:
             result.written = self._last_write = behind.detach()
@@ -336,11 +383,14 @@ class BatchProcessor:
         for acc, items in pending.items():
             state = self.states[acc]
             seq_before = state.seq
+            clock_before = state.max_ts_us
             for msg, idx, record in items:
                 self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
                 state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
-                if record.ts_us is not None and record.ts_us > self.watermarks.get(msg.partition, 0):
-                    self.watermarks[msg.partition] = record.ts_us
+                ts_us = record.ts_us
+                if ts_us is not None and ts_us > self.watermarks.get(msg.partition, 0):
+                    self._advance_watermark(msg.partition, ts_us, clock_before)
+                clock_before = state.max_ts_us
             self._collect_changed(rows, state, seq_before)
             rows.states[acc] = state
         rows.progress = sorted(result.last_offsets.items())
@@ -372,14 +422,17 @@ class BatchProcessor:
         by_account: dict[str, list[tuple[Message, int, Record]]] = {}
         for msg in messages:
             result.last_offsets[msg.partition] = max(msg.offset, result.last_offsets.get(msg.partition, -1))
-            barrier = _barrier_id(msg.value)
+            barrier = _barrier_id(msg.value, self.control_key)
             if barrier is not None:
                 rows.barriers.append((barrier, msg.partition))
                 result.barriers += 1
                 continue
             key_account = msg.key.decode("utf-8", errors="replace") if msg.key else ""
-            for idx, value in enumerate(split_message(msg.value)):
-                record = parse_record(value, key_account)
+            refused = self.poisoned.get((msg.partition, msg.offset)) if self.poisoned else None
+            for idx, value in enumerate(split_message(msg.value) if msg.value is not None else [None]):
+                record = parse_record(value, key_account, self.control_key)
+                if refused is not None:
+                    record = _unwritable(record, refused)
                 items = by_account.get(record.account_id)
                 if items is None:  # not setdefault: that builds an empty list for every record
                     items = by_account[record.account_id] = []
@@ -392,6 +445,7 @@ class BatchProcessor:
             return
         loaded = statestore.load_states(self.client, missing)
         for acc in missing:
+            self._sleeping.pop(acc, None)
             self.states[acc] = loaded.get(acc) or AccountState(acc)
             self._hours[acc] = set()
             self._minutes[acc] = set()
@@ -503,6 +557,22 @@ class BatchProcessor:
                 rows.windows[(acc, window_key)] = window
                 minutes.add(window_key[1] - window_key[1] % US_PER_MINUTE)
 
+    def _advance_watermark(self, partition: int, ts_us: int, account_clock: int) -> None:
+        """The partition's event time moves to `ts_us` unless the record is far ahead of the wall
+        clock or of its own account's history (or, for an account's first record, of the partition):
+        one account's clock must never settle the hours of the others (`clock_bounds`)."""
+        bounds = self.clock_bounds
+        if ts_us > time.time_ns() // 1000 + bounds.max_future_us:
+            return
+        reference = account_clock or self.watermarks.get(partition, 0)
+        if reference and ts_us > reference + bounds.max_jump_us:
+            return
+        self.watermarks[partition] = ts_us
+
+    def _signed_ticks(self, ticks: list[tuple[str, int]]) -> list[tuple[str, bytes]]:
+        key = self.control_key
+        return [] if key is None else [(acc, outputs_json.tick(acc, clock, key)) for acc, clock in ticks]
+
     def _idle_ticks(self) -> list[tuple[str, int]]:
         """Accounts whose open hours the partition's event time has passed but their own clock has
         not: a `clock.tick` at the partition watermark, published into their log, settles them."""
@@ -516,12 +586,33 @@ class BatchProcessor:
             if min(state.open_hours) + US_PER_HOUR + self._grace_us <= watermark:
                 self._ticked[acc] = watermark
                 ticks.append((acc, watermark))
+        for acc, (partition, first_open, clock) in list(self._sleeping.items()):
+            watermark = self.watermarks.get(partition, 0)
+            if watermark > clock and first_open + US_PER_HOUR + self._grace_us <= watermark:
+                del self._sleeping[acc]  # its tick brings it back into memory
+                ticks.append((acc, watermark))
         return ticks
+
+    def _evict(self) -> None:
+        """Keep at most `max_cached_accounts` states between batches, the least recently used
+        leaving first (each batch moves its accounts to the end): memory stays bounded however many
+        distinct accounts, valid or not, the log names. An evicted state is in ClickHouse; the
+        next record of its account loads it again."""
+        excess = len(self.states) - self.max_cached_accounts
+        if excess <= 0:
+            return
+        for acc in list(self.states)[:excess]:
+            state = self.states.pop(acc)
+            self._hours.pop(acc, None)
+            self._minutes.pop(acc, None)
+            self._ticked.pop(acc, None)
+            if state.open_hours and state.log_epoch == self.epoch:
+                self._sleeping[acc] = (state.log_partition, min(state.open_hours), state.max_ts_us)
 
     def _prune(self, touched: Iterable[str]) -> None:
         """Keep only recent hours and minutes in memory; older ones are reloaded on demand."""
         for acc in touched:
-            state = self.states[acc]
+            state = self.states[acc] = self.states.pop(acc)  # most recently used: evicted last
             state.seen.clear()
             hour_floor = hour_start(state.max_ts_us) - KEEP_HOURS_US
             if any(h < hour_floor for h in self._hours[acc]):

@@ -76,8 +76,9 @@ class DirectReader:
 
 
 class ApiReader:
-    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 60.0, token: str | None = None) -> None:
         self.base = base_url.rstrip("/")
+        self.token = token  # the API's (beyond loopback) or the operator's (for writes): api.Access
         self.timeout_s = timeout_s  # for reads; a rebill's plan (POST) may take much longer
 
     def _get(self, path: str, params: dict[str, str | None] | None = None) -> Any:
@@ -91,6 +92,8 @@ class ApiReader:
 
     def _request(self, request: urllib.request.Request, timeout: float) -> Any:
         """JSON back, or: None for 404, ValueError (exit 2) for 400, QueryError otherwise."""
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
@@ -146,5 +149,5 @@ def open_reader(settings: Settings, free_quota: int) -> Reader:
         return DirectReader(settings, free_quota)
     running = read_runtime(settings.data_dir)
     if running is not None:
-        return ApiReader(running.api)
+        return ApiReader(running.api, token=settings.api_token or running.operator_token or None)
     return DirectReader(settings, free_quota)

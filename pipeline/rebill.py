@@ -26,7 +26,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.catalog import Catalog
 from pipeline.fold import apply
 from pipeline.gcpause import gc_paused
-from pipeline.records import Usage, parse_record
+from pipeline.records import CONTROL_KINDS, Usage, parse_record
 from pipeline.state import LINE_COUNTS, ZERO, AccountState, Line, LineKey
 from pipeline.processor import KEEP_MINUTES_US
 from pipeline.statestore import LINE_SELECT, line_of
@@ -181,7 +181,7 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
                 state = AccountState(acc)
                 replayed.add(acc)
             if kind not in DERIVED_KINDS:
-                _replay_record(plan, catalog, state, payload, rejected)
+                _replay_record(plan, catalog, state, kind, payload, rejected)
         if state is not None:
             _compare(plan, state, current)
         for acc in plan.accounts:
@@ -190,10 +190,12 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
     return plan
 
 
-def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, payload: str, rejected: set[tuple[str, str]]) -> None:
-    """One record of a fresh run of the account's whole log under the plan's catalog."""
+def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, kind: str, payload: str,
+                   rejected: set[tuple[str, str]]) -> None:
+    """One record of a fresh run of the account's whole log under the plan's catalog (a control
+    record archived under its own type was authenticated when it arrived)."""
     acc = state.account_id
-    record = parse_record(payload.encode("utf-8"), acc)
+    record = parse_record(payload.encode("utf-8"), acc, trust_control=kind in CONTROL_KINDS)
     outcome = apply(state, record, catalog)
     if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
             and plan.start_us <= record.ts_us < plan.end_us:

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import fastjsonschema
 import orjson
 
-from pipeline import usage_decoder
+from pipeline import control, usage_decoder
 from pipeline.timestamps import TimestampError, parse_ts, quick_us
 from pipeline.tuples import namedtuple_of
 
@@ -34,6 +34,7 @@ ACCOUNT_KINDS = (
     "clock.tick",
     "rebill.lines",
 )
+CONTROL_KINDS = control.CONTROL_KINDS  # written by the pipeline's own tools only, signed (control.py)
 KINDS = (USAGE, *ACCOUNT_KINDS)
 MAX_RECORD_BYTES = 64 * 1024
 EARLIEST_US = 946_684_800 * 1_000_000  # 2000-01-01T00:00:00Z
@@ -74,7 +75,8 @@ class AccountRecord(NamedTuple):
 
 
 class Invalid(NamedTuple):
-    """A record that breaks the schema: kept and rejected as `invalid_schema`, never billed."""
+    """A record refused before the fold: kept and rejected with `reason` (`invalid_schema`; a
+    control record without a valid signature, `unauthorized`), never billed."""
 
     account_id: str
     identity: str  # digest of the bytes as received
@@ -83,6 +85,7 @@ class Invalid(NamedTuple):
     event_id: str = ""
     ts_us: int | None = None
     kind: str = "invalid"
+    reason: str = "invalid_schema"
 
 
 Record = Usage | AccountRecord | Invalid
@@ -139,8 +142,13 @@ def record_hash(record_id: str) -> int:
     return int.from_bytes(hasher.digest(), "little")
 
 
-def parse_record(raw: bytes, key_account: str = "") -> Record:
-    """Decode and validate one record. Never raises: bad input becomes `Invalid` with a reason."""
+def parse_record(raw: bytes | None, key_account: str = "", control_key: bytes | None = None, trust_control: bool = False) -> Record:
+    """Decode and validate one record. Never raises: bad input becomes `Invalid` with a reason.
+    `control_key` authenticates control records (control.py); without it none is accepted.
+    `trust_control`: a replay of the raw archive, where a control record archived under its own
+    type was authenticated when it arrived (a forged one was archived as invalid)."""
+    if raw is None:
+        return _invalid(b"", "", key_account, "a message with a null value (a tombstone) is not a record")
     text = raw.decode("utf-8", errors="replace")
     if len(raw) > MAX_RECORD_BYTES:
         return _invalid(raw, text, key_account, f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES} limit")
@@ -153,13 +161,16 @@ def parse_record(raw: bytes, key_account: str = "") -> Record:
         return _invalid(raw, text, key_account, f"not JSON: {exc}")
     if not isinstance(body, dict):
         return _invalid(raw, text, key_account, f"a record is a JSON object, got {type(body).__name__}")
-    return parse_body(body, raw, text, key_account)
+    return parse_body(body, raw, text, key_account, control_key, trust_control)
 
 
-def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "") -> Record:
+def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "", control_key: bytes | None = None,
+               trust_control: bool = False) -> Record:
     kind = body.get("type", USAGE)
     account: str = _text(body, "account_id", key_account)
     event_id: str = _text(body, "event_id", "")
+    if kind == control.BARRIER:  # a worker takes a signed barrier before parsing: this one is not
+        return _unauthorized(raw, text, account, kind)
     if kind not in KINDS:
         # repr only a string: the repr of a deeply nested array or object raises RecursionError
         shown = repr(kind) if isinstance(kind, str) else f"of JSON type {type(kind).__name__}"
@@ -175,6 +186,8 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
         return _invalid(raw, text, account, f"{kind}: {exc.message}", event_id)
     except TimestampError as exc:
         return _invalid(raw, text, account, f"{kind}: {exc}", event_id)
+    if kind in CONTROL_KINDS and not trust_control and not control.verify(body, control_key):
+        return _unauthorized(raw, text, account, kind)
     if key_account and account != key_account:
         return _invalid(raw, text, account, f"account_id {account!r} differs from the message key {key_account!r}", event_id)
     body = _integral(body)
@@ -237,14 +250,28 @@ def _in_range(ts_us: int, text: str) -> int:
 
 def _integral(body: dict[str, Any]) -> dict[str, Any]:
     """JSON Schema counts 2.0 as an integer; the schemas hold no other numbers, so after validation
-    every float is a whole count: make it an int (Decimal * float would crash, and 2.0 and 2 are
-    one payload). Records hold floats at the top level or one object deep (plugins, breakdown)."""
-    if not any(type(v) is float or (type(v) is dict and any(type(x) is float for x in v.values())) for v in body.values()):
-        return body
-    return {k: int(v) if type(v) is float else ({n: int(x) if type(x) is float else x for n, x in v.items()} if type(v) is dict else v)
-            for k, v in body.items()}
+    every float is a whole count: make it an int at any depth (Decimal * float would crash, an
+    integer column refuses a float, and 2.0 and 2 are one payload)."""
+    whole: dict[str, Any] = _whole(body)
+    return whole
 
 
-def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "") -> Invalid:
+def _whole(value: Any) -> Any:
+    if type(value) is float:
+        return int(value)
+    if type(value) is dict:
+        return {k: _whole(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_whole(v) for v in value]
+    return value
+
+
+def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "", reason: str = "invalid_schema") -> Invalid:
     identity = "raw:" + _digest(raw)
-    return namedtuple_of(Invalid, account or "", identity, text, detail, event_id, None, "invalid")
+    return namedtuple_of(Invalid, account or "", identity, text, detail, event_id, None, "invalid", reason)
+
+
+def _unauthorized(raw: bytes, text: str, account: str, kind: str) -> Invalid:
+    detail = (f"{kind} is a control record: only the pipeline's own tools write it, signed with the control key "
+              "(BILLING_CONTROL_KEY); this one has no valid signature")
+    return _invalid(raw, text, account, detail, reason="unauthorized")

@@ -24,6 +24,11 @@ class Settings:
     auto_tick: bool = True  # settle idle accounts as their partition's event time moves on
     api_host: str = "127.0.0.1"
     api_port: int = 0  # 0: a free port
+    api_token: str | None = None  # required beyond loopback: every data endpoint then asks for it
+    control_key: str | None = None  # signs control records; None: <data_dir>/control.key (made by `billing up`)
+    max_future_s: int = 3600  # a record further ahead of the wall clock moves only its own account's clock
+    max_jump_s: int = 86_400  # ... and one further ahead of its own account's history (or the partition's)
+    max_cached_accounts: int = 100_000  # account states kept in a worker's memory between batches
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -75,6 +80,11 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_port=_env_int("BILLING_API_PORT", 0),
         auto_tick=env.get("BILLING_AUTO_TICK", "1").lower() not in ("0", "false", "no", "off"),
+        api_token=env.get("BILLING_API_TOKEN") or None,
+        control_key=env.get("BILLING_CONTROL_KEY") or None,
+        max_future_s=_env_int("BILLING_MAX_FUTURE_S", 3600),
+        max_jump_s=_env_int("BILLING_MAX_JUMP_S", 86_400),
+        max_cached_accounts=_env_int("BILLING_MAX_CACHED_ACCOUNTS", 100_000),
     )
 
 

@@ -166,3 +166,30 @@ def committed_violations(client: Client, events: list[tuple[str, str]], max_seq:
     order = {"qps": 0, "qpm": 1, "tpm": 2}
     violations = [Violation(*row) for row in rows if row[7] <= max_seq.get(row[0], 0)]
     return sorted(violations, key=lambda v: (v.account_id, v.seq, order.get(v.limit, 3)))
+
+
+# Every table whose rows carry the account seq that wrote them, and that column's name.
+SEQ_COLUMNS = {
+    "seen_records": "seq", "bill_lines": "revision", "priced_usage": "seq", "rejections": "seq", "rate_windows": "revision",
+    "rate_violations": "seq", "settlements": "seq", "account_status": "seq",
+}
+
+
+def committed_seqs(client: Client, accounts: list[str]) -> dict[str, int]:
+    """The seq of each account's snapshot in ClickHouse: its commit point."""
+    rows = _query_chunked(client, "SELECT account_id, max(seq) FROM account_state WHERE account_id IN {accs:Array(String)} "
+                                  "GROUP BY account_id", "accs", accounts)
+    return {acc: int(seq) for acc, seq in rows}
+
+
+def roll_back(client: Client, accounts: Iterable[str]) -> None:
+    """Delete what a failed batch wrote past the accounts' commit points. Its retry may write other
+    rows at the same seqs (a record it rejects now, say), and a row left behind at a higher
+    revision would otherwise win over the right one, or show in a query, for ever."""
+    accs = sorted(set(accounts))
+    for chunk in _chunks(accs, 10_000):
+        seqs = committed_seqs(client, chunk)
+        params = {"accs": chunk, "seqs": [seqs.get(acc, 0) for acc in chunk]}
+        for table, column in SEQ_COLUMNS.items():
+            client.command(f"DELETE FROM {table} WHERE account_id IN %(accs)s "
+                           f"AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))", parameters=params)

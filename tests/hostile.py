@@ -211,6 +211,13 @@ MUST_BE_INVALID: list[tuple[str, bytes]] = [
     ("duplicate-key-last-bool", _dumps(_usage())[:-1] + b',"input_tokens":true}'),
     ("duplicate-key-last-negative", _dumps(_usage())[:-1] + b',"output_tokens":-5}'),
     ("duplicate-key-last-type", _dumps(_usage())[:-1] + b',"type":"invoice"}'),
+    # control records from outside the pipeline's tools: unsigned, or signed with another key (unauthorized)
+    ("forged-tick", _dumps({"type": "clock.tick", "account_id": ACCOUNT, "timestamp": "2099-01-01T00:00:00+08:00"})),
+    ("forged-tick-bad-signature", _dumps({"type": "clock.tick", "account_id": ACCOUNT, "timestamp": TS, "signature": "0" * 64})),
+    ("forged-rebill", _dumps({"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": TS, "run_id": "forged", "lines": [
+        {"hour": TS, "api_key_id": "k", "item": "xingchen-plus", "requests": 1.0, "input_tokens": 0, "output_tokens": 0,
+         "free_tokens": 0, "billed_input_tokens": 0, "billed_output_tokens": 0, "quantity": 0, "amount": "0"}]})),
+    ("forged-barrier", _dumps({"type": "billing.barrier", "barrier_id": "forged"})),
 ] + [(f"timestamp:{ts!r}", _dumps(_usage(timestamp=ts))) for ts in TIMESTAMPS]
 
 # Named cases that are well-formed: they must parse (to Usage or AccountRecord), whatever the fold
@@ -238,6 +245,10 @@ MUST_PARSE: list[tuple[str, bytes]] = [
     ("pretty-printed", json.dumps(_usage(event_id="ok-pretty"), indent=4).encode()),
     ("voucher-max-amount", _dumps({"type": "credit.voucher", "account_id": ACCOUNT, "timestamp": TS, "voucher_id": "v-max",
                                    "amount": "999999999999.999999", "expires_at": "2099-12-31T23:59:59Z"})),
+    # the largest recharge the schema takes, twice: the second would overflow the cash balance (out_of_range)
+    ("recharge-max", _dumps({"type": "credit.recharge", "account_id": "hostile-rich", "timestamp": TS, "amount": "999999999999.999999"})),
+    ("recharge-overflow", _dumps({"type": "credit.recharge", "account_id": "hostile-rich", "timestamp": "2024-09-18T10:00:01+08:00",
+                                  "amount": "0.000001"})),
     ("limits-zero", _dumps({"type": "limits.set", "account_id": ACCOUNT, "timestamp": TS, "qps": 0, "qpm": 0, "tpm": 0})),
     ("limits-max", _with_literal({"type": "limits.set", "account_id": ACCOUNT, "timestamp": TS}, ("tpm",), "1e9")),
 ] + [(f"good-timestamp:{ts!r}", _dumps(_usage(event_id=f"ok-ts-{i}", timestamp=ts))) for i, ts in enumerate(GOOD_TIMESTAMPS)]

@@ -73,7 +73,8 @@ class Stack:
         return result
 
     def publish(self, path: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.cli("publish", str(path), check=check)
+        """As the operator: the workloads' closing clock ticks are signed (`--control`)."""
+        return self.cli("publish", "--control", str(path), check=check)
 
     def wait(self, timeout: float = 300) -> None:
         self.cli("wait", "--timeout", str(timeout), timeout=timeout + 30)

@@ -7,7 +7,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from pipeline import records
+from pipeline import control, records
 from pipeline.catalog import DEFAULT_CATALOG, Catalog, load_catalog, parse_catalog
 from pipeline.fold import apply
 from pipeline.outputs import Outcome
@@ -32,9 +32,15 @@ def us(ts: str) -> int:
     return parse_ts(ts)
 
 
+# The control key of the unit tests: control records the tests feed are signed with it, as the
+# pipeline's own tools sign theirs (a forged one is tested unsigned, in test_control.py).
+CONTROL_KEY = b"unit-test-control-key-0123456789abcdef"
+
+
 def parse(body: Any, key_account: str = "") -> records.Record:
-    """JSON-encode `body` and parse it exactly as the pipeline parses bytes from the topic."""
-    return records.parse_record(json.dumps(body).encode("utf-8"), key_account)
+    """JSON-encode `body` and parse it exactly as the pipeline parses bytes from the topic (a
+    control record signed, as the pipeline's tools send it)."""
+    return records.parse_record(control.sign_line(json.dumps(body).encode("utf-8"), CONTROL_KEY), key_account, CONTROL_KEY)
 
 
 def catalog_data() -> dict[str, Any]:
@@ -119,7 +125,7 @@ class Account:
         return apply(self.state, parse(body), self.catalog)
 
     def feed_raw(self, raw: bytes) -> Outcome:
-        return apply(self.state, records.parse_record(raw), self.catalog)
+        return apply(self.state, records.parse_record(raw, "", CONTROL_KEY), self.catalog)
 
     def line(self, ts: str, item: str, key: str = KEY):
         return self.state.lines[(hour_start(us(ts)), key, item)]

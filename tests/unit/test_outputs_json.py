@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import orjson
 
-from pipeline import outputs_json
+from pipeline import control, outputs_json
 from pipeline.outputs import StatusChange, Violation
 from pipeline.timestamps import parse_ts
 
@@ -31,11 +31,14 @@ def test_violations_go_per_account_in_messages_of_at_most_500_in_log_order() -> 
 
 def test_status_changes_and_ticks_become_one_message_each() -> None:
     change = StatusChange("acc-a", "arrears", Decimal("1.5"), Decimal("0"), T0, 9)
-    out = outputs_json.messages([change], [], [("acc-b", T0 + 3_600_000_000)])
+    key = b"k" * 32
+    out = outputs_json.messages([change], [], [("acc-b", outputs_json.tick("acc-b", T0 + 3_600_000_000, key))])
     assert [(m.destination, m.account_id) for m in out] == [("status", "acc-a"), ("input", "acc-b")]
     assert orjson.loads(out[0].value) == {"account_id": "acc-a", "status": "arrears", "debt": "1.500000",
                                           "cash_balance": "0.000000", "as_of": "2024-06-07T10:00:00+08:00", "seq": 9}
-    assert orjson.loads(out[1].value) == {"type": "clock.tick", "account_id": "acc-b", "timestamp": "2024-06-07T11:00:00+08:00"}
+    tick = orjson.loads(out[1].value)
+    assert tick.pop("signature") and tick == {"type": "clock.tick", "account_id": "acc-b", "timestamp": "2024-06-07T11:00:00+08:00"}
+    assert control.verify(orjson.loads(out[1].value), key) and not control.verify(orjson.loads(out[1].value), b"x" * 32)
 
 
 def test_a_quiet_batch_publishes_nothing() -> None:

@@ -28,8 +28,8 @@ def reason(outcome):
 
 def test_reason_codes_in_rule_book_order():
     assert REASONS == (
-        "invalid_schema", "conflicting_duplicate", "unknown_model", "unknown_plugin", "no_price_in_force",
-        "input_limit_exceeded", "context_limit_exceeded", "not_whitelisted", "invalid_api_key", "api_key_limit",
+        "invalid_schema", "unauthorized", "out_of_range", "conflicting_duplicate", "unknown_model", "unknown_plugin",
+        "no_price_in_force", "input_limit_exceeded", "context_limit_exceeded", "not_whitelisted", "invalid_api_key", "api_key_limit",
     )
 
 

@@ -9,6 +9,8 @@ import pytest
 from pipeline.catalog import load_catalog
 from pipeline.fold import apply
 from pipeline.queries import money
+from pipeline.control import sign_line
+from tests.unit.helpers import CONTROL_KEY
 from pipeline.records import parse_record
 from pipeline.settlement import status_of
 from pipeline.state import AccountState
@@ -24,7 +26,7 @@ def run_fold(lines: list[str]) -> tuple[dict[str, AccountState], list[dict], lis
     states: dict[str, AccountState] = {}
     settlements, changes = [], []
     for line in lines:
-        record = parse_record(line.encode())
+        record = parse_record(sign_line(line.encode(), CONTROL_KEY), "", CONTROL_KEY)  # the workload's ticks, as an operator's
         state = states.setdefault(record.account_id, AccountState(record.account_id))
         outcome = apply(state, record, catalog)
         for s in outcome.settlements:
