@@ -32,6 +32,7 @@ from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
 from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap
+from pipeline.isolation import Isolator, transient
 from pipeline.runtime import control_key
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
@@ -42,23 +43,6 @@ T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
 ISOLATE_AFTER = 2  # failures of one batch before its messages are tried one by one
 STUCK_AFTER = 3  # failures of one batch after which the worker reports itself unhealthy
-MAX_POISON_STREAK = 5  # messages refused in a row, with no good write between: the fault is not theirs
-# Codes of ClickHouse errors that pass (load, space, replication): retried, never blamed on a record.
-TRANSIENT_CODES = ("MEMORY_LIMIT_EXCEEDED", "TOO_MANY_PARTS", "TIMEOUT_EXCEEDED", "NOT_ENOUGH_SPACE", "TABLE_IS_READ_ONLY",
-                   "KEEPER_EXCEPTION", "NO_ZOOKEEPER", "ALL_CONNECTION_TRIES_FAILED", "NETWORK_ERROR", "SOCKET_TIMEOUT",
-                   "TOO_MANY_SIMULTANEOUS_QUERIES", "UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Cannot lock file",
-                   "No space left", "Connection refused", "timed out")
-
-
-def transient(exc: BaseException) -> bool:
-    """A failure of ClickHouse itself (down, full, overloaded, not migrated), not of the data: wait
-    and retry. Anything else that fails the same batch again and again is looked for in its records."""
-    from clickhouse_connect.driver.exceptions import OperationalError
-
-    if isinstance(exc, (ClickHouseUnavailable, OperationalError, OSError, TimeoutError, MemoryError)):
-        return True
-    text = str(exc)
-    return any(code in text for code in TRANSIENT_CODES)
 
 
 def leave_group_at_generation_zero() -> None:
@@ -118,7 +102,7 @@ class Worker:
         self._nothing_owed.set()
         self.consecutive_failures = 0  # of the batch being retried now (0: the last batch went in)
         self.last_failure = ""
-        self._poison_streak = 0
+        self.isolator = Isolator(self.stats)
         ensure_all(settings, bootstrap)
         leave_group_at_generation_zero()
         self.app = self._build_app(bootstrap)
@@ -231,7 +215,7 @@ class Worker:
             except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
                 self._failed(len(messages), exc, delay)
                 if self.consecutive_failures >= ISOLATE_AFTER and not transient(exc):
-                    isolated = await self.on_db(self._isolate, messages)
+                    isolated = await self.on_db(self.isolator.run, self.processor, messages)
                     if isolated is not None:
                         self._succeeded()
                         return isolated
@@ -259,38 +243,6 @@ class Worker:
             return None
         return f"the same batch failed {self.consecutive_failures} times in a row: {self.last_failure}"
 
-    def _isolate(self, messages: list[Message]) -> BatchResult | None:
-        """On the ClickHouse thread: a batch that keeps failing for a reason in its data, one message
-        at a time. A message that fails alone is tried again with its records rejected (the error as
-        the detail); if that goes in, it was the message, and billing goes on for everyone else. If
-        that fails too, or messages keep being refused with no good write between them, the fault is
-        ClickHouse's or the tables': None, and the batch is retried as a whole (and the worker says
-        it is stuck). Nothing is acknowledged before the whole batch is in."""
-        total = BatchResult()
-        for msg in messages:
-            try:
-                total.merge(self.processor.process([msg]))
-                self._poison_streak = 0
-                continue
-            except OffsetGap:
-                raise
-            except Exception as exc:
-                if transient(exc) or self._poison_streak >= MAX_POISON_STREAK:
-                    return None
-                error = f"{type(exc).__name__}: {exc}"
-            self.processor.poisoned[(msg.partition, msg.offset)] = error
-            try:
-                total.merge(self.processor.process([msg]))
-            except Exception as exc:
-                del self.processor.poisoned[(msg.partition, msg.offset)]
-                log.error("message %d@%d refused even as a rejection (%r): not its fault; retrying the batch", msg.offset,
-                          msg.partition, exc)
-                return None
-            self._poison_streak += 1
-            self.stats["poisoned_messages"] += 1
-            log.error("partition %d offset %d: ClickHouse refused its rows (%s); its records are rejected, billing goes on",
-                      msg.partition, msg.offset, error[:300])
-        return total
 
     async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
                         previous: asyncio.Future[None] | None) -> None:

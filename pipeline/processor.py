@@ -562,9 +562,11 @@ class BatchProcessor:
         clock or of its own account's history (or, for an account's first record, of the partition):
         one account's clock must never settle the hours of the others (`clock_bounds`)."""
         bounds = self.clock_bounds
-        if ts_us > time.time_ns() // 1000 + bounds.max_future_us:
+        latest = time.time_ns() // 1000 + bounds.max_future_us
+        if ts_us > latest:
             return
-        reference = account_clock or self.watermarks.get(partition, 0)
+        # an account clock a far-future record moved is no reference: the partition's is then
+        reference = account_clock if 0 < account_clock <= latest else self.watermarks.get(partition, 0)
         if reference and ts_us > reference + bounds.max_jump_us:
             return
         self.watermarks[partition] = ts_us

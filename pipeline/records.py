@@ -147,8 +147,8 @@ def parse_record(raw: bytes | None, key_account: str = "", control_key: bytes | 
     `control_key` authenticates control records (control.py); without it none is accepted.
     `trust_control`: a replay of the raw archive, where a control record archived under its own
     type was authenticated when it arrived (a forged one was archived as invalid)."""
-    if raw is None:
-        return _invalid(b"", "", key_account, "a message with a null value (a tombstone) is not a record")
+    if raw is None:  # its own identity: an empty value is another mistake
+        return _invalid(b"", "", key_account, "a message with a null value (a tombstone) is not a record")._replace(identity="raw:tombstone")
     text = raw.decode("utf-8", errors="replace")
     if len(raw) > MAX_RECORD_BYTES:
         return _invalid(raw, text, key_account, f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES} limit")
