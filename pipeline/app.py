@@ -100,6 +100,7 @@ class Worker:
         self._completing: asyncio.Future[None] | None = None  # the latest batch's completion task
         self._nothing_owed = asyncio.Event()  # cleared while a batch whose last write failed is processed again
         self._nothing_owed.set()
+        self.stopping = False  # a signal came: a batch that keeps failing is left unacknowledged, not retried
         self.consecutive_failures = 0  # of the batch being retried now (0: the last batch went in)
         self.last_failure = ""
         self.isolator = Isolator(self.stats)
@@ -200,6 +201,8 @@ class Worker:
         money is never skipped). An offset gap stops the worker."""
         delay = 0.5
         while True:
+            if self.stopping and self.consecutive_failures:
+                raise asyncio.CancelledError("stopping: the failing batch stays unacknowledged and is read again at the next start")
             try:
                 started = time.perf_counter()
                 result = await self.on_db(self.processor.process, messages, leave_last_write)
@@ -343,6 +346,14 @@ class Worker:
                 "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
                 "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}
 
+    def begin_stop(self) -> None:
+        """A stop was asked for. Faust would wait, on the way out, for every event in flight to be
+        acknowledged, and a batch that keeps failing never is: the worker then ignored SIGTERM. Nothing
+        unacknowledged is committed, so it is safe not to wait: that batch is read again next time.
+        (Rebalances still wait for the batch in flight: another worker must not bill it beside this one.)"""
+        self.stopping = True
+        self.app.conf.stream_wait_empty = False
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Run inside an existing event loop until `stop` is set (tests, embedding). A crash of the
         app (e.g. an offset gap) ends it too, and is raised."""
@@ -353,6 +364,7 @@ class Worker:
             for future in pending:
                 future.cancel()
         finally:
+            self.begin_stop()
             await self.app.stop()
             await self.on_db(self.processor.close)
         if self.app.crash_reason is not None:
@@ -364,10 +376,21 @@ class Worker:
 
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
-        worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        worker = _SignalledWorker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        worker.on_signal = self.begin_stop
         worker.spinner = None  # our own lines say what started; a spinner mangles them
         try:
             worker.execute_from_commandline()
         finally:
             self._db.submit(self.processor.close).result()
             self._db.shutdown(wait=True)
+
+
+class _SignalledWorker(faust.Worker):
+    """Faust's worker, telling the billing worker first that a signal asked it to stop."""
+
+    on_signal: Callable[[], None] = staticmethod(lambda: None)
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        self.on_signal()
+        super()._schedule_shutdown(signal)
