@@ -59,7 +59,7 @@ class BusyThenDone:
 
 
 def test_billing_wait_waits_through_a_busy_worker(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = load_settings()
+    settings = load_settings(data_dir=str(stack.data_dir))  # where the stack's control key is
     reader = BusyThenDone(settings.partitions)
     assert wait_for(reader, stack.kafka(), settings, timeout=30) is True
     assert reader.calls == 3
@@ -73,4 +73,4 @@ def test_billing_wait_gives_up_at_its_deadline(stack: Stack) -> None:
             raise WorkerBusy("the worker did not answer within 60s")
 
     with pytest.raises(WorkerBusy):
-        wait_for(AlwaysBusy(4), stack.kafka(), load_settings(), timeout=0.5)
+        wait_for(AlwaysBusy(4), stack.kafka(), load_settings(data_dir=str(stack.data_dir)), timeout=0.5)

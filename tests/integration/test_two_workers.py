@@ -19,6 +19,7 @@ from pipeline import queries
 from pipeline.app import Worker
 from pipeline.chclient import connect
 from pipeline.processor import barrier_message
+from pipeline.runtime import control_key
 from pipeline.publish import publish_lines
 from pipeline.settings import Settings
 from pipeline.workload import generate
@@ -72,9 +73,10 @@ def barrier(bootstrap: str, settings: Settings, client) -> None:
     from kafka import KafkaProducer
 
     barrier_id = uuid.uuid4().hex
+    key = control_key(settings.data_dir, settings.control_key, create=True)  # the workers' (same data dir)
     producer = KafkaProducer(bootstrap_servers=bootstrap)
     for p in range(settings.partitions):
-        producer.send(settings.input_topic, value=barrier_message(barrier_id), partition=p)
+        producer.send(settings.input_topic, value=barrier_message(barrier_id, key), partition=p)
     producer.flush()
     producer.close()
     wait_until(lambda: queries.barrier_partitions(client, barrier_id) == settings.partitions, 120, "the barrier")
