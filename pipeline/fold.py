@@ -14,7 +14,7 @@ from pipeline.keys import keys_not_revoked_by
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
 from pipeline.quota import split_free
-from pipeline.settlement import close_hours, grace_us, owe, recharge
+from pipeline.settlement import close_hours, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
@@ -41,7 +41,7 @@ def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     else:
         outcome = _apply_account_record(state, record, catalog, Outcome(APPLIED))
     outcome.claimed = True
-    settlements, changes = close_hours(state, grace_us(catalog.settlement_grace_minutes), state.seq)
+    settlements, changes = close_hours(state, catalog.settlement_grace_us, state.seq)
     if settlements:
         outcome.settlements = settlements
     if changes:
@@ -77,7 +77,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     charges = _plugin_charges(usage, catalog, billable)
     plugins_total = sum((charge for _, _, charge in charges), ZERO)
     hour = hour_start(usage.ts_us)
-    owe(state, hour, amount + plugins_total, grace_us(catalog.settlement_grace_minutes))
+    owe(state, hour, amount + plugins_total, catalog.settlement_grace_us)
     outcome = Outcome(BILLED)
     line = _line(state, (hour, usage.api_key_id, usage.model))
     line.requests += 1
@@ -223,5 +223,5 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         stale = _stale_line(state, f["lines"])
         if stale is not None:
             return _reject(state, record.identity, "", record.kind, STALE_REBILL, stale, record.ts_us, record.raw)
-        _apply_rebilled_lines(state, outcome, f["lines"], grace_us(catalog.settlement_grace_minutes))
+        _apply_rebilled_lines(state, outcome, f["lines"], catalog.settlement_grace_us)
     return outcome  # clock.tick: the clock moved, closing is done by the caller
