@@ -49,6 +49,13 @@ def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     return outcome
 
 
+def is_api_call(usage: Usage) -> bool:
+    """An `api` call (BILLING_RULES §4): billed, uses the free quota, counted in rate windows. A
+    `console` call is validated alike and appears in its hour's lines with amount 0, and is none
+    of those. The one statement of the rule: the worker loads rate windows by it too."""
+    return usage.channel == "api"
+
+
 def _event_id(record: Record) -> str:
     return record.event_id if isinstance(record, Usage) else ""
 
@@ -62,7 +69,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     problem = usage_rejection(usage, state, catalog)
     if problem is not None:
         return _reject(state, usage.identity, usage.event_id, usage.kind, problem[0], problem[1], usage.ts_us, usage.raw)
-    billable = usage.channel == "api"
+    billable = is_api_call(usage)
     model = catalog.models[usage.model]
     price = model.price_at(usage.ts_us)
     assert price is not None  # validated above
