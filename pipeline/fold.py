@@ -13,7 +13,7 @@ from pipeline.catalog import Catalog
 from pipeline.keys import keys_not_revoked_by
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
-from pipeline.quota import split_free
+from pipeline.quota import free_left, split_free
 from pipeline.settlement import close_hours, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
@@ -75,7 +75,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     assert price is not None  # validated above
     free_in, free_out = 0, 0
     if billable:
-        free_in, free_out = split_free(catalog.free_quota_tokens - state.free_used, usage.input_tokens, usage.output_tokens)
+        free_in, free_out = split_free(free_left(catalog.free_quota_tokens, state.free_used), usage.input_tokens, usage.output_tokens)
     free_tokens = free_in + free_out
     state.free_used += free_tokens
     billed_in = usage.input_tokens - free_in if billable else 0
