@@ -31,7 +31,7 @@ RUN mkdir pipeline && touch pipeline/__init__.py \
     && rm -rf pipeline
 # Then the code, and the compiled core beside it (pipeline/*.so, /app/pipeline_core__mypyc*.so).
 # The image refuses to build when the core did not compile: a worker on the Python sources runs,
-# but at about two thirds of the speed (README, Performance).
+# but at about two thirds of the speed (docs/performance.md).
 COPY setup.py ./
 COPY pipeline/ /app/pipeline/
 COPY schemas/ /app/schemas/

@@ -3,7 +3,7 @@
 That is the pure billing core (parsing, validation, the fold) and the batch processor around it,
 the per-record work of every worker and rebill.
 mypyc turns these same Python sources into C extension modules, so the rules stay in one place
-and in one language, and run about 1.5x faster (README, Performance). Everything else in
+and in one language, and run about 1.5x faster (docs/performance.md). Everything else in
 pyproject.toml; this file only adds the extension modules.
 
 - BILLING_PURE_PYTHON=1 at install time skips the compilation.

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.settlement import grace_us
 from pipeline.timestamps import day_start_of
 from pipeline.windows import Limits
 
@@ -69,6 +70,7 @@ class Catalog:
     default_limits: Limits
     max_active_keys: int
     settlement_grace_minutes: int
+    settlement_grace_us: int  # the same grace in microseconds, converted once here, not per record
     models: dict[str, ModelSpec]
     plugins: dict[str, PluginSpec]
 
@@ -154,13 +156,15 @@ def parse_catalog(data: dict[str, Any]) -> Catalog:
             for name, spec in data["plugins"].items()
         }
         limits = data["default_limits"]
+        grace_minutes = int(data.get("settlement_grace_minutes", 10))
         return Catalog(
             version=str(data["version"]),
             free_quota_tokens=int(data["free_quota_tokens"]),
             global_max_input=int(data["global_max_input_tokens"]),
             default_limits=Limits(int(limits["qps"]), int(limits["qpm"]), int(limits["tpm"])),
             max_active_keys=int(data["max_active_keys"]),
-            settlement_grace_minutes=int(data.get("settlement_grace_minutes", 10)),
+            settlement_grace_minutes=grace_minutes,
+            settlement_grace_us=grace_us(grace_minutes),
             models=models,
             plugins=plugins,
         )

@@ -14,8 +14,8 @@ from pipeline.column_ranges import count_problem, first_problem, money_problem
 from pipeline.keys import keys_not_revoked_by
 from pipeline.outputs import APPLIED, BILLED, DUPLICATE, OUT_OF_RANGE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
 from pipeline.pricing import MICRO, plugin_amount, token_amount
-from pipeline.quota import split_free
-from pipeline.settlement import close_hours, grace_us, owe, recharge
+from pipeline.quota import free_left, split_free
+from pipeline.settlement import close_hours, owe, recharge
 from pipeline.records import AccountRecord, Invalid, Record, Usage
 from pipeline.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.timestamps import hour_start, parse_ts
@@ -42,12 +42,19 @@ def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     else:
         outcome = _apply_account_record(state, record, catalog, Outcome(APPLIED))
     outcome.claimed = True
-    settlements, changes = close_hours(state, grace_us(catalog.settlement_grace_minutes), state.seq)
+    settlements, changes = close_hours(state, catalog.settlement_grace_us, state.seq)
     if settlements:
         outcome.settlements = settlements
     if changes:
         outcome.status_changes = [*outcome.status_changes, *changes]
     return outcome
+
+
+def is_api_call(usage: Usage) -> bool:
+    """An `api` call (BILLING_RULES §4): billed, uses the free quota, counted in rate windows. A
+    `console` call is validated alike and appears in its hour's lines with amount 0, and is none
+    of those. The one statement of the rule: the worker loads rate windows by it too."""
+    return usage.channel == "api"
 
 
 def _event_id(record: Record) -> str:
@@ -63,13 +70,13 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     problem = usage_rejection(usage, state, catalog)
     if problem is not None:
         return _reject(state, usage.identity, usage.event_id, usage.kind, problem[0], problem[1], usage.ts_us, usage.raw)
-    billable = usage.channel == "api"
+    billable = is_api_call(usage)
     model = catalog.models[usage.model]
     price = model.price_at(usage.ts_us)
     assert price is not None  # validated above
     free_in, free_out = 0, 0
     if billable:
-        free_in, free_out = split_free(catalog.free_quota_tokens - state.free_used, usage.input_tokens, usage.output_tokens)
+        free_in, free_out = split_free(free_left(catalog.free_quota_tokens, state.free_used), usage.input_tokens, usage.output_tokens)
     free_tokens = free_in + free_out
     billed_in = usage.input_tokens - free_in if billable else 0
     billed_out = usage.output_tokens - free_out if billable else 0
@@ -81,7 +88,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     if overflow is not None:
         return _reject(state, usage.identity, usage.event_id, usage.kind, OUT_OF_RANGE, overflow, usage.ts_us, usage.raw)
     state.free_used += free_tokens
-    owe(state, hour, amount + plugins_total, grace_us(catalog.settlement_grace_minutes))
+    owe(state, hour, amount + plugins_total, catalog.settlement_grace_us)
     outcome = Outcome(BILLED)
     line = _line(state, (hour, usage.api_key_id, usage.model))
     line.requests += 1
@@ -276,5 +283,5 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         stale = _stale_line(state, f["lines"])
         if stale is not None:
             return _reject(state, record.identity, "", record.kind, STALE_REBILL, stale, record.ts_us, record.raw)
-        _apply_rebilled_lines(state, outcome, f["lines"], grace_us(catalog.settlement_grace_minutes))
+        _apply_rebilled_lines(state, outcome, f["lines"], catalog.settlement_grace_us)
     return outcome  # clock.tick: the clock moved, closing is done by the caller

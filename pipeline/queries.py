@@ -11,6 +11,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from pipeline.quota import free_left
 from pipeline.settlement import status_of
 from pipeline.state import AccountState
 from pipeline.timestamps import format_ts, parse_ts
@@ -99,7 +100,7 @@ def account(client: Client, account_id: str, free_quota_tokens: int) -> Row | No
              "expires_at": format_ts(v.expires_us) if v.expires_us is not None else None}
             for v in state.vouchers.values()
         ],
-        "free_tokens_left": max(free_quota_tokens - state.free_used, 0),
+        "free_tokens_left": free_left(free_quota_tokens, state.free_used),
         "last_settled_hour": format_ts(state.last_settled_hour) if state.last_settled_hour is not None else None,
         "open_hours": {format_ts(h): money(a) for h, a in sorted(state.open_hours.items())},
         "clock": format_ts(state.max_ts_us) if state.max_ts_us else None,

@@ -62,10 +62,18 @@ def settle_amount(state: AccountState, amount: Decimal, due_us: int) -> tuple[De
 NOTHING_CLOSED: tuple[Sequence[Settlement], Sequence[StatusChange]] = ((), ())
 
 
+def hour_closed(hour: int, grace_us: int, clock_us: int) -> bool:
+    """Whether the hour starting at `hour` is closed at event time `clock_us`: its end plus the
+    grace is at or before that clock (BILLING_RULES §9). The one statement of the rule: the fold
+    settles by it on the account's clock, the worker ticks idle accounts by it on its partition's
+    watermark."""
+    return hour + US_PER_HOUR + grace_us <= clock_us
+
+
 def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
     """Add to an hour's unsettled amount. Call before the record's own line is created: an hour
     that had lines and is already past its close was settled, so this is an adjustment."""
-    if hour not in state.open_hours and hour + US_PER_HOUR + grace <= state.max_ts_us:
+    if hour not in state.open_hours and hour_closed(hour, grace, state.max_ts_us):
         if hour in state.line_hours:
             state.adjusting.add(hour)
     state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount
@@ -73,9 +81,9 @@ def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
 
 def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[Sequence[Settlement], Sequence[StatusChange]]:
     """Settle every open hour whose end plus the grace is at or before the account clock."""
-    if not state.open_hours or min(state.open_hours) + US_PER_HOUR + grace_us > state.max_ts_us:
+    if not state.open_hours or not hour_closed(min(state.open_hours), grace_us, state.max_ts_us):
         return NOTHING_CLOSED  # the common case, per record: nothing to close yet
-    ready = sorted(h for h in state.open_hours if h + US_PER_HOUR + grace_us <= state.max_ts_us)
+    ready = sorted(h for h in state.open_hours if hour_closed(h, grace_us, state.max_ts_us))
     before = status_of(state)
     settlements = []
     for hour in ready:

@@ -14,8 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.timestamps import US_PER_MINUTE
-from pipeline.windows import Limits, WindowKey
+from pipeline.windows import Limits, WindowKey, minute_start
 
 ZERO = Decimal("0.000000")
 LineKey = tuple[int, str, str]  # (hour start us, api_key_id, item)
@@ -132,7 +131,7 @@ class AccountState:
 
     def window_floor(self, keep_us: int) -> int:
         """Start of the oldest rate window worth keeping: the minute `keep_us` behind the clock."""
-        return self.max_ts_us - self.max_ts_us % US_PER_MINUTE - keep_us
+        return minute_start(self.max_ts_us) - keep_us
 
     def drop_windows_before(self, floor_us: int) -> None:
         self.windows = {key: window for key, window in self.windows.items() if key[1] >= floor_us}

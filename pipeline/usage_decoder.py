@@ -1,7 +1,7 @@
 """Usage records decoded and checked in C: msgspec types generated from schemas/records/usage.json.
 
 Nearly every record is a usage record, and in Python its decode and schema check were the largest
-share of a worker's time (README, Performance). msgspec reads the bytes straight into a typed
+share of a worker's time (docs/performance.md). msgspec reads the bytes straight into a typed
 struct and checks every constraint of the schema as it reads. The types are generated from the
 schema file when this module loads, so the schema stays the one statement of the format: a
 keyword the generator does not know is an error at import, never a rule silently skipped.

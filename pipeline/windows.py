@@ -25,9 +25,15 @@ class Limits:
         )
 
 
+def minute_start(ts_us: int) -> int:
+    """Start of the minute window (QPM, TPM) `ts_us` falls in: the one place a minute is floored,
+    for the windows themselves and for which of them the worker keeps and loads."""
+    return ts_us - ts_us % US_PER_MINUTE
+
+
 def window_keys(ts_us: int) -> tuple[WindowKey, WindowKey]:
     """The second and the minute window a call at `ts_us` falls in."""
-    return (SECOND, ts_us - ts_us % US_PER_SECOND), (MINUTE, ts_us - ts_us % US_PER_MINUTE)
+    return (SECOND, ts_us - ts_us % US_PER_SECOND), (MINUTE, minute_start(ts_us))
 
 
 def violated(limits: Limits, second_requests: int, minute_requests: int, minute_tokens: int) -> tuple[str, ...]:

@@ -44,7 +44,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-CATALOG_PATH = Path(__file__).resolve().parent.parent / "schemas" / "catalog.json"
+from pipeline.catalog import DEFAULT_CATALOG, ModelSpec, load_catalog
+
 TZ8 = timezone(timedelta(hours=8))
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MS_MIN = 60_000
@@ -58,26 +59,13 @@ BREAKDOWN = ("role_setting", "history", "long_term_memory", "web_search")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    max_input: int
-    context: int | None
-    whitelist_only: bool
-
-
 @lru_cache(maxsize=4)
-def _catalog(path: str) -> tuple[dict[str, _Model], tuple[str, ...], list[int]]:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    cap = int(data.get("global_max_input_tokens") or 32000)
-    models = {}
-    price_days = set()
-    for name, spec in data["models"].items():
-        limit = spec.get("max_input")
-        models[name] = _Model(name, min(cap, limit) if limit else cap, spec.get("context"), bool(spec.get("whitelist_only")))
-        price_days.update(p["from"] for p in spec.get("prices", ()) if p.get("from"))
-    boundaries = sorted(_ms(f"{day}T00:00:00+08:00") for day in price_days)
-    return models, tuple(data.get("plugins", {})), boundaries
+def _catalog(path: str) -> tuple[dict[str, ModelSpec], tuple[str, ...], list[int]]:
+    """The catalog's models, plugin names and price-change days (ms), read by pipeline.catalog
+    (the one parser: the workload aims at the limits and dates the worker enforces)."""
+    catalog = load_catalog(path)
+    days = {p.from_us // 1000 for model in catalog.models.values() for p in model.prices if p.from_us is not None}
+    return dict(catalog.models), tuple(catalog.plugins), sorted(days)
 
 
 def _ms(text: str) -> int:
@@ -558,7 +546,7 @@ def generate(
     catalog_path: str | Path | None = None,
 ) -> list[str]:
     """`n_records` JSON lines in publish order; the same arguments always give the same lines."""
-    return _Generator(n_records, seed, accounts, start, bad_fraction, str(catalog_path or CATALOG_PATH)).run()
+    return _Generator(n_records, seed, accounts, start, bad_fraction, str(catalog_path or DEFAULT_CATALOG)).run()
 
 
 def write_jsonl(path: str | Path, lines: Iterable[str]) -> int:
