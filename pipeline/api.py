@@ -20,7 +20,10 @@ OnDb = Callable[..., Awaitable[Any]]
 def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb,
               metrics: Callable[[], str] | None = None) -> web.Application:
     def arg(request: web.Request, name: str) -> str | None:
-        return request.query.get(name) or None
+        value = request.query.get(name)
+        if name == "account":
+            return account_arg(value)
+        return value or None
 
     async def bills(request: web.Request) -> web.Response:
         rows = await on_db(queries.bills, client_of(), arg(request, "account"), arg(request, "from"), arg(request, "to"))
@@ -44,7 +47,7 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
 
     async def rebill_accounts(request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response(await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], body.get("account")))
+        return web.json_response(await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], account_arg(body.get("account"))))
 
     async def rebill_plan(request: web.Request) -> web.Response:
         body = await request.json()
@@ -94,6 +97,13 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def account_arg(value: str | None) -> str | None:
+    """An account filter: absent is every account; empty is a mistake (400), never every account."""
+    if value is not None and not value:
+        raise ValueError("account is empty: name an account, or leave the parameter out for every account")
+    return value
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
