@@ -174,10 +174,8 @@ def canonical_ts(text: str, us: int) -> str:
     if (text.endswith("+08:00") and text[10] == "T" and text[17] != "6"
             and (size == 25 or (size == 29 and text[20:23] != "000") or (size == 32 and text[23:26] != "000"))):
         return text
-    spelled = format_ts(us)
-    if len(spelled) == 32 and spelled[23:26] == "000":
-        return spelled[:23] + spelled[26:]
-    return spelled
+    spelled = format_ts(us)  # seconds, or six fraction digits
+    return spelled[:23] + spelled[26:] if len(spelled) == 32 and spelled[23:26] == "000" else spelled
 
 
 def _hour_prefix(hours: int) -> str:
