@@ -25,7 +25,7 @@ def frame(lines: list[bytes]) -> list[Message]:
     """Messages of one partition, each account's consecutive records grouped as `billing publish`
     groups them (outside the timed part)."""
     messages: list[Message] = []
-    batcher = Batcher(lambda key, value: messages.append(Message(0, len(messages), key, value)))
+    batcher = Batcher(lambda key, value, *_: messages.append(Message(0, len(messages), key, value)))
     for value, key in keyed(lines):
         batcher.add(key.encode("utf-8"), value)
     batcher.flush()

@@ -88,7 +88,10 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
               ready: Callable[[], str | None] | None = None) -> web.Application:
     """`ready`: why the worker should get no traffic (e.g. a batch failing again and again), or None."""
     def arg(request: web.Request, name: str) -> str | None:
-        return request.query.get(name) or None
+        value = request.query.get(name)
+        if name == "account":
+            return account_arg(value)
+        return value or None
 
     async def bills(request: web.Request) -> web.Response:
         rows = await on_db(queries.bills, client_of(), arg(request, "account"), arg(request, "from"), arg(request, "to"))
@@ -112,7 +115,7 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
 
     async def rebill_accounts(request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response(await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], body.get("account")))
+        return web.json_response(await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], account_arg(body.get("account"))))
 
     async def rebill_plan(request: web.Request) -> web.Response:
         body = await request.json()
@@ -166,6 +169,13 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def account_arg(value: str | None) -> str | None:
+    """An account filter: absent is every account; empty is a mistake (400), never every account."""
+    if value is not None and not value:
+        raise ValueError("account is empty: name an account, or leave the parameter out for every account")
+    return value
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:

@@ -31,7 +31,7 @@ from pipeline import CORE_BUILD, api, metrics, outputs_json, records
 from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
-from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap
+from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
 from pipeline.isolation import Isolator, transient
 from pipeline.runtime import control_key
 from pipeline.settings import Settings, redact
@@ -187,7 +187,8 @@ class Worker:
     async def handle(self, stream: faust.StreamT, events: list[Any]) -> None:
         """Process a batch and leave its completion (last write, outputs, acks) to a task, so that
         the next batch starts beside that write."""
-        messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+        messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value,
+                            message_headers(e.message.headers) if e.message.headers else ()) for e in events]
         if self.first_batch_at is None and messages:
             self.first_batch_at = time.time()
         # a batch whose last write failed is processed again before anything after it (the failure

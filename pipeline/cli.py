@@ -175,39 +175,27 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.publish import live_lines, publish_lines
+    from pipeline.publish import live_lines, publish_lines, tell
     from pipeline.topics import ensure_all
 
     bootstrap = kafka_of(settings)
     if args.file == "-":
         lines: Any = live_lines(sys.stdin.buffer)
-        total = None
+        total, source = None, "-"
     else:
         path = Path(args.file)
         if not path.is_file():
             raise UsageError(f"no such file: {path}")
         data = path.read_bytes().splitlines()
-        lines, total = data, len(data)
+        lines, total, source = data, len(data), path.name
     if args.control:  # an operator's own file of control records (e.g. clock ticks of a historical load)
         from pipeline.control import sign_line
 
         key = operator_key(settings)
         lines = (sign_line(line, key) if line is not None else None for line in lines)
     ensure_all(settings, bootstrap)
-    report = publish_lines(lines, bootstrap, settings.input_topic, total=total)
-    print(f"published {report.total} records" + "".join(f"\n  {kind}: {n}" for kind, n in sorted(report.sent.items())))
-    if report.failures:
-        say(f"billing: {len(report.failures)} records were not acknowledged by Kafka: {report.failures[0]}; publish again (duplicates are safe)")
-        return 1
-    if report.bad_lines:
-        for number, error in report.bad_lines[:20]:
-            say(f"billing: line {number}: not JSON ({error}); not sent")
-        more = len(report.bad_lines) - 20
-        if more > 0:
-            say(f"billing: ... and {more} more lines that are not JSON")
-        say(f"billing: {len(report.bad_lines)} lines were not sent (lines " + ", ".join(str(n) for n, _ in report.bad_lines[:50]) + ")")
-        return 2
-    return 0
+    report = publish_lines(lines, bootstrap, settings.input_topic, total=total, source=source, timeout_s=args.timeout)
+    return tell(report, sys.stdout, sys.stderr)
 
 
 def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) -> bool:
@@ -389,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--control", action="store_true",
                      help="operators only: sign the file's control records (clock.tick, rebill.lines) with the control key "
                           "(BILLING_CONTROL_KEY or the data dir's control.key); without it the worker rejects them as unauthorized")
+    pub.add_argument("--timeout", type=float, default=120.0, help="seconds a record may wait for Kafka before it counts as not sent")
     pub.set_defaults(run=cmd_publish)
     wait = sub.add_parser("wait", parents=[common], help="return once everything published so far is queryable")
     wait.add_argument("--timeout", type=float, default=300.0)
@@ -427,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if "" in (getattr(args, "account", None), getattr(args, "account_id", None)):  # never "every account"
+        say("billing: the account id is empty: name an account, or leave --account out for every account")
+        return 2
     settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
     run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:

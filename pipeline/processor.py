@@ -13,6 +13,7 @@ import gc
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -65,6 +66,25 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None  # None: a tombstone, which any producer can send (rejected, never a crash)
+    headers: tuple[tuple[str, bytes], ...] = ()  # Kafka headers; `billing publish` names a line it could not read
+
+
+def message_headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
+    """A consumed message's headers (a list of pairs, a mapping, or None) as Message holds them."""
+    pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+    return tuple((str(k), v if isinstance(v, bytes) else b"") for k, v in pairs)
+
+
+def _origin(headers: tuple[tuple[str, bytes], ...]) -> str:
+    """Where `billing publish` read a record it could not read as one (publish.origin_headers):
+    "line N of SOURCE[; N bytes as read, kept cut short]", or "" for a message without them."""
+    found = {k: v[:200].decode("utf-8", errors="replace") for k, v in headers}
+    line = found.get("billing-line", "")
+    if not (line.isascii() and line.isdigit()):
+        return ""
+    size = found.get("billing-size", "")
+    cut = f"; {size} bytes as read, kept cut short" if size.isascii() and size.isdigit() else ""
+    return f"line {line} of {found.get('billing-source', '-')}{cut}"
 
 
 @dataclass
@@ -429,8 +449,12 @@ class BatchProcessor:
                 continue
             key_account = msg.key.decode("utf-8", errors="replace") if msg.key else ""
             refused = self.poisoned.get((msg.partition, msg.offset)) if self.poisoned else None
-            for idx, value in enumerate(split_message(msg.value) if msg.value is not None else [None]):
+            origin = _origin(msg.headers) if msg.headers else ""  # such a message holds one record, as read
+            values: list[bytes | None] = [msg.value] if origin or msg.value is None else [*split_message(msg.value)]
+            for idx, value in enumerate(values):
                 record = parse_record(value, key_account, self.control_key)
+                if origin and isinstance(record, Invalid):
+                    record = record._replace(detail=f"{record.detail} ({origin})")
                 if refused is not None:
                     record = _unwritable(record, refused)
                 items = by_account.get(record.account_id)

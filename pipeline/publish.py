@@ -1,7 +1,16 @@
 """`billing publish`: JSON lines -> the input topic, keyed by account, in file order per account.
 
-Lines that are not JSON are not sent (they are named with their line numbers); everything that
-parses is sent, even if it breaks the schema, so that the pipeline keeps it as a rejection.
+Every line that holds something is published; nothing read is dropped. A line that is not a JSON
+text (broken JSON, bytes that are not UTF-8) or is longer than a record may be
+(records.MAX_RECORD_BYTES) travels alone, with Kafka headers naming where it came from
+(`billing-line`, `billing-source`, and `billing-size` when it was cut): the worker keeps it as a
+rejected record whose detail names the line, so `billing rejected` lists it. An oversize line is
+cut to one byte over the record limit for transport (the worker rejects it as oversize whatever
+the broker's message size), and the size as read travels in its header. Everything that parses
+is sent as it is, even if it breaks the schema, so that the pipeline keeps it as a rejection.
+
+Every record Kafka did not acknowledge is counted, with the first line it came from: the command
+then says how many were not sent and from which line to publish again (duplicates are safe).
 Order per account survives retries because at most one request is in flight per connection.
 
 Consecutive records of one account travel together in one message, as an RFC 7464 JSON text
@@ -12,37 +21,54 @@ cost once per group instead of once per record. Each record keeps its bytes as r
 from __future__ import annotations
 
 import select
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, TextIO
 
 import orjson
 from kafka import KafkaProducer
+from kafka.errors import KafkaTimeoutError
 
 from pipeline.framing import encode_group
-from pipeline.progress import Progress
+from pipeline.progress import Progress, write_or_drop
+from pipeline.records import MAX_RECORD_BYTES
 
 MAX_RECORDS_PER_MESSAGE = 200
 MAX_MESSAGE_BYTES = 512 * 1024
 MAX_BUFFERED_RECORDS = 50_000
 MAX_BUFFER_AGE_S = 0.2  # a slow stream (stdin) is not held back longer than this
+DEFAULT_TIMEOUT_S = 120.0  # Kafka's own default delivery timeout
+LINE_HEADER, SOURCE_HEADER, SIZE_HEADER = "billing-line", "billing-source", "billing-size"
+Headers = list[tuple[str, bytes]]
 
 
 @dataclass
 class PublishReport:
-    sent: Counter[str] = field(default_factory=Counter)
-    bad_lines: list[tuple[int, str]] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    sent: Counter[str] = field(default_factory=Counter)  # records read and handed to Kafka, by type
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)  # (line, what is wrong): each published alone as a rejected record
+    failures: list[str] = field(default_factory=list)  # one error per message Kafka did not take
+    unsent: int = 0  # records Kafka did not acknowledge
+    resume_line: int | None = None  # the first line of a record Kafka did not acknowledge
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last offset the broker acknowledged
 
     @property
     def total(self) -> int:
         return sum(self.sent.values())
 
+    def failed(self, records: int, first_line: int, error: str) -> None:
+        self.failures.append(error)
+        self.unsent += records
+        if self.resume_line is None or first_line < self.resume_line:
+            self.resume_line = first_line
 
-def make_producer(bootstrap: str) -> KafkaProducer:
-    return KafkaProducer(
+
+def make_producer(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S, **overrides: Any) -> KafkaProducer:
+    """The publisher's producer; `timeout_s` bounds how long a record (or the topic's metadata)
+    may wait for the broker before it counts as not sent."""
+    timeout_ms = max(int(timeout_s * 1000), 1000)
+    config: dict[str, Any] = dict(
         bootstrap_servers=bootstrap,
         client_id="billing-publish",
         acks="all",
@@ -51,7 +77,12 @@ def make_producer(bootstrap: str) -> KafkaProducer:
         linger_ms=20,
         batch_size=512 * 1024,
         max_request_size=8 * 1024 * 1024,
+        delivery_timeout_ms=timeout_ms,
+        request_timeout_ms=min(30_000, timeout_ms - 20),
+        max_block_ms=timeout_ms,
     )
+    config.update(overrides)
+    return KafkaProducer(**config)
 
 
 def key_and_kind(body: object) -> tuple[bytes, str]:
@@ -62,33 +93,49 @@ def key_and_kind(body: object) -> tuple[bytes, str]:
     return (account.encode("utf-8") if isinstance(account, str) else b""), (kind if isinstance(kind, str) else "invalid")
 
 
-class Batcher:
-    """Groups each account's consecutive records into messages, in order."""
+Send = Callable[[bytes, bytes, int, int, Headers], None]  # key, value, first line, records, headers
 
-    def __init__(self, send: Callable[[bytes, bytes], None]) -> None:
+
+class Batcher:
+    """Groups each account's consecutive records into messages, in order. `send` is told the line
+    of the group's first record and how many records it holds (what a failure loses)."""
+
+    def __init__(self, send: Send) -> None:
         self.send = send
         self.groups: dict[bytes, list[bytes]] = {}
         self.sizes: dict[bytes, int] = {}
+        self.first_lines: dict[bytes, int] = {}
         self.buffered = 0
         self.oldest = time.monotonic()
 
-    def add(self, key: bytes, record: bytes) -> None:
+    def add(self, key: bytes, record: bytes, line: int = 0) -> None:
         if not self.groups:
             self.oldest = time.monotonic()
-        group = self.groups.setdefault(key, [])
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = []
+            self.sizes[key] = 0
+            self.first_lines[key] = line
         group.append(record)
-        self.sizes[key] = self.sizes.get(key, 0) + len(record) + 2
+        self.sizes[key] += len(record) + 2
         self.buffered += 1
         if len(group) >= MAX_RECORDS_PER_MESSAGE or self.sizes[key] >= MAX_MESSAGE_BYTES:
             self.flush_key(key)
         elif self.buffered >= MAX_BUFFERED_RECORDS or time.monotonic() - self.oldest > MAX_BUFFER_AGE_S:
             self.flush()
 
+    def add_alone(self, key: bytes, record: bytes, line: int, headers: Headers) -> None:
+        """A record that travels in a message of its own (with headers), after the account's
+        records read before it."""
+        if key in self.groups:
+            self.flush_key(key)
+        self.send(key, record, line, 1, headers)
+
     def flush_key(self, key: bytes) -> None:
         group = self.groups.pop(key)
         self.sizes.pop(key)
         self.buffered -= len(group)
-        self.send(key, encode_group(group))
+        self.send(key, encode_group(group), self.first_lines.pop(key), len(group), [])
 
     def flush(self) -> None:
         for key in list(self.groups):
@@ -107,21 +154,48 @@ def live_lines(stream: BinaryIO) -> Iterator[bytes | None]:
         yield line
 
 
-def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False) -> PublishReport:
+def origin_headers(number: int, source: str, size: int | None = None) -> Headers:
+    headers = [(LINE_HEADER, str(number).encode()), (SOURCE_HEADER, source.encode("utf-8", errors="replace"))]
+    if size is not None:
+        headers.append((SIZE_HEADER, str(size).encode()))
+    return headers
+
+
+def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False,
+                  source: str = "-", timeout_s: float = DEFAULT_TIMEOUT_S, producer_config: dict[str, Any] | None = None,
+                  progress: Progress | None = None) -> PublishReport:
+    """Publish every line; never raises for a record Kafka does not take (the report counts it).
+    Printing progress cannot stop it (Progress swallows a closed stream)."""
     report = PublishReport()
-    producer = make_producer(bootstrap)
-    progress = Progress("published", total)
+    producer = make_producer(bootstrap, timeout_s, **(producer_config or {}))
+    progress = progress or Progress("published", total)
+    lock = threading.Lock()  # callbacks run on the producer's thread
+    gave_up: list[str] = []  # the broker did not answer in time: the rest is counted, not tried
 
-    def acked(meta: object) -> None:
-        partition, offset = meta.partition, meta.offset  # type: ignore[attr-defined]
-        if offset > report.offsets.get(partition, -1):
-            report.offsets[partition] = offset
+    def acked(meta: Any) -> None:
+        partition, offset = meta.partition, meta.offset
+        with lock:
+            if offset > report.offsets.get(partition, -1):
+                report.offsets[partition] = offset
 
-    def failed(exc: BaseException) -> None:
-        report.failures.append(str(exc))
+    def send(key: bytes, value: bytes, first_line: int, records: int, headers: Headers) -> None:
+        def failed(exc: BaseException) -> None:
+            with lock:
+                report.failed(records, first_line, f"{type(exc).__name__}: {exc}")
 
-    def send(key: bytes, value: bytes) -> None:
-        producer.send(topic, key=key, value=value).add_callback(acked).add_errback(failed)
+        if gave_up:
+            failed(KafkaTimeoutError(gave_up[0]))
+            return
+        try:
+            future = producer.send(topic, key=key, value=value, headers=headers or None)
+        except KafkaTimeoutError as exc:  # no metadata or no buffer within the timeout: the broker is gone
+            gave_up.append(str(exc))
+            failed(exc)
+            return
+        except Exception as exc:  # e.g. larger than the producer's max request size
+            failed(exc)
+            return
+        future.add_callback(acked).add_errback(failed)
 
     batcher = Batcher(send)
     try:
@@ -134,14 +208,23 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
             line = line.strip()
             if not line:
                 continue
+            body: Any = None
+            reason = ""
             try:
                 body = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                report.bad_lines.append((number, str(exc)))
-                continue
+                reason = f"not JSON ({exc})"
+            if len(line) > MAX_RECORD_BYTES:
+                reason = f"{len(line)} bytes, over the {MAX_RECORD_BYTES}-byte record limit"
             key, kind = key_and_kind(body)
-            batcher.add(key, line)
-            report.sent[kind] += 1
+            if not reason:
+                batcher.add(key, line, number)
+                report.sent[kind] += 1
+            else:  # alone, with where it came from; cut to one byte over the limit if longer
+                report.bad_lines.append((number, reason))
+                size = len(line) if len(line) > MAX_RECORD_BYTES else None
+                batcher.add_alone(key, line[:MAX_RECORD_BYTES + 1], number, origin_headers(number, source, size))
+                report.sent["invalid"] += 1
             if not quiet:
                 progress.update(report.total)
         batcher.flush()
@@ -151,3 +234,26 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
     if not quiet:
         progress.done()
     return report
+
+
+def tell(report: PublishReport, out: TextIO | None, err: TextIO | None) -> int:
+    """What `billing publish` prints, and its exit status: 1 when any record read was not sent
+    (with the line to publish again from), else 0. Lines that could not be read as records were
+    published as rejected records, so they do not fail the command; they are named. Printing
+    cannot fail it: a reader that left (EPIPE) or a closed stream only loses the text."""
+    read = report.total
+    done = f"{read} records" if not report.unsent else f"{read - report.unsent} of {read} records"
+    write_or_drop(out, f"published {done}" + "".join(f"\n  {kind}: {n}" for kind, n in sorted(report.sent.items())) + "\n")
+    for number, reason in report.bad_lines[:20]:
+        write_or_drop(err, f"billing: line {number}: {reason}; published as a rejected record\n")
+    if len(report.bad_lines) > 20:
+        write_or_drop(err, f"billing: ... and {len(report.bad_lines) - 20} more such lines\n")
+    if report.bad_lines:
+        write_or_drop(err, f"billing: {len(report.bad_lines)} lines are not records; `billing rejected` lists them "
+                           "(invalid_schema, the detail names the line)\n")
+    if report.unsent:
+        write_or_drop(err, f"billing: {report.unsent} of {read} records were NOT sent: Kafka did not acknowledge them "
+                           f"({report.failures[0]}); publish again from line {report.resume_line} "
+                           "(records already sent are recognised as duplicates)\n")
+        return 1
+    return 0

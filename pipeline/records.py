@@ -18,7 +18,7 @@ import fastjsonschema
 import orjson
 
 from pipeline import control, usage_decoder
-from pipeline.timestamps import TimestampError, parse_ts, quick_us
+from pipeline.timestamps import TimestampError, canonical_ts, parse_ts, quick_us
 from pipeline.tuples import namedtuple_of
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "records"
@@ -178,8 +178,7 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     try:
         _validator(kind)(body)
         ts_us = _in_range(parse_ts(body["timestamp"]), body["timestamp"])
-        if "expires_at" in body:
-            _in_range(parse_ts(body["expires_at"]), body["expires_at"])
+        expires_us = _in_range(parse_ts(body["expires_at"]), body["expires_at"]) if "expires_at" in body else 0
         for line in body.get("lines", ()) if kind == "rebill.lines" else ():
             _in_range(parse_ts(line["hour"]), line["hour"])
     except fastjsonschema.JsonSchemaValueException as exc:
@@ -193,7 +192,9 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     body = _integral(body)
     if kind == USAGE:
         return _schema_checked_usage(body, raw, text, account, ts_us)
-    normal = dict(body, type=kind)
+    normal = dict(body, type=kind, timestamp=canonical_ts(body["timestamp"], ts_us))  # one spelling per instant: one payload
+    if "expires_at" in body:
+        normal["expires_at"] = canonical_ts(body["expires_at"], expires_us)
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     identity = f"#{kind}:{digest}"  # '#': never an event_id
@@ -235,7 +236,7 @@ def _usage(call: Any, ts_us: int, text: str) -> Usage:
     (channel "api" when absent), plugins used zero times left out (they cost nothing)."""
     channel: str = "api" if call.channel is usage_decoder.UNSET else call.channel
     plugins: dict[str, int] = {} if call.plugins is usage_decoder.UNSET else {name: n for name, n in call.plugins.items() if n}
-    digest = _digest(usage_decoder.canonical(call, channel, plugins))
+    digest = _digest(usage_decoder.canonical(call, channel, plugins, canonical_ts(call.timestamp, ts_us)))
     event_id: str = call.event_id
     return namedtuple_of(Usage, call.account_id, ts_us, event_id, digest, text, event_id, call.api_key_id, call.model,
                          call.input_tokens, call.output_tokens, channel, tuple(sorted(plugins.items())), record_hash(event_id), USAGE)

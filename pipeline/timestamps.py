@@ -26,12 +26,17 @@ class TimestampError(ValueError):
 
 
 def parse_ts(text: str) -> int:
-    """RFC 3339 with an offset -> microseconds since the epoch. Naive times are refused."""
+    """RFC 3339 with an offset -> microseconds since the epoch. Naive times are refused. A leap
+    second (second 60) is taken where RFC 3339 allows one, the last second of a UTC day however
+    the offset spells it, as the last microsecond before midnight UTC (23:59:59.999999Z): it stays
+    in its own hour and day. Second 60 anywhere else is refused."""
     normal = text.strip()
     if len(normal) > 10 and normal[10] in "t ":
         normal = normal[:10] + "T" + normal[11:]
     if normal.endswith("z"):
         normal = normal[:-1] + "Z"
+    if len(normal) >= 19 and normal[16] == ":" and normal[17:19] == "60":
+        return _leap_second(text, normal[:17] + "59" + normal[19:])
     try:
         moment = datetime.fromisoformat(normal)
     except ValueError as exc:
@@ -44,6 +49,20 @@ def parse_ts(text: str) -> int:
     return to_us(moment)
 
 
+def _leap_second(text: str, at_59: str) -> int:
+    """parse_ts of a second-60 timestamp, given the same text with second 59."""
+    try:
+        start_of_59 = parse_ts(at_59)
+    except TimestampError as exc:
+        raise TimestampError(str(exc).replace(repr(at_59), repr(text))) from None
+    start_of_59 -= start_of_59 % US_PER_SECOND
+    end = start_of_59 + US_PER_SECOND
+    if end % US_PER_DAY:
+        raise TimestampError(f"timestamp {text!r} has second 60 outside the last minute of a UTC day "
+                             "(RFC 3339 allows a leap second only at 23:59:60Z)")
+    return end - 1
+
+
 def quick_us(text: str) -> int:
     """parse_ts for the shape producers send (`2024-06-06T20:00:44.240+08:00`: ASCII digits, T,
     t or space, up to 9 fraction digits, Z, z or an offset), in integer arithmetic; -1 for
@@ -54,7 +73,7 @@ def quick_us(text: str) -> int:
         return -1
     year, month, day = _digits(text, 0, 4), _digits(text, 5, 2), _digits(text, 8, 2)
     hour, minute, second = _digits(text, 11, 2), _digits(text, 14, 2), _digits(text, 17, 2)
-    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= _month_days(year, month) or not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 59):
+    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= _month_days(year, month) or not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 60):
         return -1
     end, micros = 19, 0
     if text[19] == ".":
@@ -69,6 +88,8 @@ def quick_us(text: str) -> int:
     if offset == -1:
         return -1
     seconds = _civil_days(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset
+    if second == 60:  # a leap second: only at the end of a UTC day, as its last microsecond (parse_ts)
+        return seconds * US_PER_SECOND - 1 if seconds % 86_400 == 0 else -1
     return seconds * US_PER_SECOND + micros
 
 
@@ -139,6 +160,21 @@ def format_ts(us: int) -> str:
     if micros:
         return clock + "." + str(micros + US_PER_SECOND)[1:] + "+08:00"
     return clock + "+08:00"
+
+
+def canonical_ts(text: str, us: int) -> str:
+    """The one spelling of an instant that a record's digest is taken of, so that two records
+    spelling the same instant differently (`Z` or `+08:00`, `.5` or `.500`, `t` or `T`) are one
+    payload: billing-zone RFC 3339 (`T`, `+08:00`) with no fraction, or 3 or 6 digits, the fewest
+    that hold the microseconds. `text` is a timestamp parse_ts read as `us` (the schema's shape).
+    That is how most producers already write (`2024-06-06T20:00:44.240+08:00`), so such a text is
+    returned as it is, unformatted, and such records keep the digest they had before."""
+    size = len(text)
+    if (text.endswith("+08:00") and text[10] == "T" and text[17] != "6"
+            and (size == 25 or (size == 29 and text[20:23] != "000") or (size == 32 and text[23:26] != "000"))):
+        return text
+    spelled = format_ts(us)  # seconds, or six fraction digits
+    return spelled[:23] + spelled[26:] if len(spelled) == 32 and spelled[23:26] == "000" else spelled
 
 
 def _hour_prefix(hours: int) -> str:

@@ -122,7 +122,8 @@ def decode(raw: bytes) -> Any:
     return _DECODER.decode(raw)
 
 
-def canonical(call: Any, channel: str, plugins: dict[str, int]) -> bytes:
+def canonical(call: Any, channel: str, plugins: dict[str, int], timestamp: str) -> bytes:
     """The normal payload as compact JSON with sorted keys, byte for byte what orjson's
-    OPT_SORT_KEYS writes for the same dict (tests): digests stay what they were."""
-    return _ENCODER.encode(msgspec.structs.replace(call, type="usage", channel=channel, plugins=plugins))
+    OPT_SORT_KEYS writes for the same dict (tests): digests stay what they were. `timestamp` is
+    the instant's one spelling (timestamps.canonical_ts)."""
+    return _ENCODER.encode(msgspec.structs.replace(call, type="usage", channel=channel, plugins=plugins, timestamp=timestamp))

@@ -144,12 +144,15 @@ def parse_rfc3339_ns(text: Any) -> int | None:
         offset_min = oh * 60 + om
         if m.group(9) == "-":
             offset_min = -offset_min
+    leap = second == 60  # RFC 3339: a leap second, only as the last second of a UTC day
     try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone(timedelta(minutes=offset_min)))
-    except ValueError:  # month 13, 31 June, second 60, ...
+        moment = datetime(year, month, day, hour, minute, 59 if leap else second, tzinfo=timezone(timedelta(minutes=offset_min)))
+    except ValueError:  # month 13, 31 June, second 61, ...
         return None
     delta = moment - _EPOCH
     whole = delta.days * 86_400 + delta.seconds
+    if leap:  # taken as the last microsecond of its day (docs/interpretations.md)
+        return (whole + 1) * NS - 1000 if (whole + 1) % 86_400 == 0 else None
     nanos = int((frac[1:] + "000000000")[:9]) if frac else 0
     return whole * NS + nanos
 
@@ -275,7 +278,10 @@ def _schema_ok(body: Any) -> tuple[str, int] | None:
 
 
 def _canonical(body: dict[str, Any]) -> str:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The payload compared for duplicates: instants compared as instants (to the microsecond),
+    whatever their spelling."""
+    instants = {k: parse_rfc3339_ns(body[k]) // 1000 for k in ("timestamp", "expires_at") if parse_rfc3339_ns(body.get(k)) is not None}
+    return json.dumps({**body, **instants}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # ---------------------------------------------------------------------------------------------

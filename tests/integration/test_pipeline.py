@@ -73,7 +73,7 @@ def test_workload_bills_and_rejections_match_the_oracle(stack: Stack, tmp_path: 
     assert stack.rejected() == rejected_before
 
 
-def test_bad_lines_are_named_and_the_rest_is_sent(stack: Stack, tmp_path: Path) -> None:
+def test_bad_lines_are_named_and_kept_and_the_rest_is_sent(stack: Stack, tmp_path: Path) -> None:
     good = {"type": "api_key.created", "account_id": "acct-bad-input", "timestamp": "2024-07-01T10:00:00+08:00", "api_key_id": "k1"}
     call = {"account_id": "acct-bad-input", "timestamp": "2024-07-01T10:00:01+08:00", "event_id": "bad-e1",
             "api_key_id": "k1", "model": "xingchen-lite", "input_tokens": 100, "output_tokens": 50}
@@ -91,10 +91,13 @@ def test_bad_lines_are_named_and_the_rest_is_sent(stack: Stack, tmp_path: Path) 
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     result = stack.publish(path, check=False)
-    assert result.returncode == 2
+    assert result.returncode == 0, result.stderr  # nothing read was lost: the lines that are not JSON are kept too
     assert "line 2" in result.stderr and "line 5" in result.stderr and f"line {len(lines)}" in result.stderr
-    assert "published 8 records" in result.stdout  # 2 good + 6 schema-breaking, all sent
+    assert "published 11 records" in result.stdout  # 2 good + 6 schema-breaking + 3 not JSON, all sent
     stack.wait()
+    unreadable = {r["detail"].rsplit("(line ", 1)[1]: r["record"] for r in stack.rejected("--reason", "invalid_schema")
+                  if r["detail"].endswith(" of bad.jsonl)")}
+    assert unreadable == {"2 of bad.jsonl)": "{not json", "5 of bad.jsonl)": "[1, 2", f"{len(lines)} of bad.jsonl)": "\x00\x01 garbage"}
     rejected = {r["event_id"]: r for r in stack.rejected("--account", "acct-bad-input")}
     for body, reason in broken:
         row = rejected[body["event_id"]]

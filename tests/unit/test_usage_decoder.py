@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import pipeline.records as records
 from pipeline import usage_decoder
 from pipeline.records import Invalid, Usage, _validator, canonical_digest, parse_record
-from pipeline.timestamps import quick_us
+from pipeline.timestamps import format_ts, quick_us
 from pipeline.workload import generate
 from tests.hostile import hostile_corpus
 
@@ -98,16 +98,20 @@ def test_generated_usage_takes_the_native_path_and_builds_the_same_record() -> N
     {}, {"type": "usage"}, {"channel": "console"}, {"channel": "api"}, {"plugins": {}}, {"plugins": {"web_search": 0}},
     {"plugins": {"web_search": 2, "image": 0, "角色": 1}}, {"input_breakdown": {}}, {"input_breakdown": {"web_search": 3, "history": 1}},
     {"event_id": "引号\"反斜杠\\制表\t换行\n\u2028\U0001F600\x00\x7f"}, {"model": "x" * 128},
+    {"timestamp": "2024-09-18T02:00:00Z"}, {"timestamp": "2024-09-18t02:00:00.500z"}, {"timestamp": "2024-09-18T10:00:00.5+08:00"},
+    {"timestamp": "2024-09-18T10:00:00.000+08:00"}, {"timestamp": "2024-09-17T21:30:00.000001-04:30"},
 ])
 def test_digest_is_the_canonical_digest_of_the_normal_payload(change: dict[str, Any]) -> None:
     """Digests are stored (seen_records) and compared with later deliveries of the same event:
     the native path must give the digest of the same normal form as before, byte for byte:
-    type and channel written out, plugins used zero times left out, keys sorted."""
+    type and channel written out, plugins used zero times left out, keys sorted, and the instant
+    in its one spelling (+08:00, fraction of 0, 3 or 6 digits: how most producers write, and the
+    digest such a record had before spellings were normalised)."""
     body = {**BASE, **change}
     usage = native(orjson.dumps(body))
     assert usage is not None
     normal = dict(body, type="usage", channel=body.get("channel", "api"),
-                  plugins={k: v for k, v in body.get("plugins", {}).items() if v})
+                  plugins={k: v for k, v in body.get("plugins", {}).items() if v}, timestamp=format_ts(usage.ts_us).replace("000+", "+"))
     assert usage.digest == canonical_digest(normal)
     assert usage.plugins == tuple(sorted(normal["plugins"].items()))
     assert usage.channel == normal["channel"]
