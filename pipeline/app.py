@@ -80,6 +80,7 @@ class Worker:
         self.reasons: Counter[str] = Counter()
         self.sink_seconds = 0.0
         self.write_wait_seconds = 0.0
+        self.prom = metrics.WorkerMetrics(self._partition_rows)  # /metrics (its own registry: several workers per process)
         # wall clock (time.time()) of the first non-empty batch's arrival and of the latest batch's
         # write: with records already in the topic, their span is the worker's own throughput,
         # free of its startup and group join (the bench reads them from /healthz)
@@ -179,13 +180,16 @@ class Worker:
         # a batch whose last write failed is processed again before anything after it (the failure
         # may already be cleared in the processor, so the processor alone cannot tell this batch)
         await self._nothing_owed.wait()
+        started = time.perf_counter()
         result = await self.process(messages, leave_last_write=True)
-        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing))
+        timing = [started, time.perf_counter(), time.perf_counter()]  # started, processed, last write in
+        result.written.add_done_callback(lambda _: timing.__setitem__(2, time.perf_counter()))
+        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing, timing))
 
     async def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Process a batch, retrying with backoff until it is applied (ClickHouse down, disk full:
         money is never skipped). An offset gap stops the worker."""
-        delay = 0.5
+        delay, failures = 0.5, 0
         while True:
             try:
                 started = time.perf_counter()
@@ -200,6 +204,8 @@ class Worker:
                     await asyncio.shield(self._completing)
                 continue  # (or a completion processing its own batch again: the failure is cleared now)
             except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
+                failures += 1
+                self.prom.set_consecutive_failures(failures)
                 self._failed(len(messages), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
@@ -210,10 +216,11 @@ class Worker:
 
     def _failed(self, messages: int, exc: BaseException, delay: float) -> None:
         self.stats["batch_failures"] += 1
+        self.prom.batch_failed()
         log.warning("batch of %d messages not written (%s); retrying in %.1fs", messages, str(exc)[:300], delay)
 
     async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
-                        previous: asyncio.Future[None] | None) -> None:
+                        previous: asyncio.Future[None] | None, timing: list[float] | None = None) -> None:
         """Once the batch's last write is in (after the batches before it): its outputs, then its
         acknowledgements, so that an offset is committed only for a batch billed and announced."""
         try:
@@ -225,11 +232,15 @@ class Worker:
                 self._nothing_owed.clear()
                 try:
                     self._failed(len(messages), exc, 0.5)
+                    self.prom.set_consecutive_failures(1)
                     await asyncio.sleep(0.5)
                     result = await self.process(messages)
+                    if timing is not None:
+                        timing[1] = timing[2] = time.perf_counter()
                 finally:
                     self._nothing_owed.set()
             self._account(messages, result)
+            self._observe(events, result, timing)
             await self.publish_outputs(result)
             for event in events:
                 await stream.ack(event)
@@ -247,6 +258,15 @@ class Worker:
         self.stats["skipped_redeliveries"] += result.skipped
         self.stats.update(result.statuses)
         self.last_offsets.update(result.last_offsets)
+
+    def _observe(self, events: list[Any], result: BatchResult, timing: list[float] | None) -> None:
+        """The batch's metrics, once it is in ClickHouse (queryable); the per-batch log line."""
+        started, processed, written = timing if timing is not None else (0.0, 0.0, 0.0)
+        tail = max(written - processed, 0.0)
+        seconds = processed - started + tail
+        stamps = [e.message.timestamp for e in events]
+        self.prom.batch_done(result.statuses, result.reasons, result.skipped, seconds, result.write_wait_s + tail,
+                             result.write_wait_s, stamps, result.rejected_ids)
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
         """An API call between two of the processor's writes: it sees every record written before
@@ -285,6 +305,10 @@ class Worker:
             self.on_api(self.api_url)
 
     def metrics(self) -> str:
+        return self.prom.render().decode()
+
+    def _partition_rows(self) -> list[tuple[int, int, int | None, int | None]]:
+        """(partition, processed offset, committed offset, high watermark) when /metrics is scraped."""
         rows = []
         consumer = self.app.consumer if self.app.consumer is not None else None
         for partition, offset in sorted(self.last_offsets.items()):
@@ -297,7 +321,7 @@ class Worker:
                 except Exception:  # not assigned here any more, or no fetch yet
                     highwater = None
             rows.append((partition, offset, committed, highwater))
-        return metrics.render(self.stats, self.reasons, self.sink_seconds, rows, self.write_wait_seconds)
+        return rows
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "epoch": self.epoch, "core": CORE_BUILD.label, "stats": dict(self.stats),

@@ -21,7 +21,7 @@ from pipeline import CORE_BUILD, output
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from pipeline.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings, SettingsError, load_settings
 from pipeline.timestamps import TimestampError
 
 BILL_COLUMNS = ("account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
@@ -381,7 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
+    try:
+        settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
+    except SettingsError as exc:
+        say(f"billing: {exc}")
+        return 2
     run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:
         return run(settings, args)
