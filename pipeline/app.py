@@ -105,7 +105,7 @@ class Worker:
                 migrate(client)
                 preload_insert_support()
                 records.compile_validators()
-                log.info("ClickHouse ready at %s", redact(url))
+                log.debug("ClickHouse ready at %s", redact(url))
                 return client
             except ClickHouseUnavailable as exc:
                 if url.startswith("chdb:"):
@@ -267,6 +267,13 @@ class Worker:
         stamps = [e.message.timestamp for e in events]
         self.prom.batch_done(result.statuses, result.reasons, result.skipped, seconds, result.write_wait_s + tail,
                              result.write_wait_s, stamps, result.rejected_ids)
+        records = sum(result.statuses.values())
+        if records or result.skipped:
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v)
+            lag = sum(max(hw - offset - 1, 0) for _, offset, _, hw in self._partition_rows() if hw is not None)
+            log.info("batch: %d records of %d messages, %d accounts (%s%s) in %.2fs (ClickHouse %.2fs); lag %d",
+                     records, len(events), len(result.states), outcomes or "nothing new",
+                     f", {result.skipped} redelivered skipped" if result.skipped else "", seconds, result.write_wait_s + tail, lag)
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
         """An API call between two of the processor's writes: it sees every record written before
@@ -300,7 +307,7 @@ class Worker:
     async def start_api(self) -> None:
         web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics)
         _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
-        log.info("query API at %s", self.api_url)
+        log.debug("query API at %s", self.api_url)
         if self.on_api:
             self.on_api(self.api_url)
 
@@ -351,7 +358,8 @@ class Worker:
 
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
-        worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        # override_logging=False: the CLI's logging set-up (pipeline/logs.py) stands, not mode's
+        worker = faust.Worker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
         worker.spinner = None  # our own lines say what started; a spinner mangles them
         try:
             worker.execute_from_commandline()

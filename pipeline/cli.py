@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad usage or bad input (one-line reason on stderr), 1 o
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import threading
@@ -17,7 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import CORE_BUILD, output
+from pipeline import CORE_BUILD, logs, output
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from pipeline.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
@@ -330,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--kafka", help="Kafka bootstrap servers (env BILLING_KAFKA; default: the embedded broker of `billing up`)")
     common.add_argument("--clickhouse", help="ClickHouse URL (env BILLING_CLICKHOUSE; default chdb://<data-dir>/clickhouse)")
     common.add_argument("--data-dir", help="data directory (env BILLING_DATA_DIR; default ./.billing)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v the pipeline's INFO lines, -vv also DEBUG and the Kafka/Faust libraries' INFO, -vvv everything")
     query = argparse.ArgumentParser(add_help=False, parents=[common])  # commands that print rows
     query.add_argument("--format", choices=output.FORMATS, default="table")
     parser = argparse.ArgumentParser(prog="billing", description="Usage metering and hourly billing pipeline.")
@@ -380,12 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
     except SettingsError as exc:
         say(f"billing: {exc}")
         return 2
+    logs.setup(args.verbose, settings.log_format, long_running=args.command in ("up", "worker"))
     run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:
         return run(settings, args)
