@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pipeline import CORE_BUILD, logs, output
+from pipeline.progress import ConsumerProgress
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from pipeline.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
@@ -184,14 +185,16 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
         partitions = sorted(producer.partitions_for(settings.input_topic) or [])
         if not partitions:
             raise UsageError(f"topic {settings.input_topic} does not exist yet: nothing was published")
-        for p in partitions:
-            producer.send(settings.input_topic, value=barrier_message(barrier), partition=p)
+        sent = [producer.send(settings.input_topic, value=barrier_message(barrier), partition=p) for p in partitions]
         producer.flush()
+        ends = {meta.partition: meta.offset + 1 for meta in (future.get(timeout=60) for future in sent)}
     finally:
         producer.close()
     deadline = time.monotonic() + timeout
     told = False
+    progress = ConsumerProgress("billing: wait", bootstrap, settings.app_id, settings.input_topic, ends)
     while True:
+        progress.poll()
         try:
             done = reader.barrier_partitions(barrier)
         except WorkerBusy as exc:
@@ -202,8 +205,10 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
                 told = True
             continue
         if done >= len(partitions):
+            progress.done()
             return True
         if time.monotonic() > deadline:
+            progress.done(caught_up=False)
             say(f"billing: timed out after {timeout:g}s: {done} of {len(partitions)} partitions caught up; is a worker running?")
             return False
         time.sleep(0.1)
