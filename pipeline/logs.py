@@ -1,10 +1,12 @@
 """Logging for every `billing` command: our lines by default, the libraries' chatter on request.
 
 Levels: the long-running commands (`up`, `worker`) log the pipeline's INFO lines, one per batch
-among them; the others only warnings. `-v` gives the pipeline's INFO lines everywhere, `-vv` its
-DEBUG lines and the libraries' INFO (aiokafka, kafka-python, Faust, mode, aiohttp, ...), `-vvv`
-everything. Without them the libraries say only WARNING and above: a Kafka client's rebalance
-notices are not news to an operator, and 58 of them drowned the lines that were.
+among them, and the libraries' warnings; the other commands only the pipeline's warnings and the
+libraries' errors (their own one-line error says what failed; kafka-python's "blocking the event
+loop" or urllib3's retry notices before it are noise). `-v` gives the pipeline's INFO lines and
+the libraries' warnings everywhere, `-vv` the pipeline's DEBUG lines and the libraries' INFO
+(aiokafka, kafka-python, Faust, mode, aiohttp, ...), `-vvv` everything. A Kafka client's
+rebalance notices are not news to an operator, and 58 of them drowned the lines that were.
 
 `BILLING_LOG_FORMAT=json` writes one JSON object per line (python-json-logger) for log
 collectors; the default is plain text. The handler writes to whatever `sys.stderr` is at the time
@@ -44,6 +46,8 @@ def levels(verbosity: int, long_running: bool) -> tuple[int, int]:
     if verbosity >= 2:
         ours = logging.DEBUG
     theirs = {0: logging.WARNING, 1: logging.WARNING, 2: logging.INFO}.get(verbosity, logging.DEBUG)
+    if verbosity == 0 and not long_running:
+        theirs = logging.ERROR  # a short command's own one-line error says it; a retry warning before it is noise
     return ours, theirs
 
 
@@ -58,7 +62,7 @@ def setup(verbosity: int = 0, fmt: str = "text", long_running: bool = False) -> 
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, CurrentStderrHandler)] + [handler]
     root.setLevel(min(ours, theirs))
     for name in ("billing", "pipeline"):
         logging.getLogger(name).setLevel(ours)
