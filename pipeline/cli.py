@@ -245,27 +245,27 @@ def known_account(reader: Any, account: str | None) -> None:
         raise UsageError(f"no account {account!r} has any record yet")
 
 
-def newest_first(rows: list[dict[str, Any]], time_key: str, *ties: str) -> list[dict[str, Any]]:
-    """Latest first (what --limit keeps), ties in a stable order. Times are RFC 3339 with one offset
-    per column, so they sort as strings; rows without a time come last."""
-    rows = sorted(rows, key=lambda r: tuple(str(r.get(k, "")) for k in ties))
-    return sorted(rows, key=lambda r: str(r.get(time_key) or ""), reverse=True)
+def in_time_order(rows: list[dict[str, Any]], time_key: str, *ties: str) -> list[dict[str, Any]]:
+    """Oldest to latest, ties in a stable order; --limit keeps the latest. Times are RFC 3339 with one
+    offset per column, so they sort as strings; rows without a time come first."""
+    return sorted(rows, key=lambda r: (str(r.get(time_key) or ""), *(str(r.get(k, "")) for k in ties)))
 
 
 def emit_limited(rows: list[dict[str, Any]], args: argparse.Namespace, columns: Any, optional: Any = ()) -> None:
-    """Rows up to --limit (a table: TABLE_LIMIT unless told; JSON and CSV: all unless told)."""
+    """The last rows up to --limit, the latest in time order (a table: TABLE_LIMIT unless told;
+    JSON and CSV: all unless told), as `tail` does."""
     limit = args.limit if args.limit is not None else (TABLE_LIMIT if args.format == "table" else 0)
-    shown = rows[:limit] if limit else rows
+    shown = rows[-limit:] if limit else rows
     output.emit(shown, args.format, columns, optional=optional)
     if len(shown) < len(rows):
-        say(f"billing: showing {len(shown)} of {len(rows)} rows, newest first; --limit N for more, --limit 0 for all")
+        say(f"billing: showing the last {len(shown)} of {len(rows)} rows; --limit N for more, --limit 0 for all")
 
 
 def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
     check_range(args.start, args.end)
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
     known_account(reader, args.account)
-    rows = newest_first(reader.bills(args.account, args.start, args.end), "hour", "account_id", "api_key_id", "item")
+    rows = in_time_order(reader.bills(args.account, args.start, args.end), "hour", "account_id", "api_key_id", "item")
     emit_limited(rows, args, BILL_COLUMNS, BILL_OPTIONAL)
     return 0
 
@@ -295,7 +295,7 @@ def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
 def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
     known_account(reader, args.account)
-    rows = newest_first([rejected_row(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
+    rows = in_time_order([rejected_row(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
     emit_limited(rows, args, REJECTED_COLUMNS if args.format != "json" else None, ("record",))
     return 0
 
@@ -337,8 +337,10 @@ def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_settlements(settings: Settings, args: argparse.Namespace) -> int:
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
     known_account(reader, args.account)
-    rows = newest_first(reader.settlements(args.account), "hour", "account_id", "seq")
-    emit_limited(rows, args, SETTLEMENT_COLUMNS, SETTLEMENT_OPTIONAL)
+    # ledger order, each account's settlements as they were made (an adjustment for an earlier hour
+    # comes after the hours settled before it): --limit keeps the latest of the last account, or of
+    # the one --account names
+    emit_limited(reader.settlements(args.account), args, SETTLEMENT_COLUMNS, SETTLEMENT_OPTIONAL)
     return 0
 
 
@@ -420,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="table (fits the terminal, ids shortened), json (one object per line, every field) or csv; default table")
     listing = argparse.ArgumentParser(add_help=False)  # commands that list many rows
     listing.add_argument("--limit", type=non_negative, metavar="N",
-                         help=f"at most N rows, newest first (default: {TABLE_LIMIT} in a table, all in json/csv; 0: all)")
+                         help=f"only the last N rows, the latest (default: {TABLE_LIMIT} in a table, all in json/csv; 0: all)")
     parser = argparse.ArgumentParser(prog="billing", description="Usage metering and hourly billing pipeline.",
                                      epilog=EXAMPLES[""], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=version_text())

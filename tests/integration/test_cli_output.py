@@ -55,12 +55,12 @@ def test_csv_without_rows_has_the_header(published: Stack) -> None:
     assert out.splitlines()[0].startswith("account_id,hour,kind,amount")
 
 
-def test_limit_keeps_the_newest(published: Stack) -> None:
+def test_limit_keeps_the_latest(published: Stack) -> None:
     rows = published.bills("--account", ACCOUNT)
-    assert [r["hour"][11:13] for r in rows] == ["14", "13", "12", "11", "10"]
+    assert [r["hour"][11:13] for r in rows] == ["10", "11", "12", "13", "14"]
     result = published.cli("bills", "--account", ACCOUNT, "--limit", "2", "--format", "csv")
-    assert [r["hour"][11:13] for r in csv.DictReader(io.StringIO(result.stdout))] == ["14", "13"]
-    assert "showing 2 of 5 rows" in result.stderr
+    assert [r["hour"][11:13] for r in csv.DictReader(io.StringIO(result.stdout))] == ["13", "14"]
+    assert "showing the last 2 of 5 rows" in result.stderr
     table = published.cli("bills", "--account", ACCOUNT).stdout.splitlines()
     assert table[0].split()[:3] == ["account_id", "hour", "api_key_id"] and len(table) == 6
 

@@ -92,15 +92,16 @@ def test_rejected_rows_carry_the_record_as_an_object_and_its_timestamp() -> None
     assert naive["timestamp"] == ""  # not RFC 3339: the record shows it as sent
 
 
-def test_newest_first_and_the_limit(capsys: pytest.CaptureFixture[str]) -> None:
+def test_time_order_and_the_limit_keeps_the_latest(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"hour": f"2024-07-01T{h:02d}:00:00+08:00", "account_id": a} for h in (1, 3, 2) for a in ("b", "a")]
-    ordered = cli.newest_first(rows, "hour", "account_id")
-    assert [(r["hour"][11:13], r["account_id"]) for r in ordered] == [("03", "a"), ("03", "b"), ("02", "a"), ("02", "b"),
-                                                                     ("01", "a"), ("01", "b")]
+    ordered = cli.in_time_order(rows, "hour", "account_id")
+    assert [(r["hour"][11:13], r["account_id"]) for r in ordered] == [("01", "a"), ("01", "b"), ("02", "a"), ("02", "b"),
+                                                                     ("03", "a"), ("03", "b")]
     args = cli.build_parser().parse_args(["bills", "--format", "json", "--limit", "2"])
     cli.emit_limited(ordered, args, None)
     captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 2 and "showing 2 of 6 rows" in captured.err
+    assert [json.loads(line)["hour"][11:13] for line in captured.out.splitlines()] == ["03", "03"]
+    assert "showing the last 2 of 6 rows" in captured.err
 
 
 def test_every_command_and_option_has_help_and_an_example() -> None:
