@@ -81,6 +81,7 @@ def auth_middleware(access: Access) -> Any:
         return response
 
     return auth
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb,
@@ -146,7 +147,8 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
         return web.json_response({"ready": True})
 
     async def prometheus(request: web.Request) -> web.Response:
-        return web.Response(text=metrics() if metrics else "", content_type="text/plain", charset="utf-8")
+        # the exposition format's own content type (Prometheus 3 refuses a scrape without a known one)
+        return web.Response(body=(metrics() if metrics else "").encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:

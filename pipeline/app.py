@@ -90,6 +90,7 @@ class Worker:
         self.reasons: Counter[str] = Counter()
         self.sink_seconds = 0.0
         self.write_wait_seconds = 0.0
+        self.prom = metrics.WorkerMetrics(self._partition_rows)  # /metrics (its own registry: several workers per process)
         # wall clock (time.time()) of the first non-empty batch's arrival and of the latest batch's
         # write: with records already in the topic, their span is the worker's own throughput,
         # free of its startup and group join (the bench reads them from /healthz)
@@ -103,7 +104,7 @@ class Worker:
         self.stopping = False  # a signal came: a batch that keeps failing is left unacknowledged, not retried
         self.consecutive_failures = 0  # of the batch being retried now (0: the last batch went in)
         self.last_failure = ""
-        self.isolator = Isolator(self.stats)
+        self.isolator = Isolator(on_poisoned=self.prom.poisoned.inc)
         ensure_all(settings, bootstrap)
         leave_group_at_generation_zero()
         self.app = self._build_app(bootstrap)
@@ -118,7 +119,7 @@ class Worker:
                 migrate(client)
                 preload_insert_support()
                 records.compile_validators()
-                log.info("ClickHouse ready at %s", redact(url))
+                log.debug("ClickHouse ready at %s", redact(url))
                 return client
             except ClickHouseUnavailable as exc:
                 if url.startswith("chdb:"):
@@ -194,8 +195,11 @@ class Worker:
         # a batch whose last write failed is processed again before anything after it (the failure
         # may already be cleared in the processor, so the processor alone cannot tell this batch)
         await self._nothing_owed.wait()
+        started = time.perf_counter()
         result = await self.process(messages, leave_last_write=True)
-        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing))
+        timing = [started, time.perf_counter(), time.perf_counter()]  # started, processed, last write in
+        result.written.add_done_callback(lambda _: timing.__setitem__(2, time.perf_counter()))
+        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing, timing))
 
     async def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Process a batch, retrying with backoff until it is applied (ClickHouse down, disk full:
@@ -235,11 +239,14 @@ class Worker:
         self.stats["batch_failures"] += 1
         self.consecutive_failures += 1
         self.last_failure = str(exc)[:300]
+        self.prom.batch_failed()
+        self.prom.set_consecutive_failures(self.consecutive_failures)
         log.warning("batch of %d messages not written (%s); retrying in %.1fs", messages, str(exc)[:300], delay)
 
     def _succeeded(self) -> None:
         self.consecutive_failures = 0
         self.last_failure = ""
+        self.prom.set_consecutive_failures(0)
 
     def stuck(self) -> str | None:
         """Why this worker should not count as healthy: the same batch failing again and again."""
@@ -247,9 +254,8 @@ class Worker:
             return None
         return f"the same batch failed {self.consecutive_failures} times in a row: {self.last_failure}"
 
-
     async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
-                        previous: asyncio.Future[None] | None) -> None:
+                        previous: asyncio.Future[None] | None, timing: list[float] | None = None) -> None:
         """Once the batch's last write is in (after the batches before it): its outputs, then its
         acknowledgements, so that an offset is committed only for a batch billed and announced."""
         try:
@@ -263,9 +269,12 @@ class Worker:
                     self._failed(len(messages), exc, 0.5)
                     await asyncio.sleep(0.5)
                     result = await self.process(messages)
+                    if timing is not None:
+                        timing[1] = timing[2] = time.perf_counter()
                 finally:
                     self._nothing_owed.set()
             self._account(messages, result)
+            self._observe(events, result, timing)
             await self.publish_outputs(result)
             for event in events:
                 await stream.ack(event)
@@ -283,6 +292,22 @@ class Worker:
         self.stats["skipped_redeliveries"] += result.skipped
         self.stats.update(result.statuses)
         self.last_offsets.update(result.last_offsets)
+
+    def _observe(self, events: list[Any], result: BatchResult, timing: list[float] | None) -> None:
+        """The batch's metrics, once it is in ClickHouse (queryable); the per-batch log line."""
+        started, processed, written = timing if timing is not None else (0.0, 0.0, 0.0)
+        tail = max(written - processed, 0.0)
+        seconds = processed - started + tail
+        stamps = [e.message.timestamp for e in events]
+        self.prom.batch_done(result.statuses, result.reasons, result.skipped, seconds, result.write_wait_s + tail,
+                             result.write_wait_s, stamps, result.rejected_ids)
+        records = sum(result.statuses.values())
+        if records or result.skipped:
+            outcomes = ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v)
+            lag = sum(max(hw - offset - 1, 0) for _, offset, _, hw in self._partition_rows() if hw is not None)
+            log.info("batch: %d records of %d messages, %d accounts (%s%s) in %.2fs (ClickHouse %.2fs); lag %d",
+                     records, len(events), len(result.states), outcomes or "nothing new",
+                     f", {result.skipped} redelivered skipped" if result.skipped else "", seconds, result.write_wait_s + tail, lag)
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
         """An API call between two of the processor's writes: it sees every record written before
@@ -319,11 +344,15 @@ class Worker:
         web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics,
                                 access=access, ready=self.stuck)
         _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
-        log.info("query API at %s", self.api_url)
+        log.debug("query API at %s", self.api_url)
         if self.on_api:
             self.on_api(self.api_url)
 
     def metrics(self) -> str:
+        return self.prom.render().decode()
+
+    def _partition_rows(self) -> list[tuple[int, int, int | None, int | None]]:
+        """(partition, processed offset, committed offset, high watermark) when /metrics is scraped."""
         rows = []
         consumer = self.app.consumer if self.app.consumer is not None else None
         for partition, offset in sorted(self.last_offsets.items()):
@@ -336,8 +365,7 @@ class Worker:
                 except Exception:  # not assigned here any more, or no fetch yet
                     highwater = None
             rows.append((partition, offset, committed, highwater))
-        self.stats["consecutive_failures"] = self.consecutive_failures
-        return metrics.render(self.stats, self.reasons, self.sink_seconds, rows, self.write_wait_seconds)
+        return rows
 
     def health(self) -> dict[str, Any]:
         stuck = self.stuck()
@@ -377,7 +405,8 @@ class Worker:
 
     def run(self) -> None:
         """Run until SIGINT/SIGTERM; Faust's worker installs the handlers and stops cleanly."""
-        worker = _SignalledWorker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+        # override_logging=False: the CLI's logging set-up (pipeline/logs.py) stands, not mode's
+        worker = _SignalledWorker(self.app, loglevel="WARNING", quiet=True, redirect_stdouts=False, override_logging=False)
         worker.on_signal = self.begin_stop
         worker.spinner = None  # our own lines say what started; a spinner mangles them
         try:

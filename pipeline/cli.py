@@ -6,7 +6,7 @@ Exit codes: 0 success, 2 bad usage or bad input (one-line reason on stderr), 1 o
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
 import sys
 import threading
@@ -17,17 +17,26 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import CORE_BUILD, output
+from pipeline import CORE_BUILD, logs, output
+from pipeline.progress import ConsumerProgress
+from pipeline.reasons import REASONS
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 from pipeline.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
-from pipeline.settings import Settings, load_settings
+from pipeline.settings import Settings, SettingsError, load_settings
 from pipeline.timestamps import TimestampError
 
 BILL_COLUMNS = ("account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
                 "billed_input_tokens", "billed_output_tokens", "quantity", "amount")
 REBILL_ACCOUNTS_PER_CALL = 50  # accounts replayed per call to the worker: progress between calls
 REJECTED_COLUMNS = ("event_id", "account_id", "reason", "detail", "timestamp", "record")
+SETTLEMENT_COLUMNS = ("account_id", "hour", "kind", "amount", "voucher_part", "cash_part", "debt_added", "debt_after",
+                      "balance_after", "seq")
+REBILL_COLUMNS = ("account_id", "hour", "old_amount", "new_amount", "delta")
+TABLE_LIMIT = 100  # rows a table shows unless --limit says otherwise (JSON and CSV: all)
+# columns a table leaves out first when the terminal is too narrow (JSON and CSV have them all)
+BILL_OPTIONAL = ("free_tokens", "quantity", "billed_input_tokens", "billed_output_tokens", "api_key_id")
+SETTLEMENT_OPTIONAL = ("seq", "debt_added", "voucher_part", "cash_part")
 
 
 class UsageError(Exception):
@@ -211,14 +220,16 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
         partitions = sorted(producer.partitions_for(settings.input_topic) or [])
         if not partitions:
             raise UsageError(f"topic {settings.input_topic} does not exist yet: nothing was published")
-        for p in partitions:
-            producer.send(settings.input_topic, value=barrier_message(barrier, key), partition=p)
+        sent = [producer.send(settings.input_topic, value=barrier_message(barrier, key), partition=p) for p in partitions]
         producer.flush()
+        ends = {meta.partition: meta.offset + 1 for meta in (future.get(timeout=60) for future in sent)}
     finally:
         producer.close()
     deadline = time.monotonic() + timeout
     told = False
+    progress = ConsumerProgress("billing: wait", bootstrap, settings.app_id, settings.input_topic, ends)
     while True:
+        progress.poll()
         try:
             done = reader.barrier_partitions(barrier)
         except WorkerBusy as exc:
@@ -229,8 +240,10 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
                 told = True
             continue
         if done >= len(partitions):
+            progress.done()
             return True
         if time.monotonic() > deadline:
+            progress.done(caught_up=False)
             say(f"billing: timed out after {timeout:g}s: {done} of {len(partitions)} partitions caught up; is a worker running?")
             return False
         time.sleep(0.1)
@@ -241,16 +254,82 @@ def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if wait_for(reader, kafka_of(settings), settings, args.timeout) else 1
 
 
+def check_range(start: str | None, end: str | None) -> None:
+    """`--from` and `--to` are RFC 3339 and in order: the same rule and message for every command."""
+    from pipeline.timestamps import parse_ts
+
+    first = parse_ts(start) if start else None
+    last = parse_ts(end) if end else None
+    if first is not None and last is not None and last <= first:
+        raise UsageError("--to must be after --from")
+
+
+def known_account(reader: Any, account: str | None) -> None:
+    """An --account filter naming no account is a mistake (a typo), not an empty result: exit 2,
+    as `billing account` does."""
+    if account and reader.account(account) is None:
+        raise UsageError(f"no account {account!r} has any record yet")
+
+
+def in_time_order(rows: list[dict[str, Any]], time_key: str, *ties: str) -> list[dict[str, Any]]:
+    """Oldest to latest, ties in a stable order; --limit keeps the latest. Times are RFC 3339 with one
+    offset per column, so they sort as strings; rows without a time come first."""
+    return sorted(rows, key=lambda r: (str(r.get(time_key) or ""), *(str(r.get(k, "")) for k in ties)))
+
+
+def emit_limited(rows: list[dict[str, Any]], args: argparse.Namespace, columns: Any, optional: Any = ()) -> None:
+    """The last rows up to --limit, the latest in time order (a table: TABLE_LIMIT unless told;
+    JSON and CSV: all unless told), as `tail` does."""
+    limit = args.limit if args.limit is not None else (TABLE_LIMIT if args.format == "table" else 0)
+    shown = rows[-limit:] if limit else rows
+    output.emit(shown, args.format, columns, optional=optional)
+    if len(shown) < len(rows):
+        say(f"billing: showing the last {len(shown)} of {len(rows)} rows; --limit N for more, --limit 0 for all")
+
+
 def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
+    check_range(args.start, args.end)
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
-    output.emit(reader.bills(args.account, args.start, args.end), args.format, BILL_COLUMNS)
+    known_account(reader, args.account)
+    rows = in_time_order(reader.bills(args.account, args.start, args.end), "hour", "account_id", "api_key_id", "item")
+    emit_limited(rows, args, BILL_COLUMNS, BILL_OPTIONAL)
     return 0
+
+
+def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The record as a JSON value (it was received as JSON; `record_text` keeps its exact text), and
+    the record's own timestamp where the row has none (a record rejected by the schema)."""
+    from pipeline.timestamps import format_ts, parse_ts
+
+    text = row.get("record")
+    if not isinstance(text, str):
+        return row
+    try:
+        record: Any = json.loads(text)
+    except ValueError:
+        record = text
+    row = {**row, "record": record, "record_text": text}
+    stamp = record.get("timestamp") if isinstance(record, dict) else None
+    if not row.get("timestamp") and isinstance(stamp, str):
+        try:
+            row["timestamp"] = format_ts(parse_ts(stamp))
+        except (TimestampError, ValueError):
+            pass  # not RFC 3339 (often why it was rejected): the record shows it as sent
+    return row
 
 
 def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
-    rows = reader.rejected(args.account, args.reason)
-    output.emit(rows, args.format, REJECTED_COLUMNS if args.format != "json" else None)
+    known_account(reader, args.account)
+    rows = in_time_order([rejected_row(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
+    emit_limited(rows, args, REJECTED_COLUMNS if args.format != "json" else None, ("record",))
+    return 0
+
+
+def cmd_reasons(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline import reasons
+
+    output.emit(reasons.rows(), args.format, ("reason", "meaning"))
     return 0
 
 
@@ -284,7 +363,11 @@ def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_settlements(settings: Settings, args: argparse.Namespace) -> int:
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
-    output.emit(reader.settlements(args.account), args.format)
+    known_account(reader, args.account)
+    # ledger order, each account's settlements as they were made (an adjustment for an earlier hour
+    # comes after the hours settled before it): --limit keeps the latest of the last account, or of
+    # the one --account names
+    emit_limited(reader.settlements(args.account), args, SETTLEMENT_COLUMNS, SETTLEMENT_OPTIONAL)
     return 0
 
 
@@ -296,10 +379,8 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.publish import publish_lines
     from pipeline.outputs import STALE_REBILL
     from pipeline.rebill import audit_record, new_run_id, refused_accounts, without_accounts
-    from pipeline.timestamps import parse_ts
 
-    if parse_ts(args.end) <= parse_ts(args.start):
-        raise UsageError("--to must be after --from")
+    check_range(args.start, args.end)
     catalog_path = Path(args.catalog) if args.catalog else (settings.catalog or DEFAULT_CATALOG)
     catalog = load_catalog(catalog_path)  # refuse a bad catalog before any work
     data = _json.loads(catalog_path.read_text(encoding="utf-8"))
@@ -309,18 +390,22 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
         f"[{args.start}, {args.end}) under catalog {catalog.version}")
     started = time.monotonic()
     run_id, chunks = new_run_id(), []
-    progress = Progress("billing: rebill   records replayed")
+    progress = Progress("billing: rebill", total=len(accounts), unit="accounts replayed")
     for i in range(0, len(accounts), REBILL_ACCOUNTS_PER_CALL):
         chunks.append(reader.rebill_plan(data, args.start, args.end, accounts[i:i + REBILL_ACCOUNTS_PER_CALL], run_id))
-        progress.update(sum(c["records_read"] for c in chunks))
+        progress.update(min(i + REBILL_ACCOUNTS_PER_CALL, len(accounts)))
     progress.done()
     audit = audit_record(run_id, args.start, args.end, args.account, catalog.version, chunks)
     records = [r for c in chunks for r in c["records"]]
     elapsed = time.monotonic() - started
+    listed = [d for d in audit["diffs"] if Decimal(d["delta"]) != 0]
+    unchanged = len(audit["diffs"]) - len(listed)
     say(f"billing: rebill   {audit['records_read']} records replayed in {elapsed:.1f}s "
         f"({audit['records_read'] / max(elapsed, 1e-9):,.0f}/s); {audit['lines_changed']} lines change, "
-        f"{len(audit['now_billed'])} rejected calls now billed")
-    output.emit(audit["diffs"], args.format, ("account_id", "hour", "old_amount", "new_amount", "delta"))
+        f"{len(audit['now_billed'])} rejected calls now billed; {len(listed)} account-hours change in amount"
+        + (f" (listed; {unchanged} more change only in token counts, delta 0, not listed)" if unchanged else
+           (" (listed)" if listed else "")))
+    output.emit(listed, args.format, REBILL_COLUMNS)
     if args.dry_run:
         say("billing: rebill   dry run: nothing written")
         return 0
@@ -361,10 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--kafka", help="Kafka bootstrap servers (env BILLING_KAFKA; default: the embedded broker of `billing up`)")
     common.add_argument("--clickhouse", help="ClickHouse URL (env BILLING_CLICKHOUSE; default chdb://<data-dir>/clickhouse)")
     common.add_argument("--data-dir", help="data directory (env BILLING_DATA_DIR; default ./.billing)")
-    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log more: -v the pipeline's INFO lines, -vv also DEBUG and the Kafka/Faust libraries' INFO, -vvv everything")
     query = argparse.ArgumentParser(add_help=False, parents=[common])  # commands that print rows
-    query.add_argument("--format", choices=output.FORMATS, default="table")
-    parser = argparse.ArgumentParser(prog="billing", description="Usage metering and hourly billing pipeline.")
+    query.add_argument("--format", choices=output.FORMATS, default="table",
+                       help="table (fits the terminal, ids shortened), json (one object per line, every field) or csv; default table")
+    listing = argparse.ArgumentParser(add_help=False)  # commands that list many rows
+    listing.add_argument("--limit", type=non_negative, metavar="N",
+                         help=f"only the last N rows, the latest (default: {TABLE_LIMIT} in a table, all in json/csv; 0: all)")
+    parser = argparse.ArgumentParser(prog="billing", description="Usage metering and hourly billing pipeline.",
+                                     epilog=EXAMPLES[""], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", parents=[common], help="run the embedded stack (broker, worker, ClickHouse) in the foreground")
@@ -373,32 +465,34 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(run=cmd_up)
     sub.add_parser("worker", parents=[common], help="the pipeline worker alone (production: N replicas)").set_defaults(run=cmd_worker)
     pub = sub.add_parser("publish", parents=[common], help="publish JSON-lines input records (FILE or - for stdin)")
-    pub.add_argument("file")
+    pub.add_argument("file", help="a JSON-lines file, or - to read standard input (records are sent as they arrive)")
     pub.add_argument("--control", action="store_true",
                      help="operators only: sign the file's control records (clock.tick, rebill.lines) with the control key "
                           "(BILLING_CONTROL_KEY or the data dir's control.key); without it the worker rejects them as unauthorized")
-    pub.add_argument("--timeout", type=float, default=120.0, help="seconds a record may wait for Kafka before it counts as not sent")
+    pub.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                     help="seconds a record may wait for Kafka before it counts as not sent (default 120)")
     pub.set_defaults(run=cmd_publish)
     wait = sub.add_parser("wait", parents=[common], help="return once everything published so far is queryable")
-    wait.add_argument("--timeout", type=float, default=300.0)
+    wait.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds, exit 1 (default 300)")
     wait.set_defaults(run=cmd_wait)
-    bills = sub.add_parser("bills", parents=[query], help="hourly bill lines")
-    bills.add_argument("--account")
+    bills = sub.add_parser("bills", parents=[query, listing], help="hourly bill lines")
+    bills.add_argument("--account", help="only this account (exit 2 if it has no record)")
     bills.add_argument("--from", dest="start", help="RFC 3339; lines whose hour is at or after it")
     bills.add_argument("--to", dest="end", help="RFC 3339; lines whose hour is before it")
     bills.set_defaults(run=cmd_bills)
-    rej = sub.add_parser("rejected", parents=[query], help="records that could not be billed, with the reason")
-    rej.add_argument("--account")
-    rej.add_argument("--reason")
+    rej = sub.add_parser("rejected", parents=[query, listing], help="records that could not be billed, with the reason")
+    rej.add_argument("--account", help="only this account (exit 2 if it has no record)")
+    rej.add_argument("--reason", choices=REASONS, metavar="REASON", help="only this reason; `billing reasons` lists them: "
+                     + ", ".join(REASONS))
     rej.set_defaults(run=cmd_rejected)
     acc = sub.add_parser("account", parents=[query], help="an account's status, balance, vouchers, free tokens left")
-    acc.add_argument("account_id")
+    acc.add_argument("account_id", help="the main account's id, as in the records' account_id")
     acc.set_defaults(run=cmd_account)
     settle = sub.add_parser("settle", parents=[common], help="close every account's hours up to a time (historical loads)")
     settle.add_argument("--until", required=True, help="RFC 3339; hours ending (plus the grace) by then are settled")
     settle.set_defaults(run=cmd_settle)
-    stl = sub.add_parser("settlements", parents=[query], help="hourly settlements against vouchers and cash")
-    stl.add_argument("--account")
+    stl = sub.add_parser("settlements", parents=[query, listing], help="hourly settlements against vouchers and cash")
+    stl.add_argument("--account", help="only this account (exit 2 if it has no record)")
     stl.set_defaults(run=cmd_settlements)
     rebill = sub.add_parser("rebill", parents=[query], help="re-price a time range with a catalog and write revised bills")
     rebill.add_argument("--from", dest="start", required=True, help="RFC 3339, inclusive (bill hours at or after it)")
@@ -406,20 +500,74 @@ def build_parser() -> argparse.ArgumentParser:
     rebill.add_argument("--catalog", help="price catalog file (default: the worker's, schemas/catalog.json)")
     rebill.add_argument("--account", help="only this account")
     rebill.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
-    rebill.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the worker to apply it")
+    rebill.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds to wait for the worker to apply it (default 600)")
     rebill.set_defaults(run=cmd_rebill)
     sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
+    sub.add_parser("reasons", parents=[query], help="the rejection reasons, in the rule book's order, with their meaning"
+                   ).set_defaults(run=cmd_reasons)
+    add_examples(sub)
     return parser
+
+
+def add_examples(sub: Any) -> None:
+    """An example (epilog) under every command's --help, kept in EXAMPLES."""
+    for name, command in sub.choices.items():
+        command.epilog = EXAMPLES.get(name)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("xingchen-billing")
+    except PackageNotFoundError:  # run from a source tree without installing
+        number = "unknown"
+    return f"billing {number} (Python {sys.version.split()[0]}, core {CORE_BUILD.label})"
+
+
+EXAMPLES = {
+    "": "examples:\n  billing up --demo                       # terminal 1: the whole stack, with sample data\n"
+        "  billing publish usage.jsonl && billing wait   # terminal 2\n  billing bills --account 1001 --limit 20\n"
+        "  billing <command> --help                # each command's options and an example",
+    "up": "example:\n  billing up --demo --demo-records 5000\n  (then, in another terminal: billing bills)",
+    "worker": "example:\n  BILLING_KAFKA=kafka:9092 BILLING_CLICKHOUSE=http://billing:PASS@clickhouse:8123/billing billing worker",
+    "publish": "examples:\n  billing publish usage.jsonl\n  tail -f usage.jsonl | billing publish -",
+    "wait": "example:\n  billing publish usage.jsonl && billing wait --timeout 600 && billing bills",
+    "bills": "examples:\n  billing bills --account 1001 --from 2024-07-01T00:00:00+08:00 --to 2024-08-01T00:00:00+08:00\n"
+             "  billing bills --format csv --limit 0 > bills.csv",
+    "rejected": "examples:\n  billing rejected --reason unknown_model --limit 20\n  billing rejected --account 1001 --format json",
+    "account": "example:\n  billing account 1001 --format json",
+    "settle": "example:\n  billing settle --until 2024-08-01T00:00:00+08:00 && billing wait",
+    "settlements": "example:\n  billing settlements --account 1001 --limit 24",
+    "rebill": "example:\n  billing rebill --from 2024-07-01T00:00:00+08:00 --to 2024-07-02T00:00:00+08:00 --catalog fixed.json --dry-run",
+    "migrate": "example:\n  BILLING_CLICKHOUSE=http://billing:PASS@clickhouse:8123/billing billing migrate",
+    "reasons": "example:\n  billing reasons --format csv",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if "" in (getattr(args, "account", None), getattr(args, "account_id", None)):  # never "every account"
         say("billing: the account id is empty: name an account, or leave --account out for every account")
         return 2
-    settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
+    try:
+        settings = load_settings(args.kafka, args.clickhouse, args.data_dir)
+    except SettingsError as exc:
+        say(f"billing: {exc}")
+        return 2
+    logs.setup(args.verbose, settings.log_format, long_running=args.command in ("up", "worker"))
     run: Callable[[Settings, argparse.Namespace], int] = args.run
     try:
         return run(settings, args)

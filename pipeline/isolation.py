@@ -9,7 +9,7 @@ ClickHouse thread, the tests on a processor with a client that refuses chosen ro
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from typing import Callable
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
@@ -48,9 +48,9 @@ class Isolator:
        its rejection and its raw archive row.
     5. The caller acknowledges the batch only once the whole of it is written."""
 
-    def __init__(self, stats: Counter[str] | None = None) -> None:
+    def __init__(self, on_poisoned: Callable[[], None] | None = None) -> None:
         self.poison_streak = 0
-        self.stats = stats if stats is not None else Counter()
+        self.on_poisoned = on_poisoned or (lambda: None)  # the worker's metric
 
     def run(self, processor: BatchProcessor, messages: list[Message]) -> BatchResult | None:
         total = BatchResult()
@@ -81,7 +81,7 @@ class Isolator:
                       msg.partition, msg.offset, exc)
             return None
         self.poison_streak += 1
-        self.stats["poisoned_messages"] += 1
+        self.on_poisoned()
         log.error("partition %d offset %d: ClickHouse refused its rows (%s); its records are rejected, billing goes on",
                   msg.partition, msg.offset, error[:300])
         return result

@@ -91,6 +91,7 @@ def _origin(headers: tuple[tuple[str, bytes], ...]) -> str:
 class BatchResult:
     statuses: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    rejected_ids: list[tuple[str, str, str]] = field(default_factory=list)  # (account, record id, reason): metrics count each once
     skipped: int = 0  # redeliveries of records already applied
     barriers: int = 0
     last_offsets: dict[int, int] = field(default_factory=dict)
@@ -106,6 +107,7 @@ class BatchResult:
         """Add a later unit of the same batch."""
         self.statuses.update(other.statuses)
         self.reasons.update(other.reasons)
+        self.rejected_ids += other.rejected_ids
         self.skipped += other.skipped
         self.barriers += other.barriers
         for partition, offset in other.last_offsets.items():
@@ -555,6 +557,7 @@ class BatchProcessor:
         if outcome.rejection is not None:
             rows.rejections.append(outcome.rejection)
             result.reasons[outcome.rejection.reason] += 1
+            result.rejected_ids.append((acc, outcome.rejection.record_id, outcome.rejection.reason))
         if outcome.priced is not None:
             rows.priced.append(outcome.priced)
         if outcome.violations:  # most records make none of these three

@@ -198,7 +198,12 @@ def assert_env_read_by_settings(env: dict[str, str], where: str, monkeypatch: py
     for name, value in env.items():
         monkeypatch.setenv(name, value)
         load_settings()  # the manifest's value is accepted (e.g. an integer where one is needed)
-        mutated = str(int(value) + 1) if value.isdigit() else value + "-x"
+        if value.isdigit():
+            mutated = str(int(value) + 1)
+        elif re.fullmatch(r"[\w.-]+:\d+(,[\w.-]+:\d+)*", value):  # Kafka bootstrap servers: another host, still valid
+            mutated = "x" + value
+        else:
+            mutated = value + "-x"
         monkeypatch.setenv(name, mutated)
         assert load_settings() != baseline, f"{where}: {name} is set but load_settings() ignores it"
         monkeypatch.delenv(name)

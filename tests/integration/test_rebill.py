@@ -46,7 +46,7 @@ def test_rebill_range_with_corrected_catalog(stack: Stack, tmp_path: Path) -> No
     catalog = corrected_catalog(tmp_path)
     base_unpriced = {
         (r["account_id"], r["event_id"]) for r in stack.rejected()
-        if r["reason"] == "no_price_in_force" and json.loads(r["record"])["model"] == "xingchen-base"
+        if r["reason"] == "no_price_in_force" and r["record"]["model"] == "xingchen-base"
         and START <= r["timestamp"] < END and r["account_id"] in accounts
     }
 
