@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 US_PER_SECOND = 1_000_000
 US_PER_MINUTE = 60 * US_PER_SECOND
 US_PER_HOUR = 60 * US_PER_MINUTE
+US_PER_DAY = 24 * US_PER_HOUR  # a UTC day: where RFC 3339 puts a leap second
 BILLING_TZ = timezone(timedelta(hours=8), "Asia/Shanghai")
 BILLING_OFFSET_US = 8 * US_PER_HOUR
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
