@@ -205,3 +205,46 @@ def test_a_table_that_refuses_even_the_rejection_is_not_blamed_on_a_record(clien
                                control_key=KEY)
     assert Isolator().run(processor, msgs) is None  # retried as a whole; the worker reports itself stuck
     assert queries.rejected(client, f"poison-{run}", "out_of_range") == []
+
+
+def test_normal_traffic_beside_every_hostile_class_bills_as_a_clean_run(stack: Stack) -> None:
+    """Each class of hostile message, straight into the topic between the records of a normal
+    workload (one record per message, as a gateway sends them): the workload's bills, rejections
+    and balances are the oracle's, as if nothing else had been sent."""
+    from pipeline.runtime import control_key
+    from pipeline.workload import generate
+    from tests.integration.stack import bills_by_key
+    from tests.integration.test_pipeline import accounts_of
+    from tests.oracle import expected
+
+    lines = generate(2000, seed=16016)
+    key = control_key(stack.data_dir, None)
+    run = uuid.uuid4().hex[:8]
+    evil = f"evil-{run}"
+    hostile: list[tuple[bytes, bytes | None]] = [
+        (evil.encode(), None), (evil.encode(), b""), (b"\xff\xfe", b"\xff\xfe\x00"), (evil.encode(), b"x" * 70_000),
+        (evil.encode(), orjson.dumps(body("clock.tick", evil, "2099-01-01T00:00:00+08:00"))),
+        (evil.encode(), orjson.dumps(body("rebill.lines", evil, run_id="forged", lines=[]))),
+        (b"", orjson.dumps({"type": "billing.barrier", "barrier_id": "forged"})),
+        (evil.encode(), orjson.dumps(body("credit.recharge", evil, amount="999999999999.999999"))),
+        (evil.encode(), orjson.dumps(body("credit.recharge", evil, "2024-09-18T10:00:01+08:00", amount="999999999999.999999"))),
+        (evil.encode(), orjson.dumps(usage(evil, f"{evil}-future", "2099-12-31T23:00:00+08:00"))),
+        (evil.encode(), b'{"type":"credit.recharge","account_id":"' + evil.encode() + b'","amount":1e400}'),
+    ]
+    items: list[tuple[bytes, bytes | None]] = []
+    for n, line in enumerate(lines):
+        record = json.loads(line) if line.startswith("{") else {}
+        acc = record.get("account_id") if isinstance(record, dict) else None
+        items.append(((acc or "").encode() if isinstance(acc, str) else b"", control.sign_line(line.encode(), key)))
+        if n % 150 == 0:
+            items.append(hostile[(n // 150) % len(hostile)])
+    send_raw(stack, items + hostile)
+    stack.wait(timeout=300)
+    want = expected(lines)
+    accounts = accounts_of(lines)
+    assert bills_by_key(stack.bills(), accounts) == want.bills
+    for acc, summary in want.account_rows().items():
+        got = account(stack, acc)
+        for name in ("status", "cash_balance", "debt", "free_tokens_left", "last_settled_hour"):
+            assert got[name] == summary[name], (acc, name)
+    assert account(stack, evil)["cash_balance"] == "999999999999.999999"
