@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import queries
+from pipeline.control import sign_line
 from pipeline.catalog import load_catalog
 from pipeline.processor import BatchProcessor, Message, OffsetGap
 from pipeline.workload import generate
@@ -126,7 +127,8 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
     lines = generate(2500, seed=4343, start="2024-06-06T22:00:00+08:00")
     msgs = messages(lines, partitions=1)
     epoch = uuid.uuid4().hex
-    worker = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)
+    key = b"processor-edges-control-key-0123456789"
+    worker = BatchProcessor(client, load_catalog(), epoch, auto_tick=False, control_key=key)
     worker.process(msgs)
     catalog_path = tmp_path / "no-free-quota.json"  # every line in range changes
     catalog_path.write_text(json.dumps({**json.loads(CATALOG.read_text()), "version": "no-free-quota", "free_quota_tokens": 0}))
@@ -137,7 +139,8 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
     late = _late_copy_of_a_billed_call(lines, plan)
     offset = len(msgs)
     assert worker.process([Message(0, offset, late["account_id"].encode(), json.dumps(late).encode())]).statuses["billed"] == 1
-    rebill_msgs = [Message(0, offset + 1 + i, json.loads(r)["account_id"].encode(), r) for i, r in enumerate(plan.records())]
+    rebill_msgs = [Message(0, offset + 1 + i, json.loads(r)["account_id"].encode(), sign_line(r, key))  # as `billing rebill` signs them
+                   for i, r in enumerate(plan.records())]
     result = worker.process(rebill_msgs)
     assert result.reasons["stale_rebill"] == 1 and result.statuses["applied"] == len(rebill_msgs) - 1
     listed = [r for r in queries.rejected(client, late["account_id"]) if r["reason"] == "stale_rebill"]
@@ -146,7 +149,7 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
     again = plan_rebill(client, new_catalog, parse_ts(START), parse_ts(END), accounts=sorted(accounts_of(lines)))
     assert {c.account_id for c in again.changes} == {late["account_id"]}  # only the refused account still differs
     offset += 1 + len(rebill_msgs)
-    rerun = [Message(0, offset + i, json.loads(r)["account_id"].encode(), r) for i, r in enumerate(again.records())]
+    rerun = [Message(0, offset + i, json.loads(r)["account_id"].encode(), sign_line(r, key)) for i, r in enumerate(again.records())]
     assert worker.process(rerun).statuses["applied"] == len(rerun)
     fresh = expected(lines + [json.dumps(late)], catalog_path=catalog_path).bills
     got = bills_by_key(queries.bills(client), accounts_of(lines))
