@@ -79,7 +79,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
         def on_api(url: str) -> None:
             write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat()))
-            say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait` in other terminals)")
+            say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait|sql` in other terminals)")
+            say(f"billing: console  {url}/console (accounts, hourly charts, bills, the operator's overview)")
             say(f"billing: ready in {time.monotonic() - started:.1f}s; publish with `billing publish FILE`; Ctrl-C stops")
             if args.demo:
                 threading.Thread(target=run_demo, args=(settings, bootstrap, url, args.demo_records), daemon=True).start()

@@ -45,7 +45,7 @@ def time_range(client: Client, start: str | None, end: str | None, account: str 
         (last,) = client.query(f"SELECT toUnixTimestamp(max(hour)) FROM bill_lines{where}", parameters=params).result_rows[0]
         last_us = (last or 0) * US_PER_SECOND
         e = parse_ts(end) if end else last_us + US_PER_HOUR
-        s = parse_ts(start) if start else e - DEFAULT_HOURS * US_PER_HOUR
+        s = parse_ts(start) if start else _first_hour_after(client, e - DEFAULT_HOURS * US_PER_HOUR, e, account)
     s -= s % US_PER_HOUR  # hours are whole in every zone this product bills in (+08:00)
     e += -e % US_PER_HOUR
     if e <= s:
@@ -53,6 +53,17 @@ def time_range(client: Client, start: str | None, end: str | None, account: str 
     if e - s > MAX_RANGE_HOURS * US_PER_HOUR:
         raise ValueError(f"a range of at most {MAX_RANGE_HOURS} hours, please")
     return s, e
+
+
+def _first_hour_after(client: Client, s: int, e: int, account: str | None) -> int:
+    """The first hour with bills in [s, e) (s when none): a default range starts on data."""
+    params: dict[str, Any] = _range_params(s, e)
+    where = RANGE
+    if account:
+        params["a"] = account
+        where += " AND account_id = {a:String}"
+    (first,) = client.query(f"SELECT toUnixTimestamp(min(hour)) FROM bill_lines WHERE {where}", parameters=params).result_rows[0]
+    return max(s, (first or 0) * US_PER_SECOND)
 
 
 def _range_params(s: int, e: int) -> dict[str, Any]:
@@ -79,7 +90,7 @@ def overview(client: Client, start: str | None, end: str | None) -> Row:
         f"uniqExact(account_id) AS accounts FROM hourly_bills WHERE {RANGE}"), p)[0]
     top = _rows(client, (
         "SELECT account_id, sum(amount) AS amount, sumIf(requests, NOT is_plugin) AS calls, sum(input_tokens + output_tokens) AS tokens "
-        f"FROM hourly_bills WHERE {RANGE} GROUP BY account_id ORDER BY sum(amount) DESC, account_id LIMIT 20"), p)
+        f"FROM hourly_bills WHERE {RANGE} GROUP BY account_id ORDER BY amount DESC, account_id LIMIT 20"), p)
     arrears = _rows(client, (
         "SELECT account_id, debt, cash_balance, status_since FROM account_balances WHERE status = 'arrears' "
         "ORDER BY debt DESC, account_id LIMIT 100"), {})
