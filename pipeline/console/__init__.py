@@ -58,8 +58,10 @@ def add_routes(app: web.Application, client_of: Callable[[], Any], free_quota: i
     async def root(request: web.Request) -> web.Response:
         raise web.HTTPFound("/console")
 
+    cache = data.OverviewCache()
+
     async def overview(request: web.Request) -> web.Response:
-        return web.json_response(await on_db(data.overview, client_of(), arg(request, "from"), arg(request, "to")))
+        return web.json_response(await on_db(cache.get, client_of(), arg(request, "from"), arg(request, "to")))
 
     async def pipeline_health(request: web.Request) -> web.Response:
         return web.json_response(data.pipeline_health(health(), metrics() if metrics else ""))

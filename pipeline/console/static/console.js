@@ -118,6 +118,7 @@ const Console = (() => {
     let data;
     try { data = await getJSON("/api/console/overview?" + rangeQuery()); } catch (e) { showError(e.message); return; }
     keepRange(data);
+    setText("computed-at", new Date(data.computed_at * 1000).toISOString().slice(11, 19) + " UTC");
     setText("kpi-accounts", data.accounts);
     setText("kpi-arrears", data.in_arrears);
     setText("kpi-calls", data.totals.calls);
