@@ -329,3 +329,31 @@ def test_sql_opens_the_engine_itself_when_nothing_runs(tmp_path: Path) -> None:
     out = subprocess.run([*run, "sql", "SELECT count() AS n FROM hourly_bills", "--format", "json", "--data-dir", str(data_dir)],
                          check=True, capture_output=True, text=True).stdout
     assert json.loads(out) == {"n": 0}
+
+
+def test_billing_console_serves_the_pages_against_clickhouse_itself(tmp_path: Path) -> None:
+    """`billing console` (a deployment's console, no worker in the process): pages, endpoints, no health."""
+    import signal
+    import urllib.request
+
+    data_dir = tmp_path / "idle"
+    run = [sys.executable, "-m", "pipeline"]
+    subprocess.run([*run, "migrate", "--data-dir", str(data_dir)], check=True, capture_output=True)
+    proc = subprocess.Popen([*run, "console", "--port", "0", "--data-dir", str(data_dir)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"(http://\S+)/console", line)
+        assert match, line
+        base = match.group(1)
+        with urllib.request.urlopen(base + "/console", timeout=30) as response:
+            assert "data-page=\"operator\"" in response.read().decode()
+        with urllib.request.urlopen(base + "/console/static/echarts.min.js", timeout=30) as response:
+            assert response.status == 200 and b"echarts" in response.read(2000)
+        with urllib.request.urlopen(base + "/api/console/health", timeout=30) as response:
+            assert json.loads(response.read())["available"] is False
+        with urllib.request.urlopen(base + "/api/console/accounts", timeout=30) as response:
+            assert json.loads(response.read()) == []
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
