@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
+HOSTILE = '<img src=x onerror="window.pwned=1">'  # an account id is any string: the pages must show it as text
 SCREENSHOTS = os.environ.get("BILLING_CONSOLE_SCREENSHOTS")  # a directory: save the pages' pictures there
 
 
@@ -55,12 +56,13 @@ def browser() -> Iterator[Any]:
 def console(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     lines = generate(4000, seed=2019, accounts=6)
     path = tmp_path_factory.mktemp("console") / "workload.jsonl"
-    write_jsonl(path, lines)
+    hostile = {"type": "credit.recharge", "account_id": HOSTILE, "timestamp": "2024-09-18T01:00:00+08:00", "amount": "5"}
+    write_jsonl(path, [*lines, json.dumps(hostile)])
     stack.publish(path)
     stack.wait()
     runtime = read_runtime(stack.data_dir)
     assert runtime is not None
-    return {"base": runtime.api, "accounts": sorted(accounts_of(lines))}
+    return {"base": runtime.api, "accounts": sorted(accounts_of(lines) - {HOSTILE})}
 
 
 def load(browser: Any, url: str) -> list[dict[str, Any]]:
@@ -129,8 +131,17 @@ def test_operator_page(stack: Stack, browser: Any, console: dict[str, Any]) -> N
     assert reasons == listed
     assert sum(chart_series(browser, "chart-rejections")[0]["data"]) == sum(listed.values())
     ids = [row[0] for row in table_rows(browser, "accounts")]
-    assert set(console["accounts"]) <= set(ids)
+    assert set(console["accounts"]) | {HOSTILE} <= set(ids)
     shoot(browser, "operator")
+    assert browser.execute_script("return [window.pwned, document.querySelectorAll('img').length]") == [None, 0]
+
+
+def test_an_account_id_is_shown_as_text_never_run(stack: Stack, browser: Any, console: dict[str, Any]) -> None:
+    from urllib.parse import quote
+
+    assert errors(load(browser, f"{console['base']}/console/account/{quote(HOSTILE, safe='')}")) == []
+    assert text(browser, "account-id") == HOSTILE and text(browser, "acct-cash") == "5.000000"
+    assert browser.execute_script("return [window.pwned, document.querySelectorAll('img').length]") == [None, 0]
 
 
 def test_account_page_equals_the_cli(stack: Stack, browser: Any, console: dict[str, Any]) -> None:
