@@ -320,6 +320,8 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     """Read-only SQL on the bill views (docs/sql.md): through the running worker, or the engine or server itself."""
     from pipeline.sqlquery import as_dicts, check_statement, parse_params
 
+    if args.query is None and sys.stdin.isatty():
+        raise UsageError('give the query as an argument (billing sql "SELECT ...") or on stdin (billing sql < query.sql)')
     text = args.query if args.query not in (None, "-") else sys.stdin.read()
     params = parse_params(args.param)
     check_statement(text)  # before reaching for the worker or the engine

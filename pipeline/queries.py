@@ -176,9 +176,11 @@ def write_rebill_audit(client: Client, audit: Row) -> None:
         client.insert("rejection_resolutions", [[acc, event_id, audit["run_id"]] for acc, event_id in audit["now_billed"]],
                       column_names=["account_id", "record_id", "run_id"])
     # every replayed rejected record's outcome under the run's catalog: the newest run's says what is listed
-    revisions = [[acc, event_id, audit["run_id"], audit["run_at_ms"], 1, "", ""] for acc, event_id in audit["now_billed"]]
-    revisions += [[acc, event_id, audit["run_id"], audit["run_at_ms"], 0, reason, detail]
-                  for acc, event_id, reason, detail in audit.get("still_rejected", [])]
+    run, at = audit["run_id"], audit["run_at_ms"]
+    revisions = [[acc, event_id, run, at, 1, "", "", 0, ""] for acc, event_id in audit["now_billed"]]
+    revisions += [[acc, event_id, run, at, 0, reason, detail, 0, ""] for acc, event_id, reason, detail in audit.get("still_rejected", [])]
+    revisions += [[acc, event_id, run, at, 0, reason, detail, ts_us, record]
+                  for acc, event_id, reason, detail, ts_us, record in audit.get("newly_rejected", [])]
     if revisions:
-        client.insert("rejection_revisions", revisions,
-                      column_names=["account_id", "record_id", "run_id", "revised_at", "resolved", "reason", "detail"])
+        client.insert("rejection_revisions", revisions, column_names=["account_id", "record_id", "run_id", "revised_at", "resolved",
+                                                                      "reason", "detail", "event_ts", "record"])

@@ -60,6 +60,8 @@ class RebillPlan:
     now_billed: list[tuple[str, str]] = field(default_factory=list)  # (account, event_id) rejected before, billed now
     # (account, event_id, reason, detail): rejected before and still rejected, by the reason this catalog gives
     still_rejected: list[tuple[str, str, str, str]] = field(default_factory=list)
+    # (account, event_id, reason, detail, ts_us, record): billed before, rejected under this catalog
+    newly_rejected: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
     clocks: dict[str, int] = field(default_factory=dict)
 
     def hour_diffs(self) -> list[dict[str, Any]]:
@@ -152,11 +154,13 @@ def _current_lines(client: Client, accounts: list[str], start_us: int, end_us: i
 
 
 def _rejected_ids(client: Client, accounts: list[str]) -> set[tuple[str, str]]:
-    """Usage records rejected by the stream (whatever rebills did to them since): a replay gives
-    each its outcome under the new catalog, billed or rejected with the reason that now holds."""
+    """Usage records rejected by the stream or by an earlier rebill (whatever rebills did to them
+    since): a replay gives each its outcome under the new catalog, billed or rejected with the
+    reason that now holds."""
     result = client.query(
         "SELECT account_id, event_id FROM rejections FINAL WHERE account_id IN {a:Array(String)} AND event_id != '' "
-        "AND reason != 'invalid_schema' AND reason != 'conflicting_duplicate'",
+        "AND reason != 'invalid_schema' AND reason != 'conflicting_duplicate' "
+        "UNION DISTINCT SELECT account_id, record_id FROM rejection_revisions WHERE account_id IN {a:Array(String)}",
         parameters={"a": accounts},
     )
     return {(a, e) for a, e in result.result_rows}
@@ -199,11 +203,15 @@ def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, payl
     acc = state.account_id
     record = parse_record(payload.encode("utf-8"), acc)
     outcome = apply(state, record, catalog)
-    if isinstance(record, Usage) and (acc, record.event_id) in rejected and plan.start_us <= record.ts_us < plan.end_us:
-        if outcome.priced is not None:
-            plan.now_billed.append((acc, record.event_id))
-        elif outcome.rejection is not None and outcome.rejection.record_id == record.event_id:
-            plan.still_rejected.append((acc, record.event_id, outcome.rejection.reason, outcome.rejection.detail))
+    if isinstance(record, Usage) and plan.start_us <= record.ts_us < plan.end_us:
+        rejection = outcome.rejection if outcome.rejection is not None and outcome.rejection.record_id == record.event_id else None
+        if (acc, record.event_id) in rejected:
+            if outcome.priced is not None:
+                plan.now_billed.append((acc, record.event_id))
+            elif rejection is not None:
+                plan.still_rejected.append((acc, record.event_id, rejection.reason, rejection.detail))
+        elif rejection is not None:  # the stream billed it (its lines change in this plan): listed as rejected from now on
+            plan.newly_rejected.append((acc, record.event_id, rejection.reason, rejection.detail, record.ts_us, payload))
     plan.records_read += 1
     if plan.records_read % TRIM_EVERY == 0:
         _trim(state, plan.start_us, plan.end_us)
@@ -244,6 +252,7 @@ def plan_json(plan: RebillPlan) -> dict[str, Any]:
         "diffs": plan.hour_diffs(),
         "now_billed": [list(p) for p in plan.now_billed],
         "still_rejected": [list(p) for p in plan.still_rejected],
+        "newly_rejected": [list(p) for p in plan.newly_rejected],
         "records": [r.decode() for r in plan.records()],
     }
 
@@ -263,6 +272,7 @@ def audit_record(run_id: str, start: str, end: str, account: str | None, catalog
         "diffs": [d for c in chunks for d in c["diffs"]],
         "now_billed": [p for c in chunks for p in c["now_billed"]],
         "still_rejected": [p for c in chunks for p in c.get("still_rejected", [])],
+        "newly_rejected": [p for c in chunks for p in c.get("newly_rejected", [])],
     }
 
 
@@ -287,4 +297,5 @@ def without_accounts(audit: dict[str, Any], accounts: set[str], records: list[st
             "diffs": [d for d in audit["diffs"] if d["account_id"] not in accounts],
             "now_billed": [p for p in audit["now_billed"] if p[0] not in accounts],
             "still_rejected": [p for p in audit.get("still_rejected", []) if p[0] not in accounts],
+            "newly_rejected": [p for p in audit.get("newly_rejected", []) if p[0] not in accounts],
             "refused_accounts": sorted(accounts)}

@@ -3,8 +3,10 @@
 -- pipeline's internal revision logs. Times are Asia/Shanghai (+08:00), money Decimal(18, 6) CNY.
 -- Applied by `billing migrate` and at every worker start, like 001_core.sql (idempotent).
 
--- Latest reason of a rejected record after rebills (the catalog now in force), or resolved = 1
--- when a rebill billed it. One row per rebill run that replayed the record; the newest run wins.
+-- What rebills did to usage records' rejections (the catalog now in force): resolved = 1 when a
+-- rebill billed the record, else the reason it gives now. One row per rebill run that replayed
+-- the record; the newest run wins. A call the stream billed and a rebill rejects has no row in
+-- `rejections`: its row here carries the record itself (event_ts, record), so it is listed too.
 CREATE TABLE IF NOT EXISTS rejection_revisions
 (
     account_id  String,
@@ -13,7 +15,9 @@ CREATE TABLE IF NOT EXISTS rejection_revisions
     revised_at  DateTime64(3, 'UTC'),
     resolved    UInt8,
     reason      LowCardinality(String),
-    detail      String
+    detail      String,
+    event_ts    DateTime64(6, 'UTC'),
+    record      String
 )
 ENGINE = ReplacingMergeTree(revised_at)
 ORDER BY (account_id, record_id);
@@ -119,12 +123,13 @@ FROM
 )
 ARRAY JOIN JSONExtractKeysAndValuesRaw(last_state, 'keys') AS k;
 
--- Records that are not billed, with the reason the catalog now in force gives (after rebills).
+-- Records that are not billed, with the reason the catalog now in force gives (after rebills);
+-- first_reason is the stream's (empty for a call the stream billed and a later rebill rejects).
 CREATE VIEW IF NOT EXISTS rejected_records AS
 SELECT r.account_id AS account_id, r.record_id AS record_id, r.event_id AS event_id, r.kind AS kind,
        if(v.account_id = '', r.reason, v.reason) AS reason,
        if(v.account_id = '', r.detail, v.detail) AS detail,
-       r.reason AS first_reason,
+       toString(r.reason) AS first_reason,
        if(r.event_ts = toDateTime64(0, 6, 'UTC'), NULL, toTimeZone(r.event_ts, 'Asia/Shanghai')) AS event_ts,
        toTimeZone(r.rejected_at, 'Asia/Shanghai') AS rejected_at,
        r.record AS record
@@ -138,7 +143,19 @@ LEFT JOIN
 ) AS v ON v.account_id = r.account_id AND v.record_id = r.record_id
 WHERE if(v.account_id = '',
          (r.account_id, r.record_id) NOT IN (SELECT account_id, record_id FROM rejection_resolutions),
-         v.resolved = 0);
+         v.resolved = 0)
+UNION ALL
+SELECT account_id, record_id, record_id AS event_id, 'usage' AS kind, reason, detail, '' AS first_reason,
+       toTimeZone(last_ts, 'Asia/Shanghai') AS event_ts, toTimeZone(last_at, 'Asia/Shanghai') AS rejected_at, record
+FROM
+(
+    SELECT account_id, record_id, argMax(resolved, revised_at) AS resolved, argMax(reason, revised_at) AS reason,
+           argMax(detail, revised_at) AS detail, argMax(event_ts, revised_at) AS last_ts, max(revised_at) AS last_at,
+           argMax(record, revised_at) AS record
+    FROM rejection_revisions
+    GROUP BY account_id, record_id
+)
+WHERE resolved = 0 AND record != '' AND (account_id, record_id) NOT IN (SELECT account_id, record_id FROM rejections);
 
 -- Calls over a rate limit (still billed), one row per call and limit (BILLING_RULES §6).
 CREATE VIEW IF NOT EXISTS rate_limit_violations AS

@@ -357,3 +357,38 @@ def test_billing_console_serves_the_pages_against_clickhouse_itself(tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def listed_usage_reasons(stack: Stack, account: str) -> dict[str, str]:
+    return {r["event_id"]: r["reason"] for r in stack.rejected("--account", account)
+            if r["event_id"] and r["reason"] not in ("conflicting_duplicate", "invalid_schema")}
+
+
+def fresh_usage_reasons(lines: list[str], catalog: Path, account: str) -> dict[str, str]:
+    return {event_id: reason for acc, event_id, reason in expected(lines, catalog_path=catalog).rejections
+            if acc == account and event_id and reason not in ("conflicting_duplicate", "invalid_schema")}
+
+
+def test_calls_a_rebill_rejects_are_listed_and_a_later_rebill_bills_them_again(stack: Stack, loaded: Loaded, tmp_path: Path) -> None:
+    """A call the stream billed and a rebill's catalog rejects is listed (with the record, no first
+    reason); a later rebill that prices it again takes it off the list."""
+    account = max(loaded.accounts, key=lambda a: sum(f'"{a}"' in x and '"xingchen-max"' in x for x in loaded.lines))
+    data = json.loads(loaded.catalog.read_text())
+    data["version"] = "2024-09-18.1-max-later"
+    data["models"]["xingchen-max"]["prices"] = [{"from": "2030-01-01", "input_per_1k": "0.04", "output_per_1k": "0.12"}]
+    late = tmp_path / "catalog-max-later.json"
+    late.write_text(json.dumps(data))
+    before = listed_usage_reasons(stack, account)
+    stack.cli("rebill", "--from", WHOLE_RANGE[0], "--to", WHOLE_RANGE[1], "--catalog", str(late), "--account", account)
+    after = listed_usage_reasons(stack, account)
+    assert after == fresh_usage_reasons(loaded.lines, late, account)
+    newly = set(after) - set(before)
+    assert newly and {after[e] for e in newly} == {"no_price_in_force"}
+    view = {r["event_id"]: r for r in sql(stack, "SELECT event_id, first_reason, record, event_ts FROM rejected_records "
+                                                 "WHERE account_id = {a:String}", {"a": account})}
+    for event_id in newly:
+        assert view[event_id]["first_reason"] == "" and json.loads(view[event_id]["record"])["event_id"] == event_id
+        assert view[event_id]["event_ts"].endswith("+08:00")
+
+    stack.cli("rebill", "--from", WHOLE_RANGE[0], "--to", WHOLE_RANGE[1], "--catalog", str(loaded.catalog), "--account", account)
+    assert listed_usage_reasons(stack, account) == fresh_usage_reasons(loaded.lines, loaded.catalog, account) == before

@@ -20,7 +20,9 @@ CREATE TABLE IF NOT EXISTS rejection_revisions_local ON CLUSTER '{cluster}'
     revised_at  DateTime64(3, 'UTC'),
     resolved    UInt8,
     reason      LowCardinality(String),
-    detail      String
+    detail      String,
+    event_ts    DateTime64(6, 'UTC'),
+    record      String
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', revised_at)
 ORDER BY (account_id, record_id);
@@ -33,7 +35,9 @@ CREATE TABLE IF NOT EXISTS rejection_revisions ON CLUSTER '{cluster}'
     revised_at  DateTime64(3, 'UTC'),
     resolved    UInt8,
     reason      LowCardinality(String),
-    detail      String
+    detail      String,
+    event_ts    DateTime64(6, 'UTC'),
+    record      String
 )
 ENGINE = Distributed('{cluster}', currentDatabase(), rejection_revisions_local, cityHash64(account_id));
 
@@ -134,7 +138,7 @@ CREATE VIEW IF NOT EXISTS rejected_records ON CLUSTER '{cluster}' AS
 SELECT r.account_id AS account_id, r.record_id AS record_id, r.event_id AS event_id, r.kind AS kind,
        if(v.account_id = '', r.reason, v.reason) AS reason,
        if(v.account_id = '', r.detail, v.detail) AS detail,
-       r.reason AS first_reason,
+       toString(r.reason) AS first_reason,
        if(r.event_ts = toDateTime64(0, 6, 'UTC'), NULL, toTimeZone(r.event_ts, 'Asia/Shanghai')) AS event_ts,
        toTimeZone(r.rejected_at, 'Asia/Shanghai') AS rejected_at,
        r.record AS record
@@ -148,7 +152,19 @@ LEFT JOIN
 ) AS v ON v.account_id = r.account_id AND v.record_id = r.record_id
 WHERE if(v.account_id = '',
          (r.account_id, r.record_id) NOT IN (SELECT account_id, record_id FROM rejection_resolutions),
-         v.resolved = 0);
+         v.resolved = 0)
+UNION ALL
+SELECT account_id, record_id, record_id AS event_id, 'usage' AS kind, reason, detail, '' AS first_reason,
+       toTimeZone(last_ts, 'Asia/Shanghai') AS event_ts, toTimeZone(last_at, 'Asia/Shanghai') AS rejected_at, record
+FROM
+(
+    SELECT account_id, record_id, argMax(resolved, revised_at) AS resolved, argMax(reason, revised_at) AS reason,
+           argMax(detail, revised_at) AS detail, argMax(event_ts, revised_at) AS last_ts, max(revised_at) AS last_at,
+           argMax(record, revised_at) AS record
+    FROM rejection_revisions
+    GROUP BY account_id, record_id
+)
+WHERE resolved = 0 AND record != '' AND (account_id, record_id) NOT IN (SELECT account_id, record_id FROM rejections);
 
 CREATE VIEW IF NOT EXISTS rate_limit_violations ON CLUSTER '{cluster}' AS
 SELECT account_id, event_id, toTimeZone(ts, 'Asia/Shanghai') AS ts, toStartOfHour(ts, 'Asia/Shanghai') AS hour,
