@@ -178,9 +178,8 @@ def write_rebill_audit(client: Client, audit: Row) -> None:
     # every replayed rejected record's outcome under the run's catalog: the newest run's says what is listed
     run, at = audit["run_id"], audit["run_at_ms"]
     revisions = [[acc, event_id, run, at, 1, "", "", 0, ""] for acc, event_id in audit["now_billed"]]
-    revisions += [[acc, event_id, run, at, 0, reason, detail, 0, ""] for acc, event_id, reason, detail in audit.get("still_rejected", [])]
     revisions += [[acc, event_id, run, at, 0, reason, detail, ts_us, record]
-                  for acc, event_id, reason, detail, ts_us, record in audit.get("newly_rejected", [])]
+                  for acc, event_id, reason, detail, ts_us, record in audit.get("still_rejected", [])]
     if revisions:
         client.insert("rejection_revisions", revisions, column_names=["account_id", "record_id", "run_id", "revised_at", "resolved",
                                                                       "reason", "detail", "event_ts", "record"])

@@ -58,10 +58,10 @@ class RebillPlan:
     accounts: list[str] = field(default_factory=list)
     changes: list[LineChange] = field(default_factory=list)
     now_billed: list[tuple[str, str]] = field(default_factory=list)  # (account, event_id) rejected before, billed now
-    # (account, event_id, reason, detail): rejected before and still rejected, by the reason this catalog gives
-    still_rejected: list[tuple[str, str, str, str]] = field(default_factory=list)
-    # (account, event_id, reason, detail, ts_us, record): billed before, rejected under this catalog
-    newly_rejected: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
+    # (account, event_id, reason, detail, ts_us, record): calls this catalog rejects, whether the stream
+    # rejected them (the reason may differ now) or billed them; the record goes along, since a call
+    # the stream billed has no row of its own in `rejections`
+    still_rejected: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
     clocks: dict[str, int] = field(default_factory=dict)
 
     def hour_diffs(self) -> list[dict[str, Any]]:
@@ -205,13 +205,10 @@ def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, payl
     outcome = apply(state, record, catalog)
     if isinstance(record, Usage) and plan.start_us <= record.ts_us < plan.end_us:
         rejection = outcome.rejection if outcome.rejection is not None and outcome.rejection.record_id == record.event_id else None
-        if (acc, record.event_id) in rejected:
-            if outcome.priced is not None:
-                plan.now_billed.append((acc, record.event_id))
-            elif rejection is not None:
-                plan.still_rejected.append((acc, record.event_id, rejection.reason, rejection.detail))
-        elif rejection is not None:  # the stream billed it (its lines change in this plan): listed as rejected from now on
-            plan.newly_rejected.append((acc, record.event_id, rejection.reason, rejection.detail, record.ts_us, payload))
+        if outcome.priced is not None and (acc, record.event_id) in rejected:
+            plan.now_billed.append((acc, record.event_id))
+        elif rejection is not None:  # listed with this reason from now on (a billed call's lines change in this plan)
+            plan.still_rejected.append((acc, record.event_id, rejection.reason, rejection.detail, record.ts_us, payload))
     plan.records_read += 1
     if plan.records_read % TRIM_EVERY == 0:
         _trim(state, plan.start_us, plan.end_us)
@@ -252,7 +249,6 @@ def plan_json(plan: RebillPlan) -> dict[str, Any]:
         "diffs": plan.hour_diffs(),
         "now_billed": [list(p) for p in plan.now_billed],
         "still_rejected": [list(p) for p in plan.still_rejected],
-        "newly_rejected": [list(p) for p in plan.newly_rejected],
         "records": [r.decode() for r in plan.records()],
     }
 
@@ -272,7 +268,6 @@ def audit_record(run_id: str, start: str, end: str, account: str | None, catalog
         "diffs": [d for c in chunks for d in c["diffs"]],
         "now_billed": [p for c in chunks for p in c["now_billed"]],
         "still_rejected": [p for c in chunks for p in c.get("still_rejected", [])],
-        "newly_rejected": [p for c in chunks for p in c.get("newly_rejected", [])],
     }
 
 
@@ -297,5 +292,4 @@ def without_accounts(audit: dict[str, Any], accounts: set[str], records: list[st
             "diffs": [d for d in audit["diffs"] if d["account_id"] not in accounts],
             "now_billed": [p for p in audit["now_billed"] if p[0] not in accounts],
             "still_rejected": [p for p in audit.get("still_rejected", []) if p[0] not in accounts],
-            "newly_rejected": [p for p in audit.get("newly_rejected", []) if p[0] not in accounts],
             "refused_accounts": sorted(accounts)}
