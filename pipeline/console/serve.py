@@ -9,6 +9,7 @@ shared across threads). The pipeline-health panel has no worker here: it says so
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -42,9 +43,12 @@ def serve_console(settings: Settings, host: str, port: int) -> int:
     async def main() -> None:
         app = api.build_app(lambda: client, load_catalog(settings.catalog).free_quota_tokens, health, on_db)
         runner, url = await api.serve(app, host, port)
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, and the TERM a container's stop sends
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         print(f"billing: console  {url}/console (ClickHouse {redact(settings.clickhouse_url)}); Ctrl-C stops", file=sys.stderr, flush=True)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await runner.cleanup()
 
