@@ -131,9 +131,24 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
         count = await on_db(queries.barrier_partitions, client_of(), request.match_info["barrier_id"])
         return web.json_response({"partitions": count})
 
+    async def sql(request: web.Request) -> web.Response:
+        """POST {"sql", "params", "max_rows", "timeout_s"}: READ-ONLY. One statement, run with ClickHouse's
+        readonly=1 and time and row limits, between two of the worker's writes (`billing sql`)."""
+        from pipeline import sqlquery
+
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
+            raise ValueError('expected a JSON object {"sql": "SELECT ..."}')
+        params = body.get("params") or {}
+        if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
+            raise ValueError('"params" must map names to strings')
+        result = await on_db(sqlquery.run_sql, client_of(), body["sql"], body.get("max_rows", sqlquery.DEFAULT_MAX_ROWS),
+                             body.get("timeout_s", sqlquery.DEFAULT_TIMEOUT_S), params)
+        return web.json_response(result)
+
     async def healthz(request: web.Request) -> web.Response:
         body = health()
-        return web.json_response(body, status=200 if body.get("status") == "ok" else 503)
+        return web.json_response(body, status=503 if body.get("status") == "stuck" else 200)
 
     async def readyz(request: web.Request) -> web.Response:
         """Ready when ClickHouse answers and no batch is stuck: a worker that cannot write should get no traffic."""
@@ -170,6 +185,10 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/api/sql", sql)
+    from pipeline import console
+
+    console.add_routes(app, client_of, free_quota, health, on_db, metrics)
     return app
 
 

@@ -112,7 +112,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         def on_api(url: str) -> None:
             write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat(),
                                                      operator_token))
-            say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait` in other terminals)")
+            say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait|sql` in other terminals)")
+            say(f"billing: console  {url}/console (accounts, hourly charts, bills, the operator's overview)")
             say(f"billing: ready in {time.monotonic() - started:.1f}s; publish with `billing publish FILE`; Ctrl-C stops")
             if args.demo:
                 threading.Thread(target=run_demo, args=(settings, bootstrap, url, args.demo_records), daemon=True).start()
@@ -431,6 +432,30 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
+    """Read-only SQL on the bill views (docs/sql.md): through the running worker, or the engine or server itself."""
+    from pipeline.sqlquery import as_dicts, check_statement, parse_params
+
+    if args.query is None and sys.stdin.isatty():
+        raise UsageError('give the query as an argument (billing sql "SELECT ...") or on stdin (billing sql < query.sql)')
+    text = args.query if args.query not in (None, "-") else sys.stdin.read()
+    params = parse_params(args.param)
+    check_statement(text)  # before reaching for the worker or the engine
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    result = reader.sql(text, args.max_rows, args.timeout, params)
+    output.emit(as_dicts(result), args.format, result["columns"])
+    if result["truncated"]:
+        say(f"billing: sql      result cut at {result['max_rows']} rows (--max-rows raises it; LIMIT/aggregate to see less)")
+    return 0
+
+
+def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
+    """The management console against BILLING_CLICKHOUSE (a server deployment), read-only."""
+    from pipeline.console.serve import serve_console
+
+    return serve_console(settings, args.host, args.port)
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.chclient import connect, migrate
 
@@ -502,6 +527,16 @@ def build_parser() -> argparse.ArgumentParser:
     rebill.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     rebill.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds to wait for the worker to apply it (default 600)")
     rebill.set_defaults(run=cmd_rebill)
+    sql = sub.add_parser("sql", parents=[query], help="read-only SQL on the bill views (docs/sql.md)")
+    sql.add_argument("query", nargs="?", help='one SELECT (or - / nothing: read it from stdin)')
+    sql.add_argument("--param", action="append", metavar="NAME=VALUE", help="a value for {NAME:Type} in the query (repeatable)")
+    sql.add_argument("--max-rows", type=int, default=10_000, help="rows shown at most (default 10000; says when cut)")
+    sql.add_argument("--timeout", type=float, default=30.0, help="seconds the query may run (default 30)")
+    sql.set_defaults(run=cmd_sql)
+    console = sub.add_parser("console", parents=[common], help="serve the management console against the configured ClickHouse")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    console.add_argument("--port", type=int, default=8180, help="port (default 8180; 0: a free one)")
+    console.set_defaults(run=cmd_console)
     sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
     sub.add_parser("reasons", parents=[query], help="the rejection reasons, in the rule book's order, with their meaning"
                    ).set_defaults(run=cmd_reasons)

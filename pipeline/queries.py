@@ -69,11 +69,11 @@ def rejected(client: Client, account: str | None = None, reason: str | None = No
     if reason:
         params["reason"] = reason
         where.append("reason = {reason:String}")
+    # the view lists each record with the reason of the catalog now in force (after rebills)
     sql = (
-        "SELECT event_id, account_id, reason, detail, kind, toUnixTimestamp64Micro(event_ts), record FROM rejections FINAL"
-        " WHERE (account_id, record_id) NOT IN (SELECT account_id, record_id FROM rejection_resolutions)"
-        + "".join(" AND " + w for w in where)
-        + " ORDER BY account_id, event_ts, record_id"
+        "SELECT event_id, account_id, reason, detail, kind, coalesce(toUnixTimestamp64Micro(event_ts), 0) AS ts_us, record "
+        "FROM rejected_records" + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY account_id, ts_us, record_id"
     )
     return [
         {"event_id": e, "account_id": a, "reason": r, "detail": d, "kind": k,
@@ -176,3 +176,11 @@ def write_rebill_audit(client: Client, audit: Row) -> None:
     if audit["now_billed"]:
         client.insert("rejection_resolutions", [[acc, event_id, audit["run_id"]] for acc, event_id in audit["now_billed"]],
                       column_names=["account_id", "record_id", "run_id"])
+    # every replayed rejected record's outcome under the run's catalog: the newest run's says what is listed
+    run, at = audit["run_id"], audit["run_at_ms"]
+    revisions = [[acc, event_id, run, at, 1, "", "", 0, ""] for acc, event_id in audit["now_billed"]]
+    revisions += [[acc, event_id, run, at, 0, reason, detail, ts_us, record]
+                  for acc, event_id, reason, detail, ts_us, record in audit.get("still_rejected", [])]
+    if revisions:
+        client.insert("rejection_revisions", revisions, column_names=["account_id", "record_id", "run_id", "revised_at", "resolved",
+                                                                      "reason", "detail", "event_ts", "record"])

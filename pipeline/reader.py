@@ -31,6 +31,7 @@ class Reader(Protocol):
     def rebill_plan(self, catalog: dict[str, Any], start: str, end: str, accounts: list[str], run_id: str) -> Row: ...
     def write_rebill_audit(self, audit: Row) -> None: ...
     def settlements(self, account: str | None) -> list[Row]: ...
+    def sql(self, query: str, max_rows: int, timeout_s: float, params: dict[str, str] | None = None) -> Row: ...
 
 
 class QueryError(RuntimeError):
@@ -73,6 +74,11 @@ class DirectReader:
 
     def settlements(self, account: str | None) -> list[Row]:
         return queries.settlements(self.client, account)
+
+    def sql(self, query: str, max_rows: int, timeout_s: float, params: dict[str, str] | None = None) -> Row:
+        from pipeline.sqlquery import run_sql
+
+        return run_sql(self.client, query, max_rows, timeout_s, params)
 
 
 class ApiReader:
@@ -142,6 +148,14 @@ class ApiReader:
 
     def settlements(self, account: str | None) -> list[Row]:
         return self._get("/api/settlements", {"account": account})
+
+    def sql(self, query: str, max_rows: int, timeout_s: float, params: dict[str, str] | None = None) -> Row:
+        """Read-only SQL through the worker (POST, but it writes nothing); waits a little past the
+        query's own time limit, which ClickHouse enforces."""
+        request = urllib.request.Request(f"{self.base}/api/sql", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"sql": query, "params": params or {}, "max_rows": max_rows,
+                                                          "timeout_s": timeout_s}).encode())
+        return self._request(request, timeout=max(self.timeout_s, timeout_s + 30))
 
 
 def open_reader(settings: Settings, free_quota: int) -> Reader:

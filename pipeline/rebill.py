@@ -58,6 +58,10 @@ class RebillPlan:
     accounts: list[str] = field(default_factory=list)
     changes: list[LineChange] = field(default_factory=list)
     now_billed: list[tuple[str, str]] = field(default_factory=list)  # (account, event_id) rejected before, billed now
+    # (account, event_id, reason, detail, ts_us, record): calls this catalog rejects, whether the stream
+    # rejected them (the reason may differ now) or billed them; the record goes along, since a call
+    # the stream billed has no row of its own in `rejections`
+    still_rejected: list[tuple[str, str, str, str, int, str]] = field(default_factory=list)
     clocks: dict[str, int] = field(default_factory=dict)
 
     def hour_diffs(self) -> list[dict[str, Any]]:
@@ -150,9 +154,13 @@ def _current_lines(client: Client, accounts: list[str], start_us: int, end_us: i
 
 
 def _rejected_ids(client: Client, accounts: list[str]) -> set[tuple[str, str]]:
+    """Usage records rejected by the stream or by an earlier rebill (whatever rebills did to them
+    since): a replay gives each its outcome under the new catalog, billed or rejected with the
+    reason that now holds."""
     result = client.query(
         "SELECT account_id, event_id FROM rejections FINAL WHERE account_id IN {a:Array(String)} AND event_id != '' "
-        "AND reason != 'invalid_schema' AND reason != 'conflicting_duplicate'",
+        "AND reason != 'invalid_schema' AND reason != 'conflicting_duplicate' "
+        "UNION DISTINCT SELECT account_id, record_id FROM rejection_revisions WHERE account_id IN {a:Array(String)}",
         parameters={"a": accounts},
     )
     return {(a, e) for a, e in result.result_rows}
@@ -197,9 +205,12 @@ def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, kind
     acc = state.account_id
     record = parse_record(payload.encode("utf-8"), acc, trust_control=kind in CONTROL_KINDS)
     outcome = apply(state, record, catalog)
-    if outcome.priced is not None and isinstance(record, Usage) and (acc, record.event_id) in rejected \
-            and plan.start_us <= record.ts_us < plan.end_us:
-        plan.now_billed.append((acc, record.event_id))
+    if isinstance(record, Usage) and plan.start_us <= record.ts_us < plan.end_us:
+        rejection = outcome.rejection if outcome.rejection is not None and outcome.rejection.record_id == record.event_id else None
+        if outcome.priced is not None and (acc, record.event_id) in rejected:
+            plan.now_billed.append((acc, record.event_id))
+        elif rejection is not None:  # listed with this reason from now on (a billed call's lines change in this plan)
+            plan.still_rejected.append((acc, record.event_id, rejection.reason, rejection.detail, record.ts_us, payload))
     plan.records_read += 1
     if plan.records_read % TRIM_EVERY == 0:
         _trim(state, plan.start_us, plan.end_us)
@@ -239,6 +250,7 @@ def plan_json(plan: RebillPlan) -> dict[str, Any]:
         "lines_changed": len(plan.changes),
         "diffs": plan.hour_diffs(),
         "now_billed": [list(p) for p in plan.now_billed],
+        "still_rejected": [list(p) for p in plan.still_rejected],
         "records": [r.decode() for r in plan.records()],
     }
 
@@ -257,6 +269,7 @@ def audit_record(run_id: str, start: str, end: str, account: str | None, catalog
         "lines_changed": sum(c["lines_changed"] for c in chunks),
         "diffs": [d for c in chunks for d in c["diffs"]],
         "now_billed": [p for c in chunks for p in c["now_billed"]],
+        "still_rejected": [p for c in chunks for p in c.get("still_rejected", [])],
     }
 
 
@@ -280,4 +293,5 @@ def without_accounts(audit: dict[str, Any], accounts: set[str], records: list[st
     return {**audit, "lines_changed": audit["lines_changed"] - refused_lines,
             "diffs": [d for d in audit["diffs"] if d["account_id"] not in accounts],
             "now_billed": [p for p in audit["now_billed"] if p[0] not in accounts],
+            "still_rejected": [p for p in audit.get("still_rejected", []) if p[0] not in accounts],
             "refused_accounts": sorted(accounts)}

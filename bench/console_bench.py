@@ -1,0 +1,134 @@
+"""How fast the console's pages answer with 1,000,000 bill lines over 10,000 accounts.
+
+    python -m bench.console_bench [--lines 1000000] [--accounts 10000] [--runs 5] [--dir DIR]
+
+Fills a fresh embedded ClickHouse (generated inside ClickHouse with INSERT ... SELECT: 25 hours x
+4 items per account, plus a second revision of every tenth line so that FINAL has work, and
+settlements, rejections, violations and account states to match), then times each data endpoint
+of each page (the functions behind /api/console/..., JSON encoding included) and prints the
+median and the slowest of --runs runs. Target: under 300 ms each (issue 19). A benchmark figure,
+not a test: the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.chclient import connect, migrate
+from pipeline.console import data
+from pipeline.state import AccountState
+
+BASE_HOUR = "2024-09-18 00:00:00"
+ITEMS = ("xingchen-lite", "xingchen-plus", "xingchen-max", "plugin:text_to_image")
+
+
+def fill(client: Any, lines: int, accounts: int) -> None:
+    per_account = lines // accounts
+    acc = f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0'))"
+    k = f"intDiv(number, {accounts})"
+    hour = f"toDateTime('{BASE_HOUR}', 'Asia/Shanghai') + intDiv({k}, 4) * 3600"
+    item = f"arrayElement({list(ITEMS)}, {k} % 4 + 1)"
+    plugin = f"{k} % 4 = 3"
+    client.command(
+        "INSERT INTO bill_lines SELECT "
+        f"{acc}, {hour}, concat('sk-', toString(number % {accounts}), '-', toString({k} % 2)), {item}, "
+        f"1 + number % 7, if({plugin}, 0, 100 + number % 900), if({plugin}, 0, 50 + number % 400), 0, "
+        f"if({plugin}, 0, 100 + number % 900), if({plugin}, 0, 50 + number % 400), if({plugin}, 1 + number % 3, 0), "
+        "toDecimal64((number % 10000) / 1000, 6), 1, now64(3) "
+        f"FROM numbers({per_account * accounts})")
+    client.command(  # a newer revision of every tenth line
+        "INSERT INTO bill_lines SELECT account_id, hour, api_key_id, item, requests + 1, input_tokens, output_tokens, free_tokens, "
+        "billed_input_tokens, billed_output_tokens, quantity, amount + toDecimal64(0.5, 6), 2, now64(3) "
+        "FROM bill_lines WHERE cityHash64(account_id, hour, item) % 10 = 0")
+    hours = per_account // 4
+    client.command(
+        "INSERT INTO settlements SELECT "
+        f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0')), "
+        f"toDateTime('{BASE_HOUR}', 'Asia/Shanghai') + intDiv(number, {accounts}) * 3600, 'regular', "
+        "toDecimal64(1.5, 6), toDecimal64(0.5, 6), toDecimal64(1, 6), toDecimal64(0, 6), toDecimal64(0, 6), toDecimal64(100, 6), "
+        f"intDiv(number, {accounts}) + 1, now64(3) FROM numbers({hours * accounts})")
+    client.command(
+        "INSERT INTO rejections SELECT "
+        f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0')), concat('evt-r', toString(number)), "
+        "concat('evt-r', toString(number)), 'usage', "
+        "arrayElement(['no_price_in_force', 'invalid_api_key', 'input_limit_exceeded'], number % 3 + 1), 'detail', "
+        f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + (number % 90000), '{{}}', number, now64(3) "
+        f"FROM numbers({accounts * 2})")
+    client.command(
+        "INSERT INTO rate_violations SELECT "
+        f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0')), concat('evt-v', toString(number)), "
+        f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + (number % 90000), 'tpm', "
+        f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + intDiv(number % 90000, 60) * 60, 1500, 1000, number "
+        f"FROM numbers({accounts * 5})")
+    states = []
+    for i in range(accounts):
+        state = AccountState(f"acct-{i:06d}")
+        state.cash_balance = state.cash_balance + (i % 500)
+        state.free_used = 1_000_000
+        state.max_ts_us = 1_726_588_800_000_000 + 25 * 3_600_000_000
+        if i % 10 == 0:
+            state.debt = state.debt + 3
+        states.append([state.account_id, 1, state.to_json().decode(), int(time.time() * 1000)])
+    client.insert("account_state", states, column_names=["account_id", "seq", "state", "updated_at"])
+    client.command(
+        "INSERT INTO account_status SELECT "
+        f"concat('acct-', leftPad(toString(number * 10), 6, '0')), 'arrears', toDecimal64(3, 6), toDecimal64(0, 6), "
+        f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + number, 1, now64(3) FROM numbers({accounts // 10})")
+
+
+def timed(fn: Callable[[], Any], runs: int) -> tuple[float, float, int]:
+    times, size = [], 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        size = len(json.dumps(fn()))
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), max(times), size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", help="data directory (default: a fresh temporary one)")
+    args = parser.parse_args()
+    root = Path(args.dir or tempfile.mkdtemp(prefix="console-bench-"))
+    client = connect(f"chdb://{root / 'clickhouse'}")
+    migrate(client)
+    (existing,) = client.query("SELECT count() FROM bill_lines").result_rows[0]
+    if not existing:
+        started = time.perf_counter()
+        fill(client, args.lines, args.accounts)
+        print(f"filled in {time.perf_counter() - started:.1f}s")
+    (rows, current, accounts) = client.query(
+        "SELECT (SELECT count() FROM bill_lines), count(), uniqExact(account_id) FROM hourly_bills").result_rows[0]
+    print(f"bill_lines rows {rows:,} (current lines {current:,}) over {accounts:,} accounts; data in {root}")
+    account = "acct-004242"
+    limits = (1, 60, 1000)
+    cache = data.OverviewCache()
+    endpoints: list[tuple[str, Callable[[], Any]]] = [
+        ("operator  /api/console/overview (computed)", lambda: data.overview(client, None, None)),
+        ("operator  /api/console/overview (cached, no write since)", lambda: cache.get(client, None, None)),
+        ("operator  /api/console/accounts", lambda: data.accounts(client, None)),
+        ("operator  /api/console/accounts?prefix=acct-0042", lambda: data.accounts(client, "acct-0042")),
+        ("account   /api/console/accounts/A", lambda: data.account(client, account, 1_000_000, limits)),
+        ("account   /api/console/accounts/A/usage?by=model", lambda: data.usage(client, account, None, None, "model")),
+        ("account   /api/console/accounts/A/usage?by=key", lambda: data.usage(client, account, None, None, "key")),
+        ("account   /api/console/accounts/A/usage?by=plugin", lambda: data.usage(client, account, None, None, "plugin")),
+        ("account   /api/console/accounts/A/details", lambda: data.details(client, account, None, None)),
+        ("statement /api/console/accounts/A/statement", lambda: data.statement(client, account, "2024-09")),
+    ]
+    print(f"{'endpoint':52} {'median ms':>10} {'max ms':>8} {'bytes':>9}")
+    for name, fn in endpoints:
+        median, worst, size = timed(fn, args.runs)
+        print(f"{name:52} {median:10.1f} {worst:8.1f} {size:9,}")
+
+
+if __name__ == "__main__":
+    main()
