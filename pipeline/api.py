@@ -26,6 +26,7 @@ OnDb = Callable[..., Awaitable[Any]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 OPEN_PREFIXES = ("/console/static/",)  # scripts and styles of the console: no data in them
 TOKEN_COOKIE = "billing_token"
+READ_POSTS = frozenset({"/api/sql"})  # a POST only because the query is long: read-only, a read's token
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -70,9 +71,10 @@ def auth_middleware(access: Access) -> Any:
         if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         given = _given_token(request)
-        allowed = access.may_read(given) if request.method in ("GET", "HEAD") else access.may_write(given)
+        reading = request.method in ("GET", "HEAD") or request.path in READ_POSTS
+        allowed = access.may_read(given) if reading else access.may_write(given)
         if not allowed:
-            needed = "the API token (BILLING_API_TOKEN)" if request.method in ("GET", "HEAD") else "the operator token"
+            needed = "the API token (BILLING_API_TOKEN)" if reading else "the operator token"
             return web.json_response({"error": f"unauthorized: {request.method} {request.path} needs {needed} as "
                                                "'Authorization: Bearer <token>'"}, status=401)
         response = await handler(request)
