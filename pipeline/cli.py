@@ -287,8 +287,8 @@ def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
     if not row.get("timestamp") and isinstance(stamp, str):
         try:
             row["timestamp"] = format_ts(parse_ts(stamp))
-        except (TimestampError, ValueError):
-            pass  # not RFC 3339 (often why it was rejected): the record shows it as sent
+        except (TimestampError, ValueError, OverflowError):
+            pass  # not RFC 3339, or out of range (often why it was rejected): the record shows it as sent
     return row
 
 
