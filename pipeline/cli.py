@@ -305,18 +305,23 @@ def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
     text = row.get("record")
     if not isinstance(text, str):
         return row
-    try:
-        record: Any = json.loads(text)
-    except ValueError:
+    try:  # hostile records stay text: NaN/Infinity (not JSON), nesting too deep for Python, 5,000-digit numbers
+        record: Any = json.loads(text, parse_constant=_not_json)
+        json.dumps(record)
+    except (ValueError, RecursionError):
         record = text
     row = {**row, "record": record, "record_text": text}
     stamp = record.get("timestamp") if isinstance(record, dict) else None
     if not row.get("timestamp") and isinstance(stamp, str):
         try:
             row["timestamp"] = format_ts(parse_ts(stamp))
-        except (TimestampError, ValueError):
-            pass  # not RFC 3339 (often why it was rejected): the record shows it as sent
+        except (TimestampError, ValueError, OverflowError):
+            pass  # not RFC 3339, or out of range (often why it was rejected): the record shows it as sent
     return row
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ STATUSES = ("billed", "applied", "duplicate", "rejected")
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 # Publish to queryable: sub-second when idle, minutes when a backlog is drained.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
-REMEMBERED_REJECTIONS = 200_000  # record ids; ~25 MB at most, enough for a re-published file or a replay
+REMEMBERED_REJECTIONS = 100_000  # (account, record id) pairs: some 30 MB at most; a re-published file or a replay
 
 # (partition, last processed offset, committed offset or None, high watermark or None)
 PartitionRow = tuple[int, int, "int | None", "int | None"]

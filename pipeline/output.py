@@ -128,7 +128,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str], out: TextIO, width: i
     prepared = []
     for column in columns:
         raw = [row.get(column) for row in rows]
-        cells = [_cell(v) for v in raw]
+        # a lone surrogate (hostile input, kept as received) cannot be printed: shown escaped, table only
+        cells = [_cell(v).encode("utf-8", "backslashreplace").decode("utf-8") for v in raw]
         header = HEADERS.get(column, column) if tty else column
         if tty:
             header, cells = _compact_times(header, cells)
