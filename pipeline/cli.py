@@ -156,11 +156,15 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError(f"no such file: {path}")
         data = path.read_bytes().splitlines()
         lines, total = data, len(data)
+    from pipeline.kafka_security import kafka_python_kwargs
+
     ensure_all(settings, bootstrap)
-    report = publish_lines(lines, bootstrap, settings.input_topic, total=total)
+    report = publish_lines(lines, bootstrap, settings.input_topic, total=total, client_kwargs=kafka_python_kwargs(settings))
     print(f"published {report.total} records" + "".join(f"\n  {kind}: {n}" for kind, n in sorted(report.sent.items())))
     if report.failures:
-        say(f"billing: {len(report.failures)} records were not acknowledged by Kafka: {report.failures[0]}; publish again (duplicates are safe)")
+        say(f"billing: Kafka did not acknowledge a send ({report.failures[0][:200]}); stopped there so that no account's "
+            f"records go out of order. Publish again from line {report.resume_line} (e.g. `tail -n +{report.resume_line} FILE "
+            "| billing publish -`): lines after it that did land are skipped as duplicates")
         return 1
     if report.bad_lines:
         for number, error in report.bad_lines[:20]:
@@ -179,8 +183,10 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
 
     from pipeline.processor import barrier_message
 
+    from pipeline.kafka_security import kafka_python_kwargs
+
     barrier = uuid.uuid4().hex
-    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="billing-wait", acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="billing-wait", acks="all", **kafka_python_kwargs(settings))
     try:
         partitions = sorted(producer.partitions_for(settings.input_topic) or [])
         if not partitions:
@@ -316,11 +322,28 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.chclient import connect, migrate
+    from pipeline import chcluster, migrations
+    from pipeline.chclient import CLUSTER_DDL_DIR, DDL_DIR, connect
 
-    count = migrate(connect(settings.clickhouse_url))
-    print(f"applied {count} DDL statements (all idempotent)")
+    url = settings.clickhouse_url
+    client = connect(url, chcluster.client_options(settings, url))
+    ddl_dir = CLUSTER_DDL_DIR if settings.clickhouse_cluster else DDL_DIR
+    done = migrations.apply(client, ddl_dir, cluster=settings.clickhouse_cluster)
+    version = migrations.verify(client, ddl_dir)
+    print(f"schema at version {version:03d}; applied {len(done)} migrations" + "".join(f"\n  {m.label}" for m in done))
     return 0
+
+
+def cmd_drained(settings: Settings, args: argparse.Namespace) -> int:
+    """Growing partitions (docs/cluster-operations.md): 0 once the workers have written everything
+    published to the topic so far (a barrier per partition), so that they may switch to the new one."""
+    from pipeline.partitioning import confirm_drained
+
+    topic = args.topic or settings.input_topic
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    ok = confirm_drained(reader, kafka_of(settings), settings, topic, args.timeout, wait_for)
+    print(f"{topic}: {'drained: every record published to it so far is billed' if ok else 'NOT drained'}")
+    return 0 if ok else 1
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -373,7 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     rebill.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
     rebill.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the worker to apply it")
     rebill.set_defaults(run=cmd_rebill)
-    sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
+    sub.add_parser("migrate", parents=[common], help="apply the pending ClickHouse schema migrations").set_defaults(run=cmd_migrate)
+    drained = sub.add_parser("drained", parents=[common], help="exit 0 once a topic's records are all billed (growing partitions)")
+    drained.add_argument("--topic", help="the old input topic (default: the configured one)")
+    drained.add_argument("--timeout", type=float, default=300.0)
+    drained.set_defaults(run=cmd_drained)
     return parser
 
 

@@ -3,6 +3,11 @@
 Lines that are not JSON are not sent (they are named with their line numbers); everything that
 parses is sent, even if it breaks the schema, so that the pipeline keeps it as a rejection.
 Order per account survives retries because at most one request is in flight per connection.
+A send that still fails (the broker away for longer than the delivery timeout) stops the publish:
+nothing later is handed to the producer, what is queued is aborted, and the report names the
+first line not acknowledged. Publishing again from that line keeps every account's order (the
+lines after it that did land are sent again and skipped as duplicates); going on past it would
+put an account's later records before the lost one.
 
 Consecutive records of one account travel together in one message, as an RFC 7464 JSON text
 sequence (RS before each record, LF after): the worker then pays Kafka's and Faust's per-message
@@ -12,6 +17,7 @@ cost once per group instead of once per record. Each record keeps its bytes as r
 from __future__ import annotations
 
 import select
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,22 +41,27 @@ class PublishReport:
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     offsets: dict[int, int] = field(default_factory=dict)  # partition -> last offset the broker acknowledged
+    resume_line: int | None = None  # after a failure: the first line not known to be acknowledged (1-based)
 
     @property
     def total(self) -> int:
         return sum(self.sent.values())
 
 
-def make_producer(bootstrap: str) -> KafkaProducer:
+def make_producer(bootstrap: str, **client_kwargs: object) -> KafkaProducer:
+    """`client_kwargs`: TLS/SASL (kafka_security.kafka_python_kwargs)."""
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id="billing-publish",
         acks="all",
-        retries=10,
+        retries=2_147_483_647,  # retried until the delivery timeout: a broker away for 2 minutes is waited for
+        delivery_timeout_ms=120_000,
+        request_timeout_ms=30_000,
         max_in_flight_requests_per_connection=1,  # no reordering on retries
         linger_ms=20,
         batch_size=512 * 1024,
         max_request_size=8 * 1024 * 1024,
+        **client_kwargs,  # type: ignore[arg-type]
     )
 
 
@@ -65,17 +76,20 @@ def key_and_kind(body: object) -> tuple[bytes, str]:
 class Batcher:
     """Groups each account's consecutive records into messages, in order."""
 
-    def __init__(self, send: Callable[[bytes, bytes], None]) -> None:
+    def __init__(self, send: Callable[[bytes, bytes, int], None]) -> None:
         self.send = send
         self.groups: dict[bytes, list[bytes]] = {}
+        self.first_lines: dict[bytes, int] = {}  # key -> line number of the group's first record
         self.sizes: dict[bytes, int] = {}
         self.buffered = 0
         self.oldest = time.monotonic()
 
-    def add(self, key: bytes, record: bytes) -> None:
+    def add(self, key: bytes, record: bytes, line: int = 0) -> None:
         if not self.groups:
             self.oldest = time.monotonic()
         group = self.groups.setdefault(key, [])
+        if not group:
+            self.first_lines[key] = line
         group.append(record)
         self.sizes[key] = self.sizes.get(key, 0) + len(record) + 2
         self.buffered += 1
@@ -88,7 +102,7 @@ class Batcher:
         group = self.groups.pop(key)
         self.sizes.pop(key)
         self.buffered -= len(group)
-        self.send(key, encode_group(group))
+        self.send(key, encode_group(group), self.first_lines.pop(key, 0))
 
     def flush(self) -> None:
         for key in list(self.groups):
@@ -107,26 +121,43 @@ def live_lines(stream: BinaryIO) -> Iterator[bytes | None]:
         yield line
 
 
-def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False) -> PublishReport:
+def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False,
+                  client_kwargs: dict[str, object] | None = None) -> PublishReport:
     report = PublishReport()
-    producer = make_producer(bootstrap)
+    producer = make_producer(bootstrap, **(client_kwargs or {}))
     progress = Progress("published", total)
+    lock = threading.Lock()
+    stopped = threading.Event()
 
     def acked(meta: object) -> None:
         partition, offset = meta.partition, meta.offset  # type: ignore[attr-defined]
         if offset > report.offsets.get(partition, -1):
             report.offsets[partition] = offset
 
-    def failed(exc: BaseException) -> None:
-        report.failures.append(str(exc))
+    def not_sent(first_line: int) -> None:
+        with lock:
+            if report.resume_line is None or first_line < report.resume_line:
+                report.resume_line = first_line
 
-    def send(key: bytes, value: bytes) -> None:
-        producer.send(topic, key=key, value=value).add_callback(acked).add_errback(failed)
+    def failed(first_line: int, exc: BaseException) -> None:  # on the producer's thread
+        stopped.set()
+        with lock:
+            report.failures.append(str(exc))
+        not_sent(first_line)
+
+    def send(key: bytes, value: bytes, first_line: int) -> None:
+        if stopped.is_set():  # nothing after a failure: it would overtake the lost records
+            not_sent(first_line)
+            return
+        producer.send(topic, key=key, value=value).add_callback(acked).add_errback(failed, first_line)
 
     batcher = Batcher(send)
+    closed = False
     try:
         number = 0
         for line in lines:
+            if stopped.is_set():
+                break
             if line is None:  # the input paused (a live stream): send what waits now
                 batcher.flush()
                 continue
@@ -140,14 +171,30 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
                 report.bad_lines.append((number, str(exc)))
                 continue
             key, kind = key_and_kind(body)
-            batcher.add(key, line)
+            batcher.add(key, line, number)
             report.sent[kind] += 1
             if not quiet:
                 progress.update(report.total)
         batcher.flush()
-        producer.flush()
+        _flush_until_failure(producer, stopped)
+        if stopped.is_set():
+            producer.close(timeout=0)  # abort what is still queued behind the failure (their errbacks name their lines)
+            closed = True
     finally:
-        producer.close()
+        if not closed:
+            producer.close()
     if not quiet:
         progress.done()
     return report
+
+
+def _flush_until_failure(producer: KafkaProducer, stopped: threading.Event) -> None:
+    """Wait for every queued send, but return at the first failure (so the rest can be aborted)."""
+    from kafka.errors import KafkaTimeoutError
+
+    while not stopped.is_set():
+        try:
+            producer.flush(timeout=0.5)
+            return
+        except KafkaTimeoutError:
+            continue

@@ -17,7 +17,7 @@ class Settings:
     topic_prefix: str = "billing"
     partitions: int = 4
     app_id: str = "billing-worker"
-    log_epoch: str = "kafka"  # a durable Kafka log keeps its offsets; `billing up` sets its own
+    log_epoch: str = "auto"  # auto: the topic's cluster id and topic id (pipeline/logidentity.py); `billing up` sets its own
     batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
     write_records: int = 50_000  # records folded and written to ClickHouse as one unit (bounds memory)
     batch_within_s: float = 0.2
@@ -25,6 +25,26 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 0  # 0: a free port
     extra: dict[str, str] = field(default_factory=dict)
+    # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
+    # deploy/ sets the production values.
+    create_topics: bool = True  # False: topics come from the topics step; a worker only checks them
+    topic_replication: int = 0  # 0: the broker's default, unchecked; >0: created with it and required
+    topic_min_insync: int = 0  # 0: unchecked; >0: min.insync.replicas set and required
+    migrate_on_start: bool = True  # False: a worker only verifies the schema version (`billing migrate` applies it)
+    clickhouse_cluster: bool = False  # sharded/replicated ClickHouse: cluster DDL, quorum and synchronous inserts
+    clickhouse_ca_file: str | None = None  # CA bundle for an https:// ClickHouse URL
+    clickhouse_verify: bool = True  # verify the ClickHouse server's certificate
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_session_timeout_s: int = 6  # Tansu holds a JoinGroup for half of it (DESIGN §7); 45 in deploy/
+    kafka_heartbeat_s: int = 1
+    kafka_rebalance_timeout_s: int = 6
+    kafka_request_timeout_s: int = 30  # producer delivery and admin requests (Faust's default is 1200 s)
+    kafka_idempotent: bool = False  # Tansu does not answer InitProducerId; on in deploy/
+    input_topic_name: str | None = None  # None: <prefix>.input; a grown topic after a drained switch-over
 
     @property
     def clickhouse_url(self) -> str:
@@ -32,7 +52,7 @@ class Settings:
 
     @property
     def input_topic(self) -> str:
-        return f"{self.topic_prefix}.input"
+        return self.input_topic_name or f"{self.topic_prefix}.input"
 
     @property
     def violations_topic(self) -> str:
@@ -69,12 +89,30 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         topic_prefix=env.get("BILLING_TOPIC_PREFIX", "billing"),
         partitions=_env_int("BILLING_PARTITIONS", 4),
         app_id=env.get("BILLING_APP_ID", "billing-worker"),
-        log_epoch=env.get("BILLING_LOG_EPOCH", "kafka"),
+        log_epoch=env.get("BILLING_LOG_EPOCH") or "auto",
         batch_size=_env_int("BILLING_BATCH_SIZE", 1000),
         write_records=_env_int("BILLING_WRITE_RECORDS", 50_000),
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_port=_env_int("BILLING_API_PORT", 0),
         auto_tick=env.get("BILLING_AUTO_TICK", "1").lower() not in ("0", "false", "no", "off"),
+        create_topics=env.get("BILLING_CREATE_TOPICS", "1").lower() not in ("0", "false", "no", "off"),
+        topic_replication=_env_int("BILLING_TOPIC_REPLICATION", 0),
+        topic_min_insync=_env_int("BILLING_TOPIC_MIN_INSYNC", 0),
+        migrate_on_start=env.get("BILLING_MIGRATE_ON_START", "1").lower() not in ("0", "false", "no", "off"),
+        clickhouse_cluster=env.get("BILLING_CLICKHOUSE_CLUSTER", "0").lower() in ("1", "true", "yes", "on"),
+        clickhouse_ca_file=env.get("BILLING_CLICKHOUSE_CA_FILE") or None,
+        clickhouse_verify=env.get("BILLING_CLICKHOUSE_VERIFY", "1").lower() not in ("0", "false", "no", "off"),
+        kafka_security_protocol=env.get("BILLING_KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT",
+        kafka_sasl_mechanism=env.get("BILLING_KAFKA_SASL_MECHANISM") or None,
+        kafka_sasl_username=env.get("BILLING_KAFKA_SASL_USERNAME") or None,
+        kafka_sasl_password=env.get("BILLING_KAFKA_SASL_PASSWORD"),
+        kafka_ssl_cafile=env.get("BILLING_KAFKA_SSL_CAFILE") or None,
+        kafka_session_timeout_s=_env_int("BILLING_KAFKA_SESSION_TIMEOUT_S", 6),
+        kafka_heartbeat_s=_env_int("BILLING_KAFKA_HEARTBEAT_S", 1),
+        kafka_rebalance_timeout_s=_env_int("BILLING_KAFKA_REBALANCE_TIMEOUT_S", 6),
+        kafka_request_timeout_s=_env_int("BILLING_KAFKA_REQUEST_TIMEOUT_S", 30),
+        input_topic_name=env.get("BILLING_INPUT_TOPIC") or None,
+        kafka_idempotent=env.get("BILLING_KAFKA_IDEMPOTENT", "0").lower() in ("1", "true", "yes", "on"),
     )
 
 
