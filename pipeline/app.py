@@ -174,7 +174,7 @@ class Worker:
         async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
             worker.assigned = {tp.partition for tp in assigned if tp.topic == s.input_topic}
             try:  # partitions added to the live topic reach running workers here, at the next rebalance
-                check_assignment(s.input_topic, worker.assigned, s.partitions)
+                check_assignment(s.input_topic, worker.assigned, s.partitions, app.consumer.topic_partitions(s.input_topic))
             except PartitionMismatch as exc:
                 log.critical("%s", exc)
                 asyncio.ensure_future(app.crash(exc))
@@ -283,7 +283,7 @@ class Worker:
 
         async def send(message: outputs_json.Outbound) -> Any:
             # the returned future resolves once the broker acknowledged the message
-            return await topics[message.destination].send(key=message.account_id.encode(), value=message.value)
+            return await topics[message.destination].send(key=message.account_id.encode(), value=message.value, force=True)
 
         self.stats["output_send_failures"] += await delivery.deliver(
             result.outbound, send, describe=lambda m: f"to {topics[m.destination].get_topic_name()} for {m.account_id}")

@@ -78,17 +78,25 @@ class PlacementCheck:
 
 def unconfigured_message(topic: str, partitions: Iterable[int], configured: int) -> str:
     extra = sorted(set(partitions))
-    return (f"{topic}: partition(s) {extra} assigned but this worker is configured for {configured} partitions "
+    return (f"{topic}: partition(s) {extra} exist but this worker is configured for {configured} partitions "
             f"(BILLING_PARTITIONS={configured}); partitions were added to a live topic, which moves accounts between "
             "partitions and folds them out of order. Stopping. Grow with a new topic and a drained switch-over "
             "(docs/cluster-operations.md).")
 
 
-def check_assignment(topic: str, assigned: Iterable[int], configured: int) -> None:
-    """On every assignment (a rebalance after partitions were added hands the new ones out)."""
+def check_assignment(topic: str, assigned: Iterable[int], configured: int, topic_count: int | None = None) -> None:
+    """On every assignment: a rebalance after partitions were added may hand the new ones out (a
+    plain Kafka assignor) or leave them unassigned, their records never billed (Faust's assignor
+    keeps to the partitions it started with, and the group rebalances again and again, measured on
+    Tansu): `topic_count` is the partition count the consumer's metadata now gives the topic."""
     extra = [p for p in assigned if p >= configured]
     if extra:
         raise PartitionMismatch(unconfigured_message(topic, extra, configured))
+    if topic_count is not None and topic_count != configured:
+        raise PartitionMismatch(unconfigured_message(topic, range(configured, topic_count), configured)
+                                if topic_count > configured else
+                                f"{topic} has {topic_count} partitions but this worker is configured for {configured}: "
+                                "the topic was replaced. Stopping (docs/cluster-operations.md).")
 
 
 def confirm_drained(reader: object, bootstrap: str, settings: object, topic: str, timeout: float,
