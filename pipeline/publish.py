@@ -178,7 +178,7 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
         batcher.flush()
         _flush_until_failure(producer, stopped)
         if stopped.is_set():
-            producer.close(timeout=0)  # abort what is still queued behind the failure (their errbacks name their lines)
+            _abort(producer)  # what is still queued behind the failure is not sent (its errbacks name its lines)
             closed = True
     finally:
         if not closed:
@@ -186,6 +186,27 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
     if not quiet:
         progress.done()
     return report
+
+
+def _abort(producer: KafkaProducer) -> None:
+    """Close without sending what is queued. kafka-python's close(timeout=0) first flushes, which
+    raises while anything is queued; its sender's force_close aborts the queued batches (failing
+    their futures), after which close completes."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=0)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
+    try:
+        producer.close(timeout=0)
+    except KafkaTimeoutError:  # nothing more can be done: the report still names the first line not acknowledged
+        pass
 
 
 def _flush_until_failure(producer: KafkaProducer, stopped: threading.Event) -> None:

@@ -216,3 +216,59 @@ def test_a_worker_refuses_a_schema_behind_its_code_and_the_embedded_one_migrates
     assert migrations.prepare(empty_db, production) == 3
     ttl = empty_db.query("SHOW CREATE TABLE rate_windows").result_rows[0][0]
     assert "TTL toDateTime(window_start) + toIntervalDay(7)" in ttl
+
+
+# 5. `billing publish` never reorders an account's records -------------------------------------
+
+def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(broker: str, monkeypatch) -> None:
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaTimeoutError
+    from kafka.future import Future
+
+    from pipeline import publish
+
+    real_make = publish.make_producer
+    sends: list[bytes] = []
+
+    class FailingThirdSend:
+        """The real producer, whose third send is never acknowledged (a broker away too long)."""
+
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def send(self, topic: str, key: bytes, value: bytes) -> Any:
+            sends.append(key)
+            if len(sends) == 3:
+                future = Future()
+                future.failure(KafkaTimeoutError("delivery timed out (injected)"))
+                return future
+            return self.real.send(topic, key=key, value=value)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+    monkeypatch.setattr(publish, "MAX_BUFFERED_RECORDS", 4)  # several messages per account
+    monkeypatch.setattr(publish, "make_producer", lambda bootstrap, **kw: FailingThirdSend(real_make(bootstrap, **kw)))
+    topic = f"publish-{uuid.uuid4().hex[:6]}"
+    ensure_topics(broker, {topic: 2})
+    accounts = [f"acct-pub-{i}" for i in range(3)]
+    lines = [recharge(accounts[i % 3], str(i + 1), i % 60) for i in range(30)]
+    report = publish.publish_lines(lines, broker, topic, quiet=True)
+    assert report.failures and report.resume_line is not None
+    assert len(sends) == 3, "nothing may be handed to the producer after a send failed"
+    monkeypatch.setattr(publish, "make_producer", real_make)
+    again = publish.publish_lines(lines[report.resume_line - 1:], broker, topic, quiet=True)
+    assert not again.failures
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest", consumer_timeout_ms=3000, group_id=None)
+    from pipeline.framing import split_message
+
+    log: dict[str, list[str]] = {}
+    for message in sorted(consumer, key=lambda m: (m.partition, m.offset)):
+        for record in split_message(message.value):
+            body = json.loads(record)
+            log.setdefault(body["account_id"], []).append(body["amount"])
+    consumer.close()
+    for account in accounts:
+        first_seen = list(dict.fromkeys(log[account]))  # duplicates are skipped by the worker; order is what counts
+        assert first_seen == [json.loads(x)["amount"] for x in lines if json.loads(x)["account_id"] == account], account
