@@ -80,7 +80,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_session_timeout": settings.kafka_session_timeout_s,
         "broker_heartbeat_interval": settings.kafka_heartbeat_s,
         "broker_rebalance_timeout": max(settings.kafka_session_timeout_s, settings.kafka_rebalance_timeout_s),
-        "broker_request_timeout": max(settings.kafka_request_timeout_s, settings.kafka_session_timeout_s + 5),
+        # a JoinGroup may take the whole rebalance timeout: the consumer's requests must outlast it
+        "broker_request_timeout": max(settings.kafka_request_timeout_s, settings.kafka_rebalance_timeout_s + 5,
+                                      settings.kafka_session_timeout_s + 5),
         "producer_request_timeout": settings.kafka_request_timeout_s,
         "producer_acks": -1,  # all in-sync replicas (min.insync.replicas on the topic)
     }

@@ -81,6 +81,7 @@ def test_faust_gets_credentials_and_the_configured_timeouts() -> None:
                                                   kafka_request_timeout_s=30))
     assert (prod["broker_session_timeout"], prod["broker_heartbeat_interval"], prod["broker_rebalance_timeout"]) == (45, 3, 60)
     assert prod["producer_request_timeout"] == 30 and prod["producer_acks"] == -1
+    assert prod["broker_request_timeout"] == 65  # outlasts a JoinGroup that takes the whole rebalance timeout
     embedded = kafka_security.faust_settings(Settings())
     assert (embedded["broker_session_timeout"], embedded["broker_heartbeat_interval"]) == (6, 1)  # Tansu: 3 s joins
 
@@ -128,3 +129,13 @@ def test_cluster_client_options_and_tls() -> None:
     tls = chcluster.client_options(Settings(clickhouse_cluster=True, clickhouse_ca_file="/ca.pem"), "https://u:p@h:8443/billing")
     assert tls == {"verify": True, "ca_cert": "/ca.pem", "settings": chcluster.CLUSTER_SETTINGS}
     assert chcluster.CLUSTER_SETTINGS["insert_quorum_parallel"] == 0 and chcluster.CLUSTER_SETTINGS["insert_distributed_sync"] == 1
+
+
+def test_the_idempotent_producer_setting_reaches_faust_s_aiokafka_producer() -> None:
+    import faust
+
+    app = faust.App("billing-idempotence-test", broker="kafka://127.0.0.1:9", autodiscover=False)
+    assert "enable_idempotence" not in app.producer._settings_extra()  # Faust sets it only inside transactions
+    kafka_security.make_idempotent(app)
+    extra = app.producer._settings_extra()
+    assert extra["enable_idempotence"] is True and extra["acks"] == "all"
