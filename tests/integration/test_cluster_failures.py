@@ -272,3 +272,24 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
     for account in accounts:
         first_seen = list(dict.fromkeys(log[account]))  # duplicates are skipped by the worker; order is what counts
         assert first_seen == [json.loads(x)["amount"] for x in lines if json.loads(x)["account_id"] == account], account
+
+
+# 4. The commit point on a cluster: the settings are sent with every query and checked at start --
+
+def test_cluster_mode_sends_the_commit_point_settings_and_checks_them(inprocess_dir: Path, empty_db) -> None:
+    from pipeline import chcluster
+
+    url = Settings(data_dir=inprocess_dir).clickhouse_url
+    database = empty_db.database
+    plain = clickhouse_connect.get_client(dsn=url, database=database)
+    with pytest.raises(chcluster.ClusterConsistencyError, match=r"insert_quorum=0 \(need auto\).*select_sequential_consistency=0"):
+        chcluster.check(plain)
+    # what client_options gives a server URL in cluster mode, on the embedded engine
+    options = chcluster.client_options(Settings(clickhouse_cluster=True), "http://u:p@clickhouse:8123/billing")
+    cluster = clickhouse_connect.get_client(dsn=url, database=database, **options)
+    assert chcluster.check(cluster) == {"insert_distributed_sync": "1", "insert_quorum": "auto",
+                                        "insert_quorum_parallel": "0", "select_sequential_consistency": "1"}
+    # single-server tables under cluster mode: refused, not written to one node
+    migrations.apply(cluster, DDL_DIR)
+    with pytest.raises(chcluster.ClusterConsistencyError, match="not the cluster ones: raw_records is ReplacingMergeTree"):
+        chcluster.check_replicated(cluster, migrations.CLUSTER_TABLES)
