@@ -51,12 +51,11 @@ def _connect_chdb(url: str) -> Client:
 def _connect_server(url: str, options: dict[str, Any]) -> Client:
     parts = urlsplit(url)
     database = parts.path.strip("/") or DATABASE
-    client = clickhouse_connect.get_client(dsn=url, database=database, **options)
-    if not client.query("SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": database}).result_rows[0][0]:
-        # a production worker's user has no DDL rights: only `billing migrate` (its DDL user) gets here first
-        admin = clickhouse_connect.get_client(dsn=parts._replace(path="").geturl(), **options)
+    admin = clickhouse_connect.get_client(dsn=parts._replace(path="").geturl(), **options)
+    if not admin.query("SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": database}).result_rows[0][0]:
+        # only then: a production worker's user has no DDL rights (`billing migrate`'s DDL user creates it first)
         admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    return client
+    return clickhouse_connect.get_client(dsn=url, database=database, **options)
 
 
 def ddl_statements(ddl_dir: Path = DDL_DIR) -> list[str]:
