@@ -85,6 +85,8 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
                                       settings.kafka_session_timeout_s + 5),
         "producer_request_timeout": settings.kafka_request_timeout_s,
         "producer_acks": -1,  # all in-sync replicas (min.insync.replicas on the topic)
+        # BILLING_CREATE_TOPICS=0: Faust must not create a topic either (it would, with its defaults)
+        "topic_allow_declare": settings.create_topics,
     }
 
 

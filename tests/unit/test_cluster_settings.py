@@ -82,6 +82,7 @@ def test_faust_gets_credentials_and_the_configured_timeouts() -> None:
     assert (prod["broker_session_timeout"], prod["broker_heartbeat_interval"], prod["broker_rebalance_timeout"]) == (45, 3, 60)
     assert prod["producer_request_timeout"] == 30 and prod["producer_acks"] == -1
     assert prod["broker_request_timeout"] == 65  # outlasts a JoinGroup that takes the whole rebalance timeout
+    assert kafka_security.faust_settings(Settings(create_topics=False))["topic_allow_declare"] is False
     embedded = kafka_security.faust_settings(Settings())
     assert (embedded["broker_session_timeout"], embedded["broker_heartbeat_interval"]) == (6, 1)  # Tansu: 3 s joins
 
