@@ -27,12 +27,13 @@ from typing import Any, Callable, TypeVar
 
 import faust
 
-from pipeline import CORE_BUILD, api, metrics, outputs_json, records
+from pipeline import CORE_BUILD, api, chcluster, delivery, kafka_security, logidentity, metrics, migrations, outputs_json, records
 from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
-from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
+from pipeline.chclient import ClickHouseUnavailable, connect, preload_insert_support
+from pipeline.isolation import LOG_INCONSISTENT, Isolator, transient
+from pipeline.partitioning import PartitionMismatch, PlacementCheck, check_assignment
 from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
-from pipeline.isolation import Isolator, transient
 from pipeline.runtime import control_key
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
@@ -79,11 +80,16 @@ class Worker:
         self.catalog = load_catalog(settings.catalog)
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.client = self._db.submit(self._open_clickhouse).result()
+        ensure_all(settings, bootstrap)
+        if epoch == logidentity.AUTO or settings.kafka:  # an explicit epoch on Kafka is bound to the topic's identity
+            identity = logidentity.describe(bootstrap, settings.input_topic, **kafka_security.kafka_python_kwargs(settings))
+            epoch = self.epoch = self._db.submit(logidentity.resolve, self.client, epoch, identity).result()
         self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
         self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick,
                                         write_records=settings.write_records, control_key=self.control_key, clock_bounds=bounds,
                                         max_cached_accounts=settings.max_cached_accounts)
+        self.processor.placement = PlacementCheck(settings.partitions)
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()
@@ -105,7 +111,6 @@ class Worker:
         self.consecutive_failures = 0  # of the batch being retried now (0: the last batch went in)
         self.last_failure = ""
         self.isolator = Isolator(on_poisoned=self.prom.poisoned.inc)
-        ensure_all(settings, bootstrap)
         leave_group_at_generation_zero()
         self.app = self._build_app(bootstrap)
 
@@ -115,8 +120,8 @@ class Worker:
         url, delay = self.settings.clickhouse_url, 0.5
         while True:
             try:
-                client = connect(url)
-                migrate(client)
+                client = connect(url, chcluster.client_options(self.settings, url))
+                migrations.prepare(client, self.settings)
                 preload_insert_support()
                 records.compile_validators()
                 log.debug("ClickHouse ready at %s", redact(url))
@@ -140,8 +145,9 @@ class Worker:
             store="memory://",
             datadir=str(s.data_dir / "faust"),  # not Faust's default <app id>-data in the cwd
             topic_partitions=s.partitions,
-            broker_session_timeout=6,  # Tansu holds JoinGroup for half of it (DESIGN §7)
-            broker_heartbeat_interval=1,
+            # TLS/SASL and consumer/producer timeouts: short ones for Tansu, which holds JoinGroup for
+            # half the session timeout (DESIGN §7), production ones from deploy/ (kafka_security.py)
+            **kafka_security.faust_settings(s),
             broker_commit_interval=1.0,
             consumer_auto_offset_reset="earliest",
             topic_disable_leader=True,
@@ -152,6 +158,8 @@ class Worker:
         topic = app.topic(s.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                           value_serializer="raw", partitions=s.partitions)
         self.input_topic = topic
+        if s.kafka_idempotent:
+            kafka_security.make_idempotent(app)
         self.status_topic = app.topic(s.status_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         self.violations_topic = app.topic(s.violations_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         worker = self
@@ -178,6 +186,11 @@ class Worker:
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
             worker.assigned = {tp.partition for tp in assigned if tp.topic == s.input_topic}
+            try:  # partitions added to the live topic reach running workers here, at the next rebalance
+                check_assignment(s.input_topic, worker.assigned, s.partitions, app.consumer.topic_partitions(s.input_topic))
+            except PartitionMismatch as exc:
+                log.critical("%s", exc)
+                asyncio.ensure_future(app.crash(exc))
 
         @app.task
         async def start_api() -> None:
@@ -211,7 +224,7 @@ class Worker:
             try:
                 started = time.perf_counter()
                 result = await self.on_db(self.processor.process, messages, leave_last_write)
-            except OffsetGap as exc:
+            except LOG_INCONSISTENT as exc:
                 log.critical("%s", exc)
                 await self.app.crash(exc)  # loud: the process exits non-zero, offsets stay where they were
                 raise
@@ -322,21 +335,17 @@ class Worker:
         """After the batch is in ClickHouse: status changes (compacted topic, for the API gateway),
         rate-limit violations (per account, in messages of bounded size), and clock ticks for idle
         accounts, encoded by the processor while its last write ran. Retried like the ClickHouse
-        write: the batch is not done until they are out."""
+        write: the batch is not done (its offsets are not committed) until the broker has
+        acknowledged every one of them (pipeline/delivery.py)."""
         topics = {outputs_json.STATUS: self.status_topic, outputs_json.VIOLATIONS: self.violations_topic,
                   outputs_json.INPUT: self.input_topic}
-        delay, done = 0.5, 0
-        while done < len(result.outbound):
-            message = result.outbound[done]
-            topic = topics[message.destination]
-            try:
-                await topic.send(key=message.account_id.encode(), value=message.value)
-            except Exception as exc:  # broker away: retry, the outputs must not be lost
-                log.warning("could not publish to %s (%s); retrying in %.1fs", topic.get_topic_name(), str(exc)[:200], delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-                continue
-            done += 1
+
+        async def send(message: outputs_json.Outbound) -> Any:
+            # the returned future resolves once the broker acknowledged the message
+            return await topics[message.destination].send(key=message.account_id.encode(), value=message.value, force=True)
+
+        self.stats["output_send_failures"] += await delivery.deliver(
+            result.outbound, send, describe=lambda m: f"to {topics[m.destination].get_topic_name()} for {m.account_id}")
 
     async def start_api(self) -> None:
         s = self.settings

@@ -327,6 +327,8 @@ def ensure_topics(
     configs: Optional[Mapping[str, Mapping[str, str]]] = None,
     *,
     timeout: float = 15.0,
+    replication: int = -1,
+    admin_kwargs: Optional[Mapping[str, object]] = None,
 ) -> None:
     """Create ``topics`` ({name: partitions}) if missing; idempotent.
 
@@ -336,6 +338,8 @@ def ensure_topics(
     partitions (and their table state). ``configs`` ({name: {key: value}}) is sent on
     creation only: Tansu accepts any config but does not enforce them (see
     docs/faust-notes.md); a real Kafka does. Waits until every partition has a leader.
+    ``replication`` -1 is the broker's default; ``admin_kwargs`` carry TLS/SASL
+    (pipeline/kafka_security.py).
     """
     if not topics:
         return
@@ -350,6 +354,7 @@ def ensure_topics(
             client_id="billing-ensure-topics",
             bootstrap_timeout_ms=ms,
             request_timeout_ms=ms,
+            **dict(admin_kwargs or {}),
         )
     except Exception as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
@@ -360,7 +365,7 @@ def ensure_topics(
             request = {
                 name: {
                     "num_partitions": int(n),
-                    "replication_factor": -1,  # broker default: 1 on Tansu, cluster default on Kafka
+                    "replication_factor": replication,  # -1: broker default (1 on Tansu, cluster default on Kafka)
                     "configs": dict(configs.get(name, {})),
                 }
                 for name, n in missing.items()

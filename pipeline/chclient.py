@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -12,6 +13,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.settings import redact
 
 DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
+CLUSTER_DDL_DIR = DDL_DIR / "cluster"
 DATABASE = "billing"
 
 
@@ -19,12 +21,13 @@ class ClickHouseUnavailable(RuntimeError):
     """ClickHouse cannot be reached or opened; the message says what to do."""
 
 
-def connect(url: str) -> Client:
-    """A client on the billing database, created if missing."""
+def connect(url: str, options: dict[str, Any] | None = None) -> Client:
+    """A client on the billing database, created if missing. `options` are extra get_client
+    arguments for a server (TLS, the cluster settings: chcluster.client_options)."""
     try:
         if url.startswith("chdb:"):
             return _connect_chdb(url)
-        return _connect_server(url)
+        return _connect_server(url, options or {})
     except ClickHouseUnavailable:
         raise
     except Exception as exc:  # the drivers raise many kinds; the user needs one clear message
@@ -45,12 +48,14 @@ def _connect_chdb(url: str) -> Client:
     return clickhouse_connect.get_client(dsn=url, database=DATABASE)
 
 
-def _connect_server(url: str) -> Client:
+def _connect_server(url: str, options: dict[str, Any]) -> Client:
     parts = urlsplit(url)
     database = parts.path.strip("/") or DATABASE
-    admin = clickhouse_connect.get_client(dsn=parts._replace(path="").geturl())
-    admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    return clickhouse_connect.get_client(dsn=url, database=database)
+    admin = clickhouse_connect.get_client(dsn=parts._replace(path="").geturl(), **options)
+    if not admin.query("SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": database}).result_rows[0][0]:
+        # only then: a production worker's user has no DDL rights (`billing migrate`'s DDL user creates it first)
+        admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    return clickhouse_connect.get_client(dsn=url, database=database, **options)
 
 
 def ddl_statements(ddl_dir: Path = DDL_DIR) -> list[str]:
@@ -62,12 +67,14 @@ def ddl_statements(ddl_dir: Path = DDL_DIR) -> list[str]:
     return [s.rstrip(";") for s in statements]
 
 
-def migrate(client: Client, ddl_dir: Path = DDL_DIR) -> int:
-    """Apply the DDL idempotently (every statement is IF NOT EXISTS); returns the count."""
-    statements = ddl_statements(ddl_dir)
-    for statement in statements:
-        client.command(statement)
-    return len(statements)
+def migrate(client: Client, ddl_dir: Path = DDL_DIR, cluster: bool = False) -> int:
+    """Apply the pending numbered migrations (pipeline/migrations.py); returns the statements run.
+    On a cluster the same versions come from the cluster/ twin of the DDL."""
+    from pipeline import migrations
+
+    if cluster and ddl_dir == DDL_DIR:
+        ddl_dir = CLUSTER_DDL_DIR
+    return sum(len(m.statements) for m in migrations.apply(client, ddl_dir, cluster=cluster))
 
 
 def preload_insert_support() -> None:

@@ -203,8 +203,11 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
 
         key = operator_key(settings)
         lines = (sign_line(line, key) if line is not None else None for line in lines)
+    from pipeline.kafka_security import kafka_python_kwargs
+
     ensure_all(settings, bootstrap)
-    report = publish_lines(lines, bootstrap, settings.input_topic, total=total, source=source, timeout_s=args.timeout)
+    report = publish_lines(lines, bootstrap, settings.input_topic, total=total, source=source, timeout_s=args.timeout,
+                           client_kwargs=kafka_python_kwargs(settings))
     return tell(report, sys.stdout, sys.stderr)
 
 
@@ -214,9 +217,11 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
 
     from pipeline.processor import barrier_message
 
+    from pipeline.kafka_security import kafka_python_kwargs
+
     barrier = uuid.uuid4().hex
     key = operator_key(settings)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="billing-wait", acks="all")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="billing-wait", acks="all", **kafka_python_kwargs(settings))
     try:
         partitions = sorted(producer.partitions_for(settings.input_topic) or [])
         if not partitions:
@@ -462,11 +467,28 @@ def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.chclient import connect, migrate
+    from pipeline import chcluster, migrations
+    from pipeline.chclient import CLUSTER_DDL_DIR, DDL_DIR, connect
 
-    count = migrate(connect(settings.clickhouse_url))
-    print(f"applied {count} DDL statements (all idempotent)")
+    url = settings.clickhouse_url
+    client = connect(url, chcluster.client_options(settings, url))
+    ddl_dir = CLUSTER_DDL_DIR if settings.clickhouse_cluster else DDL_DIR
+    done = migrations.apply(client, ddl_dir, cluster=settings.clickhouse_cluster)
+    version = migrations.verify(client, ddl_dir)
+    print(f"schema at version {version:03d}; applied {len(done)} migrations" + "".join(f"\n  {m.label}" for m in done))
     return 0
+
+
+def cmd_drained(settings: Settings, args: argparse.Namespace) -> int:
+    """Growing partitions (docs/cluster-operations.md): 0 once the workers have written everything
+    published to the topic so far (a barrier per partition), so that they may switch to the new one."""
+    from pipeline.partitioning import confirm_drained
+
+    topic = args.topic or settings.input_topic
+    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    ok = confirm_drained(reader, kafka_of(settings), settings, topic, args.timeout, wait_for)
+    print(f"{topic}: {'drained: every record published to it so far is billed' if ok else 'NOT drained'}")
+    return 0 if ok else 1
 
 
 # -- parsing ------------------------------------------------------------------------------
@@ -542,7 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     console.add_argument("--port", type=int, default=8180, help="port (default 8180; 0: a free one)")
     console.set_defaults(run=cmd_console)
-    sub.add_parser("migrate", parents=[common], help="apply the ClickHouse DDL (idempotent)").set_defaults(run=cmd_migrate)
+    sub.add_parser("migrate", parents=[common], help="apply the pending ClickHouse schema migrations").set_defaults(run=cmd_migrate)
+    drained = sub.add_parser("drained", parents=[common], help="exit 0 once a topic's records are all billed (growing partitions)")
+    drained.add_argument("--topic", help="the old input topic (default: the configured one)")
+    drained.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds, exit 1 (default 300)")
+    drained.set_defaults(run=cmd_drained)
     sub.add_parser("reasons", parents=[query], help="the rejection reasons, in the rule book's order, with their meaning"
                    ).set_defaults(run=cmd_reasons)
     add_examples(sub)

@@ -14,9 +14,11 @@ from typing import Callable
 from clickhouse_connect.driver.exceptions import OperationalError
 
 from pipeline.chclient import ClickHouseUnavailable
+from pipeline.partitioning import PartitionMismatch
 from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
 
 log = logging.getLogger("billing.worker")
+LOG_INCONSISTENT = (OffsetGap, PartitionMismatch)
 MAX_POISON_STREAK = 5  # messages refused in a row, with no good write between: the fault is not theirs
 # Codes of ClickHouse errors that pass (load, space, replication): retried, never blamed on a record.
 TRANSIENT_CODES = ("MEMORY_LIMIT_EXCEEDED", "TOO_MANY_PARTS", "TIMEOUT_EXCEEDED", "NOT_ENOUGH_SPACE", "TABLE_IS_READ_ONLY",
@@ -59,7 +61,7 @@ class Isolator:
                 total.merge(processor.process([msg]))
                 self.poison_streak = 0
                 continue
-            except OffsetGap:
+            except LOG_INCONSISTENT:  # the log, not a record: the worker stops loudly
                 raise
             except Exception as exc:
                 if transient(exc) or self.poison_streak >= MAX_POISON_STREAK:

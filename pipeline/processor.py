@@ -265,6 +265,7 @@ class BatchProcessor:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-reader")
         self._last_write: Future[None] | None = None  # left in flight by the previous batch
         self._last_touched: set[str] = set()  # that batch's accounts, reloaded if the write fails
+        self.placement: Any = None  # a partitioning.PlacementCheck: records on their key's partition, or stop
 
     def wait_for_writes(self) -> None:
         """Block until no write is in flight (a read beside a write could miss its rows). A failure
@@ -347,6 +348,8 @@ class BatchProcessor:
         batch parses its first unit beside it before any read; the caller acknowledges the batch
         only once `written` has resolved. If that write fails, the next `process` raises
         EarlierWriteFailed without applying anything."""
+        if self.placement is not None:  # before anything is folded (issue 21: partitions added, foreign partitioners)
+            self.placement.check(messages)
         result = BatchResult()
         touched: set[str] = set()
         earlier, earlier_touched = self._last_write, self._last_touched

@@ -12,6 +12,11 @@ is sent as it is, even if it breaks the schema, so that the pipeline keeps it as
 Every record Kafka did not acknowledge is counted, with the first line it came from: the command
 then says how many were not sent and from which line to publish again (duplicates are safe).
 Order per account survives retries because at most one request is in flight per connection.
+A send that still fails (the broker away for longer than the delivery timeout) stops the publish:
+nothing later is handed to the producer, what is queued is aborted, and the report names the
+first line not acknowledged. Publishing again from that line keeps every account's order (the
+lines after it that did land are sent again and skipped as duplicates); going on past it would
+put an account's later records before the lost one.
 
 Consecutive records of one account travel together in one message, as an RFC 7464 JSON text
 sequence (RS before each record, LF after): the worker then pays Kafka's and Faust's per-message
@@ -66,7 +71,8 @@ class PublishReport:
 
 def make_producer(bootstrap: str, timeout_s: float = DEFAULT_TIMEOUT_S, **overrides: Any) -> KafkaProducer:
     """The publisher's producer; `timeout_s` bounds how long a record (or the topic's metadata)
-    may wait for the broker before it counts as not sent."""
+    may wait for the broker before it counts as not sent. `overrides`: TLS/SASL
+    (kafka_security.kafka_python_kwargs) and tests' producer settings."""
     timeout_ms = max(int(timeout_s * 1000), 1000)
     config: dict[str, Any] = dict(
         bootstrap_servers=bootstrap,
@@ -163,14 +169,15 @@ def origin_headers(number: int, source: str, size: int | None = None) -> Headers
 
 def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False,
                   source: str = "-", timeout_s: float = DEFAULT_TIMEOUT_S, producer_config: dict[str, Any] | None = None,
-                  progress: Progress | None = None) -> PublishReport:
+                  progress: Progress | None = None, client_kwargs: dict[str, Any] | None = None) -> PublishReport:
     """Publish every line; never raises for a record Kafka does not take (the report counts it).
     Printing progress cannot stop it (Progress swallows a closed stream)."""
     report = PublishReport()
-    producer = make_producer(bootstrap, timeout_s, **(producer_config or {}))
+    producer = make_producer(bootstrap, timeout_s, **{**(client_kwargs or {}), **(producer_config or {})})
     progress = progress or Progress("published", total)
     lock = threading.Lock()  # callbacks run on the producer's thread
     gave_up: list[str] = []  # the broker did not answer in time: the rest is counted, not tried
+    stopped = threading.Event()  # a send failed: nothing after it may overtake it
 
     def acked(meta: Any) -> None:
         partition, offset = meta.partition, meta.offset
@@ -180,10 +187,11 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
 
     def send(key: bytes, value: bytes, first_line: int, records: int, headers: Headers) -> None:
         def failed(exc: BaseException) -> None:
+            stopped.set()
             with lock:
                 report.failed(records, first_line, f"{type(exc).__name__}: {exc}")
 
-        if gave_up:
+        if gave_up or stopped.is_set():
             failed(KafkaTimeoutError(gave_up[0]))
             return
         try:
@@ -198,9 +206,12 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
         future.add_callback(acked).add_errback(failed)
 
     batcher = Batcher(send)
+    closed = False
     try:
         number = 0
         for line in lines:
+            if stopped.is_set():  # publish again from report.resume_line
+                break
             if line is None:  # the input paused (a live stream): send what waits now
                 batcher.flush()
                 continue
@@ -228,9 +239,13 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
             if not quiet:
                 progress.update(report.total)
         batcher.flush()
-        producer.flush()
+        _flush_until_failure(producer, stopped)
+        if stopped.is_set():
+            _abort(producer)  # what is still queued behind the failure is not sent (its errbacks count it)
+            closed = True
     finally:
-        producer.close()
+        if not closed:
+            producer.close()
     if not quiet:
         progress.done()
     return report
@@ -257,3 +272,36 @@ def tell(report: PublishReport, out: TextIO | None, err: TextIO | None) -> int:
                            "(records already sent are recognised as duplicates)\n")
         return 1
     return 0
+
+
+def _abort(producer: KafkaProducer) -> None:
+    """Close without sending what is queued. kafka-python's close(timeout=0) first flushes, which
+    raises while anything is queued; its sender's force_close aborts the queued batches (failing
+    their futures), after which close completes."""
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        producer.close(timeout=0)
+        return
+    except KafkaTimeoutError:
+        pass
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
+    try:
+        producer.close(timeout=0)
+    except KafkaTimeoutError:  # nothing more can be done: the report still names the first line not acknowledged
+        pass
+
+
+def _flush_until_failure(producer: KafkaProducer, stopped: threading.Event) -> None:
+    """Wait for every queued send, but return at the first failure (so the rest can be aborted)."""
+    from kafka.errors import KafkaTimeoutError
+
+    while not stopped.is_set():
+        try:
+            producer.flush(timeout=0.5)
+            return
+        except KafkaTimeoutError:
+            continue

@@ -45,7 +45,9 @@ class WorkerBusy(QueryError):
 
 class DirectReader:
     def __init__(self, settings: Settings, free_quota: int) -> None:
-        self.client = connect(settings.clickhouse_url)
+        from pipeline.chcluster import client_options
+
+        self.client = connect(settings.clickhouse_url, client_options(settings, settings.clickhouse_url))  # TLS, cluster reads
         self.free_quota = free_quota
 
     def bills(self, account: str | None, start: str | None, end: str | None) -> list[Row]:

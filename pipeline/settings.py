@@ -18,7 +18,7 @@ class Settings:
     topic_prefix: str = "billing"
     partitions: int = 4
     app_id: str = "billing-worker"
-    log_epoch: str = "kafka"  # a durable Kafka log keeps its offsets; `billing up` sets its own
+    log_epoch: str = "auto"  # auto: the topic's cluster id and topic id (pipeline/logidentity.py); `billing up` sets its own
     batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
     write_records: int = 50_000  # records folded and written to ClickHouse as one unit (bounds memory)
     batch_within_s: float = 0.2
@@ -32,6 +32,26 @@ class Settings:
     max_cached_accounts: int = 100_000  # account states kept in a worker's memory between batches
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
+    # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
+    # deploy/ sets the production values.
+    create_topics: bool = True  # False: topics come from the topics step; a worker only checks them
+    topic_replication: int = 0  # 0: the broker's default, unchecked; >0: created with it and required
+    topic_min_insync: int = 0  # 0: unchecked; >0: min.insync.replicas set and required
+    migrate_on_start: bool = True  # False: a worker only verifies the schema version (`billing migrate` applies it)
+    clickhouse_cluster: bool = False  # sharded/replicated ClickHouse: cluster DDL, quorum and synchronous inserts
+    clickhouse_ca_file: str | None = None  # CA bundle for an https:// ClickHouse URL
+    clickhouse_verify: bool = True  # verify the ClickHouse server's certificate
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str | None = None  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_session_timeout_s: int = 6  # Tansu holds a JoinGroup for half of it (DESIGN §7); 45 in deploy/
+    kafka_heartbeat_s: int = 1
+    kafka_rebalance_timeout_s: int = 6
+    kafka_request_timeout_s: int = 30  # producer delivery and admin requests (Faust's default is 1200 s)
+    kafka_idempotent: bool = False  # Tansu does not answer InitProducerId; on in deploy/
+    input_topic_name: str | None = None  # None: <prefix>.input; a grown topic after a drained switch-over
 
     @property
     def clickhouse_url(self) -> str:
@@ -39,7 +59,7 @@ class Settings:
 
     @property
     def input_topic(self) -> str:
-        return f"{self.topic_prefix}.input"
+        return self.input_topic_name or f"{self.topic_prefix}.input"
 
     @property
     def violations_topic(self) -> str:
@@ -156,7 +176,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         topic_prefix=_name("BILLING_TOPIC_PREFIX", env.get("BILLING_TOPIC_PREFIX"), "billing", _TOPIC_CHARS),
         partitions=_int("BILLING_PARTITIONS", env.get("BILLING_PARTITIONS"), 4, 1, 10_000),
         app_id=_name("BILLING_APP_ID", env.get("BILLING_APP_ID"), "billing-worker", _TOPIC_CHARS),
-        log_epoch=_name("BILLING_LOG_EPOCH", env.get("BILLING_LOG_EPOCH"), "kafka"),
+        log_epoch=_name("BILLING_LOG_EPOCH", env.get("BILLING_LOG_EPOCH"), "auto"),
         batch_size=_int("BILLING_BATCH_SIZE", env.get("BILLING_BATCH_SIZE"), 1000, 1),
         write_records=_int("BILLING_WRITE_RECORDS", env.get("BILLING_WRITE_RECORDS"), 50_000, 1),
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
@@ -168,6 +188,25 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), 0, 0, 65_535),
         auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), True),
         log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), "text", LOG_FORMATS),
+        create_topics=_bool("BILLING_CREATE_TOPICS", env.get("BILLING_CREATE_TOPICS"), True),
+        topic_replication=_int("BILLING_TOPIC_REPLICATION", env.get("BILLING_TOPIC_REPLICATION"), 0, 0, 100),
+        topic_min_insync=_int("BILLING_TOPIC_MIN_INSYNC", env.get("BILLING_TOPIC_MIN_INSYNC"), 0, 0, 100),
+        migrate_on_start=_bool("BILLING_MIGRATE_ON_START", env.get("BILLING_MIGRATE_ON_START"), True),
+        clickhouse_cluster=_bool("BILLING_CLICKHOUSE_CLUSTER", env.get("BILLING_CLICKHOUSE_CLUSTER"), False),
+        clickhouse_ca_file=env.get("BILLING_CLICKHOUSE_CA_FILE") or None,
+        clickhouse_verify=_bool("BILLING_CLICKHOUSE_VERIFY", env.get("BILLING_CLICKHOUSE_VERIFY"), True),
+        kafka_security_protocol=_choice("BILLING_KAFKA_SECURITY_PROTOCOL", env.get("BILLING_KAFKA_SECURITY_PROTOCOL"), "PLAINTEXT",
+                                        ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
+        kafka_sasl_mechanism=env.get("BILLING_KAFKA_SASL_MECHANISM") or None,
+        kafka_sasl_username=env.get("BILLING_KAFKA_SASL_USERNAME") or None,
+        kafka_sasl_password=env.get("BILLING_KAFKA_SASL_PASSWORD"),
+        kafka_ssl_cafile=env.get("BILLING_KAFKA_SSL_CAFILE") or None,
+        kafka_session_timeout_s=_int("BILLING_KAFKA_SESSION_TIMEOUT_S", env.get("BILLING_KAFKA_SESSION_TIMEOUT_S"), 6, 1),
+        kafka_heartbeat_s=_int("BILLING_KAFKA_HEARTBEAT_S", env.get("BILLING_KAFKA_HEARTBEAT_S"), 1, 1),
+        kafka_rebalance_timeout_s=_int("BILLING_KAFKA_REBALANCE_TIMEOUT_S", env.get("BILLING_KAFKA_REBALANCE_TIMEOUT_S"), 6, 1),
+        kafka_request_timeout_s=_int("BILLING_KAFKA_REQUEST_TIMEOUT_S", env.get("BILLING_KAFKA_REQUEST_TIMEOUT_S"), 30, 1),
+        input_topic_name=env.get("BILLING_INPUT_TOPIC") or None,
+        kafka_idempotent=_bool("BILLING_KAFKA_IDEMPOTENT", env.get("BILLING_KAFKA_IDEMPOTENT"), False),
     )
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         name = "--data-dir" if data_dir else "BILLING_DATA_DIR"

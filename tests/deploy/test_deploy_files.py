@@ -197,15 +197,19 @@ def assert_env_read_by_settings(env: dict[str, str], where: str, monkeypatch: py
     baseline = load_settings()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-        load_settings()  # the manifest's value is accepted (e.g. an integer where one is needed)
-        if value.isdigit():
+        as_set = load_settings()  # the manifest's value is accepted (e.g. an integer where one is needed)
+        if value in ("0", "1"):
+            mutated = {"0": "1", "1": "0"}[value]
+        elif value.isdigit():
             mutated = str(int(value) + 1)
         elif re.fullmatch(r"[\w.-]+:\d+(,[\w.-]+:\d+)*", value):  # Kafka bootstrap servers: another host, still valid
             mutated = "x" + value
         else:
             mutated = value + "-x"
         monkeypatch.setenv(name, mutated)
-        assert load_settings() != baseline, f"{where}: {name} is set but load_settings() ignores it"
+        # a switch ("0"/"1") is read if flipping it changes the settings; anything else if it moves them off the defaults
+        changed = load_settings() != as_set if value in ("0", "1") else load_settings() != baseline
+        assert changed, f"{where}: {name} is set but load_settings() ignores it"
         monkeypatch.delenv(name)
 
 
@@ -522,9 +526,28 @@ def test_compose_config_validates_if_a_compose_tool_is_installed(tmp_path):
 # =============================================================================================
 
 STUB = """#!/usr/bin/env bash
+# A broker that keeps the configs it is given (--alter --add-config), except those in STUB_OVERRIDE
+# (what it refused, or an older topic's values), and reports them on --describe.
 echo "$(basename "$0") $*" >> "$STUB_LOG"
+args=("$@")
+entity="" add=""
+for i in "${!args[@]}"; do
+  case "${args[$i]}" in
+    --entity-name) entity="${args[$((i + 1))]}" ;;
+    --add-config) add="${args[$((i + 1))]}" ;;
+  esac
+done
+if [[ "$(basename "$0")" == kafka-configs.sh && -n "$add" ]]; then
+  echo "$add" > "$STUB_LOG.$entity"
+fi
 if [[ " $* " == *" --describe "* ]]; then
-  printf 'Topic: x\\tTopicId: abc\\tPartitionCount: %s\\tReplicationFactor: 1\\tConfigs:\\n' "$STUB_PARTITIONS"
+  if [[ "$(basename "$0")" == kafka-configs.sh ]]; then
+    printf 'All configs for topic %s are:\\n' "$entity"
+    for kv in $(tr ',' ' ' < "$STUB_LOG.$entity") ${STUB_OVERRIDE//,/ }; do printf '  %s sensitive=false synonyms={}\\n' "$kv"; done \\
+      | tac | awk -F= '!seen[$1]++' | tac
+  else
+    printf 'Topic: x\\tTopicId: abc\\tPartitionCount: %s\\tReplicationFactor: %s\\tConfigs:\\n' "$STUB_PARTITIONS" "${STUB_REPLICATION:-3}"
+  fi
 fi
 """
 
@@ -547,25 +570,41 @@ def run_topics_script(tmp_path: Path, partitions_on_broker: str, **env: str) -> 
 def script_topic_configs() -> dict[str, dict[str, str]]:
     text = (K8S / "create-topics.sh").read_text(encoding="utf-8")
     return {suffix: dict(kv.split("=", 1) for kv in configs.split(","))
-            for suffix, configs in re.findall(r'^ensure_topic "\$prefix\.([\w.-]+)" "([^"]+)"', text, re.M)}
+            for suffix, configs in re.findall(r'^ensure_topic "\$(?:prefix\.([\w.-]+)|input)" "([^"]+)"', text, re.M)
+            for suffix in [suffix or "input"]}
 
 
 def test_topics_script_creates_input_topic_with_its_configs(tmp_path):
     assert subprocess.run(["bash", "-n", str(K8S / "create-topics.sh")], timeout=10).returncode == 0
-    result, calls = run_topics_script(tmp_path, "4", TOPICS_BOOTSTRAP="kafka:9092")
+    result, calls = run_topics_script(tmp_path, "24", TOPICS_BOOTSTRAP="kafka:9092")
     assert result.returncode == 0, result.stderr
     create = next(c for c in calls if "--create" in c and "--topic billing.input " in c + " ")
-    assert "--bootstrap-server kafka:9092" in create and "--partitions 4" in create
-    for config in ("retention.ms=-1", "message.timestamp.type=LogAppendTime"):
+    assert "--bootstrap-server kafka:9092" in create and "--partitions 24" in create and "--replication-factor 3" in create
+    for config in ("retention.ms=-1", "message.timestamp.type=LogAppendTime", "min.insync.replicas=2",
+                   "unclean.leader.election.enable=false"):
         assert f"--config {config}" in create
-    alter = next(c for c in calls if c.startswith("kafka-configs.sh") and "--entity-name billing.input" in c)
-    assert "retention.ms=-1" in alter and "message.timestamp.type=LogAppendTime" in alter
+    alter = next(c for c in calls if c.startswith("kafka-configs.sh") and "--alter" in c and "--entity-name billing.input" in c)
+    assert "retention.ms=-1" in alter and "message.timestamp.type=LogAppendTime" in alter and "min.insync.replicas=2" in alter
+    assert any("--describe --all" in c and "--entity-name billing.rate-violations" in c for c in calls)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"STUB_OVERRIDE": "min.insync.replicas=1"}, "min.insync.replicas=1, required 2"),
+    ({"STUB_OVERRIDE": "unclean.leader.election.enable=true"}, "unclean.leader.election.enable=true, required false"),
+    ({"STUB_OVERRIDE": "retention.ms=604800000"}, "billing.input has retention.ms=604800000"),
+    ({"STUB_REPLICATION": "1"}, "replication factor 1, required 3"),
+    ({"TOPIC_MIN_INSYNC_REPLICAS": "3"}, "must be below the replication factor 3"),
+])
+def test_topics_script_fails_loudly_on_a_topic_weaker_than_required(tmp_path, env, message):
+    """The broker keeps what it was given: a config it refused or an older topic is caught."""
+    result, _ = run_topics_script(tmp_path, "24", TOPICS_BOOTSTRAP="kafka:9092", **env)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_topics_script_fails_on_wrong_partition_count_or_missing_bootstrap(tmp_path):
     result, _ = run_topics_script(tmp_path, "3", TOPICS_BOOTSTRAP="kafka:9092")
-    assert result.returncode != 0 and "expected 4" in result.stderr
-    result, calls = run_topics_script(tmp_path, "4")
+    assert result.returncode != 0 and "expected 24" in result.stderr
+    result, calls = run_topics_script(tmp_path, "24")
     assert result.returncode != 0 and not calls
 
 
@@ -596,7 +635,7 @@ def test_compose_topic_init_matches_workers():
     env = compose_env(init)
     worker_env = compose_env(services["worker"])
     assert env["TOPICS_BOOTSTRAP"] == worker_env["BILLING_KAFKA"]
-    assert env["TOPIC_PARTITIONS"] == worker_env.get("BILLING_PARTITIONS", "4") == "4"
+    assert env["TOPIC_PARTITIONS"] == worker_env.get("BILLING_PARTITIONS", "4") == "12"
     assert env["TOPIC_PREFIX"] == worker_env.get("BILLING_TOPIC_PREFIX", "billing")
     mounts = [v.split(":") for v in init["volumes"]]
     assert any((COMPOSE.parent / src).resolve() == (K8S / "create-topics.sh").resolve() for src, *_ in mounts)
@@ -630,7 +669,9 @@ def test_k8s_files_parse_and_kustomization_lists_them():
         assert any(d["kind"] == kind for d in docs), f"no {kind}"
     assert not any(d["kind"] == "Secret" for d in docs), "a Secret with a placeholder must not be applied by kustomize"
     secret = k8s_docs(K8S / "secret.example.yaml")
-    assert len(secret) == 1 and secret[0]["kind"] == "Secret"
+    assert all(doc["kind"] == "Secret" for doc in secret)
+    # the workers' ClickHouse user, the migrate Job's DDL user, the Kafka SASL password
+    assert [doc["metadata"]["name"] for doc in secret] == ["billing-clickhouse", "billing-clickhouse-ddl", "billing-kafka"]
 
 
 def _validate_strict(docs: list[dict]) -> None:
@@ -748,7 +789,7 @@ def test_k8s_jobs_migrate_and_topics():
     env = container_env(tc, docs)  # raises KeyError if a configMapKeyRef points nowhere
     config = configmap_data(docs, "billing-config")
     assert env["TOPICS_BOOTSTRAP"] == config["BILLING_KAFKA"]
-    assert env["TOPIC_PARTITIONS"] == config["BILLING_PARTITIONS"] == "4"
+    assert env["TOPIC_PARTITIONS"] == config["BILLING_PARTITIONS"] == "24"
     assert "create-topics.sh" in " ".join(tc["command"])
     generated = {g["name"] for g in kustomization().get("configMapGenerator", [])}
     assert all(v["configMap"]["name"] in generated for v in pod_spec(topics)["volumes"] if "configMap" in v)
@@ -816,7 +857,12 @@ def test_cluster_engines_paths_and_sharding():
     single, _, _ = parse_ddl(SINGLE_DDL_DIR)
     cluster, _, statements = parse_ddl(CLUSTER_DDL_DIR)
     for s in statements:
-        assert re.match(r"CREATE (TABLE|VIEW|DATABASE) IF NOT EXISTS \w+ ON CLUSTER '\{cluster\}'", s), f"not ON CLUSTER: {s[:80]}"
+        assert re.match(r"CREATE (TABLE|VIEW|DATABASE) IF NOT EXISTS \w+ ON CLUSTER '\{cluster\}'", s) or re.match(
+            r"ALTER TABLE \w+_local ON CLUSTER '\{cluster\}' MODIFY TTL ", s), f"not ON CLUSTER: {s[:80]}"
+    # a TTL set on a single-server table is set on the cluster's local tables, with the same expression
+    single_alters = [s for p in sorted(SINGLE_DDL_DIR.glob("*.sql")) for s in gen_cluster_ddl.ddl_statements(p) if s.startswith("ALTER")]
+    cluster_alters = [s for s in statements if s.startswith("ALTER")]
+    assert [re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1_local ON CLUSTER '{cluster}' ", s) for s in single_alters] == cluster_alters
     for name, table in single.items():
         local, dist = cluster[f"{name}_local"], cluster[name]
         assert local.engine == "Replicated" + table.engine, f"{name}_local: {local.engine}"
