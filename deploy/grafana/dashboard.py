@@ -25,7 +25,8 @@ JOB = 'job="billing-worker"'
 
 @attr.s
 class ClickHouseTarget:
-    """A query of the grafana-clickhouse-datasource plugin (SQL; format 0 = time series, 1 = table)."""
+    """A query of the grafana-clickhouse-datasource plugin v4: SQL editor, queryType `timeSeries` or `table`
+    (its src/types/sql.ts); `format` 0/1 for the versions before it."""
 
     rawSql: str = attr.ib()
     refId: str = attr.ib(default="A")
@@ -33,7 +34,7 @@ class ClickHouseTarget:
 
     def to_json_data(self) -> dict[str, Any]:
         return {"datasource": {"type": "grafana-clickhouse-datasource", "uid": CLICKHOUSE}, "editorType": "sql",
-                "format": self.format, "queryType": "timeseries" if self.format == 0 else "table", "rawSql": self.rawSql,
+                "format": self.format, "queryType": "timeSeries" if self.format == 0 else "table", "rawSql": self.rawSql,
                 "refId": self.refId}
 
 
