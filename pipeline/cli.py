@@ -619,6 +619,10 @@ EXAMPLES = {
     "rebill": "example:\n  billing rebill --from 2024-07-01T00:00:00+08:00 --to 2024-07-02T00:00:00+08:00 --catalog fixed.json --dry-run",
     "migrate": "example:\n  BILLING_CLICKHOUSE=http://billing:PASS@clickhouse:8123/billing billing migrate",
     "reasons": "example:\n  billing reasons --format csv",
+    "sql": "examples:\n  billing sql \"SELECT account_id, sum(amount) AS amount FROM monthly_bills GROUP BY account_id ORDER BY amount DESC\"\n"
+           "  billing sql --param acc=1001 --format csv < query.sql",
+    "console": "example:\n  BILLING_CLICKHOUSE=https://billing:PASS@clickhouse:8443/billing BILLING_API_TOKEN=... billing console --host 0.0.0.0",
+    "drained": "example:\n  billing drained --topic billing.input --timeout 600 && kubectl rollout restart deployment/billing-worker",
 }
 
 

@@ -42,10 +42,10 @@ class Progress:
             self.total = total
         now = time.monotonic()
         if self.tty:
-            if self._bar is None and now - self.started >= SHOW_AFTER_S:
-                self._start_bar()
+            if self._bar is None and self.stream is not None and now - self.started >= SHOW_AFTER_S:
+                self._guarded(self._start_bar)
             if self._bar is not None:
-                self._bar.update(self._task, completed=count, total=self.total)
+                self._guarded(lambda: self._bar.update(self._task, completed=count, total=self.total))
         elif now - self._last >= self.every_s:
             self._last = now
             if not write_or_drop(self.stream, self.line() + "\n"):
@@ -53,8 +53,8 @@ class Progress:
 
     def done(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.count, total=self.total)
-            self._stop_bar()
+            self._guarded(lambda: self._bar.update(self._task, completed=self.count, total=self.total))
+            self._guarded(self._stop_bar)
         elif not self.tty and time.monotonic() - self.started >= SHOW_AFTER_S:
             if not write_or_drop(self.stream, self.line() + "\n"):
                 self.stream = None
@@ -72,6 +72,22 @@ class Progress:
         if self.total and rate > 0 and self.count < self.total:
             text += f", ETA {_duration((self.total - self.count) / rate)}"
         return text
+
+    def _guarded(self, draw: Any) -> None:
+        """Draw the bar; a terminal whose reader left (EPIPE) or was closed ends the bar and the
+        line for good, never the work the bar reports on."""
+        try:
+            draw()
+        except (OSError, ValueError, SystemExit):
+            bar, self._bar = self._bar, None
+            self.stream = None
+            if bar is not None:
+                try:
+                    bar.stop()
+                except Exception:  # rich half-started (its own redirects left as they were)
+                    pass
+                except SystemExit:
+                    pass
 
     def _start_bar(self) -> None:
         from rich.console import Console

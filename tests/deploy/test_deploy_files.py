@@ -671,7 +671,8 @@ def test_k8s_files_parse_and_kustomization_lists_them():
     secret = k8s_docs(K8S / "secret.example.yaml")
     assert all(doc["kind"] == "Secret" for doc in secret)
     # the workers' ClickHouse user, the migrate Job's DDL user, the Kafka SASL password
-    assert [doc["metadata"]["name"] for doc in secret] == ["billing-clickhouse", "billing-clickhouse-ddl", "billing-kafka"]
+    # ... and the API token with the control key (docs/security.md)
+    assert [doc["metadata"]["name"] for doc in secret] == ["billing-clickhouse", "billing-clickhouse-ddl", "billing-kafka", "billing-keys"]
 
 
 def _validate_strict(docs: list[dict]) -> None:
@@ -731,9 +732,9 @@ def test_k8s_worker_deployment_probes_resources_and_secret():
     assert env.get("BILLING_API_HOST") == "0.0.0.0", "probes reach the pod IP: the API must not listen on 127.0.0.1 only"
     api_port = int(env["BILLING_API_PORT"])
     ports = {p.get("name"): p["containerPort"] for p in container["ports"]}
-    for probe_name in ("livenessProbe", "readinessProbe"):
+    for probe_name, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):  # readyz: also ClickHouse answers
         probe = container[probe_name]["httpGet"]
-        assert probe["path"] == "/healthz"
+        assert probe["path"] == path
         port = probe["port"]
         resolved = ports[port] if isinstance(port, str) else port
         assert resolved == api_port, f"{probe_name} checks port {resolved}, the worker listens on {api_port}"
@@ -771,7 +772,9 @@ def test_k8s_env_vars_are_read_by_settings(monkeypatch):
     for doc, container in containers:
         env = {k: v for k, v in container_env(container, docs).items()}
         secret_backed = {k for k, v in env.items() if v.startswith("<secret:")}
-        assert_env_read_by_settings({k: (v if k not in secret_backed else "http://u:p@h:8123/db") for k, v in env.items()},
+        # a stand-in for each secret: a URL for the ClickHouse URL, a long random-looking key for the others
+        stand_in = {k: "http://u:p@h:8123/db" if "CLICKHOUSE" in k else "s3cr3t-" + "0123456789abcdef" * 3 for k in secret_backed}
+        assert_env_read_by_settings({k: stand_in.get(k, v) for k, v in env.items()},
                                     f"{doc['kind']} {doc['metadata']['name']}", monkeypatch)
 
 
