@@ -22,7 +22,7 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import faust
 
@@ -31,6 +31,7 @@ from pipeline.batching import take_batches
 from pipeline.catalog import load_catalog
 from pipeline.chclient import ClickHouseUnavailable, connect, migrate, preload_insert_support
 from pipeline.processor import BatchProcessor, BatchResult, EarlierWriteFailed, Message, OffsetGap
+from pipeline.rawbatches import RawBatch, RawBatches, raw_batches_enabled
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
 from pipeline.topics import ensure_all
@@ -63,6 +64,11 @@ def leave_group_at_generation_zero() -> None:
     gc.GroupCoordinator._billing_patched = True
 
 
+async def _ack_events(stream: faust.StreamT, events: list[Any]) -> None:
+    for event in events:
+        await stream.ack(event)
+
+
 class Worker:
     """One `billing worker`: the Faust app, its processor and its query API."""
 
@@ -73,7 +79,7 @@ class Worker:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self.client = self._db.submit(self._open_clickhouse).result()
         self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick,
-                                        write_records=settings.write_records)
+                                        write_records=settings.write_records, max_states=settings.state_cache)
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()
@@ -140,12 +146,18 @@ class Worker:
         self.status_topic = app.topic(s.status_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         self.violations_topic = app.topic(s.violations_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         worker = self
+        # records in raw batches from Faust's consumer, not one event each (pipeline/rawbatches.py)
+        raw = RawBatches(app, s.input_topic, 2 * s.write_records, s.batch_within_s) if raw_batches_enabled() else None
 
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:
             try:
-                async for events in take_batches(stream, s.batch_size, s.batch_within_s, auto_ack=False):
-                    await worker.handle(stream, events)
+                if raw is not None:
+                    async for batch in raw.batches():
+                        await worker.handle_raw(raw, batch)
+                else:
+                    async for events in take_batches(stream, s.batch_size, s.batch_within_s, auto_ack=False):
+                        await worker.handle(stream, events)
             except Exception as exc:
                 # Faust would restart the agent and drop the events in flight (the offset-gap
                 # check then stops us anyway): stop loudly at the cause instead.
@@ -174,13 +186,23 @@ class Worker:
         """Process a batch and leave its completion (last write, outputs, acks) to a task, so that
         the next batch starts beside that write."""
         messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+        await self._handle(messages, functools.partial(_ack_events, stream, events))
+
+    async def handle_raw(self, raw: RawBatches, batch: RawBatch) -> None:
+        """`handle` for a raw batch (pipeline/rawbatches.py): acknowledged into Faust's consumer at once."""
+        async def acknowledge() -> None:
+            raw.ack(batch)
+
+        await self._handle(batch.messages, acknowledge)
+
+    async def _handle(self, messages: list[Message], acknowledge: Callable[[], Awaitable[None]]) -> None:
         if self.first_batch_at is None and messages:
             self.first_batch_at = time.time()
         # a batch whose last write failed is processed again before anything after it (the failure
         # may already be cleared in the processor, so the processor alone cannot tell this batch)
         await self._nothing_owed.wait()
         result = await self.process(messages, leave_last_write=True)
-        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing))
+        self._completing = asyncio.ensure_future(self._complete(acknowledge, messages, result, self._completing))
 
     async def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Process a batch, retrying with backoff until it is applied (ClickHouse down, disk full:
@@ -212,7 +234,7 @@ class Worker:
         self.stats["batch_failures"] += 1
         log.warning("batch of %d messages not written (%s); retrying in %.1fs", messages, str(exc)[:300], delay)
 
-    async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
+    async def _complete(self, acknowledge: Callable[[], Awaitable[None]], messages: list[Message], result: BatchResult,
                         previous: asyncio.Future[None] | None) -> None:
         """Once the batch's last write is in (after the batches before it): its outputs, then its
         acknowledgements, so that an offset is committed only for a batch billed and announced."""
@@ -231,8 +253,7 @@ class Worker:
                     self._nothing_owed.set()
             self._account(messages, result)
             await self.publish_outputs(result)
-            for event in events:
-                await stream.ack(event)
+            await acknowledge()
         except Exception as exc:
             log.critical("billing agent failed completing a batch: %r", exc)
             await self.app.crash(exc)

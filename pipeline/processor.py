@@ -191,8 +191,10 @@ class WriteBehind:
 class BatchProcessor:
     """Owns the in-memory account states of the partitions this worker holds."""
 
-    def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True, write_records: int = 50_000) -> None:
+    def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True, write_records: int = 50_000,
+                 max_states: int = 200_000) -> None:
         self.client = client
+        self.max_states = max(max_states, 1)  # account states kept in memory between batches (`_evict`)
         self.write_records = max(write_records, 1)
         self.catalog = catalog
         self.epoch = epoch
@@ -309,6 +311,7 @@ class BatchProcessor:
             self.forget(touched | earlier_touched)
             raise
         self._prune(touched)
+        self._evict(touched)
         result.write_wait_s = behind.waited_s
         if leave_last_write:
             result.written = self._last_write = behind.detach()
@@ -438,17 +441,21 @@ class BatchProcessor:
         minutes: set[tuple[str, int]] = set()
         for acc in seqs:
             known_hours, known_minutes = self._hours[acc], self._minutes[acc]
+            # every line and window stored for the account starts at or before its clock (a record
+            # makes them at its own time; a rebill's lines at or before its record's): a later hour
+            # or minute has none to load, which is every call of an account in time order
+            clock = self.states[acc].max_ts_us
             for _, _, rec in pending[acc]:
                 if isinstance(rec, Invalid):
                     continue
                 wanted[(acc, rec.identity)] = rec.identity_hash
                 if isinstance(rec, Usage):
                     hour = hour_start(rec.ts_us)
-                    if hour not in known_hours:
+                    if hour <= clock and hour not in known_hours:
                         hours.add((acc, hour))
                     if rec.channel == "api":
                         minute = rec.ts_us - rec.ts_us % US_PER_MINUTE
-                        if minute not in known_minutes:
+                        if minute <= clock and minute not in known_minutes:
                             minutes.add((acc, minute))
                 else:
                     hours.update((acc, hour) for hour in _rebilled_hours(rec) if hour not in known_hours)
@@ -517,6 +524,27 @@ class BatchProcessor:
                 self._ticked[acc] = watermark
                 ticks.append((acc, watermark))
         return ticks
+
+    def _evict(self, touched: set[str]) -> None:
+        """Keep at most `max_states` accounts in memory, the least recently touched leaving first: a
+        million accounts' states do not fit a worker, and an evicted one is reloaded from its
+        snapshot when it next has a record (after any write in flight: reads wait for writes).
+        With auto ticks on, an account with open hours stays until they are settled: only states
+        in memory are ticked."""
+        for acc in touched:  # most recently touched last
+            self.states[acc] = self.states.pop(acc)
+        excess = len(self.states) - self.max_states
+        if excess <= 0:
+            return
+        victims: list[str] = []
+        for acc, state in self.states.items():
+            if len(victims) >= excess:
+                break
+            if acc not in touched and not (self.auto_tick and state.open_hours):
+                victims.append(acc)
+        self.forget(victims)
+        for acc in victims:
+            self._ticked.pop(acc, None)
 
     def _prune(self, touched: Iterable[str]) -> None:
         """Keep only recent hours and minutes in memory; older ones are reloaded on demand."""
