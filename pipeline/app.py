@@ -147,7 +147,7 @@ class Worker:
         self.violations_topic = app.topic(s.violations_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         worker = self
         # records in raw batches from Faust's consumer, not one event each (pipeline/rawbatches.py)
-        raw = RawBatches(app, s.input_topic, 2 * s.write_records, s.batch_within_s) if raw_batches_enabled() else None
+        raw = RawBatches(app, s.input_topic, s.write_records, s.batch_within_s) if raw_batches_enabled() else None
 
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:

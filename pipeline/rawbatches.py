@@ -89,7 +89,7 @@ class RawBatches:
         self.max_records = max(1, max_records)
         self.within = within
         self.settle = settle
-        self.max_buffered = max_buffered or 2 * self.max_records
+        self.max_buffered = max_buffered or self.max_records  # one batch ahead: a worker's memory stays bounded
         self._chunks: deque[tuple[int, Any, list[Any], int]] = deque()  # (generation, tp, aiokafka records, records held)
         self._buffered = 0  # records in _chunks
         self._grew = asyncio.Event()

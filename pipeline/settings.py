@@ -21,7 +21,7 @@ class Settings:
     batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
     write_records: int = 50_000  # records folded and written to ClickHouse as one unit (bounds memory)
     batch_within_s: float = 0.2
-    state_cache: int = 200_000  # account states kept in memory between batches (processor._evict)
+    state_cache: int = 100_000  # account states kept in memory between batches (processor._evict): about 3 KB each
     auto_tick: bool = True  # settle idle accounts as their partition's event time moves on
     api_host: str = "127.0.0.1"
     api_port: int = 0  # 0: a free port
@@ -73,7 +73,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         log_epoch=env.get("BILLING_LOG_EPOCH", "kafka"),
         batch_size=_env_int("BILLING_BATCH_SIZE", 1000),
         write_records=_env_int("BILLING_WRITE_RECORDS", 50_000),
-        state_cache=_env_int("BILLING_STATE_CACHE", 200_000),
+        state_cache=_env_int("BILLING_STATE_CACHE", 100_000),
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_port=_env_int("BILLING_API_PORT", 0),
         auto_tick=env.get("BILLING_AUTO_TICK", "1").lower() not in ("0", "false", "no", "off"),
