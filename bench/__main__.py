@@ -53,7 +53,8 @@ from pipeline import CORE_BUILD
 PHASES = ("pipeline", "publish_and_process", "single_8", "gw_100k", "gw_1m", "raw", "naive", "fold", "processor", "rebill", "latency",
           "history")
 NEEDS_RECORDS_IN_STACK = ("pipeline", "publish_and_process", "raw", "naive", "rebill")
-GATEWAY_PHASES = ("single_8", "gw_100k", "gw_1m", "history")  # one record per message, plain producer (bench/gateway.py)
+SHAPE_PHASES = ("single_8", "gw_100k", "gw_1m")
+GATEWAY_PHASES = (*SHAPE_PHASES, "history")  # one record per message, plain producer (bench/gateway.py)
 SINGLE_SEED_OFFSET = 2000  # single_8: the (d) workload's shape, fresh accounts, one record per message
 SECOND_SEED_OFFSET = 1000  # publish_and_process: a fresh workload, new accounts and event ids
 PROFILE_HZ = 200
@@ -603,7 +604,7 @@ class Bench:
         r["ratio_pipeline_to_raw"] = ratio("pipeline_rps", "raw_consumer_rps")
         r["ratio_pipeline_to_naive"] = ratio("pipeline_rps", "naive_faust_rps")
         r["ratio_fold_to_raw"] = ratio("fold_rps", "raw_consumer_rps")
-        for name in GATEWAY_PHASES:
+        for name in SHAPE_PHASES:
             r[f"ratio_{name}_to_naive"] = ratio(f"{name}_rps", "naive_faust_rps")
             if name in r["shapes"]:
                 r["shapes"][name]["ratio_to_naive"] = r[f"ratio_{name}_to_naive"]

@@ -88,9 +88,8 @@ class StrArrayParam:
     A unit of single-record messages binds one account id per record (load_states, load_seen)."""
 
     def __init__(self, values: list[str]) -> None:
-        joined = "','".join(values)
-        self.fallback = values if _NEEDS_ESCAPE.search(joined) else None
-        self.text = "['" + joined + "']" if values else "[]"
+        self.fallback = values if _NEEDS_ESCAPE.search("".join(values)) else None
+        self.text = "['" + "','".join(values) + "']" if values else "[]"
 
     def __str__(self) -> str:
         return self.text
