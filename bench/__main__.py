@@ -44,14 +44,18 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import fold_bench, latency, naive_faust, processor_bench, profile, raw_consumer
+from bench import fold_bench, gateway, latency, naive_faust, processor_bench, profile, raw_consumer
 from bench.calibrate import machine_speed
 from bench.procs import cpu_delta, cpu_snapshot, loadavg, log, stop_all
 from bench.stack import BillingStack, HealthSampler, WorkerStart, find_py_spy
 from pipeline import CORE_BUILD
 
-PHASES = ("pipeline", "publish_and_process", "raw", "naive", "fold", "processor", "rebill", "latency")
+PHASES = ("pipeline", "publish_and_process", "single_8", "gw_100k", "gw_1m", "raw", "naive", "fold", "processor", "rebill", "latency",
+          "history")
 NEEDS_RECORDS_IN_STACK = ("pipeline", "publish_and_process", "raw", "naive", "rebill")
+SHAPE_PHASES = ("single_8", "gw_100k", "gw_1m")
+GATEWAY_PHASES = (*SHAPE_PHASES, "history")  # one record per message, plain producer (bench/gateway.py)
+SINGLE_SEED_OFFSET = 2000  # single_8: the (d) workload's shape, fresh accounts, one record per message
 SECOND_SEED_OFFSET = 1000  # publish_and_process: a fresh workload, new accounts and event ids
 PROFILE_HZ = 200
 PROFILE_TOP = 25
@@ -59,7 +63,12 @@ TARGETS = {  # key: (comparison, threshold, what the issue asks)
     "pipeline_rps": (">=", 20_000, "(d) >= 20,000 records/s per worker"),
     "ratio_pipeline_to_naive": (">=", 10, "(d) >= 10x (b)"),
     "fold_rps": (">=", 200_000, "(c) >= 200,000 records/s"),
-    "latency_p99_s": ("<", 3.0, "publish->queryable p99 < 3 s at 2,000 records/s offered"),
+    "latency_p99_s": ("<", 1.0, "publish->queryable p99 < 1 s at 2,000 single-record messages/s from the gw_100k accounts"),
+    "gw_100k_rps": (">=", 30_000, "single-record messages from 100,000 accounts >= 30,000 records/s per worker"),
+    "ratio_gw_100k_to_naive": (">=", 10, "gw_100k >= 10x (b)"),
+    "ratio_gw_1m_to_gw_100k": (">=", 0.8, "gw_1m >= 80% of gw_100k"),
+    "ratio_history_last_to_first_million": (">=", 0.8, "the long history's last million within 20% of its first"),
+    "worker_rss_max_mib": ("<", 1536, "worker RSS under 1.5 GiB throughout"),
 }
 
 
@@ -72,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the steady-load latency phase (default 30)")
     parser.add_argument("--offered-rps", type=float, default=2000.0, help="offered load of the latency phase (default 2000)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
+    parser.add_argument("--history", type=int, default=0, metavar="N",
+                        help="also run the long history: N single-record messages (e.g. 10000000) from 100,000 accounts over a "
+                             "month of event time, produced before one worker drains them; throughput and RSS per million")
+    parser.add_argument("--gateway-records-per-account", type=float, default=2.0,
+                        help="gw_100k / gw_1m: records per account (default 2: every account once, as many again by Zipf)")
     parser.add_argument("--naive-timeout", type=float, default=900.0, help="give up on the naive Faust app after S seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (logs, ClickHouse)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="run the worker of (d) under py-spy (raw samples to "
@@ -83,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown phases in --skip: {', '.join(sorted(unknown))} (known: {', '.join(PHASES)})")
     if args.records < 1:
         parser.error("--records must be positive")
+    if args.history <= 0:
+        args.skip.add("history")
     return args
 
 
@@ -99,12 +115,20 @@ class Bench:
             "cpu_count": os.cpu_count(), "python_version": platform.python_version(),
             "core": CORE_BUILD.label, "worker_core": None,  # the compiled core or the Python sources (setup.py)
             "machine_speed_start": None, "machine_speed_end": None,  # bench/calibrate.py
+            # one record per message from a plain aiokafka producer (bench/gateway.py): records/s from
+            # the first batch of a worker started on the published records to queryable, as (d)
+            "single_8_rps": None, "gw_100k_rps": None, "gw_1m_rps": None,
+            "ratio_single_8_to_naive": None, "ratio_gw_100k_to_naive": None, "ratio_gw_1m_to_naive": None,
+            "ratio_gw_1m_to_gw_100k": None, "worker_rss_max_mib": None,
+            "history_records": None, "history_per_million": None, "ratio_history_last_to_first_million": None,
+            "shapes": {},  # per shape: records, accounts, publish rate, rps, ratio to (b), worker RSS
         }
         self.details: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
         self.stack: BillingStack | None = None
         self.lines: list[bytes] = []
         self.second_lines: list[bytes] = []  # publish_and_process's workload, once published
+        self.latency_accounts: list[str] = []  # gw_100k's accounts (keyed and credited), for the latency phase
         self.workdir = Path(tempfile.mkdtemp(prefix="billing-bench-"))
 
     # -- orchestration -------------------------------------------------------------------
@@ -124,17 +148,19 @@ class Bench:
             f"in {time.perf_counter() - t:.1f}s")
         self.result["machine_speed_start"] = machine_speed()
         log(f"machine speed: {self.result['machine_speed_start']:.0f} M loop steps/s (bench/calibrate.py)")
-        needs_stack = any(p in wanted for p in (*NEEDS_RECORDS_IN_STACK, "latency"))
+        needs_stack = any(p in wanted for p in (*NEEDS_RECORDS_IN_STACK, *GATEWAY_PHASES, "latency"))
         needs_records = any(p in wanted for p in NEEDS_RECORDS_IN_STACK)
         try:
             if needs_stack:
                 self.phase("stack", self.start_stack)
             if needs_records and "stack" not in self.errors:
                 self.phase("pipeline", self.phase_pipeline)
-            for name, fn in (("publish_and_process", self.phase_publish_and_process), ("raw", self.phase_raw),
+            for name, fn in (("publish_and_process", self.phase_publish_and_process),
+                             ("single_8", self.phase_single_8), ("gw_100k", self.phase_gw_100k), ("gw_1m", self.phase_gw_1m),
+                             ("raw", self.phase_raw),
                              ("naive", self.phase_naive), ("fold", self.phase_fold), ("processor", self.phase_processor),
                              ("rebill", self.phase_rebill),
-                             ("latency", self.phase_latency)):
+                             ("latency", self.phase_latency), ("history", self.phase_history)):
                 if name not in wanted:
                     continue
                 blocked = self.blocked(name)
@@ -154,6 +180,8 @@ class Bench:
             return None
         if "stack" in self.errors:
             return "the broker did not start"
+        if name in GATEWAY_PHASES:
+            return None
         if name != "latency" and "pipeline" in self.errors:
             return "phase (d) failed, so its records may not be published and processed"
         return None
@@ -274,6 +302,7 @@ class Bench:
             "worker_first_to_last_batch_s": (last - first) if last else None,
             "worker_rps_first_batch_to_all_seen_in_healthz": self.n / (all_seen - first) if all_seen and all_seen > first else None,
             "worker_stats": health.get("stats", {}), "profiled": profile_to is not None,
+            "worker_rss_max_mib": max((r for _, r in sampler.rss), default=0) / 2**20 or None,
         }
         self.result["worker_core"] = health.get("core")
         if profile_to is not None:
@@ -339,6 +368,127 @@ class Bench:
             "worker_rps_first_batch_to_queryable": self.n / (t_wait - first) if first else None,
             "worker_stats": health.get("stats", {}),
         }
+
+    # -- gateway shapes: one record per message, from a plain producer (bench/gateway.py) ----
+    def phase_single_8(self) -> dict[str, Any]:
+        """(d)'s workload shape (8 accounts, preludes included), fresh accounts, one record per message."""
+        from pipeline.workload import generate
+
+        lines = [line.encode() for line in generate(self.n, seed=self.args.seed + SINGLE_SEED_OFFSET)]
+        messages = [(key.encode(), value) for value, key in fold_bench.keyed(lines)]
+        return self.run_shape("single_8", messages, [], accounts=len({k for k, _ in messages}))
+
+    def phase_gw_100k(self) -> dict[str, Any]:
+        return self.gateway_shape("gw_100k", 100_000)
+
+    def phase_gw_1m(self) -> dict[str, Any]:
+        return self.gateway_shape("gw_1m", 1_000_000)
+
+    def gateway_shape(self, name: str, accounts: int) -> dict[str, Any]:
+        shape = gateway.Shape(name, accounts=accounts, records=int(accounts * self.args.gateway_records_per_account),
+                              seed=self.args.seed)
+        t = time.perf_counter()
+        setup = list(gateway.setup_messages(shape))
+        messages = list(gateway.traffic(shape))
+        log(f"{name}: generated {len(setup):,} setup messages and {len(messages):,} single-record messages "
+            f"({gateway.distinct_accounts(messages):,} accounts) in {time.perf_counter() - t:.1f}s")
+        if name == "gw_100k":
+            self.latency_accounts = [shape.account(rank) for rank in range(accounts)]
+        return self.run_shape(name, messages, setup, accounts=accounts)
+
+    def run_shape(self, name: str, messages: list[tuple[bytes, bytes]], setup: list[tuple[bytes, bytes]],
+                  accounts: int) -> dict[str, Any]:
+        """Setup records in and processed (not timed); the worker stopped; the shape's messages
+        produced by a plain aiokafka producer (publish rate); a worker started on them, timed as
+        (d) from its first batch to `billing wait` returning. Its RSS is sampled meanwhile."""
+        assert self.stack is not None
+        from pipeline.settings import load_settings
+
+        topic = load_settings().input_topic
+        detail: dict[str, Any] = {"records": len(messages), "accounts": accounts,
+                                  "distinct_accounts": gateway.distinct_accounts(messages)}
+        if setup:
+            self.ensure_worker()
+            log(f"{name}: producing {len(setup):,} setup messages (key, credit) and processing them (not timed)...")
+            t = time.monotonic()
+            gateway.produce(self.stack.kafka, topic, setup)
+            self.stack.cli("wait", "--timeout", "3600", timeout=3700)
+            detail["setup_seconds"] = time.monotonic() - t
+            log(f"{name}: setup in {detail['setup_seconds']:.1f}s")
+        if self.stack.alive():
+            self.stack.stop_worker()
+        log(f"{name}: producing {len(messages):,} single-record messages (aiokafka, no worker running)...")
+        sent, publish_s = gateway.produce(self.stack.kafka, topic, messages)
+        detail["publish_rps"] = sent / publish_s
+        log(f"{name}: produced in {publish_s:.1f}s ({sent / publish_s:,.0f}/s); starting a worker...")
+        started = self.stack.start_worker()
+        with HealthSampler(self.stack) as sampler:
+            self.stack.cli("wait", "--timeout", "3600", timeout=3700)
+            t_wait = time.time()
+        health = self.stack.health() or {}
+        first = health.get("first_batch_at")
+        if first is None:
+            raise RuntimeError(f"{name}: `billing wait` returned but the worker's /healthz has no first_batch_at")
+        processed = int(health.get("stats", {}).get("records", 0))
+        if processed < len(messages):
+            log(f"warning: {name}: the worker counts {processed} records, fewer than the {len(messages)} produced")
+        rps = len(messages) / (t_wait - first)
+        rss = max((r for _, r in sampler.rss), default=None)
+        detail.update({"rps": rps, "first_batch_to_queryable_s": t_wait - first, "worker_startup_s": first - started.spawned_at,
+                       "worker_rss_max_mib": rss / 2**20 if rss else None, "worker_stats": health.get("stats", {})})
+        self.result[f"{name}_rps"] = rps
+        self.result["shapes"][name] = {k: detail[k] for k in ("records", "accounts", "distinct_accounts", "publish_rps", "rps",
+                                                              "worker_rss_max_mib")}
+        log(f"{name}: {len(messages):,} records queryable {t_wait - first:.1f}s after the worker's first batch: {rps:,.0f}/s "
+            f"(worker RSS up to {detail['worker_rss_max_mib'] or 0:,.0f} MiB)")
+        return detail
+
+    def phase_history(self) -> dict[str, Any]:
+        """(d) over a long history: N single-record messages from 100,000 accounts over a month of
+        event time, all produced first (no worker running), then one worker drains them; its
+        /healthz count and RSS sampled every second give throughput and RSS per million."""
+        assert self.stack is not None
+        from pipeline.settings import load_settings
+
+        n = self.args.history
+        shape = gateway.Shape("hist", accounts=100_000, records=n, span_hours=30 * 24, seed=self.args.seed)
+        topic = load_settings().input_topic
+        self.ensure_worker()
+        log(f"history: setup of {shape.accounts:,} accounts (not timed)...")
+        gateway.produce(self.stack.kafka, topic, gateway.setup_messages(shape))
+        self.stack.cli("wait", "--timeout", "3600", timeout=3700)
+        self.stack.stop_worker()
+        log(f"history: producing {n:,} single-record messages (no worker running)...")
+        sent, publish_s = gateway.produce(self.stack.kafka, topic, gateway.traffic(shape))
+        log(f"history: produced {sent:,} in {publish_s:.0f}s ({sent / publish_s:,.0f}/s); starting a worker...")
+        self.stack.start_worker()
+        base = 0  # a new worker process counts from 0
+        with HealthSampler(self.stack, every_s=1.0) as sampler:
+            self.stack.cli("wait", "--timeout", "36000", timeout=36100)
+            t_wait = time.time()
+        health = self.stack.health() or {}
+        first = health.get("first_batch_at") or t_wait
+        marks: list[tuple[float, int]] = [(first, 0)] + [(t, r - base) for t, r in sampler.samples] + [(t_wait, n)]
+        per_million = []
+        for k in range(1, -(-n // 1_000_000) + 1):
+            goal = min(k * 1_000_000, n)
+            start_t = first if k == 1 else next(t for t, r in marks if r >= (k - 1) * 1_000_000)
+            end_t = next((t for t, r in marks if r >= goal), t_wait)
+            rss = [b for t, b in sampler.rss if start_t <= t <= end_t]
+            per_million.append({"million": k, "records": goal - (k - 1) * 1_000_000,
+                                "rps": (goal - (k - 1) * 1_000_000) / max(end_t - start_t, 1e-9),
+                                "rss_max_mib": max(rss) / 2**20 if rss else None})
+            log(f"history: million {k}: {per_million[-1]['rps']:,.0f} records/s, worker RSS up to "
+                f"{_fmt(per_million[-1]['rss_max_mib'], 0)} MiB")
+        self.result["history_records"] = n
+        self.result["history_per_million"] = per_million
+        if len(per_million) >= 2:
+            self.result["ratio_history_last_to_first_million"] = per_million[-1]["rps"] / per_million[0]["rps"]
+        rss_all = max((b for _, b in sampler.rss), default=0) / 2**20 or None
+        self.result["shapes"]["history"] = {"records": n, "accounts": shape.accounts, "publish_rps": sent / publish_s,
+                                            "rps": n / (t_wait - first), "worker_rss_max_mib": rss_all}
+        return {"records": n, "publish_rps": sent / publish_s, "rps": n / (t_wait - first), "per_million": per_million,
+                "worker_stats": health.get("stats", {})}
 
     def phase_raw(self) -> dict[str, Any]:
         assert self.stack is not None
@@ -407,7 +557,8 @@ class Bench:
     def phase_latency(self) -> dict[str, Any]:
         assert self.stack is not None
         self.ensure_worker()
-        detail = latency.run(self.stack, self.workdir, self.args.latency_seconds, offered_rps=self.args.offered_rps)
+        detail = latency.run(self.stack, self.workdir, self.args.latency_seconds, offered_rps=self.args.offered_rps,
+                             keyed_accounts=self.latency_accounts or None)
         self.result["latency_p50_s"] = detail["p50_s"]
         self.result["latency_p99_s"] = detail["p99_s"]
         self.result["offered_rps"] = detail["offered_rps"]
@@ -453,6 +604,17 @@ class Bench:
         r["ratio_pipeline_to_raw"] = ratio("pipeline_rps", "raw_consumer_rps")
         r["ratio_pipeline_to_naive"] = ratio("pipeline_rps", "naive_faust_rps")
         r["ratio_fold_to_raw"] = ratio("fold_rps", "raw_consumer_rps")
+        for name in SHAPE_PHASES:
+            r[f"ratio_{name}_to_naive"] = ratio(f"{name}_rps", "naive_faust_rps")
+            if name in r["shapes"]:
+                r["shapes"][name]["ratio_to_naive"] = r[f"ratio_{name}_to_naive"]
+        r["ratio_gw_1m_to_gw_100k"] = ratio("gw_1m_rps", "gw_100k_rps")
+        if r["pipeline_rps"] is not None:
+            r["shapes"]["publish_8"] = {"records": self.n, "accounts": 8, "publish_rps": r["publish_rate"],
+                                        "rps": r["pipeline_rps"], "ratio_to_naive": r["ratio_pipeline_to_naive"],
+                                        "worker_rss_max_mib": self.details.get("pipeline", {}).get("worker_rss_max_mib")}
+        rss = [shape.get("worker_rss_max_mib") for shape in r["shapes"].values() if shape.get("worker_rss_max_mib")]
+        r["worker_rss_max_mib"] = max(rss) if rss else None
         targets = {}
         for key, (op, threshold, text) in TARGETS.items():
             value = r[key]
@@ -526,6 +688,9 @@ def render_table(r: dict[str, Any]) -> str:
         ("(d)/(a)", x(r["ratio_pipeline_to_raw"]), ""),
         ("(d)/(b)", x(r["ratio_pipeline_to_naive"]), "target >= 10x"),
         ("(c)/(a)", x(r["ratio_fold_to_raw"]), ""),
+        *[(f"{name}: {shape['records']:,} records, {shape['accounts']:,} accounts", rps(shape.get("rps")),
+           f"{x(shape.get('ratio_to_naive'))} (b); produced at {rps(shape.get('publish_rps'))}; worker RSS up to "
+           f"{_fmt(shape.get('worker_rss_max_mib'), 0)} MiB") for name, shape in r["shapes"].items()],
         ("latency p50", s(r["latency_p50_s"]), f"publish -> queryable at {rps(r['offered_rps'])} offered"),
         ("latency p99", s(r["latency_p99_s"]), "target < 3 s"),
     ]

@@ -56,13 +56,19 @@ def _setup_lines(accounts: list[str], keys: dict[str, str]) -> list[bytes]:
 
 
 def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float = 2000.0, marker_every_s: float = 0.5,
-        load_accounts: int = 4, poll_s: float = 0.05, drain_timeout_s: float = 60.0) -> dict[str, Any]:
+        load_accounts: int = 4, poll_s: float = 0.05, drain_timeout_s: float = 60.0,
+        keyed_accounts: list[str] | None = None) -> dict[str, Any]:
+    """With `keyed_accounts` (accounts that already have key `k-<account>` and credit, e.g.
+    bench.gateway's) the load is spread over them, one record per message, a random account each."""
     run_id = uuid.uuid4().hex[:6]
     marker = f"bench-lat-{run_id}-marker"
     accounts = [f"bench-lat-{run_id}-{i}" for i in range(load_accounts)]
     keys = {acc: f"sk-bench-{run_id}-{i}" for i, acc in enumerate([*accounts, marker])}
     setup = workdir / "latency-setup.jsonl"
     setup.write_bytes(b"\n".join(_setup_lines([*accounts, marker], keys)) + b"\n")
+    if keyed_accounts:
+        accounts = list(keyed_accounts)
+        keys.update({acc: f"k-{acc}" for acc in accounts})
     stack.cli("publish", str(setup), timeout=120)
     stack.cli("wait", "--timeout", "120", timeout=180)
 
@@ -103,7 +109,7 @@ def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float =
                     next_marker += marker_every_s
                 due = int((now - t0) * offered_rps)
                 while sent < due:
-                    acc = accounts[sent % len(accounts)]
+                    acc = accounts[rng.randrange(len(accounts))] if keyed_accounts else accounts[sent % len(accounts)]
                     producer.send(topic, key=acc.encode(), value=usage(acc, f"{run_id}-L{sent}"))
                     counts["load"] += 1
                     sent += 1
@@ -143,7 +149,7 @@ def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float =
 
     threads = [threading.Thread(target=sender, name="bench-load", daemon=True),
                threading.Thread(target=poller, name="bench-poll", daemon=True)]
-    log(f"latency: offering {offered_rps:g} records/s for {seconds:g}s over {load_accounts} accounts, "
+    log(f"latency: offering {offered_rps:g} records/s for {seconds:g}s over {len(accounts)} accounts, "
         f"a marker every {marker_every_s:g}s, polling the API every {poll_s * 1000:.0f} ms")
     try:
         for t in threads:

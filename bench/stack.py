@@ -44,6 +44,7 @@ class HealthSampler:
         self.stack = stack
         self.every_s = every_s
         self.samples: list[tuple[float, int]] = []
+        self.rss: list[tuple[float, int]] = []  # (time, the worker's resident set in bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-healthz", daemon=True)
 
@@ -52,6 +53,9 @@ class HealthSampler:
             health = self.stack.health() if self.stack.api else None
             if health is not None:
                 self.samples.append((time.time(), int(health.get("stats", {}).get("records", 0))))
+            rss = self.stack.worker_rss()
+            if rss is not None:
+                self.rss.append((time.time(), rss))
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> "HealthSampler":
@@ -172,6 +176,19 @@ class BillingStack:
             if self.broker is not None:
                 self.broker.stop()
                 self.broker = None
+
+    def worker_rss(self) -> int | None:
+        """The worker process's resident set size in bytes (VmRSS), None when no worker runs."""
+        if self.worker_pid is None:
+            return None
+        try:
+            with open(f"/proc/{self.worker_pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

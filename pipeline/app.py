@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import faust
 
@@ -34,6 +34,7 @@ from pipeline.chclient import ClickHouseUnavailable, connect, preload_insert_sup
 from pipeline.isolation import LOG_INCONSISTENT, Isolator, transient
 from pipeline.partitioning import PartitionMismatch, PlacementCheck, check_assignment
 from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
+from pipeline.rawbatches import RawBatch, RawBatches, raw_batches_enabled
 from pipeline.runtime import control_key
 from pipeline.settings import Settings, redact
 from pipeline.timestamps import format_ts
@@ -67,6 +68,11 @@ def leave_group_at_generation_zero() -> None:
 
     gc.GroupCoordinator._maybe_leave_group = maybe_leave_group
     gc.GroupCoordinator._billing_patched = True
+
+
+async def _ack_events(stream: faust.StreamT, events: list[Any]) -> None:
+    for event in events:
+        await stream.ack(event)
 
 
 class Worker:
@@ -164,11 +170,18 @@ class Worker:
         self.violations_topic = app.topic(s.violations_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         worker = self
 
+        # records in raw batches from Faust's consumer, not one event each (pipeline/rawbatches.py)
+        raw = RawBatches(app, s.input_topic, s.write_records, s.batch_within_s) if raw_batches_enabled() else None
+
         @app.agent(topic, name="billing")
         async def billing(stream: faust.StreamT) -> None:
             try:
-                async for events in take_batches(stream, s.batch_size, s.batch_within_s, auto_ack=False):
-                    await worker.handle(stream, events)
+                if raw is not None:
+                    async for batch in raw.batches():
+                        await worker.handle_raw(raw, batch)
+                else:
+                    async for events in take_batches(stream, s.batch_size, s.batch_within_s, auto_ack=False):
+                        await worker.handle(stream, events)
             except Exception as exc:
                 # Faust would restart the agent and drop the events in flight (the offset-gap
                 # check then stops us anyway): stop loudly at the cause instead.
@@ -203,6 +216,17 @@ class Worker:
         the next batch starts beside that write."""
         messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value,
                             message_headers(e.message.headers) if e.message.headers else ()) for e in events]
+        await self._handle(messages, [e.message.timestamp for e in events], functools.partial(_ack_events, stream, events))
+
+    async def handle_raw(self, raw: RawBatches, batch: RawBatch) -> None:
+        """`handle` for a raw batch (pipeline/rawbatches.py): acknowledged into Faust's consumer at once."""
+        async def acknowledge() -> None:
+            raw.ack(batch)
+
+        await self._handle(batch.messages, batch.stamps, acknowledge)
+
+    async def _handle(self, messages: list[Message], stamps: list[float], acknowledge: Callable[[], Awaitable[None]]) -> None:
+        """`stamps`: the messages' Kafka timestamps (Unix seconds), for publish-to-queryable latency."""
         if self.first_batch_at is None and messages:
             self.first_batch_at = time.time()
         # a batch whose last write failed is processed again before anything after it (the failure
@@ -212,7 +236,7 @@ class Worker:
         result = await self.process(messages, leave_last_write=True)
         timing = [started, time.perf_counter(), time.perf_counter()]  # started, processed, last write in
         result.written.add_done_callback(lambda _: timing.__setitem__(2, time.perf_counter()))
-        self._completing = asyncio.ensure_future(self._complete(stream, events, messages, result, self._completing, timing))
+        self._completing = asyncio.ensure_future(self._complete(acknowledge, messages, stamps, result, self._completing, timing))
 
     async def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Process a batch, retrying with backoff until it is applied (ClickHouse down, disk full:
@@ -267,8 +291,8 @@ class Worker:
             return None
         return f"the same batch failed {self.consecutive_failures} times in a row: {self.last_failure}"
 
-    async def _complete(self, stream: faust.StreamT, events: list[Any], messages: list[Message], result: BatchResult,
-                        previous: asyncio.Future[None] | None, timing: list[float] | None = None) -> None:
+    async def _complete(self, acknowledge: Callable[[], Awaitable[None]], messages: list[Message], stamps: list[float],
+                        result: BatchResult, previous: asyncio.Future[None] | None, timing: list[float] | None = None) -> None:
         """Once the batch's last write is in (after the batches before it): its outputs, then its
         acknowledgements, so that an offset is committed only for a batch billed and announced."""
         try:
@@ -287,10 +311,9 @@ class Worker:
                 finally:
                     self._nothing_owed.set()
             self._account(messages, result)
-            self._observe(events, result, timing)
+            self._observe(len(messages), stamps, result, timing)
             await self.publish_outputs(result)
-            for event in events:
-                await stream.ack(event)
+            await acknowledge()
         except Exception as exc:
             log.critical("billing agent failed completing a batch: %r", exc)
             await self.app.crash(exc)
@@ -306,12 +329,11 @@ class Worker:
         self.stats.update(result.statuses)
         self.last_offsets.update(result.last_offsets)
 
-    def _observe(self, events: list[Any], result: BatchResult, timing: list[float] | None) -> None:
+    def _observe(self, messages: int, stamps: list[float], result: BatchResult, timing: list[float] | None) -> None:
         """The batch's metrics, once it is in ClickHouse (queryable); the per-batch log line."""
         started, processed, written = timing if timing is not None else (0.0, 0.0, 0.0)
         tail = max(written - processed, 0.0)
         seconds = processed - started + tail
-        stamps = [e.message.timestamp for e in events]
         self.prom.batch_done(result.statuses, result.reasons, result.skipped, seconds, result.write_wait_s + tail,
                              result.write_wait_s, stamps, result.rejected_ids)
         records = sum(result.statuses.values())
@@ -319,7 +341,7 @@ class Worker:
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v)
             lag = sum(max(hw - offset - 1, 0) for _, offset, _, hw in self._partition_rows() if hw is not None)
             log.info("batch: %d records of %d messages, %d accounts (%s%s) in %.2fs (ClickHouse %.2fs); lag %d",
-                     records, len(events), len(result.states), outcomes or "nothing new",
+                     records, messages, len(result.states), outcomes or "nothing new",
                      f", {result.skipped} redelivered skipped" if result.skipped else "", seconds, result.write_wait_s + tail, lag)
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:

@@ -521,17 +521,21 @@ class BatchProcessor:
         minutes: set[tuple[str, int]] = set()
         for acc in seqs:
             known_hours, known_minutes = self._hours[acc], self._minutes[acc]
+            # every line and window stored for the account starts at or before its clock (a record
+            # makes them at its own time; a rebill's lines at or before its record's): a later hour
+            # or minute has none to load, which is every call of an account in time order
+            clock = self.states[acc].max_ts_us
             for _, _, rec in pending[acc]:
                 if isinstance(rec, Invalid):
                     continue
                 wanted[(acc, rec.identity)] = rec.identity_hash
                 if isinstance(rec, Usage):
                     hour = hour_start(rec.ts_us)
-                    if hour not in known_hours:
+                    if hour <= clock and hour not in known_hours:
                         hours.add((acc, hour))
                     if rec.channel == "api":
                         minute = rec.ts_us - rec.ts_us % US_PER_MINUTE
-                        if minute not in known_minutes:
+                        if minute <= clock and minute not in known_minutes:
                             minutes.add((acc, minute))
                 else:
                     hours.update((acc, hour) for hour in _rebilled_hours(rec) if hour not in known_hours)
