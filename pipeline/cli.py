@@ -17,7 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import CORE_BUILD, logs, output
+from pipeline import CORE_BUILD, queries, logs, output
 from pipeline.progress import ConsumerProgress
 from pipeline.reasons import REASONS
 from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
@@ -302,37 +302,10 @@ def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def rejected_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The record as a JSON value (it was received as JSON; `record_text` keeps its exact text), and
-    the record's own timestamp where the row has none (a record rejected by the schema)."""
-    from pipeline.timestamps import format_ts, parse_ts
-
-    text = row.get("record")
-    if not isinstance(text, str):
-        return row
-    try:  # hostile records stay text: NaN/Infinity (not JSON), nesting too deep for Python, 5,000-digit numbers
-        record: Any = json.loads(text, parse_constant=_not_json)
-        json.dumps(record)
-    except (ValueError, RecursionError):
-        record = text
-    row = {**row, "record": record, "record_text": text}
-    stamp = record.get("timestamp") if isinstance(record, dict) else None
-    if not row.get("timestamp") and isinstance(stamp, str):
-        try:
-            row["timestamp"] = format_ts(parse_ts(stamp))
-        except (TimestampError, ValueError, OverflowError):
-            pass  # not RFC 3339, or out of range (often why it was rejected): the record shows it as sent
-    return row
-
-
-def _not_json(constant: str) -> Any:
-    raise ValueError(f"{constant} is not JSON")
-
-
 def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
     known_account(reader, args.account)
-    rows = in_time_order([rejected_row(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
+    rows = in_time_order([queries.with_record(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
     emit_limited(rows, args, REJECTED_COLUMNS if args.format != "json" else None, ("record",))
     return 0
 

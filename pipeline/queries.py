@@ -6,6 +6,8 @@ worker's HTTP API and the CLI both call these, so a query means the same through
 
 from __future__ import annotations
 
+import json
+
 from decimal import Decimal
 from typing import Any
 
@@ -14,7 +16,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.quota import free_left
 from pipeline.settlement import status_of
 from pipeline.state import AccountState
-from pipeline.timestamps import format_ts, parse_ts
+from pipeline.timestamps import TimestampError, format_ts, parse_ts
 
 Row = dict[str, Any]
 BILL_FIELDS = (
@@ -184,3 +186,28 @@ def write_rebill_audit(client: Client, audit: Row) -> None:
     if revisions:
         client.insert("rejection_revisions", revisions, column_names=["account_id", "record_id", "run_id", "revised_at", "resolved",
                                                                       "reason", "detail", "event_ts", "record"])
+
+
+def with_record(row: dict[str, Any]) -> dict[str, Any]:
+    """The record as a JSON value (it was received as JSON; `record_text` keeps its exact text), and
+    the record's own timestamp where the row has none (a record rejected by the schema)."""
+    text = row.get("record")
+    if not isinstance(text, str):
+        return row
+    try:  # hostile records stay text: NaN/Infinity (not JSON), nesting too deep for Python, 5,000-digit numbers
+        record: Any = json.loads(text, parse_constant=_not_json)
+        json.dumps(record)
+    except (ValueError, RecursionError):
+        record = text
+    row = {**row, "record": record, "record_text": text}
+    stamp = record.get("timestamp") if isinstance(record, dict) else None
+    if not row.get("timestamp") and isinstance(stamp, str):
+        try:
+            row["timestamp"] = format_ts(parse_ts(stamp))
+        except (TimestampError, ValueError, OverflowError):
+            pass  # not RFC 3339, or out of range (often why it was rejected): the record shows it as sent
+    return row
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -144,7 +145,18 @@ class RawBatches:
                 continue
             last_handed_out = loop.time()
             self.app.consumer._unacked_messages.add(batch.in_flight)
+            self._mark_inbound(batch)
             yield batch
+
+    def _mark_inbound(self, batch: RawBatch) -> None:
+        """Tell Faust's monitor that the stream of these partitions is processing, as a stream does
+        per event: its consumer thread otherwise logs "Stream has not started processing" errors
+        every few minutes for partitions whose records never become events."""
+        monitor = self.app.monitor
+        if monitor is not None:
+            now = time.monotonic()
+            for tp in batch.offsets:
+                monitor.stream_inbound_time[tp] = now
 
     async def _wait_for_batch(self, last_handed_out: float) -> None:
         """Until `max_records` are buffered, or `within` has passed, or (from `within` after the

@@ -218,7 +218,8 @@ def details(client: Client, account_id: str, start: str | None, end: str | None)
     settlements = _rows(client, (
         "SELECT hour, kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, settled_at FROM account_settlements "
         f"WHERE account_id = {{a:String}} AND {RANGE} ORDER BY seq, hour LIMIT {{n:UInt32}}"), params)
-    rejections = [r for r in queries.rejected(client, account_id) if not r["timestamp"] or s <= parse_ts(r["timestamp"]) < e]
+    rejections = [r for r in map(queries.with_record, queries.rejected(client, account_id))  # as `billing rejected` shows them
+                  if not r["timestamp"] or s <= parse_ts(r["timestamp"]) < e]
     violations = _rows(client, (
         "SELECT ts, event_id, limit_name, window_start, observed, allowed FROM rate_limit_violations "
         f"WHERE account_id = {{a:String}} AND {RANGE} ORDER BY ts, limit_name LIMIT {{n:UInt32}}"), params)

@@ -236,19 +236,19 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
         def __init__(self, real: Any) -> None:
             self.real = real
 
-        def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        def send(self, topic: str, key: bytes, value: bytes, headers: Any = None) -> Any:
             sends.append(key)
             if len(sends) == 3:
                 future = Future()
                 future.failure(KafkaTimeoutError("delivery timed out (injected)"))
                 return future
-            return self.real.send(topic, key=key, value=value)
+            return self.real.send(topic, key=key, value=value, headers=headers)
 
         def __getattr__(self, name: str) -> Any:
             return getattr(self.real, name)
 
     monkeypatch.setattr(publish, "MAX_BUFFERED_RECORDS", 4)  # several messages per account
-    monkeypatch.setattr(publish, "make_producer", lambda bootstrap, **kw: FailingThirdSend(real_make(bootstrap, **kw)))
+    monkeypatch.setattr(publish, "make_producer", lambda bootstrap, *args, **kw: FailingThirdSend(real_make(bootstrap, *args, **kw)))
     topic = f"publish-{uuid.uuid4().hex[:6]}"
     ensure_topics(broker, {topic: 2})
     accounts = [f"acct-pub-{i}" for i in range(3)]

@@ -158,14 +158,15 @@ def test_a_progress_line_that_cannot_be_written_does_not_stop_publishing(broker:
 
 def test_records_larger_than_a_request_may_be_are_counted_as_not_sent_with_their_first_line(broker: str) -> None:
     """A message Kafka refuses to take (here: the producer's max request size made small) fails
-    its records, counted, with the line to publish again from; the rest is sent."""
+    its records, counted, with the line to publish again from; nothing after it is sent (it could
+    overtake the lost records of its account), and what was sent before it stays sent."""
     lines = [dumps(call("acct-small", "small-1"))] + [dumps(call("acct-big", f"big-{i}", i)) for i in range(20)] + \
             [dumps(call("acct-small", "small-2", 30))]
     report = publish_lines(lines, broker, "small-requests", quiet=True, producer_config={"max_request_size": 1200})
-    assert report.unsent == 20 and report.resume_line == 2
+    assert report.unsent >= 20 and report.resume_line == 2
     assert "MessageSizeTooLarge" in report.failures[0]
     sent = [record for _, value in read_topic(broker, "small-requests") for record in split_message(value)]
-    assert sorted(json.loads(record)["event_id"] for record in sent) == ["small-1", "small-2"]
+    assert sorted(json.loads(record)["event_id"] for record in sent) == ["small-1"]
 
 
 def records_on(bootstrap: str, topic: str) -> int:

@@ -97,7 +97,7 @@ def test_rejections_show_the_reason_of_the_catalog_now_in_force(stack: Stack, lo
             if event_id and reason not in ("conflicting_duplicate", "invalid_schema")}
     was_unpriced = {(r["account_id"], r["event_id"]) for r in loaded.before_rebill
                     if r["account_id"] in loaded.accounts and r["reason"] == "no_price_in_force"
-                    and json.loads(r["record"]).get("model") == "xingchen-plus-v2"}
+                    and isinstance(r["record"], dict) and r["record"].get("model") == "xingchen-plus-v2"}
     # (an event_id can also name an invalid_schema record or a conflicting duplicate: those keep their reasons)
     now = {(r["account_id"], r["event_id"]): r["reason"] for r in stack.rejected()
            if r["account_id"] in loaded.accounts and r["reason"] not in ("conflicting_duplicate", "invalid_schema")}

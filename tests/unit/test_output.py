@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from pipeline import cli, output
+from pipeline import queries, cli, output
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 KEY = "sk-36ceb99cb50e215f3f5055ce"
@@ -84,20 +84,20 @@ def test_csv_with_no_rows_still_has_its_header() -> None:
 
 def test_rejected_rows_carry_the_record_as_an_object_and_its_timestamp() -> None:
     record = {"account_id": "a", "timestamp": "2024-07-01T02:00:01Z", "event_id": "e1", "model": 5}
-    row = cli.rejected_row({"event_id": "e1", "account_id": "a", "reason": "invalid_schema", "detail": "model", "kind": "usage",
+    row = queries.with_record({"event_id": "e1", "account_id": "a", "reason": "invalid_schema", "detail": "model", "kind": "usage",
                             "timestamp": "", "record": json.dumps(record)})
     assert row["record"] == record and json.loads(row["record_text"]) == record
     assert row["timestamp"] == "2024-07-01T10:00:01+08:00"
-    naive = cli.rejected_row({"timestamp": "", "record": json.dumps({**record, "timestamp": "2024-07-01T10:00:01"})})
+    naive = queries.with_record({"timestamp": "", "record": json.dumps({**record, "timestamp": "2024-07-01T10:00:01"})})
     assert naive["timestamp"] == ""  # not RFC 3339: the record shows it as sent
     for text in ("[" * 100_000 + "]" * 100_000, '{"a": NaN}', '{"n": ' + "9" * 5000 + "}"):
-        row = cli.rejected_row({"timestamp": "", "record": text})
+        row = queries.with_record({"timestamp": "", "record": text})
         assert row["record"] == text and json.loads(json.dumps(row))["record_text"] == text
     out = Terminal()
     output.emit([{"detail": "bad \ud800 surrogate", "record": {"k": "\udfff"}}], "table", out=out, width=80)
     assert "\\ud800" in out.getvalue()
     for hostile in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2024-13-45T99:99:99Z", 12):
-        assert cli.rejected_row({"timestamp": "", "record": json.dumps({"timestamp": hostile})})["timestamp"] == ""
+        assert queries.with_record({"timestamp": "", "record": json.dumps({"timestamp": hostile})})["timestamp"] == ""
 
 
 def test_time_order_and_the_limit_keeps_the_latest(capsys: pytest.CaptureFixture[str]) -> None:
