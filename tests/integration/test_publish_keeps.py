@@ -163,10 +163,11 @@ def test_records_larger_than_a_request_may_be_are_counted_as_not_sent_with_their
     lines = [dumps(call("acct-small", "small-1"))] + [dumps(call("acct-big", f"big-{i}", i)) for i in range(20)] + \
             [dumps(call("acct-small", "small-2", 30))]
     report = publish_lines(lines, broker, "small-requests", quiet=True, producer_config={"max_request_size": 1200})
-    assert report.unsent >= 20 and report.resume_line == 2
     assert "MessageSizeTooLarge" in report.failures[0]
-    sent = [record for _, value in read_topic(broker, "small-requests") for record in split_message(value)]
-    assert sorted(json.loads(record)["event_id"] for record in sent) == ["small-1"]
+    sent = [json.loads(record)["event_id"] for _, value in read_topic(broker, "small-requests") for record in split_message(value)]
+    # small-1 went out before the refused message, unless the abort behind the failure caught it still queued
+    assert sent in (["small-1"], [])
+    assert report.unsent == len(lines) - len(sent) and report.resume_line == len(sent) + 1
 
 
 def records_on(bootstrap: str, topic: str) -> int:
