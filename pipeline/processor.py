@@ -23,15 +23,16 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline import control, outputs_json, sink, statestore
 from pipeline.catalog import Catalog
-from pipeline.fold import apply
+from pipeline.fold import apply, is_api_call
 from pipeline.framing import RS, split_message
 from pipeline.gcpause import gc_paused
 from pipeline.outputs import Outcome, StatusChange, Violation
 from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
 from pipeline.sink import BatchRows
-from pipeline.settlement import grace_us
+from pipeline.settlement import hour_closed
 from pipeline.state import AccountState
 from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
+from pipeline.windows import minute_start
 
 log = logging.getLogger(__name__)
 BARRIER_TYPE = control.BARRIER
@@ -258,7 +259,7 @@ class BatchProcessor:
         # messages ClickHouse refused to write, found by the worker's isolation of a failing batch:
         # (partition, offset) -> the error; their records are rejected instead of applied
         self.poisoned: dict[tuple[int, int], str] = {}
-        self._grace_us = grace_us(catalog.settlement_grace_minutes)
+        self._grace_us = catalog.settlement_grace_us
         # one sink and one reader thread for the processor's life (they end when the processor is
         # collected or closed); the last write of a batch may still run when `process` returns
         self._sink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-sink")
@@ -508,7 +509,7 @@ class BatchProcessor:
             return [], []
         seqs = {acc: self.states[acc].seq for acc in applied}
         events = [(acc, rec.event_id) for acc, recs in applied.items() for rec in recs
-                  if isinstance(rec, Usage) and rec.channel == "api"]
+                  if isinstance(rec, Usage) and is_api_call(rec)]
         return statestore.committed_statuses(self.client, seqs), statestore.committed_violations(self.client, events, seqs)
 
     def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]]) -> None:
@@ -533,8 +534,8 @@ class BatchProcessor:
                     hour = hour_start(rec.ts_us)
                     if hour <= clock and hour not in known_hours:
                         hours.add((acc, hour))
-                    if rec.channel == "api":
-                        minute = rec.ts_us - rec.ts_us % US_PER_MINUTE
+                    if is_api_call(rec):
+                        minute = minute_start(rec.ts_us)
                         if minute <= clock and minute not in known_minutes:
                             minutes.add((acc, minute))
                 else:
@@ -589,7 +590,7 @@ class BatchProcessor:
         for window_key, window in state.windows.items():
             if window.revision > seq_before:
                 rows.windows[(acc, window_key)] = window
-                minutes.add(window_key[1] - window_key[1] % US_PER_MINUTE)
+                minutes.add(minute_start(window_key[1]))
 
     def _advance_watermark(self, partition: int, ts_us: int, account_clock: int) -> None:
         """The partition's event time moves to `ts_us` unless the record is far ahead of the wall
@@ -619,12 +620,12 @@ class BatchProcessor:
             watermark = self.watermarks.get(state.log_partition, 0)
             if watermark <= state.max_ts_us or self._ticked.get(acc, 0) >= watermark:
                 continue
-            if min(state.open_hours) + US_PER_HOUR + self._grace_us <= watermark:
+            if hour_closed(min(state.open_hours), self._grace_us, watermark):
                 self._ticked[acc] = watermark
                 ticks.append((acc, watermark))
         for acc, (partition, first_open, clock) in list(self._sleeping.items()):
             watermark = self.watermarks.get(partition, 0)
-            if watermark > clock and first_open + US_PER_HOUR + self._grace_us <= watermark:
+            if watermark > clock and hour_closed(first_open, self._grace_us, watermark):
                 del self._sleeping[acc]  # its tick brings it back into memory
                 ticks.append((acc, watermark))
         return ticks

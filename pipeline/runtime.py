@@ -14,7 +14,6 @@ from pathlib import Path
 
 FILE_NAME = "runtime.json"
 CONTROL_KEY_FILE = "control.key"
-MIN_KEY_CHARS = 32
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,7 @@ def control_key(data_dir: Path, configured: str | None, create: bool = False) ->
     """The key that signs control records (control.py): BILLING_CONTROL_KEY, or the data dir's
     `control.key`, which `billing up` makes (32 random bytes, owner-only) and every tool on this
     machine then reads. Workers of one deployment must share it: set BILLING_CONTROL_KEY there."""
-    if configured:
-        if len(configured) < MIN_KEY_CHARS:
-            raise ControlKeyMissing(f"BILLING_CONTROL_KEY is {len(configured)} characters; use at least {MIN_KEY_CHARS} random ones")
+    if configured:  # its length is checked with the other settings (settings.load_settings)
         return configured.encode("utf-8")
     path = data_dir / CONTROL_KEY_FILE
     try:
