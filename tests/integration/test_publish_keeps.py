@@ -168,7 +168,12 @@ def test_records_larger_than_a_request_may_be_are_counted_as_not_sent_with_their
     # no big record goes out; small-1 (before it) and small-2 (another account, handed over before the
     # failure was known) may or may not, whatever the abort behind the failure caught still queued
     assert set(sent) <= {"small-1", "small-2"} and ("small-2" not in sent or "small-1" in sent)
-    assert report.unsent == len(lines) - len(sent) and report.resume_line == (2 if "small-1" in sent else 1)
+    # a record whose delivery the producer could not confirm (the forced close cancels its request even
+    # when the broker took it) is counted as not sent: publishing again from the resume line may repeat
+    # it, which the event id deduplicates, but never skips a record that is missing from the topic
+    ids = [json.loads(line)["event_id"] for line in lines]
+    assert report.unsent >= len(lines) - len(sent) and report.unsent >= 20  # the big ones never went
+    assert set(ids[:report.resume_line - 1]) <= set(sent)
 
 
 def records_on(bootstrap: str, topic: str) -> int:
