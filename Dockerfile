@@ -29,7 +29,7 @@ COPY pyproject.toml README.md ./
 RUN mkdir pipeline && touch pipeline/__init__.py \
     && pip install -e . \
     && rm -rf pipeline
-# Then the code, and the compiled core beside it (pipeline/*.so, /app/pipeline_core__mypyc*.so).
+# Then the code, and the compiled core beside it (pipeline/core/*.so, pipeline/batch/*.so, /app/pipeline_core__mypyc*.so).
 # The image refuses to build when the core did not compile: a worker on the Python sources runs,
 # but at about two thirds of the speed (docs/performance.md).
 COPY setup.py ./

@@ -21,13 +21,11 @@ from pathlib import Path
 
 from setuptools import setup
 
-# The per-record path: the pure core (no Kafka, Faust or ClickHouse imports), and the batch edge's
-# per-record loops and output formats. Not sink.py and statestore.py: tests replace their functions
-# and constants, and compiled callers in one group would not see that.
-COMPILED_MODULES = (
-    "tuples", "timestamps", "windows", "state", "outputs", "catalog", "pricing", "quota", "keys", "settlement", "records",
-    "validation", "fold", "framing", "outputs_json", "columns", "processor",
-)
+# The per-record path, by folder: pipeline/core/ (the pure rules: no Kafka, Faust or ClickHouse
+# imports) and pipeline/batch/ (the batch processor and the encodings on its path). A module is
+# compiled because of the folder it is in; nothing else is. Not store/sink.py and
+# store/statestore.py: compiled callers in one group would not see a test's replacement of them.
+COMPILED_FOLDERS = ("core", "batch")
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "pipeline" / "_compiled.json"
 
@@ -36,21 +34,30 @@ def source_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def compiled_sources() -> list[Path]:
+    return sorted(p for folder in COMPILED_FOLDERS for p in (HERE / "pipeline" / folder).glob("*.py") if p.name != "__init__.py")
+
+
+def module_name(source: Path) -> str:
+    """`core.fold` for pipeline/core/fold.py: the manifest's key, read by pipeline/compiled.py."""
+    return ".".join(source.relative_to(HERE / "pipeline").with_suffix("").parts)
+
+
 def core_extensions() -> list:
     if os.environ.get("BILLING_PURE_PYTHON") == "1":
         MANIFEST.unlink(missing_ok=True)
-        for leftover in (HERE / "pipeline").glob("*.so"):
+        for leftover in (HERE / "pipeline").glob("**/*.so"):
             leftover.unlink()
         return []
     from mypyc.build import mypycify
 
-    sources = [HERE / "pipeline" / f"{name}.py" for name in COMPILED_MODULES]
+    sources = compiled_sources()
     # Third-party modules (orjson, fastjsonschema) are not installed yet while pip builds: typed as Any.
     options = ["--ignore-missing-imports"]
     extensions = mypycify(options + [str(p.relative_to(HERE)) for p in sources], opt_level="3", group_name="pipeline_core")
     for extension in extensions:
         extension.optional = True  # no compiler: install the Python sources alone
-    MANIFEST.write_text(json.dumps({p.stem: source_hash(p) for p in sources}, indent=1) + "\n")
+    MANIFEST.write_text(json.dumps({module_name(p): source_hash(p) for p in sources}, indent=1) + "\n")
     return extensions
 
 

@@ -139,8 +139,8 @@ class Bench:
             f"{os.cpu_count()} CPUs, load average {loadavg()}")
         if self.n < 200_000:
             log(f"note: {self.n} records is below the 200,000 the issue asks for; figures are less meaningful")
-        log(f"generating {self.n} records (pipeline.workload.generate, seed {self.args.seed})...")
-        from pipeline.workload import generate
+        log(f"generating {self.n} records (pipeline.demo.workload.generate, seed {self.args.seed})...")
+        from pipeline.demo.workload import generate
 
         t = time.perf_counter()
         self.lines = [line.encode() for line in generate(self.n, seed=self.args.seed)]
@@ -335,7 +335,7 @@ class Bench:
         assert self.stack is not None
         restarted = self.ensure_worker() is not None
         seed = self.args.seed + SECOND_SEED_OFFSET
-        from pipeline.workload import generate
+        from pipeline.demo.workload import generate
 
         lines = [line.encode() for line in generate(self.n, seed=seed)]
         path = self.workdir / "records-2.jsonl"
@@ -372,7 +372,7 @@ class Bench:
     # -- gateway shapes: one record per message, from a plain producer (bench/gateway.py) ----
     def phase_single_8(self) -> dict[str, Any]:
         """(d)'s workload shape (8 accounts, preludes included), fresh accounts, one record per message."""
-        from pipeline.workload import generate
+        from pipeline.demo.workload import generate
 
         lines = [line.encode() for line in generate(self.n, seed=self.args.seed + SINGLE_SEED_OFFSET)]
         messages = [(key.encode(), value) for value, key in fold_bench.keyed(lines)]
@@ -531,7 +531,7 @@ class Bench:
         with publish_and_process's workload it replays both (the CLI's count is reported)."""
         assert self.stack is not None
         self.ensure_worker()
-        from pipeline.timestamps import US_PER_HOUR, format_ts, hour_start
+        from pipeline.core.timestamps import US_PER_HOUR, format_ts, hour_start
 
         workloads = [self.lines, *([self.second_lines] if self.second_lines else [])]
         span = fold_bench.usage_hours([line for lines in workloads for line in lines])
@@ -576,7 +576,7 @@ class Bench:
             return self._single_topic
         from kafka import KafkaProducer
 
-        from pipeline.broker import ensure_topics
+        from pipeline.ingest.broker import ensure_topics
 
         assert self.stack is not None
         topic = "bench.single-records"

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.chclient import connect, migrate
-from pipeline.console import data
-from pipeline.state import AccountState
+from pipeline.store.chclient import connect, migrate
+from pipeline.serve.console import data
+from pipeline.core.state import AccountState
 
 BASE_HOUR = "2024-09-18 00:00:00"
 ITEMS = ("xingchen-lite", "xingchen-plus", "xingchen-max", "plugin:text_to_image")

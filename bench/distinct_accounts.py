@@ -19,9 +19,9 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.catalog import load_catalog
-from pipeline.chclient import connect, migrate
-from pipeline.processor import BatchProcessor, Message
+from pipeline.core.catalog import load_catalog
+from pipeline.store.chclient import connect, migrate
+from pipeline.batch.processor import BatchProcessor, Message
 from pipeline.settings import load_settings
 
 

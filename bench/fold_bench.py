@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 
-from pipeline.catalog import load_catalog
-from pipeline.fold import apply
-from pipeline.gcpause import gc_paused
-from pipeline.publish import key_and_kind
-from pipeline.records import Invalid, Usage, parse_record
-from pipeline.state import AccountState
+from pipeline.core.catalog import load_catalog
+from pipeline.core.fold import apply
+from pipeline.stream.gcpause import gc_paused
+from pipeline.ingest.publish import key_and_kind
+from pipeline.core.records import Invalid, Usage, parse_record
+from pipeline.core.state import AccountState
 
 
 def keyed(lines: list[bytes]) -> list[tuple[bytes, str]]:
@@ -35,7 +35,7 @@ def run(lines: list[bytes]) -> dict[str, Any]:
     items = keyed(lines)
     states: dict[str, AccountState] = {}
     statuses: dict[str, int] = {}
-    with gc_paused():  # as the worker and a rebill fold (pipeline/gcpause.py)
+    with gc_paused():  # as the worker and a rebill fold (pipeline/stream/gcpause.py)
         started = time.perf_counter()
         records = [parse_record(value, key) for value, key in items]
         parsed = time.perf_counter()

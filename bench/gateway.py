@@ -37,7 +37,7 @@ from typing import Iterable, Iterator
 
 import orjson
 
-from pipeline.framing import encode_group
+from pipeline.batch.framing import encode_group
 
 TZ8 = timezone(timedelta(hours=8))
 START = datetime(2024, 9, 18, 8, 0, tzinfo=TZ8)  # every model has a price in force from 2024-09-18

@@ -1,6 +1,6 @@
 """Publish -> queryable bill latency at a steady offered load.
 
-A paced producer (the product's own publisher settings, `pipeline.publish.make_producer`) sends
+A paced producer (the product's own publisher settings, `pipeline.ingest.publish.make_producer`) sends
 fresh usage records for a few new accounts at `offered_rps`, stamped with the wall clock. Every
 `marker_every_s` it also sends a marker: a usage record of a dedicated marker account. The
 marker's latency is from just before its `send()` to the first answer of the worker's query API
@@ -26,7 +26,7 @@ import orjson
 
 from bench.procs import log
 from bench.stack import BillingStack
-from pipeline.publish import make_producer
+from pipeline.ingest.publish import make_producer
 
 TZ8 = timezone(timedelta(hours=8))
 MODEL = "xingchen-lite"

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.fold_bench import keyed
-from pipeline.catalog import load_catalog
-from pipeline.chclient import connect, migrate
-from pipeline.processor import BatchProcessor, Message
-from pipeline.publish import Batcher
+from pipeline.core.catalog import load_catalog
+from pipeline.store.chclient import connect, migrate
+from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.ingest.publish import Batcher
 from pipeline.settings import load_settings
 
 

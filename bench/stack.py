@@ -80,7 +80,7 @@ class BillingStack:
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
         self.data_dir = data_dir
         self.env = dict(env)
-        self.broker: Any = None  # pipeline.broker.EmbeddedBroker
+        self.broker: Any = None  # pipeline.ingest.broker.EmbeddedBroker
         self.kafka = ""
         self.epoch = ""
         self.proc: subprocess.Popen[bytes] | None = None  # the worker, or py-spy running it
@@ -93,10 +93,10 @@ class BillingStack:
         """Start Tansu from this process (main thread: it dies with it) and create the topics.
         One broker life is one log epoch, as `billing up` names it; every worker started on this
         broker gets the same epoch, so that a restarted worker resumes its positions."""
-        from pipeline.broker import EmbeddedBroker
-        from pipeline.cli import new_epoch
+        from pipeline.ingest.broker import EmbeddedBroker
+        from pipeline.cli.commands import new_epoch
         from pipeline.settings import load_settings
-        from pipeline.topics import ensure_all
+        from pipeline.ingest.topics import ensure_all
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(self.data_dir / "broker.log")

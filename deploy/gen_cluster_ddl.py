@@ -17,7 +17,7 @@ this writes ``schemas/clickhouse/cluster/NNN_name.sql`` in which
 
 Anything else (other ALTERs, materialized views, other engines) stops the generator with an error:
 write that part of the cluster DDL by hand and extend this script. The statements are split the
-way ``pipeline.chclient.ddl_statements`` splits them (``--`` comments dropped, ``;`` at line end).
+way ``pipeline.store.chclient.ddl_statements`` splits them (``--`` comments dropped, ``;`` at line end).
 Standard library only.
 """
 
@@ -73,7 +73,7 @@ class Table:
 
 
 def ddl_statements(path: Path) -> list[str]:
-    """The statements of one .sql file, split like pipeline.chclient.ddl_statements."""
+    """The statements of one .sql file, split like pipeline.store.chclient.ddl_statements."""
     text = re.sub(r"--[^\n]*", "", path.read_text(encoding="utf-8"))
     statements = [s.strip() for s in re.split(r";\s*\n", text) if s.strip().strip(";")]
     return [s.rstrip(";").strip() for s in statements]

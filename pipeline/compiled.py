@@ -41,19 +41,28 @@ class CoreBuild:
 def inspect(package_dir: Path, manifest: dict[str, str] | None, pure_requested: bool) -> tuple[CoreBuild, list[str]]:
     """The build to run, and the core modules whose compiled form must not be used."""
     if manifest is None:  # extension modules without a record of their sources cannot be trusted
-        leftovers = sorted(p.name[: -len(EXTENSION_SUFFIX)] for p in package_dir.glob(f"*{EXTENSION_SUFFIX}"))
+        leftovers = sorted(_name(package_dir, p) for p in package_dir.glob(f"**/*{EXTENSION_SUFFIX}"))
         return CoreBuild(False, "not compiled"), leftovers
     names = sorted(manifest)
     if pure_requested:
         return CoreBuild(False, "BILLING_PURE_PYTHON=1"), names
-    missing = [n for n in names if not (package_dir / f"{n}{EXTENSION_SUFFIX}").exists()]
+    missing = [n for n in names if not _file(package_dir, n, EXTENSION_SUFFIX).exists()]
     if missing:
         return CoreBuild(False, f"not compiled: {', '.join(missing)}", warn=True), names
-    changed = [n for n in names if _hash(package_dir / f"{n}.py") != manifest[n]]
+    changed = [n for n in names if _hash(_file(package_dir, n, ".py")) != manifest[n]]
     if changed:
-        files = ", ".join(f"pipeline/{n}.py" for n in changed)
+        files = ", ".join(f"pipeline/{n.replace('.', '/')}.py" for n in changed)
         return CoreBuild(False, f"{files} changed since the core was compiled; rebuild with {REBUILD}", warn=True), names
     return CoreBuild(True, "sources match the build"), []
+
+
+def _file(package_dir: Path, name: str, suffix: str) -> Path:
+    """pipeline/core/fold.py for `core.fold`: the manifest names modules relative to the package."""
+    return package_dir.joinpath(*name.split(".")).with_name(name.split(".")[-1] + suffix)
+
+
+def _name(package_dir: Path, extension: Path) -> str:
+    return ".".join(extension.relative_to(package_dir).parts)[: -len(EXTENSION_SUFFIX)]
 
 
 def _hash(path: Path) -> str:
@@ -67,7 +76,7 @@ class SourceFinder:
     """Finds the listed core modules as their .py files, ahead of the extension modules."""
 
     def __init__(self, package: str, package_dir: Path, names: Sequence[str]) -> None:
-        self.modules = {f"{package}.{name}": package_dir / f"{name}.py" for name in names}
+        self.modules = {f"{package}.{name}": _file(package_dir, name, ".py") for name in names}
 
     def find_spec(self, fullname: str, path: object = None, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         source = self.modules.get(fullname)

@@ -18,7 +18,7 @@ class Settings:
     topic_prefix: str = "billing"
     partitions: int = 4
     app_id: str = "billing-worker"
-    log_epoch: str = "auto"  # auto: the topic's cluster id and topic id (pipeline/logidentity.py); `billing up` sets its own
+    log_epoch: str = "auto"  # auto: the topic's cluster id and topic id (pipeline/stream/logidentity.py); `billing up` sets its own
     batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
     write_records: int = 50_000  # records folded and written to ClickHouse as one unit (bounds memory)
     batch_within_s: float = 0.2

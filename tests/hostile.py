@@ -3,7 +3,7 @@
     hostile_corpus(n=10000, seed=7) -> list[bytes]   # deterministic: same arguments, same bytes
 
 The corpus holds every named case below (`MUST_BE_INVALID`, `MUST_PARSE`), then random records of
-these families, mixed with a share of valid records from `pipeline.workload.generate` kept in
+these families, mixed with a share of valid records from `pipeline.demo.workload.generate` kept in
 their publish order (so keys are created before they are used and some records are billed):
 
 - random bytes (sometimes over the 64 KiB record limit), invalid UTF-8, a BOM, truncated JSON;
@@ -27,7 +27,7 @@ import json
 import random
 from typing import Any, Callable
 
-from pipeline.workload import generate
+from pipeline.demo.workload import generate
 
 MAX_RECORD_BYTES = 64 * 1024
 VALID_SHARE = 0.3  # of n: records straight from the workload generator

@@ -3,7 +3,7 @@
 # verify every topic: stop loudly if one is weaker than required. Idempotent: safe to run on every
 # deployment. Runs in the apache/kafka image (its CLI tools); used by deploy/docker-compose.yml
 # (service kafka-init) and deploy/k8s/job-topics.yaml. The workers run with BILLING_CREATE_TOPICS=0
-# and only check the topics (pipeline/topics.py does the same checks).
+# and only check the topics (pipeline/ingest/topics.py does the same checks).
 #
 # Environment:
 #   TOPICS_BOOTSTRAP            Kafka bootstrap servers (required), e.g. kafka:9092
@@ -15,7 +15,7 @@
 #   TOPICS_COMMAND_CONFIG       optional client properties file for TLS/SASL (--command-config)
 #   KAFKA_BIN_DIR               where kafka-topics.sh lives (default /opt/kafka/bin)
 #
-# The configs mirror pipeline/topics.py. The input topic is the billing source of truth: kept
+# The configs mirror pipeline/ingest/topics.py. The input topic is the billing source of truth: kept
 # forever and stamped by the broker (LogAppendTime), so a back-dated record is never deleted on
 # arrival (DESIGN §2). Every topic is replicated, acknowledged by min.insync.replicas replicas
 # (the producers use acks=all) and never elects an out-of-sync leader (which would lose

@@ -10,7 +10,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
-from pipeline.timestamps import US_PER_SECOND
+from pipeline.core.timestamps import US_PER_SECOND
 
 
 def seconds_from_micros(values: Sequence[int | None]) -> list[float]:

@@ -21,18 +21,20 @@ from typing import Any, Callable, Iterable, Iterator
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from pipeline import control, outputs_json, sink, statestore
-from pipeline.catalog import Catalog
-from pipeline.fold import apply, is_api_call
-from pipeline.framing import RS, split_message
-from pipeline.gcpause import gc_paused
-from pipeline.outputs import Outcome, StatusChange, Violation
-from pipeline.records import AccountRecord, Invalid, Record, Usage, parse_record
-from pipeline.sink import BatchRows
-from pipeline.settlement import hour_closed
-from pipeline.state import AccountState
-from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
-from pipeline.windows import minute_start
+from pipeline.batch import topic_json
+from pipeline.core import control
+from pipeline.store import sink, statestore
+from pipeline.core.catalog import Catalog
+from pipeline.core.fold import apply, is_api_call
+from pipeline.batch.framing import RS, split_message
+from pipeline.stream.gcpause import gc_paused
+from pipeline.core.facts import Outcome, StatusChange, Violation
+from pipeline.core.records import AccountRecord, Invalid, Record, Usage, parse_record
+from pipeline.store.sink import BatchRows
+from pipeline.core.settlement import hour_closed
+from pipeline.core.state import AccountState
+from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
+from pipeline.core.windows import minute_start
 
 log = logging.getLogger(__name__)
 BARRIER_TYPE = control.BARRIER
@@ -100,7 +102,7 @@ class BatchResult:
     status_changes: list[StatusChange] = field(default_factory=list)  # for the status topic
     violations: list[Violation] = field(default_factory=list)  # for the violations topic
     ticks: list[tuple[str, int]] = field(default_factory=list)  # (account, clock) to publish for idle accounts
-    outbound: list[outputs_json.Outbound] = field(default_factory=list)  # the three above as messages, once the batch is done
+    outbound: list[topic_json.Outbound] = field(default_factory=list)  # the three above as messages, once the batch is done
     write_wait_s: float = 0.0  # time the folding thread waited for ClickHouse to finish a unit's write
     written: "Future[None]" = field(default_factory=lambda: _done())  # resolves once every row of the batch is in ClickHouse
 
@@ -368,7 +370,7 @@ class BatchProcessor:
                     behind.settle()  # an empty batch still waits for the previous batch's write
                 # while the last write runs (this thread would only wait): the outgoing messages,
                 # and the batch's young objects
-                result.outbound = outputs_json.messages(result.status_changes, result.violations, self._signed_ticks(result.ticks))
+                result.outbound = topic_json.messages(result.status_changes, result.violations, self._signed_ticks(result.ticks))
                 gc.collect(0)
                 if not leave_last_write:
                     behind.settle()
@@ -608,7 +610,7 @@ class BatchProcessor:
 
     def _signed_ticks(self, ticks: list[tuple[str, int]]) -> list[tuple[str, bytes]]:
         key = self.control_key
-        return [] if key is None else [(acc, outputs_json.tick(acc, clock, key)) for acc, clock in ticks]
+        return [] if key is None else [(acc, topic_json.tick(acc, clock, key)) for acc, clock in ticks]
 
     def _idle_ticks(self) -> list[tuple[str, int]]:
         """Accounts whose open hours the partition's event time has passed but their own clock has

@@ -6,9 +6,9 @@ from typing import Iterable, NamedTuple
 
 import orjson
 
-from pipeline import control
-from pipeline.outputs import StatusChange, Violation
-from pipeline.timestamps import format_ts
+from pipeline.core import control
+from pipeline.core.facts import StatusChange, Violation
+from pipeline.core.timestamps import format_ts
 
 
 # Where an outgoing message goes (the worker maps each to its topic).

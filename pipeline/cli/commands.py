@@ -17,14 +17,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from pipeline import CORE_BUILD, queries, logs, output
-from pipeline.progress import ConsumerProgress
-from pipeline.reasons import REASONS
-from pipeline.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
-from pipeline.reader import QueryError, WorkerBusy, open_reader
+from pipeline import CORE_BUILD, logs
+from pipeline.cli import tables
+from pipeline.store import queries
+from pipeline.cli.progress import ConsumerProgress
+from pipeline.core.reasons import REASONS
+from pipeline.core.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
+from pipeline.store.reader import QueryError, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings, SettingsError, load_settings
-from pipeline.timestamps import TimestampError
+from pipeline.core.timestamps import TimestampError
 
 BILL_COLUMNS = ("account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
                 "billed_input_tokens", "billed_output_tokens", "quantity", "amount")
@@ -66,7 +68,7 @@ def api_token_checked(settings: Settings) -> str:
     """The operator token of the worker's API; refuses an API beyond loopback without a token."""
     import secrets
 
-    from pipeline.api import is_loopback
+    from pipeline.serve.api import is_loopback
 
     if not is_loopback(settings.api_host) and not settings.api_token:
         raise UsageError(f"BILLING_API_HOST={settings.api_host} serves bills beyond this machine: set BILLING_API_TOKEN "
@@ -89,9 +91,9 @@ def kafka_of(settings: Settings) -> str:
 # -- commands -------------------------------------------------------------------------------
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.app import Worker
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.topics import ensure_all
+    from pipeline.stream.app import Worker
+    from pipeline.ingest.broker import EmbeddedBroker
+    from pipeline.ingest.topics import ensure_all
     from pipeline.runtime import Runtime, clear_runtime, write_runtime
 
     running = read_runtime(settings.data_dir)
@@ -135,12 +137,12 @@ def worker_store_label(settings: Settings) -> str:
 
 
 def run_demo(settings: Settings, bootstrap: str, api_url: str, records: int) -> None:
-    from pipeline.publish import publish_lines
-    from pipeline.reader import ApiReader
-    from pipeline.workload import generate
+    from pipeline.ingest.publish import publish_lines
+    from pipeline.store.reader import ApiReader
+    from pipeline.demo.workload import generate
 
     say(f"billing: demo     generating {records} records (several accounts, all models, price dates, plugins, bad records)")
-    from pipeline.control import sign_line
+    from pipeline.core.control import sign_line
 
     key = operator_key(settings)  # the demo's closing clock ticks are the operator's, signed
     lines = [sign_line(line.encode(), key) for line in generate(records, seed=int(time.time()) % 1000)]
@@ -157,12 +159,12 @@ def run_demo(settings: Settings, bootstrap: str, api_url: str, records: int) -> 
     rejected = reader.rejected(None, None)
     total = sum((Decimal(b["amount"]) for b in bills), Decimal(0))
     say(f"billing: demo     {len(bills)} bill lines, total {total:.6f} CNY; {len(rejected)} rejected records")
-    output.emit(bills[-12:], "table", BILL_COLUMNS, out=sys.stderr)
+    tables.emit(bills[-12:], "table", BILL_COLUMNS, out=sys.stderr)
     say("billing: demo     try `billing bills --format json`, `billing rejected`, `billing account <id>` in another terminal")
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.app import Worker
+    from pipeline.stream.app import Worker
     from pipeline.runtime import Runtime, clear_runtime, write_runtime
 
     bootstrap = kafka_of(settings)
@@ -185,8 +187,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.publish import live_lines, publish_lines, tell
-    from pipeline.topics import ensure_all
+    from pipeline.ingest.publish import live_lines, publish_lines, tell
+    from pipeline.ingest.topics import ensure_all
 
     bootstrap = kafka_of(settings)
     if args.file == "-":
@@ -199,11 +201,11 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
         data = path.read_bytes().splitlines()
         lines, total, source = data, len(data), path.name
     if args.control:  # an operator's own file of control records (e.g. clock ticks of a historical load)
-        from pipeline.control import sign_line
+        from pipeline.core.control import sign_line
 
         key = operator_key(settings)
         lines = (sign_line(line, key) if line is not None else None for line in lines)
-    from pipeline.kafka_security import kafka_python_kwargs
+    from pipeline.ingest.kafka_security import kafka_python_kwargs
 
     ensure_all(settings, bootstrap)
     report = publish_lines(lines, bootstrap, settings.input_topic, total=total, source=source, timeout_s=args.timeout,
@@ -215,9 +217,9 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
     """Publish a barrier to every partition; done when the workers have written all of them."""
     from kafka import KafkaProducer
 
-    from pipeline.processor import barrier_message
+    from pipeline.batch.processor import barrier_message
 
-    from pipeline.kafka_security import kafka_python_kwargs
+    from pipeline.ingest.kafka_security import kafka_python_kwargs
 
     barrier = uuid.uuid4().hex
     key = operator_key(settings)
@@ -262,7 +264,7 @@ def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
 
 def check_range(start: str | None, end: str | None) -> None:
     """`--from` and `--to` are RFC 3339 and in order: the same rule and message for every command."""
-    from pipeline.timestamps import parse_ts
+    from pipeline.core.timestamps import parse_ts
 
     first = parse_ts(start) if start else None
     last = parse_ts(end) if end else None
@@ -288,7 +290,7 @@ def emit_limited(rows: list[dict[str, Any]], args: argparse.Namespace, columns: 
     JSON and CSV: all unless told), as `tail` does."""
     limit = args.limit if args.limit is not None else (TABLE_LIMIT if args.format == "table" else 0)
     shown = rows[-limit:] if limit else rows
-    output.emit(shown, args.format, columns, optional=optional)
+    tables.emit(shown, args.format, columns, optional=optional)
     if len(shown) < len(rows):
         say(f"billing: showing the last {len(shown)} of {len(rows)} rows; --limit N for more, --limit 0 for all")
 
@@ -311,9 +313,9 @@ def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reasons(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline import reasons
+    from pipeline.core import reasons
 
-    output.emit(reasons.rows(), args.format, ("reason", "meaning"))
+    tables.emit(reasons.rows(), args.format, ("reason", "meaning"))
     return 0
 
 
@@ -324,17 +326,17 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
         raise UsageError(f"no account {args.account_id!r} has any record yet")
     if args.format == "table":
         for key, value in row.items():
-            print(f"{key:18} {output._cell(value)}")
+            print(f"{key:18} {tables._cell(value)}")
     else:
-        output.emit([row], args.format)
+        tables.emit([row], args.format)
     return 0
 
 
 def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
     """Close the hours of every known account up to T: a clock tick into each account's log."""
-    from pipeline.outputs_json import tick
-    from pipeline.publish import publish_lines
-    from pipeline.timestamps import parse_ts
+    from pipeline.batch.topic_json import tick
+    from pipeline.ingest.publish import publish_lines
+    from pipeline.core.timestamps import parse_ts
 
     until = parse_ts(args.until)
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
@@ -359,10 +361,10 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     """Re-price [from, to) with a catalog; print per account-hour old, new, delta; apply unless --dry-run."""
     import json as _json
 
-    from pipeline.progress import Progress
-    from pipeline.publish import publish_lines
-    from pipeline.outputs import STALE_REBILL
-    from pipeline.rebill import audit_record, new_run_id, refused_accounts, without_accounts
+    from pipeline.cli.progress import Progress
+    from pipeline.ingest.publish import publish_lines
+    from pipeline.core.facts import STALE_REBILL
+    from pipeline.stream.rebill import audit_record, new_run_id, refused_accounts, without_accounts
 
     check_range(args.start, args.end)
     catalog_path = Path(args.catalog) if args.catalog else (settings.catalog or DEFAULT_CATALOG)
@@ -389,13 +391,13 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
         f"{len(audit['now_billed'])} rejected calls now billed; {len(listed)} account-hours change in amount"
         + (f" (listed; {unchanged} more change only in token counts, delta 0, not listed)" if unchanged else
            (" (listed)" if listed else "")))
-    output.emit(listed, args.format, REBILL_COLUMNS)
+    tables.emit(listed, args.format, REBILL_COLUMNS)
     if args.dry_run:
         say("billing: rebill   dry run: nothing written")
         return 0
     bootstrap = kafka_of(settings)
     if records:
-        from pipeline.control import sign_line
+        from pipeline.core.control import sign_line
 
         key = operator_key(settings)
         report = publish_lines((sign_line(r.encode(), key) for r in records), bootstrap, settings.input_topic, total=len(records),
@@ -417,7 +419,7 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     """Read-only SQL on the bill views (docs/sql.md): through the running worker, or the engine or server itself."""
-    from pipeline.sqlquery import as_dicts, check_statement, parse_params
+    from pipeline.store.sqlquery import as_dicts, check_statement, parse_params
 
     if args.query is None and sys.stdin.isatty():
         raise UsageError('give the query as an argument (billing sql "SELECT ...") or on stdin (billing sql < query.sql)')
@@ -426,7 +428,7 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     check_statement(text)  # before reaching for the worker or the engine
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
     result = reader.sql(text, args.max_rows, args.timeout, params)
-    output.emit(as_dicts(result), args.format, result["columns"])
+    tables.emit(as_dicts(result), args.format, result["columns"])
     if result["truncated"]:
         say(f"billing: sql      result cut at {result['max_rows']} rows (--max-rows raises it; LIMIT/aggregate to see less)")
     return 0
@@ -434,14 +436,14 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_console(settings: Settings, args: argparse.Namespace) -> int:
     """The management console against BILLING_CLICKHOUSE (a server deployment), read-only."""
-    from pipeline.console.serve import serve_console
+    from pipeline.serve.console.serve import serve_console
 
     return serve_console(settings, args.host, args.port)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline import chcluster, migrations
-    from pipeline.chclient import CLUSTER_DDL_DIR, DDL_DIR, connect
+    from pipeline.store import chcluster, migrations
+    from pipeline.store.chclient import CLUSTER_DDL_DIR, DDL_DIR, connect
 
     url = settings.clickhouse_url
     client = connect(url, chcluster.client_options(settings, url))
@@ -455,7 +457,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_drained(settings: Settings, args: argparse.Namespace) -> int:
     """Growing partitions (docs/cluster-operations.md): 0 once the workers have written everything
     published to the topic so far (a barrier per partition), so that they may switch to the new one."""
-    from pipeline.partitioning import confirm_drained
+    from pipeline.stream.partitioning import confirm_drained
 
     topic = args.topic or settings.input_topic
     reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
@@ -474,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="count", default=0,
                         help="log more: -v the pipeline's INFO lines, -vv also DEBUG and the Kafka/Faust libraries' INFO, -vvv everything")
     query = argparse.ArgumentParser(add_help=False, parents=[common])  # commands that print rows
-    query.add_argument("--format", choices=output.FORMATS, default="table",
+    query.add_argument("--format", choices=tables.FORMATS, default="table",
                        help="table (fits the terminal, ids shortened), json (one object per line, every field) or csv; default table")
     listing = argparse.ArgumentParser(add_help=False)  # commands that list many rows
     listing.add_argument("--limit", type=non_negative, metavar="N",

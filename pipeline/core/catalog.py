@@ -13,11 +13,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pipeline.settlement import grace_us
-from pipeline.timestamps import day_start_of
-from pipeline.windows import Limits
+from pipeline.core.settlement import grace_us
+from pipeline.core.timestamps import day_start_of
+from pipeline.core.windows import Limits
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "schemas" / "catalog.json"
+DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "schemas" / "catalog.json"
 _THOUSAND = Decimal(1000)
 
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from pipeline.catalog import Catalog
-from pipeline.column_ranges import count_problem, first_problem, money_problem
-from pipeline.keys import keys_not_revoked_by
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, OUT_OF_RANGE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
-from pipeline.pricing import MICRO, plugin_amount, token_amount
-from pipeline.quota import free_left, split_free
-from pipeline.settlement import close_hours, owe, recharge
-from pipeline.records import AccountRecord, Invalid, Record, Usage
-from pipeline.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
-from pipeline.timestamps import hour_start, parse_ts
-from pipeline.tuples import namedtuple_of
-from pipeline.validation import usage_rejection
-from pipeline.windows import WindowKey, violated, window_keys
+from pipeline.core.catalog import Catalog
+from pipeline.core.column_ranges import count_problem, first_problem, money_problem
+from pipeline.core.keys import keys_not_revoked_by
+from pipeline.core.facts import APPLIED, BILLED, DUPLICATE, OUT_OF_RANGE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
+from pipeline.core.pricing import MICRO, plugin_amount, token_amount
+from pipeline.core.quota import free_left, split_free
+from pipeline.core.settlement import close_hours, owe, recharge
+from pipeline.core.records import AccountRecord, Invalid, Record, Usage
+from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
+from pipeline.core.timestamps import hour_start, parse_ts
+from pipeline.core.tuples import namedtuple_of
+from pipeline.core.validation import usage_rejection
+from pipeline.core.windows import WindowKey, violated, window_keys
 
 def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     state.seq += 1

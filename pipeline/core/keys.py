@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.state import AccountState
+from pipeline.core.state import AccountState
 
 
 def key_valid_for_call(state: AccountState, api_key_id: str, ts_us: int) -> bool:

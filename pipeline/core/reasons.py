@@ -1,7 +1,7 @@
 """Rejection reasons with a one-line meaning each, in the rule book's order (BILLING_RULES §10):
 what `billing reasons` prints and what `billing rejected --reason` accepts.
 
-The codes the fold reports are `pipeline.outputs.REASONS` (the core's list); this table adds the
+The codes the fold reports are `pipeline.core.facts.REASONS` (the core's list); this table adds the
 words for people, and the codes checked right after the schema (`unauthorized`, `out_of_range`)
 and `stale_rebill` (a `billing rebill` that lost a race, not a rule). A unit test keeps the two
 in step: every code of the core is here, in the same order.
@@ -9,7 +9,7 @@ in step: every code of the core is here, in the same order.
 
 from __future__ import annotations
 
-from pipeline.outputs import STALE_REBILL
+from pipeline.core.facts import STALE_REBILL
 
 MEANINGS: dict[str, str] = {
     "invalid_schema": "the record breaks the input schema (a field missing, of the wrong type, or not RFC 3339)",

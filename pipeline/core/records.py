@@ -17,11 +17,11 @@ from typing import Any, Callable, NamedTuple
 import fastjsonschema
 import orjson
 
-from pipeline import control, usage_decoder
-from pipeline.timestamps import TimestampError, canonical_ts, parse_ts, quick_us
-from pipeline.tuples import namedtuple_of
+from pipeline.core import control, usage_decoder
+from pipeline.core.timestamps import TimestampError, canonical_ts, parse_ts, quick_us
+from pipeline.core.tuples import namedtuple_of
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "records"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "records"
 USAGE = "usage"
 ACCOUNT_KINDS = (
     "api_key.created",

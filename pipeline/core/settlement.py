@@ -9,10 +9,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
-from pipeline.outputs import Settlement, StatusChange
-from pipeline.state import ZERO, AccountState, Voucher
-from pipeline.timestamps import US_PER_HOUR, US_PER_MINUTE
-from pipeline.tuples import namedtuple_of
+from pipeline.core.facts import Settlement, StatusChange
+from pipeline.core.state import ZERO, AccountState, Voucher
+from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE
+from pipeline.core.tuples import namedtuple_of
 
 ACTIVE = "active"
 ARREARS = "arrears"

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.windows import Limits, WindowKey, minute_start
+from pipeline.core.windows import Limits, WindowKey, minute_start
 
 ZERO = Decimal("0.000000")
 LineKey = tuple[int, str, str]  # (hour start us, api_key_id, item)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "records" / "usage.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "records" / "usage.json"
 _ANNOTATIONS = frozenset({"description", "title", "$schema", "$id"})
 _STRING = frozenset({"type", "minLength", "maxLength", "pattern"})
 _INTEGER = frozenset({"type", "minimum", "maximum"})

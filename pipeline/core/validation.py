@@ -6,10 +6,10 @@ the order of the rule book so that the first reason that applies is the one repo
 
 from __future__ import annotations
 
-from pipeline.catalog import Catalog, ModelSpec
-from pipeline.keys import key_valid_for_call
-from pipeline.records import Usage
-from pipeline.state import AccountState
+from pipeline.core.catalog import Catalog, ModelSpec
+from pipeline.core.keys import key_valid_for_call
+from pipeline.core.records import Usage
+from pipeline.core.state import AccountState
 
 
 def usage_rejection(usage: Usage, state: AccountState, catalog: Catalog) -> tuple[str, str] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND
+from pipeline.core.timestamps import US_PER_MINUTE, US_PER_SECOND
 
 SECOND = "s"
 MINUTE = "m"

@@ -44,7 +44,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.catalog import DEFAULT_CATALOG, ModelSpec, load_catalog
+from pipeline.core.catalog import DEFAULT_CATALOG, ModelSpec, load_catalog
 
 TZ8 = timezone(timedelta(hours=8))
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -61,7 +61,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 @lru_cache(maxsize=4)
 def _catalog(path: str) -> tuple[dict[str, ModelSpec], tuple[str, ...], list[int]]:
-    """The catalog's models, plugin names and price-change days (ms), read by pipeline.catalog
+    """The catalog's models, plugin names and price-change days (ms), read by pipeline.core.catalog
     (the one parser: the workload aims at the limits and dates the worker enforces)."""
     catalog = load_catalog(path)
     days = {p.from_us // 1000 for model in catalog.models.values() for p in model.prices if p.from_us is not None}
@@ -565,7 +565,7 @@ def write_jsonl(path: str | Path, lines: Iterable[str]) -> int:
     return count
 
 
-if __name__ == "__main__":  # python -m pipeline.workload N [SEED] > records.jsonl
+if __name__ == "__main__":  # python -m pipeline.demo.workload N [SEED] > records.jsonl
     args = sys.argv[1:]
     write_jsonl("-", generate(int(args[0]) if args else 1000, int(args[1]) if len(args) > 1 else 1))
 

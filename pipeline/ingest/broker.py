@@ -339,7 +339,7 @@ def ensure_topics(
     creation only: Tansu accepts any config but does not enforce them (see
     docs/faust-notes.md); a real Kafka does. Waits until every partition has a leader.
     ``replication`` -1 is the broker's default; ``admin_kwargs`` carry TLS/SASL
-    (pipeline/kafka_security.py).
+    (pipeline/ingest/kafka_security.py).
     """
     if not topics:
         return

@@ -36,9 +36,9 @@ import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
-from pipeline.framing import encode_group
-from pipeline.progress import Progress, write_or_drop
-from pipeline.records import MAX_RECORD_BYTES
+from pipeline.batch.framing import encode_group
+from pipeline.cli.progress import Progress, write_or_drop
+from pipeline.core.records import MAX_RECORD_BYTES
 
 MAX_RECORDS_PER_MESSAGE = 200
 MAX_MESSAGE_BYTES = 512 * 1024

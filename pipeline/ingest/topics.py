@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Mapping
 
-from pipeline.broker import BrokerError, ensure_topics
+from pipeline.ingest.broker import BrokerError, ensure_topics
 from pipeline.settings import Settings
 
 # Input: replayable forever and stamped by the broker, so that a back-dated record is never
@@ -42,7 +42,7 @@ def specs(settings: Settings) -> dict[str, dict[str, str]]:
 def ensure_all(settings: Settings, bootstrap: str) -> list[str]:
     """Create every topic if missing (same partition count for all: they are keyed by account),
     or with BILLING_CREATE_TOPICS=0 only check that they exist; then verify them."""
-    from pipeline.kafka_security import kafka_python_kwargs
+    from pipeline.ingest.kafka_security import kafka_python_kwargs
 
     wanted = specs(settings)
     kwargs = kafka_python_kwargs(settings)

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from pipeline import queries
+from pipeline.store import queries
 
 OnDb = Callable[..., Awaitable[Any]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -136,7 +136,7 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     async def sql(request: web.Request) -> web.Response:
         """POST {"sql", "params", "max_rows", "timeout_s"}: READ-ONLY. One statement, run with ClickHouse's
         readonly=1 and time and row limits, between two of the worker's writes (`billing sql`)."""
-        from pipeline import sqlquery
+        from pipeline.store import sqlquery
 
         body = await request.json()
         if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
@@ -188,7 +188,7 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
     app.router.add_get("/metrics", prometheus)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/sql", sql)
-    from pipeline import console
+    from pipeline.serve import console
 
     console.add_routes(app, client_of, free_quota, health, on_db, metrics)
     return app

@@ -12,7 +12,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.settings import redact
 
-DDL_DIR = Path(__file__).resolve().parent.parent / "schemas" / "clickhouse"
+DDL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "clickhouse"
 CLUSTER_DDL_DIR = DDL_DIR / "cluster"
 DATABASE = "billing"
 
@@ -68,9 +68,9 @@ def ddl_statements(ddl_dir: Path = DDL_DIR) -> list[str]:
 
 
 def migrate(client: Client, ddl_dir: Path = DDL_DIR, cluster: bool = False) -> int:
-    """Apply the pending numbered migrations (pipeline/migrations.py); returns the statements run.
+    """Apply the pending numbered migrations (pipeline/store/migrations.py); returns the statements run.
     On a cluster the same versions come from the cluster/ twin of the DDL."""
-    from pipeline import migrations
+    from pipeline.store import migrations
 
     if cluster and ddl_dir == DDL_DIR:
         ddl_dir = CLUSTER_DDL_DIR

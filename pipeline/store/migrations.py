@@ -148,8 +148,8 @@ def prepare(client: Any, settings: Any) -> int:
     """A worker's start: apply the migrations when it may (`billing up`, BILLING_MIGRATE_ON_START=1),
     then verify the version; on a cluster also check the tables and the consistency settings.
     Returns the schema version."""
-    from pipeline import chcluster
-    from pipeline.chclient import CLUSTER_DDL_DIR, DDL_DIR
+    from pipeline.store import chcluster
+    from pipeline.store.chclient import CLUSTER_DDL_DIR, DDL_DIR
 
     ddl_dir = CLUSTER_DDL_DIR if settings.clickhouse_cluster else DDL_DIR
     if settings.migrate_on_start:

@@ -13,10 +13,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.quota import free_left
-from pipeline.settlement import status_of
-from pipeline.state import AccountState
-from pipeline.timestamps import TimestampError, format_ts, parse_ts
+from pipeline.core.quota import free_left
+from pipeline.core.settlement import status_of
+from pipeline.core.state import AccountState
+from pipeline.core.timestamps import TimestampError, format_ts, parse_ts
 
 Row = dict[str, Any]
 BILL_FIELDS = (
@@ -151,15 +151,15 @@ def summary(client: Client) -> Row:
 
 
 def rebill_accounts(client: Client, start: str, end: str, account: str | None) -> list[str]:
-    from pipeline.rebill import affected_accounts
+    from pipeline.stream.rebill import affected_accounts
 
     return affected_accounts(client, parse_ts(start), parse_ts(end), account)
 
 
 def rebill_plan(client: Client, catalog_data: dict[str, Any], start: str, end: str, accounts: list[str], run_id: str) -> Row:
     """Replay and diff some accounts (no writes): their diffs and the `rebill.lines` records to publish."""
-    from pipeline.catalog import parse_catalog
-    from pipeline.rebill import plan_json, plan_rebill
+    from pipeline.core.catalog import parse_catalog
+    from pipeline.stream.rebill import plan_json, plan_rebill
 
     plan = plan_rebill(client, parse_catalog(catalog_data), parse_ts(start), parse_ts(end), accounts=accounts, run_id=run_id)
     return plan_json(plan)

@@ -13,8 +13,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, Protocol
 
-from pipeline import queries
-from pipeline.chclient import connect
+from pipeline.store import queries
+from pipeline.store.chclient import connect
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings
 
@@ -45,7 +45,7 @@ class WorkerBusy(QueryError):
 
 class DirectReader:
     def __init__(self, settings: Settings, free_quota: int) -> None:
-        from pipeline.chcluster import client_options
+        from pipeline.store.chcluster import client_options
 
         self.client = connect(settings.clickhouse_url, client_options(settings, settings.clickhouse_url))  # TLS, cluster reads
         self.free_quota = free_quota
@@ -78,7 +78,7 @@ class DirectReader:
         return queries.settlements(self.client, account)
 
     def sql(self, query: str, max_rows: int, timeout_s: float, params: dict[str, str] | None = None) -> Row:
-        from pipeline.sqlquery import run_sql
+        from pipeline.store.sqlquery import run_sql
 
         return run_sql(self.client, query, max_rows, timeout_s, params)
 

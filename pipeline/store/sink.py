@@ -20,10 +20,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from pipeline.columns import decimal_texts, json_objects, seconds_from_micros, whole_seconds
-from pipeline.outputs import PricedUsage, Rejection, Settlement, StatusChange, Violation
-from pipeline.state import LINE_COUNTS, AccountState, Line, LineKey, Window
-from pipeline.windows import WindowKey
+from pipeline.batch.columns import decimal_texts, json_objects, seconds_from_micros, whole_seconds
+from pipeline.core.facts import PricedUsage, Rejection, Settlement, StatusChange, Violation
+from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
+from pipeline.core.windows import WindowKey
 
 
 class RawRow(NamedTuple):

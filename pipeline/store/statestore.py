@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.outputs import StatusChange, Violation
-from pipeline.state import LINE_COUNTS, AccountState, Line, LineKey, Window
-from pipeline.timestamps import US_PER_MINUTE, US_PER_SECOND
-from pipeline.windows import WindowKey
+from pipeline.core.facts import StatusChange, Violation
+from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
+from pipeline.core.timestamps import US_PER_MINUTE, US_PER_SECOND
+from pipeline.core.windows import WindowKey
 
 
 # Values bound into one IN list. The engine takes about 1,000 times longer on a bound array of more

@@ -27,18 +27,24 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import faust
 
-from pipeline import CORE_BUILD, api, chcluster, delivery, kafka_security, logidentity, metrics, migrations, outputs_json, records
-from pipeline.batching import take_batches
-from pipeline.catalog import load_catalog
-from pipeline.chclient import ClickHouseUnavailable, connect, preload_insert_support
-from pipeline.isolation import LOG_INCONSISTENT, Isolator, transient
-from pipeline.partitioning import PartitionMismatch, PlacementCheck, check_assignment
-from pipeline.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
-from pipeline.rawbatches import RawBatch, RawBatches, raw_batches_enabled
+from pipeline import CORE_BUILD
+from pipeline.batch import topic_json
+from pipeline.core import records
+from pipeline.ingest import kafka_security
+from pipeline.serve import api, metrics
+from pipeline.store import chcluster, migrations
+from pipeline.stream import delivery, logidentity
+from pipeline.stream.batching import take_batches
+from pipeline.core.catalog import load_catalog
+from pipeline.store.chclient import ClickHouseUnavailable, connect, preload_insert_support
+from pipeline.stream.isolation import LOG_INCONSISTENT, Isolator, transient
+from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment
+from pipeline.batch.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
+from pipeline.stream.rawbatches import RawBatch, RawBatches, raw_batches_enabled
 from pipeline.runtime import control_key
 from pipeline.settings import Settings, redact
-from pipeline.timestamps import format_ts
-from pipeline.topics import ensure_all
+from pipeline.core.timestamps import format_ts
+from pipeline.ingest.topics import ensure_all
 
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
@@ -170,7 +176,7 @@ class Worker:
         self.violations_topic = app.topic(s.violations_topic, key_serializer="raw", value_serializer="raw", partitions=s.partitions)
         worker = self
 
-        # records in raw batches from Faust's consumer, not one event each (pipeline/rawbatches.py)
+        # records in raw batches from Faust's consumer, not one event each (pipeline/stream/rawbatches.py)
         raw = RawBatches(app, s.input_topic, s.write_records, s.batch_within_s) if raw_batches_enabled() else None
 
         @app.agent(topic, name="billing")
@@ -219,7 +225,7 @@ class Worker:
         await self._handle(messages, [e.message.timestamp for e in events], functools.partial(_ack_events, stream, events))
 
     async def handle_raw(self, raw: RawBatches, batch: RawBatch) -> None:
-        """`handle` for a raw batch (pipeline/rawbatches.py): acknowledged into Faust's consumer at once."""
+        """`handle` for a raw batch (pipeline/stream/rawbatches.py): acknowledged into Faust's consumer at once."""
         async def acknowledge() -> None:
             raw.ack(batch)
 
@@ -358,11 +364,11 @@ class Worker:
         rate-limit violations (per account, in messages of bounded size), and clock ticks for idle
         accounts, encoded by the processor while its last write ran. Retried like the ClickHouse
         write: the batch is not done (its offsets are not committed) until the broker has
-        acknowledged every one of them (pipeline/delivery.py)."""
-        topics = {outputs_json.STATUS: self.status_topic, outputs_json.VIOLATIONS: self.violations_topic,
-                  outputs_json.INPUT: self.input_topic}
+        acknowledged every one of them (pipeline/stream/delivery.py)."""
+        topics = {topic_json.STATUS: self.status_topic, topic_json.VIOLATIONS: self.violations_topic,
+                  topic_json.INPUT: self.input_topic}
 
-        async def send(message: outputs_json.Outbound) -> Any:
+        async def send(message: topic_json.Outbound) -> Any:
             # the returned future resolves once the broker acknowledged the message
             return await topics[message.destination].send(key=message.account_id.encode(), value=message.value, force=True)
 

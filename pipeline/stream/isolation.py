@@ -13,9 +13,9 @@ from typing import Callable
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
-from pipeline.chclient import ClickHouseUnavailable
-from pipeline.partitioning import PartitionMismatch
-from pipeline.processor import BatchProcessor, BatchResult, Message, OffsetGap
+from pipeline.store.chclient import ClickHouseUnavailable
+from pipeline.stream.partitioning import PartitionMismatch
+from pipeline.batch.processor import BatchProcessor, BatchResult, Message, OffsetGap
 
 log = logging.getLogger("billing.worker")
 LOG_INCONSISTENT = (OffsetGap, PartitionMismatch)

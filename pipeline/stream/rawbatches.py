@@ -41,8 +41,8 @@ from typing import Any, AsyncIterator
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-from pipeline.framing import RS
-from pipeline.processor import Message, message_headers
+from pipeline.batch.framing import RS
+from pipeline.batch.processor import Message, message_headers
 
 SETTLE_S = 0.05  # as batching.SETTLE_S
 

@@ -23,14 +23,14 @@ from typing import Any, Iterator
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from pipeline.catalog import Catalog
-from pipeline.fold import apply
-from pipeline.gcpause import gc_paused
-from pipeline.records import CONTROL_KINDS, Usage, parse_record
-from pipeline.state import LINE_COUNTS, ZERO, AccountState, Line, LineKey
-from pipeline.processor import KEEP_MINUTES_US
-from pipeline.statestore import LINE_SELECT, line_of
-from pipeline.timestamps import US_PER_SECOND, format_ts
+from pipeline.core.catalog import Catalog
+from pipeline.core.fold import apply
+from pipeline.stream.gcpause import gc_paused
+from pipeline.core.records import CONTROL_KINDS, Usage, parse_record
+from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, Line, LineKey
+from pipeline.batch.processor import KEEP_MINUTES_US
+from pipeline.store.statestore import LINE_SELECT, line_of
+from pipeline.core.timestamps import US_PER_SECOND, format_ts
 
 LOG_PAGE_ROWS = 50_000  # archived records per query: a rebill holds one page, whatever an account's history
 LOG_ORDER = ("account_id", "epoch", "partition", "offset", "idx")  # raw_records' sort key: log order per account

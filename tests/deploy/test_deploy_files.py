@@ -318,7 +318,8 @@ def test_dockerfile_base_user_entrypoint_and_no_extras():
 def test_dockerfile_keeps_code_next_to_schemas():
     """pipeline/ reads schemas/ via Path(__file__).parent.parent: the image must keep that layout."""
     import pipeline
-    from pipeline import catalog, chclient, records
+    from pipeline.core import catalog, records
+    from pipeline.store import chclient
 
     package_root = Path(pipeline.__file__).resolve().parent.parent
     assert chclient.DDL_DIR == package_root / "schemas" / "clickhouse"
@@ -619,14 +620,14 @@ def test_topics_script_matches_the_code_and_the_settings():
     expected = {getattr(settings, attr) for attr in dir(Settings) if attr.endswith("_topic") and isinstance(getattr(Settings, attr), property)}
     assert names == expected, f"create-topics.sh makes {sorted(names)}, the code uses {sorted(expected)}"
     try:
-        from pipeline import topics
+        from pipeline.ingest import topics
     except ImportError:
         return
     by_name = {settings.input_topic: "INPUT_CONFIG", settings.status_topic: "STATUS_CONFIG",
                settings.violations_topic: "VIOLATIONS_CONFIG"} if hasattr(settings, "status_topic") else {}
     for name, const in by_name.items():
         if hasattr(topics, const):
-            assert configs[name.split(".", 1)[1]] == getattr(topics, const), f"{name}: create-topics.sh differs from pipeline/topics.py {const}"
+            assert configs[name.split(".", 1)[1]] == getattr(topics, const), f"{name}: create-topics.sh differs from pipeline/ingest/topics.py {const}"
 
 
 def test_compose_topic_init_matches_workers():
@@ -825,14 +826,14 @@ def parse_ddl(directory: Path) -> tuple[dict[str, gen_cluster_ddl.Table], dict[s
 
 
 def test_ddl_split_agrees_with_the_migrate_code():
-    from pipeline.chclient import ddl_statements
+    from pipeline.store.chclient import ddl_statements
 
     ours = [s for p in sorted(SINGLE_DDL_DIR.glob("*.sql")) for s in gen_cluster_ddl.ddl_statements(p)]
     assert [" ".join(s.split()) for s in ours] == [" ".join(s.split()) for s in ddl_statements(SINGLE_DDL_DIR)]
 
 
 def test_single_server_migrate_does_not_pick_cluster_ddl():
-    from pipeline.chclient import ddl_statements
+    from pipeline.store.chclient import ddl_statements
 
     statements = ddl_statements()
     assert statements

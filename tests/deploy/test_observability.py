@@ -31,7 +31,7 @@ def exported_metric_names() -> set[str]:
     """Sample names the worker's /metrics shows, from the metrics code itself."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from pipeline.metrics import WorkerMetrics
+    from pipeline.serve.metrics import WorkerMetrics
 
     m = WorkerMetrics(lambda: [(0, 5, 5, 9)])
     m.batch_done({"billed": 1, "rejected": 1}, {"unknown_model": 1}, 1, 0.1, 0.1, 0.0, [1.0])

@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.chclient import connect, migrate
+from pipeline.ingest.broker import EmbeddedBroker
+from pipeline.store.chclient import connect, migrate
 from pipeline.settings import Settings
 from tests.integration.stack import Stack
 

@@ -15,9 +15,9 @@ import faust
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
-from pipeline.app import leave_group_at_generation_zero
-from pipeline.batching import take_batches
-from pipeline.broker import ensure_topics
+from pipeline.stream.app import leave_group_at_generation_zero
+from pipeline.stream.batching import take_batches
+from pipeline.ingest.broker import ensure_topics
 from tests.integration.test_two_workers import wait_until
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import pytest
 
-from pipeline.cli import wait_for
-from pipeline.reader import ApiReader, WorkerBusy
+from pipeline.cli.commands import wait_for
+from pipeline.store.reader import ApiReader, WorkerBusy
 from pipeline.settings import load_settings
 from tests.integration.stack import Stack
 

@@ -14,14 +14,15 @@ import clickhouse_connect
 import pytest
 from kafka import KafkaAdminClient
 
-from pipeline import logidentity, migrations, statestore
-from pipeline.broker import ensure_topics
-from pipeline.catalog import load_catalog
-from pipeline.chclient import DDL_DIR
-from pipeline.partitioning import PartitionMismatch, PlacementCheck, partition_for
-from pipeline.processor import BatchProcessor, Message
+from pipeline.store import migrations, statestore
+from pipeline.stream import logidentity
+from pipeline.ingest.broker import ensure_topics
+from pipeline.core.catalog import load_catalog
+from pipeline.store.chclient import DDL_DIR
+from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, partition_for
+from pipeline.batch.processor import BatchProcessor, Message
 from pipeline.settings import Settings
-from pipeline.topics import WeakTopic, ensure_all
+from pipeline.ingest.topics import WeakTopic, ensure_all
 
 pytestmark = pytest.mark.integration
 
@@ -126,7 +127,7 @@ def test_an_explicit_epoch_refuses_a_topic_with_another_identity(client, broker:
 
 
 def test_a_worker_refuses_to_start_on_a_recreated_topic_under_its_old_epoch(broker: str, inprocess_dir: Path) -> None:
-    from pipeline.app import Worker
+    from pipeline.stream.app import Worker
 
     settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-recreated",
                         log_epoch=f"fixed-{uuid.uuid4().hex[:6]}")
@@ -225,7 +226,7 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
     from kafka.errors import KafkaTimeoutError
     from kafka.future import Future
 
-    from pipeline import publish
+    from pipeline.ingest import publish
 
     real_make = publish.make_producer
     sends: list[bytes] = []
@@ -261,7 +262,7 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
     assert not again.failures
 
     consumer = KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest", consumer_timeout_ms=3000, group_id=None)
-    from pipeline.framing import split_message
+    from pipeline.batch.framing import split_message
 
     log: dict[str, list[str]] = {}
     for message in sorted(consumer, key=lambda m: (m.partition, m.offset)):
@@ -277,7 +278,7 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
 # 4. The commit point on a cluster: the settings are sent with every query and checked at start --
 
 def test_cluster_mode_sends_the_commit_point_settings_and_checks_them(inprocess_dir: Path, empty_db) -> None:
-    from pipeline import chcluster
+    from pipeline.store import chcluster
 
     url = Settings(data_dir=inprocess_dir).clickhouse_url
     database = empty_db.database

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 
-from pipeline import queries, statestore
-from pipeline.broker import ensure_topics
-from pipeline.chclient import connect
-from pipeline.cli import wait_for
-from pipeline.partitioning import PartitionMismatch, confirm_drained, partition_for
-from pipeline.publish import publish_lines
+from pipeline.store import queries, statestore
+from pipeline.ingest.broker import ensure_topics
+from pipeline.store.chclient import connect
+from pipeline.cli.commands import wait_for
+from pipeline.stream.partitioning import PartitionMismatch, confirm_drained, partition_for
+from pipeline.ingest.publish import publish_lines
 from pipeline.settings import Settings
 from tests.integration.test_two_workers import Replica, wait_until
 
@@ -47,7 +47,7 @@ class QuickMetadataReplica(Replica):
     minutes), so that the partition change reaches it within the test."""
 
     def __init__(self, settings: Settings, bootstrap: str, name: str) -> None:
-        from pipeline.app import Worker
+        from pipeline.stream.app import Worker
 
         self.name = name
         self.worker = Worker(settings, bootstrap, settings.log_epoch)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 from pipeline.runtime import read_runtime
-from pipeline.workload import generate, write_jsonl
+from pipeline.demo.workload import generate, write_jsonl
 from tests.integration.stack import Stack
 from tests.integration.test_pipeline import accounts_of
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.publish import publish_lines
+from pipeline.ingest.publish import publish_lines
 from pipeline.runtime import read_runtime
-from pipeline.workload import generate
+from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected

@@ -9,11 +9,11 @@ import zlib
 
 import pytest
 
-from pipeline import queries, statestore
-from pipeline.catalog import load_catalog
-from pipeline.processor import BatchProcessor, Message
-from pipeline.state import AccountState
-from pipeline.workload import generate
+from pipeline.store import queries, statestore
+from pipeline.core.catalog import load_catalog
+from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.core.state import AccountState
+from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.runtime import read_runtime
-from pipeline.workload import generate
+from pipeline.demo.workload import generate
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,11 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pipeline import control, queries
-from pipeline.catalog import load_catalog
-from pipeline.isolation import Isolator
-from pipeline.processor import BatchProcessor, ClockBounds, Message
+from pipeline.core import control
+from pipeline.store import queries
+from pipeline.core.catalog import load_catalog
+from pipeline.stream.isolation import Isolator
+from pipeline.batch.processor import BatchProcessor, ClockBounds, Message
 from pipeline.runtime import read_runtime
 from tests.integration.stack import Stack
 
@@ -104,7 +105,7 @@ def test_the_api_refuses_writes_without_the_operator_token(stack: Stack) -> None
 
 
 def test_an_api_beyond_loopback_needs_a_token(fresh_dir) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.commands import main
 
     import os
 
@@ -212,7 +213,7 @@ def test_normal_traffic_beside_every_hostile_class_bills_as_a_clean_run(stack: S
     workload (one record per message, as a gateway sends them): the workload's bills, rejections
     and balances are the oracle's, as if nothing else had been sent."""
     from pipeline.runtime import control_key
-    from pipeline.workload import generate
+    from pipeline.demo.workload import generate
     from tests.integration.stack import bills_by_key
     from tests.integration.test_pipeline import accounts_of
     from tests.oracle import expected

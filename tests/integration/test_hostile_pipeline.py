@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.framing import split_message
+from pipeline.batch.framing import split_message
 from pipeline.runtime import read_runtime
 from tests.hostile import hostile_corpus
 from tests.integration.stack import Stack

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import queries, sink
-from pipeline.catalog import load_catalog
-from pipeline.chclient import connect
-from pipeline.processor import BatchProcessor, EarlierWriteFailed
-from pipeline.publish import publish_lines
-from pipeline.reader import ApiReader
+from pipeline.store import queries, sink
+from pipeline.core.catalog import load_catalog
+from pipeline.store.chclient import connect
+from pipeline.batch.processor import BatchProcessor, EarlierWriteFailed
+from pipeline.ingest.publish import publish_lines
+from pipeline.store.reader import ApiReader
 from pipeline.settings import Settings
-from pipeline.workload import generate
+from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_clickhouse_outage import committed_total
 from tests.integration.test_pipeline import accounts_of

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.runtime import read_runtime
-from pipeline.workload import generate
+from pipeline.demo.workload import generate
 from tests.integration.stack import Stack
 from tests.unit.test_metrics import FAMILIES, parse
 

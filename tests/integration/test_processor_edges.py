@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import queries
-from pipeline.control import sign_line
-from pipeline.catalog import load_catalog
-from pipeline.processor import BatchProcessor, Message, OffsetGap
-from pipeline.workload import generate
+from pipeline.store import queries
+from pipeline.core.control import sign_line
+from pipeline.core.catalog import load_catalog
+from pipeline.batch.processor import BatchProcessor, Message, OffsetGap
+from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
@@ -36,7 +36,7 @@ def messages(lines: list[str], partitions: int = 2) -> list[Message]:
 
 def fail_nth_write(monkeypatch, n: int, message: str) -> list[int]:
     """Make the sink's n-th write fail as a lost server would; returns the records of each write."""
-    from pipeline import sink
+    from pipeline.store import sink
 
     real_send = sink.send
     writes: list[int] = []
@@ -87,7 +87,7 @@ def test_outputs_lost_before_publishing_are_published_when_redelivered(client) -
     violations to Kafka (the offset is committed after both). The batch is delivered again to a
     new worker: its records are skipped, not re-applied, and what the first worker never
     published is published now, so the status topic ends as if nothing had happened."""
-    from pipeline.workload import generate_settlement
+    from pipeline.demo.workload import generate_settlement
 
     lines = generate_settlement(3000, seed=8)
     msgs = messages(lines, partitions=1)
@@ -120,8 +120,8 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
     A late call for a rebilled line that the worker applies in between must not be overwritten:
     the account's rebill is refused (stale_rebill, listed with the reason), the other accounts'
     are applied, and the same rebill run again bills the late call under the new catalog."""
-    from pipeline.rebill import plan_rebill
-    from pipeline.timestamps import parse_ts
+    from pipeline.stream.rebill import plan_rebill
+    from pipeline.core.timestamps import parse_ts
     from tests.integration.test_rebill import CATALOG, END, START, in_range
 
     lines = generate(2500, seed=4343, start="2024-06-06T22:00:00+08:00")
@@ -158,7 +158,7 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
 
 def _late_copy_of_a_billed_call(lines: list[str], plan) -> dict:
     """Another call (new event_id) at the same instant as a call in a line the plan changes."""
-    from pipeline.timestamps import hour_start, parse_ts
+    from pipeline.core.timestamps import hour_start, parse_ts
 
     changed = {(c.account_id, c.key[0], c.key[1], c.key[2]) for c in plan.changes if c.old is not None}
     for line in lines:
@@ -179,7 +179,7 @@ def test_working_sets_load_in_chunks_with_the_same_bills(client, monkeypatch) ->
     thousandfold on one bound list of over ~131,000 values). With tiny chunks, every load spans
     many queries: a restart before each batch makes every batch load its seen ids, lines and
     windows, and the bills, duplicates and rejections still equal the oracle."""
-    from pipeline import statestore
+    from pipeline.store import statestore
 
     monkeypatch.setattr(statestore, "MAX_BOUND_VALUES", 7)
     lines = generate(1500, seed=4747)
@@ -199,7 +199,7 @@ def test_a_server_gets_smaller_chunks_than_the_embedded_engine(client) -> None:
     chunk of 50,000 seen-id hashes would be refused there (about 1.1 MB)."""
     from types import SimpleNamespace
 
-    from pipeline import statestore
+    from pipeline.store import statestore
 
     assert statestore._bound_limit(client) == statestore.MAX_BOUND_VALUES == 50_000
     server = SimpleNamespace(uri="http://clickhouse:8123/billing")
@@ -212,7 +212,7 @@ def test_a_big_batch_is_written_in_units_and_a_crash_between_units_loses_nothing
     """A batch is folded and written in units of at most `write_records` records. If the worker
     dies after some units are written (the batch's offsets are not acknowledged), the whole batch
     comes again: the written units are skipped, the rest applied, and the bills are exact."""
-    from pipeline import sink
+    from pipeline.store import sink
 
     lines = generate(2000, seed=4848)
     msgs = messages(lines)
@@ -253,7 +253,7 @@ def test_no_read_overtakes_the_write_in_flight_and_bills_stay_exact(client, monk
     """Write-behind: unit N is written on the sink thread while unit N+1 is parsed. Every read of
     unit N+1 (states, identities, lines, windows) must come after unit N's write, across
     redeliveries and restarts, or a duplicate in the next unit would be billed again."""
-    from pipeline import sink
+    from pipeline.store import sink
 
     lines = generate(3000, seed=5252)
     msgs = messages(lines)
@@ -303,8 +303,8 @@ def test_a_rebill_reads_the_archive_in_pages_and_trims_as_it_replays(client, mon
     no longer needs while it replays, so that its memory does not grow with an account's history.
     With pages of 7 records across two log epochs and two partitions, and a trim every 5 records,
     the plan is the one read in one page: no record lost, repeated or out of order."""
-    from pipeline import rebill
-    from pipeline.timestamps import parse_ts
+    from pipeline.stream import rebill
+    from pipeline.core.timestamps import parse_ts
     from tests.integration.test_rebill import CATALOG, END, START
 
     lines = generate(2000, seed=5151, start="2024-06-06T22:00:00+08:00")

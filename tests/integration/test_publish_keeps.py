@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.framing import split_message
-from pipeline.progress import Progress
-from pipeline.publish import publish_lines
-from pipeline.records import MAX_RECORD_BYTES
+from pipeline.ingest.broker import EmbeddedBroker
+from pipeline.batch.framing import split_message
+from pipeline.cli.progress import Progress
+from pipeline.ingest.publish import publish_lines
+from pipeline.core.records import MAX_RECORD_BYTES
 from pipeline.runtime import read_runtime
 from tests.integration.stack import Stack, bills_by_key, read_topic
 from tests.oracle import expected

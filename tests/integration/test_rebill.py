@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.workload import generate, write_jsonl
+from pipeline.demo.workload import generate, write_jsonl
 from tests.integration.stack import Stack, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.workload import generate, write_jsonl
+from pipeline.demo.workload import generate, write_jsonl
 from tests.integration.stack import Stack
 from tests.integration.test_pipeline import assert_bills_match
 

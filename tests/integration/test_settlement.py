@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.workload import generate_settlement, write_jsonl
+from pipeline.demo.workload import generate_settlement, write_jsonl
 from tests.integration.stack import Stack, read_topic
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected

@@ -13,12 +13,12 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline import sink
-from pipeline.outputs import PricedUsage, Settlement, StatusChange
-from pipeline.records import EARLIEST_US, LATEST_US
-from pipeline.sink import BatchRows, RawRow
-from pipeline.state import AccountState, Line
-from pipeline.timestamps import US_PER_HOUR, parse_ts
+from pipeline.store import sink
+from pipeline.core.facts import PricedUsage, Settlement, StatusChange
+from pipeline.core.records import EARLIEST_US, LATEST_US
+from pipeline.store.sink import BatchRows, RawRow
+from pipeline.core.state import AccountState, Line
+from pipeline.core.timestamps import US_PER_HOUR, parse_ts
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from pipeline.workload import generate, write_jsonl
+from pipeline.demo.workload import generate, write_jsonl
 from tests.integration.stack import Stack
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.publish import publish_lines
+from pipeline.ingest.publish import publish_lines
 from pipeline.runtime import read_runtime
 from tests.integration.test_faults import WorkerProcess
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 # Loaded by the worker's Python at start (PYTHONPATH): every ClickHouse write of a batch fails, as
 # with a table that refuses its inserts. sink.py stays uncompiled, so the processor sees the patch.
 FAILING_WRITES = '''
-from pipeline import sink
+from pipeline.store import sink
 
 def _refuse(client, encoded):
     raise RuntimeError("Code: 999. DB::Exception: this table refuses every insert (injected)")

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import queries
-from pipeline.app import Worker
-from pipeline.chclient import connect
-from pipeline.processor import barrier_message
+from pipeline.store import queries
+from pipeline.stream.app import Worker
+from pipeline.store.chclient import connect
+from pipeline.batch.processor import barrier_message
 from pipeline.runtime import control_key
-from pipeline.publish import publish_lines
+from pipeline.ingest.publish import publish_lines
 from pipeline.settings import Settings
-from pipeline.workload import generate
+from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected

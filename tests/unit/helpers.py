@@ -7,13 +7,13 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from pipeline import control, records
-from pipeline.catalog import DEFAULT_CATALOG, Catalog, load_catalog, parse_catalog
-from pipeline.fold import apply
-from pipeline.outputs import Outcome
-from pipeline.state import AccountState, LineKey
-from pipeline.windows import WindowKey
-from pipeline.timestamps import hour_start, parse_ts
+from pipeline.core import control, records
+from pipeline.core.catalog import DEFAULT_CATALOG, Catalog, load_catalog, parse_catalog
+from pipeline.core.fold import apply
+from pipeline.core.facts import Outcome
+from pipeline.core.state import AccountState, LineKey
+from pipeline.core.windows import WindowKey
+from pipeline.core.timestamps import hour_start, parse_ts
 
 ACCOUNT = "acct-1"
 KEY = "key-1"

@@ -109,7 +109,7 @@ def _copy_tree(tmp_path: Path) -> Path:
 
 
 def _where(tree: Path) -> tuple[dict[str, str], str]:
-    code = "import json, pipeline, pipeline.fold, pipeline.state; print(json.dumps([pipeline.fold.__file__, pipeline.state.__file__]))"
+    code = "import json, pipeline, pipeline.core.fold, pipeline.core.state; print(json.dumps([pipeline.core.fold.__file__, pipeline.core.state.__file__]))"
     env = {**os.environ, "PYTHONPATH": str(tree)}
     env.pop("BILLING_PURE_PYTHON", None)
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True, timeout=60)
@@ -123,11 +123,11 @@ def test_a_stale_build_is_not_run_after_a_source_edit(tmp_path):
     tree = _copy_tree(tmp_path)
     files, _ = _where(tree)
     assert all(f.endswith(EXTENSION_SUFFIX) for f in files.values()), files
-    with open(tree / "pipeline" / "fold.py", "a", encoding="utf-8") as source:
+    with open(tree / "pipeline" / "core" / "fold.py", "a", encoding="utf-8") as source:
         source.write("\n# an edit without a rebuild\n")
     files, stderr = _where(tree)
     assert all(f.endswith(".py") for f in files.values()), files
-    assert "pipeline/fold.py changed since the core was compiled" in stderr
+    assert "pipeline/core/fold.py changed since the core was compiled" in stderr
 
 
 @pytest.mark.skipif(not CORE_BUILD.compiled, reason="the core is not compiled here: the sources are what runs")

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from pipeline.console import data
+from pipeline.serve.console import data
 
 ECHARTS_VERSION = "5.6.0"  # npm `echarts`, dist/echarts.min.js + LICENSE, NOTICE in static/
 OnDb = Callable[..., Awaitable[Any]]
@@ -25,16 +25,16 @@ PAGES = ("operator", "account", "statement")
 
 @functools.lru_cache(maxsize=None)
 def page(name: str) -> str:
-    return resources.files("pipeline.console").joinpath("pages", f"{name}.html").read_text(encoding="utf-8")
+    return resources.files("pipeline.serve.console").joinpath("pages", f"{name}.html").read_text(encoding="utf-8")
 
 
 def static_dir() -> str:
-    return str(resources.files("pipeline.console").joinpath("static"))
+    return str(resources.files("pipeline.serve.console").joinpath("static"))
 
 
 def _default_limits() -> tuple[int, int, int]:
     """The catalog's default rate limits (the worker's catalog: BILLING_CATALOG or the bundled one)."""
-    from pipeline.catalog import load_catalog
+    from pipeline.core.catalog import load_catalog
     from pipeline.settings import load_settings
 
     limits = load_catalog(load_settings().catalog).default_limits

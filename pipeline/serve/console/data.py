@@ -3,7 +3,7 @@
 Every user value is a bound parameter. They read the user-facing views of
 schemas/clickhouse/002_user_views.sql (current values, no revision twice) and, for the figures
 the CLI also prints (bill lines, account summary, settlements, rejections), the very functions
-of `pipeline.queries`, so the console and `billing bills|account` cannot disagree.
+of `pipeline.store.queries`, so the console and `billing bills|account` cannot disagree.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline import queries
-from pipeline.sqlquery import jsonable
-from pipeline.state import AccountState
-from pipeline.timestamps import US_PER_HOUR, US_PER_SECOND, format_ts, parse_ts
+from pipeline.store import queries
+from pipeline.store.sqlquery import jsonable
+from pipeline.core.state import AccountState
+from pipeline.core.timestamps import US_PER_HOUR, US_PER_SECOND, format_ts, parse_ts
 
 Row = dict[str, Any]
 DEFAULT_HOURS = 48  # a range not given: the last 48 hours that have bills

@@ -1,7 +1,7 @@
 """`billing console`: the worker's pages and data API served on their own, against a ClickHouse
 server (a production deployment, where the workers' APIs are not meant for people).
 
-Same app as the worker's (`pipeline.api.build_app`), so the same pages, endpoints and access
+Same app as the worker's (`pipeline.serve.api.build_app`), so the same pages, endpoints and access
 rules; queries run one at a time on a thread of their own (a clickhouse-connect client is not
 shared across threads). The pipeline-health panel has no worker here: it says so.
 """
@@ -20,9 +20,9 @@ T = TypeVar("T")
 
 
 def serve_console(settings: Settings, host: str, port: int) -> int:
-    from pipeline import api
-    from pipeline.catalog import load_catalog
-    from pipeline.chclient import connect, migrate
+    from pipeline.serve import api
+    from pipeline.core.catalog import load_catalog
+    from pipeline.store.chclient import connect, migrate
 
     from pipeline.runtime import read_runtime
 

@@ -4,9 +4,10 @@ from decimal import Decimal
 
 import orjson
 
-from pipeline import control, outputs_json
-from pipeline.outputs import StatusChange, Violation
-from pipeline.timestamps import parse_ts
+from pipeline.batch import topic_json
+from pipeline.core import control
+from pipeline.core.facts import StatusChange, Violation
+from pipeline.core.timestamps import parse_ts
 
 T0 = parse_ts("2024-06-07T10:00:00+08:00")
 
@@ -17,7 +18,7 @@ def _violation(account: str, n: int) -> Violation:
 
 def test_violations_go_per_account_in_messages_of_at_most_500_in_log_order() -> None:
     violated = [_violation("acc-a", n) for n in range(1201)] + [_violation("acc-b", n) for n in range(3)]
-    out = outputs_json.messages([], violated, [])
+    out = topic_json.messages([], violated, [])
     assert [(m.destination, m.account_id) for m in out] == [("violations", "acc-a")] * 3 + [("violations", "acc-b")]
     bodies = [orjson.loads(m.value) for m in out]
     assert [len(b["violations"]) for b in bodies] == [500, 500, 201, 3]
@@ -32,7 +33,7 @@ def test_violations_go_per_account_in_messages_of_at_most_500_in_log_order() -> 
 def test_status_changes_and_ticks_become_one_message_each() -> None:
     change = StatusChange("acc-a", "arrears", Decimal("1.5"), Decimal("0"), T0, 9)
     key = b"k" * 32
-    out = outputs_json.messages([change], [], [("acc-b", outputs_json.tick("acc-b", T0 + 3_600_000_000, key))])
+    out = topic_json.messages([change], [], [("acc-b", topic_json.tick("acc-b", T0 + 3_600_000_000, key))])
     assert [(m.destination, m.account_id) for m in out] == [("status", "acc-a"), ("input", "acc-b")]
     assert orjson.loads(out[0].value) == {"account_id": "acc-a", "status": "arrears", "debt": "1.500000",
                                           "cash_balance": "0.000000", "as_of": "2024-06-07T10:00:00+08:00", "seq": 9}
@@ -42,4 +43,4 @@ def test_status_changes_and_ticks_become_one_message_each() -> None:
 
 
 def test_a_quiet_batch_publishes_nothing() -> None:
-    assert outputs_json.messages([], [], []) == []
+    assert topic_json.messages([], [], []) == []

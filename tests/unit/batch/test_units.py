@@ -7,8 +7,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.framing import encode_group
-from pipeline.processor import Message, _units
+from pipeline.batch.framing import encode_group
+from pipeline.batch.processor import Message, _units
 
 
 def message(offset: int, records: int) -> Message:

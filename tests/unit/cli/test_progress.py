@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from pipeline import progress
-from pipeline.progress import Progress
+from pipeline.cli import progress
+from pipeline.cli.progress import Progress
 
 
 class Clock:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
+from pipeline.cli import commands
 from pipeline.settings import Settings, SettingsError, load_settings
 
 
@@ -44,13 +44,13 @@ def test_a_bad_value_names_the_setting_and_what_it_accepts(monkeypatch: pytest.M
 
 def test_the_cli_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("BILLING_PARTITIONS", "abc")
-    assert cli.main(["bills"]) == 2
+    assert commands.main(["bills"]) == 2
     err = capsys.readouterr().err
     assert err == "billing: BILLING_PARTITIONS='abc' is not valid: expected a whole number from 1 to 10000\n"
 
 
 def test_a_bad_flag_is_named_as_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["bills", "--clickhouse", "foo://bar"]) == 2
+    assert commands.main(["bills", "--clickhouse", "foo://bar"]) == 2
     assert capsys.readouterr().err.startswith("billing: --clickhouse='foo://bar' is not valid")
 
 

@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 
 from helpers import CATALOG, catalog_data, us
-from pipeline.catalog import CatalogError, Catalog, load_catalog, parse_catalog
-from pipeline.windows import Limits
+from pipeline.core.catalog import CatalogError, Catalog, load_catalog, parse_catalog
+from pipeline.core.windows import Limits
 
 FREE_PLUGINS = (
     "digital_human_voice",

@@ -15,7 +15,7 @@ from helpers import (
     voucher,
     whitelist_add,
 )
-from pipeline.outputs import BILLED, DUPLICATE, REJECTED
+from pipeline.core.facts import BILLED, DUPLICATE, REJECTED
 
 
 def snapshot(acct):

@@ -4,9 +4,9 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.outputs import PricedUsage, Violation
-from pipeline.tuples import namedtuple_of
-from pipeline.sink import SeenRow
+from pipeline.core.facts import PricedUsage, Violation
+from pipeline.core.tuples import namedtuple_of
+from pipeline.store.sink import SeenRow
 
 
 @pytest.mark.parametrize("kind, values", [

@@ -17,10 +17,10 @@ from helpers import (
     usage,
     whitelist_add,
 )
-from pipeline.catalog import parse_catalog
-from pipeline.outputs import BILLED, REJECTED
-from pipeline.state import Line
-from pipeline.timestamps import US_PER_HOUR, hour_start
+from pipeline.core.catalog import parse_catalog
+from pipeline.core.facts import BILLED, REJECTED
+from pipeline.core.state import Line
+from pipeline.core.timestamps import US_PER_HOUR, hour_start
 
 
 def amount_str(outcome):

@@ -1,7 +1,7 @@
 """Properties of the fold (BILLING_RULES §1, §4, §5, §8, §10; interpretations), checked by hypothesis.
 
 Records are built as JSON bytes and go through parse_record like records from the topic. The
-expected bill lines are computed here from the catalog JSON file (not from pipeline.catalog):
+expected bill lines are computed here from the catalog JSON file (not from pipeline.core.catalog):
 prices per 1000 tokens / 1000, the free quota used in log order, input before output.
 """
 
@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import catalog_data, make_catalog, touched
-from pipeline.catalog import Catalog
-from pipeline.fold import apply
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, Outcome
-from pipeline.records import parse_record
-from pipeline.state import AccountState
+from pipeline.core.catalog import Catalog
+from pipeline.core.fold import apply
+from pipeline.core.facts import APPLIED, BILLED, DUPLICATE, Outcome
+from pipeline.core.records import parse_record
+from pipeline.core.state import AccountState
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

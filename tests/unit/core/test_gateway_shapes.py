@@ -7,7 +7,7 @@ from collections import Counter
 import orjson
 
 from bench import gateway
-from pipeline.records import Invalid, Usage, parse_record
+from pipeline.core.records import Invalid, Usage, parse_record
 
 
 def test_one_record_per_message_mostly_usage_from_every_account_with_a_zipf_head() -> None:

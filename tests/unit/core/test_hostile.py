@@ -17,16 +17,16 @@ from typing import Any
 import orjson
 import pytest
 
-TESTS = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parents[2]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from helpers import CATALOG, touched  # noqa: E402
 from hostile import MUST_BE_INVALID, MUST_PARSE, hostile_corpus  # noqa: E402
-from pipeline.fold import apply  # noqa: E402
-from pipeline.outputs import APPLIED, BILLED, DUPLICATE, REASONS, REJECTED, Outcome  # noqa: E402
-from pipeline.records import AccountRecord, Invalid, Usage, parse_record  # noqa: E402
-from pipeline.state import AccountState  # noqa: E402
+from pipeline.core.fold import apply  # noqa: E402
+from pipeline.core.facts import APPLIED, BILLED, DUPLICATE, REASONS, REJECTED, Outcome  # noqa: E402
+from pipeline.core.records import AccountRecord, Invalid, Usage, parse_record  # noqa: E402
+from pipeline.core.state import AccountState  # noqa: E402
 
 N = 10_000
 KEY_ACCOUNT = "acct-from-key"

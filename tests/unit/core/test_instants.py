@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import CATALOG, recharge, voucher
-from pipeline.fold import DUPLICATE, apply
-from pipeline.records import AccountRecord, Invalid, Usage, parse_record
-from pipeline.state import AccountState
-from pipeline.timestamps import US_PER_DAY, US_PER_HOUR, TimestampError, canonical_ts, format_ts, hour_start, parse_ts, quick_us
-from pipeline.usage_decoder import decode
+from pipeline.core.fold import DUPLICATE, apply
+from pipeline.core.records import AccountRecord, Invalid, Usage, parse_record
+from pipeline.core.state import AccountState
+from pipeline.core.timestamps import US_PER_DAY, US_PER_HOUR, TimestampError, canonical_ts, format_ts, hour_start, parse_ts, quick_us
+from pipeline.core.usage_decoder import decode
 
 END_OF_2016 = 1_483_228_800_000_000  # 2017-01-01T00:00:00Z
 

@@ -1,9 +1,9 @@
 """API keys (BILLING_RULES §7): log-order creation, revocation time, the 3-active-key limit."""
 
 from helpers import ACCOUNT, NO_QUOTA, Account, D, key_created, key_revoked, us, usage
-from pipeline.keys import key_valid_for_call, keys_not_revoked_by
-from pipeline.outputs import APPLIED, BILLED, REJECTED
-from pipeline.state import AccountState, KeyState
+from pipeline.core.keys import key_valid_for_call, keys_not_revoked_by
+from pipeline.core.facts import APPLIED, BILLED, REJECTED
+from pipeline.core.state import AccountState, KeyState
 
 
 def reason(outcome):

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parents[2]
 for path in (TESTS, TESTS.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 from oracle import ALL_KINDS, KINDS, assert_settlement_totals, expected, parse_rfc3339_ns  # noqa: E402
-from pipeline.workload import generate_settlement  # noqa: E402
+from pipeline.demo.workload import generate_settlement  # noqa: E402
 
 A = "acct-s"
 K = "k1"

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.pricing import exact6, plugin_amount, token_amount
+from pipeline.core.pricing import exact6, plugin_amount, token_amount
 
 
 def test_token_amount_exact():

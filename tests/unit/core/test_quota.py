@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.quota import split_free
+from pipeline.core.quota import split_free
 
 
 @pytest.mark.parametrize(

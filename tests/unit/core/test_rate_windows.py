@@ -1,8 +1,8 @@
 """Rate windows through the fold (BILLING_RULES §6): flagged, still billed, reported as violations."""
 
 from helpers import NO_QUOTA, Account, D, limits, touched, us, usage
-from pipeline.outputs import BILLED, Violation
-from pipeline.windows import MINUTE, SECOND
+from pipeline.core.facts import BILLED, Violation
+from pipeline.core.windows import MINUTE, SECOND
 
 S = "2024-06-07T10:00:"  # a minute's prefix
 

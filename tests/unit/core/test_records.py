@@ -5,8 +5,8 @@ import json
 import pytest
 
 from helpers import ACCOUNT, KEY, T0, key_created, limits, parse, recharge, us, usage, voucher
-from pipeline import records
-from pipeline.records import MAX_RECORD_BYTES, AccountRecord, Invalid, Usage, parse_record
+from pipeline.core import records
+from pipeline.core.records import MAX_RECORD_BYTES, AccountRecord, Invalid, Usage, parse_record
 
 
 def test_usage_fields_and_defaults():

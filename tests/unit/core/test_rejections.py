@@ -16,7 +16,7 @@ from helpers import (
     whitelist_add,
     whitelist_remove,
 )
-from pipeline.outputs import BILLED, REASONS, REJECTED
+from pipeline.core.facts import BILLED, REASONS, REJECTED
 
 OLD = "2024-06-06T23:59:59+08:00"  # base has no price in force yet
 

@@ -1,5 +1,5 @@
 """Hand-computed unit tests of hourly settlement (BILLING_RULES §9, docs/interpretations.md
-"Settlement"), through `fold.apply` and a few of pipeline/settlement.py's functions directly.
+"Settlement"), through `fold.apply` and a few of pipeline/core/settlement.py's functions directly.
 
 Every account starts with its free quota used up, so calls are billed from the first token.
 Prices per token: xingchen-max 0.00004 in / 0.00012 out, xingchen-lite 0.000002 / 0.000006.
@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.outputs import Settlement, StatusChange
-from pipeline.settlement import close_hours, grace_us, recharge as recharge_state, settle_amount, status_of
-from pipeline.state import AccountState, Voucher
-from pipeline.timestamps import US_PER_HOUR, hour_start
+from pipeline.core.facts import Settlement, StatusChange
+from pipeline.core.settlement import close_hours, grace_us, recharge as recharge_state, settle_amount, status_of
+from pipeline.core.state import AccountState, Voucher
+from pipeline.core.timestamps import US_PER_HOUR, hour_start
 
 from helpers import ACCOUNT, CATALOG, KEY, Account, D, touched, us
 

@@ -6,16 +6,16 @@ from collections import defaultdict
 
 import pytest
 
-from pipeline.catalog import load_catalog
-from pipeline.fold import apply
-from pipeline.queries import money
-from pipeline.control import sign_line
+from pipeline.core.catalog import load_catalog
+from pipeline.core.fold import apply
+from pipeline.store.queries import money
+from pipeline.core.control import sign_line
 from tests.unit.helpers import CONTROL_KEY
-from pipeline.records import parse_record
-from pipeline.settlement import status_of
-from pipeline.state import AccountState
-from pipeline.timestamps import format_ts
-from pipeline.workload import generate_settlement
+from pipeline.core.records import parse_record
+from pipeline.core.settlement import status_of
+from pipeline.core.state import AccountState
+from pipeline.core.timestamps import format_ts
+from pipeline.demo.workload import generate_settlement
 from tests.oracle import assert_settlement_totals, expected
 
 SETTLEMENT_FIELDS = ("amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")

@@ -3,8 +3,8 @@
 from decimal import Decimal
 
 from helpers import NO_QUOTA, Account, D, key_revoked, limits, recharge, us, usage, voucher, whitelist_add
-from pipeline.state import ZERO, AccountState, KeyState, Voucher
-from pipeline.windows import Limits
+from pipeline.core.state import ZERO, AccountState, KeyState, Voucher
+from pipeline.core.windows import Limits
 
 
 def test_recharge_adds_to_cash():

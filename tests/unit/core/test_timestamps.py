@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.timestamps import (
+from pipeline.core.timestamps import (
     US_PER_HOUR,
     TimestampError,
     day_start_of,

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.records as records
-from pipeline import usage_decoder
-from pipeline.records import Invalid, Usage, _validator, canonical_digest, parse_record
-from pipeline.timestamps import format_ts, quick_us
-from pipeline.workload import generate
+import pipeline.core.records as records
+from pipeline.core import usage_decoder
+from pipeline.core.records import Invalid, Usage, _validator, canonical_digest, parse_record
+from pipeline.core.timestamps import format_ts, quick_us
+from pipeline.demo.workload import generate
 from tests.hostile import hostile_corpus
 
 BASE: dict[str, Any] = {

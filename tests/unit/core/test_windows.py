@@ -1,7 +1,7 @@
 """Tumbling event-time windows and limit checks."""
 
-from pipeline.timestamps import parse_ts
-from pipeline.windows import MINUTE, SECOND, Limits, violated, window_keys
+from pipeline.core.timestamps import parse_ts
+from pipeline.core.windows import MINUTE, SECOND, Limits, violated, window_keys
 
 
 def test_window_keys_are_second_and_minute_starts():

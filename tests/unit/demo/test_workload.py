@@ -1,4 +1,4 @@
-"""The synthetic workload (pipeline/workload.py) is deterministic and covers every case the
+"""The synthetic workload (pipeline/demo/workload.py) is deterministic and covers every case the
 oracle (tests/oracle.py) can tell apart."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parents[2]
 for path in (TESTS, TESTS.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 from oracle import KINDS, REASONS, expected, parse_rfc3339_ns  # noqa: E402
-from pipeline.workload import generate, write_jsonl  # noqa: E402
+from pipeline.demo.workload import generate, write_jsonl  # noqa: E402
 
 N = 5000
 MODELS = (

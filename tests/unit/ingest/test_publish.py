@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from pipeline import cli
-from pipeline.framing import split_message
-from pipeline.processor import _origin, message_headers
-from pipeline.progress import Progress, write_or_drop
-from pipeline.publish import Batcher, PublishReport, origin_headers, tell
+from pipeline.cli import commands
+from pipeline.batch.framing import split_message
+from pipeline.batch.processor import _origin, message_headers
+from pipeline.cli.progress import Progress, write_or_drop
+from pipeline.ingest.publish import Batcher, PublishReport, origin_headers, tell
 
 
 def test_a_group_carries_its_first_line_and_how_many_records_it_holds() -> None:
@@ -119,7 +119,7 @@ def test_progress_goes_on_without_its_stream() -> None:
     ["rebill", "--from", "2024-06-07T00:00:00+08:00", "--to", "2024-06-08T00:00:00+08:00", "--account", ""],
 ])
 def test_an_empty_account_is_bad_usage_not_every_account(argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    assert cli.main([*argv, "--data-dir", str(tmp_path)]) == 2
+    assert commands.main([*argv, "--data-dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and "account" in captured.err

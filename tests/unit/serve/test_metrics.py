@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.metrics import WorkerMetrics
+from pipeline.serve.metrics import WorkerMetrics
 
 FAMILIES = {
     "billing_records": "counter", "billing_rejected": "counter", "billing_redeliveries_skipped": "counter",

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from pipeline.sqlquery import SqlRefused, as_dicts, check_statement, jsonable, parse_params, split_statements
+from pipeline.store.sqlquery import SqlRefused, as_dicts, check_statement, jsonable, parse_params, split_statements
 
 
 def test_split_keeps_semicolons_inside_quotes_and_drops_comments() -> None:

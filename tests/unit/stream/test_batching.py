@@ -1,4 +1,4 @@
-"""When take_batches hands a batch out (pipeline/batching.py), on a stand-in for the stream.
+"""When take_batches hands a batch out (pipeline/stream/batching.py), on a stand-in for the stream.
 
 The margins are wide on purpose: these check which rule ended the wait (a `within` of 2 s against
 a `settle` of 20 ms), not how fast anything is.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pipeline.batching import _wait_for_batch
+from pipeline.stream.batching import _wait_for_batch
 
 WITHIN, SETTLE = 2.0, 0.02
 

@@ -10,9 +10,11 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner as AioPartitioner
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
-from pipeline import chcluster, delivery, kafka_security, topics
-from pipeline.partitioning import PartitionMismatch, PlacementCheck, check_assignment, partition_for
-from pipeline.processor import Message
+from pipeline.ingest import kafka_security, topics
+from pipeline.store import chcluster
+from pipeline.stream import delivery
+from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment, partition_for
+from pipeline.batch.processor import Message
 from pipeline.settings import Settings
 
 

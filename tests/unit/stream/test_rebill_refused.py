@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pipeline.rebill import refused_accounts, without_accounts
+from pipeline.stream.rebill import refused_accounts, without_accounts
 
 
 def rejection(account: str, run_id: str) -> dict:

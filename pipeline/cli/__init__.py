@@ -1,0 +1,1 @@
+"""The `billing` command (commands.py), its terminal tables and progress lines."""

@@ -1,0 +1,1 @@
+"""What a running worker serves: the query API, the console, Prometheus metrics."""
