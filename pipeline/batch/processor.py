@@ -23,7 +23,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.batch import topic_json
 from pipeline.core import control
-from pipeline.store import sink, statestore
+from pipeline.store.storage import ClickHouseStorage, Storage
 from pipeline.core.catalog import Catalog
 from pipeline.core.fold import apply, is_api_call
 from pipeline.batch.framing import RS, split_message
@@ -194,16 +194,16 @@ class WriteBehind:
     where it is next waited for; the batch then forgets every account it touched. It starts with
     the previous batch's last write when that was left in flight."""
 
-    def __init__(self, pool: ThreadPoolExecutor, client: Client, earlier: "Future[None] | None" = None) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, storage: Storage, earlier: "Future[None] | None" = None) -> None:
         self._pool = pool
-        self._client = client
+        self._storage = storage
         self._in_flight = earlier
         self._earlier = earlier is not None
         self.waited_s = 0.0
 
-    def submit(self, encoded: sink.Encoded) -> None:
+    def submit(self, encoded: Any) -> None:
         self.settle()
-        self._in_flight = self._pool.submit(sink.send, self._client, encoded)
+        self._in_flight = self._pool.submit(self._storage.send, encoded)
         yield_gil()  # the sink thread starts now, not when this thread next runs interpreted code
 
     def settle(self) -> None:
@@ -240,8 +240,11 @@ class BatchProcessor:
     """Owns the in-memory account states of the partitions this worker holds."""
 
     def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True, write_records: int = 50_000,
-                 control_key: bytes | None = None, clock_bounds: ClockBounds | None = None, max_cached_accounts: int = 100_000) -> None:
+                 control_key: bytes | None = None, clock_bounds: ClockBounds | None = None, max_cached_accounts: int = 100_000,
+                 storage: Storage | None = None) -> None:
         self.client = client
+        # every read and write of the store (store/storage.py); ClickHouse on `client` unless given
+        self.storage: Storage = storage if storage is not None else ClickHouseStorage(client)
         self.control_key = control_key  # None: no control record is accepted (and no tick is sent)
         self.clock_bounds = clock_bounds or ClockBounds()
         self.write_records = max(write_records, 1)
@@ -294,7 +297,7 @@ class BatchProcessor:
         if not accounts:
             return
         try:
-            statestore.roll_back(self.client, accounts)
+            self.storage.roll_back(accounts)
         except Exception as exc:  # ClickHouse away: the retry rewrites the same rows anyway
             log.warning("could not roll back the failed batch's rows (%r); its retry overwrites them", exc)
 
@@ -309,7 +312,7 @@ class BatchProcessor:
             firsts.setdefault(msg.partition, msg.offset)
         unknown = [p for p in firsts if p not in self._next_offset]
         if unknown:
-            applied = statestore.processed_offsets(self.client, self.epoch, unknown)
+            applied = self.storage.processed_offsets(self.epoch, unknown)
             for p in unknown:
                 self._next_offset[p] = applied.get(p, -1) + 1
         for msg in messages:
@@ -357,14 +360,14 @@ class BatchProcessor:
         touched: set[str] = set()
         earlier, earlier_touched = self._last_write, self._last_touched
         self._last_write, self._last_touched = None, set()
-        behind = WriteBehind(self._sink, self.client, earlier)
+        behind = WriteBehind(self._sink, self.storage, earlier)
         held: BatchRows | None = None  # a unit's rows, folded but not yet encoded and handed to ClickHouse
         try:
             with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
                 for unit in _units(messages, self.write_records):
                     held = self._process(unit, behind, held, result, touched)
                 if held is not None:
-                    behind.submit(sink.encode(held))  # (after the write in flight)
+                    behind.submit(self.storage.encode(held))  # (after the write in flight)
                     held = None
                 else:
                     behind.settle()  # an empty batch still waits for the previous batch's write
@@ -401,7 +404,7 @@ class BatchProcessor:
         behind.settle()  # no read ever runs beside a write
         reads = self._reader.submit(self._read, messages, by_account, result)
         try:
-            encoded = sink.encode(held) if held is not None else None
+            encoded = self.storage.encode(held) if held is not None else None
         finally:
             wait([reads])  # never leave a read running behind a failure
         pending, republished = reads.result()
@@ -475,7 +478,7 @@ class BatchProcessor:
         missing = [acc for acc in by_account if acc not in self.states]
         if not missing:
             return
-        loaded = statestore.load_states(self.client, missing)
+        loaded = self.storage.load_states(missing)
         for acc in missing:
             self._sleeping.pop(acc, None)
             self.states[acc] = loaded.get(acc) or AccountState(acc)
@@ -512,7 +515,7 @@ class BatchProcessor:
         seqs = {acc: self.states[acc].seq for acc in applied}
         events = [(acc, rec.event_id) for acc, recs in applied.items() for rec in recs
                   if isinstance(rec, Usage) and is_api_call(rec)]
-        return statestore.committed_statuses(self.client, seqs), statestore.committed_violations(self.client, events, seqs)
+        return self.storage.committed_statuses(seqs), self.storage.committed_violations(events, seqs)
 
     def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]]) -> None:
         """Load the identities, hour lines and rate windows these records touch."""
@@ -542,12 +545,12 @@ class BatchProcessor:
                             minutes.add((acc, minute))
                 else:
                     hours.update((acc, hour) for hour in _rebilled_hours(rec) if hour not in known_hours)
-        for (acc, rid), (digest, seq) in statestore.load_seen(self.client, wanted).items():
+        for (acc, rid), (digest, seq) in self.storage.load_seen(wanted).items():
             if seq <= seqs[acc]:
                 self.states[acc].seen[rid] = digest
-        for acc, lines in statestore.load_lines(self.client, sorted(hours), seqs).items():
+        for acc, lines in self.storage.load_lines(sorted(hours), seqs).items():
             self.states[acc].add_lines(lines)
-        for acc, windows in statestore.load_windows(self.client, sorted(minutes), seqs).items():
+        for acc, windows in self.storage.load_windows(sorted(minutes), seqs).items():
             self.states[acc].windows.update(windows)
         for acc, hour in hours:
             self._hours[acc].add(hour)

@@ -9,6 +9,7 @@ from pipeline.core.timestamps import US_PER_MINUTE, US_PER_SECOND
 SECOND = "s"
 MINUTE = "m"
 WindowKey = tuple[str, int]  # (SECOND | MINUTE, window start in microseconds)
+LIMIT_ORDER = {"qps": 0, "qpm": 1, "tpm": 2}  # the order `violated` reports a call's limits in
 
 
 @dataclass(frozen=True, slots=True)

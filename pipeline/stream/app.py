@@ -37,6 +37,7 @@ from pipeline.stream import delivery, logidentity
 from pipeline.stream.batching import take_batches
 from pipeline.core.catalog import load_catalog
 from pipeline.store.chclient import ClickHouseUnavailable, connect, preload_insert_support
+from pipeline.store.storage import ClickHouseStorage
 from pipeline.stream.isolation import LOG_INCONSISTENT, Isolator, transient
 from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment
 from pipeline.batch.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
@@ -100,7 +101,7 @@ class Worker:
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
         self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick,
                                         write_records=settings.write_records, control_key=self.control_key, clock_bounds=bounds,
-                                        max_cached_accounts=settings.max_cached_accounts)
+                                        max_cached_accounts=settings.max_cached_accounts, storage=ClickHouseStorage(self.client))
         self.processor.placement = PlacementCheck(settings.partitions)
         self.on_api = on_api
         self.api_url: str | None = None

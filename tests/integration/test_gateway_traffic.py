@@ -3,33 +3,21 @@ record per message from many accounts, a bounded state cache, account ids that n
 
 from __future__ import annotations
 
-import json
 import uuid
-import zlib
 
 import pytest
 
 from pipeline.store import queries, statestore
 from pipeline.core.catalog import load_catalog
-from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.batch.processor import BatchProcessor
 from pipeline.core.state import AccountState
 from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
+from tests.messages import one_record_messages as single_record_messages
 from tests.oracle import expected
 
 pytestmark = pytest.mark.integration
-
-
-def single_record_messages(lines: list[str], partitions: int = 2) -> list[Message]:
-    offsets = [0] * partitions
-    out = []
-    for line in lines:
-        account = str(json.loads(line).get("account_id", ""))
-        partition = zlib.crc32(account.encode()) % partitions
-        out.append(Message(partition, offsets[partition], account.encode(), line.encode()))
-        offsets[partition] += 1
-    return out
 
 
 def test_a_state_cache_smaller_than_the_accounts_keeps_bills_exact(client) -> None:

@@ -6,7 +6,6 @@ import json
 import threading
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,10 @@ from pipeline.batch.processor import BatchProcessor, Message, OffsetGap
 from pipeline.demo.workload import generate
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
+from tests.messages import one_record_messages as messages
 from tests.oracle import expected
 
 pytestmark = pytest.mark.integration
-
-
-def messages(lines: list[str], partitions: int = 2) -> list[Message]:
-    offsets = [0] * partitions
-    out = []
-    for line in lines:
-        account = json.loads(line).get("account_id", "")
-        partition = zlib.crc32(str(account).encode()) % partitions  # stable across runs, unlike hash()
-        out.append(Message(partition, offsets[partition], str(account).encode(), line.encode()))
-        offsets[partition] += 1
-    return out
 
 
 def fail_nth_write(monkeypatch, n: int, message: str) -> list[int]:

@@ -1,0 +1,237 @@
+"""What the batch processor needs from its store, as an interface it receives.
+
+The processor folds records in memory; everything it reads or writes beyond that goes through
+these calls: the snapshots and what they commit (load_*), the positions already applied
+(processed_offsets), the outputs of records delivered again (committed_*), a batch's writes
+(encode on the folding thread, send on the sink thread, in order) and the undo of a failed
+batch (roll_back). `ClickHouseStorage` is the one the worker runs (store/sink.py and
+store/statestore.py, unchanged); `InMemoryStorage` keeps the same rows in dicts for unit tests
+of the processor, with the same rule for what a snapshot commits: a row counts only up to its
+account's snapshot seq.
+
+The write protocol, in order (store/sink.py):
+1. a unit's facts and rows (raw records, identities, priced usage, rejections, windows, lines,
+   settlements, status changes),
+2. the account snapshots: the commit point of every row above at their seq,
+3. the partition positions and barriers; the Kafka offsets are committed only after.
+A failure anywhere stops the unit before its snapshots; roll_back deletes what it left beyond
+the accounts' snapshots, and the batch is retried.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.core.facts import PricedUsage, Rejection, Settlement, StatusChange, Violation
+from pipeline.core.state import AccountState, Line, LineKey, Window
+from pipeline.core.windows import LIMIT_ORDER, WindowKey
+from pipeline.store import sink, statestore
+from pipeline.store.sink import BatchRows
+
+
+class Storage(Protocol):
+    """Exactly what BatchProcessor calls. `encode` runs on the folding thread and must take
+    everything it needs from the live states then (the next unit changes them); `send` runs on
+    the processor's sink thread, one unit at a time, in the order encoded."""
+
+    def encode(self, rows: BatchRows) -> Any: ...
+
+    def send(self, encoded: Any) -> None: ...
+
+    def roll_back(self, accounts: Iterable[str]) -> None: ...
+
+    def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]: ...
+
+    def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]: ...
+
+    def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]: ...
+
+    def load_lines(self, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]: ...
+
+    def load_windows(self, account_minutes: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[WindowKey, Window]]: ...
+
+    def committed_statuses(self, max_seq: dict[str, int]) -> list[StatusChange]: ...
+
+    def committed_violations(self, events: list[tuple[str, str]], max_seq: dict[str, int]) -> list[Violation]: ...
+
+
+class ClickHouseStorage:
+    """The worker's storage: the functions of sink.py and statestore.py on one client. Each call
+    looks the function up in its module when it runs, so a test that wraps `sink.send` (to fail or
+    delay a write against the real engine) still reaches it."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def encode(self, rows: BatchRows) -> sink.Encoded:
+        return sink.encode(rows)
+
+    def send(self, encoded: sink.Encoded) -> None:
+        sink.send(self.client, encoded)
+
+    def roll_back(self, accounts: Iterable[str]) -> None:
+        statestore.roll_back(self.client, accounts)
+
+    def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]:
+        return statestore.processed_offsets(self.client, epoch, partitions)
+
+    def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]:
+        return statestore.load_states(self.client, accounts)
+
+    def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]:
+        return statestore.load_seen(self.client, wanted)
+
+    def load_lines(self, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]:
+        return statestore.load_lines(self.client, account_hours, max_seq)
+
+    def load_windows(self, account_minutes: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[WindowKey, Window]]:
+        return statestore.load_windows(self.client, account_minutes, max_seq)
+
+    def committed_statuses(self, max_seq: dict[str, int]) -> list[StatusChange]:
+        return statestore.committed_statuses(self.client, max_seq)
+
+    def committed_violations(self, events: list[tuple[str, str]], max_seq: dict[str, int]) -> list[Violation]:
+        return statestore.committed_violations(self.client, events, max_seq)
+
+
+@dataclass
+class Snapshot:
+    """One unit's rows, copied from the live states when encoded (as sink.encode takes them)."""
+
+    epoch: str
+    seen: list[tuple[Any, ...]]
+    priced: list[PricedUsage]
+    rejections: list[Rejection]
+    violations: list[Violation]
+    windows: dict[tuple[str, WindowKey], Window]
+    lines: dict[tuple[str, LineKey], Line]
+    settlements: list[Settlement]
+    status_changes: list[StatusChange]
+    states: dict[str, bytes]
+    progress: list[tuple[int, int]]
+    barriers: list[tuple[str, int]]
+    raw: int
+
+
+@dataclass
+class InMemoryStorage:
+    """The tables the processor reads back, in dicts; rows kept at every seq as ClickHouse keeps
+    them, and read as of the snapshot seq the caller gives. For unit tests: `failing_sends` names
+    the sends (1 for the first) that raise as a lost server would, and the lists show what was
+    written."""
+
+    states: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)  # account -> (seq, snapshot)
+    seen: list[tuple[Any, ...]] = field(default_factory=list)  # SeenRow order
+    lines: list[tuple[str, LineKey, Line]] = field(default_factory=list)
+    windows: list[tuple[str, WindowKey, Window]] = field(default_factory=list)
+    priced: list[PricedUsage] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    settlements: list[Settlement] = field(default_factory=list)
+    status_changes: list[StatusChange] = field(default_factory=list)
+    progress: dict[tuple[str, int], int] = field(default_factory=dict)  # (epoch, partition) -> highest offset
+    barriers: list[tuple[str, int]] = field(default_factory=list)
+    raw_records: int = 0
+    failing_sends: set[int] = field(default_factory=set)
+    sends: int = 0  # every send, failed or not
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def encode(self, rows: BatchRows) -> Snapshot:
+        return Snapshot(
+            rows.epoch, list(rows.seen), list(rows.priced), list(rows.rejections), list(rows.violations),
+            {k: copy.copy(w) for k, w in rows.windows.items()}, {k: copy.copy(v) for k, v in rows.lines.items()},
+            list(rows.settlements), list(rows.status_changes), {acc: s.to_json() for acc, s in rows.states.items()},
+            list(rows.progress), list(rows.barriers), len(rows.raw))
+
+    def send(self, encoded: Snapshot) -> None:
+        with self._lock:
+            self.sends += 1
+            if self.sends in self.failing_sends:
+                raise ConnectionError(f"in-memory storage: send {self.sends} fails (failing_sends)")
+            self.raw_records += encoded.raw
+            self.seen += encoded.seen
+            self.priced += encoded.priced
+            self.rejections += encoded.rejections
+            self.violations += encoded.violations
+            self.windows += [(acc, key, w) for (acc, key), w in encoded.windows.items()]
+            self.lines += [(acc, key, line) for (acc, key), line in encoded.lines.items()]
+            self.settlements += encoded.settlements
+            self.status_changes += encoded.status_changes
+            for acc, text in encoded.states.items():  # the commit point, after the rows above
+                self.states.setdefault(acc, []).append((AccountState.from_json(text).seq, text))
+            for partition, offset in encoded.progress:
+                key = (encoded.epoch, partition)
+                self.progress[key] = max(offset, self.progress.get(key, -1))
+            self.barriers += encoded.barriers
+
+    def committed_seq(self, account: str) -> int:
+        return max((seq for seq, _ in self.states.get(account, [])), default=0)
+
+    def roll_back(self, accounts: Iterable[str]) -> None:
+        with self._lock:
+            seqs = {acc: self.committed_seq(acc) for acc in set(accounts)}
+
+            def kept(acc: str, seq: int) -> bool:
+                return acc not in seqs or seq <= seqs[acc]
+
+            self.seen = [r for r in self.seen if kept(r[0], r[3])]
+            self.lines = [r for r in self.lines if kept(r[0], r[2].revision)]
+            self.windows = [r for r in self.windows if kept(r[0], r[2].revision)]
+            self.priced = [r for r in self.priced if kept(r.account_id, r.seq)]
+            self.rejections = [r for r in self.rejections if kept(r.account_id, r.seq)]
+            self.violations = [r for r in self.violations if kept(r.account_id, r.seq)]
+            self.settlements = [r for r in self.settlements if kept(r.account_id, r.seq)]
+            self.status_changes = [r for r in self.status_changes if kept(r.account_id, r.seq)]
+
+    def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]:
+        return {p: o for (e, p), o in self.progress.items() if e == epoch and p in partitions}
+
+    def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]:
+        return {acc: AccountState.from_json(max(self.states[acc])[1]) for acc in set(accounts) if acc in self.states}
+
+    def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]:
+        found: dict[tuple[str, str], tuple[str, int]] = {}
+        for acc, rid, digest, seq, _ in self.seen:
+            key = (acc, rid)
+            if key in wanted and (key not in found or seq < found[key][1]):
+                found[key] = (digest, seq)
+        return found
+
+    def load_lines(self, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]:
+        wanted = set(account_hours)
+        lines: dict[str, dict[LineKey, Line]] = {}
+        for acc, key, line in self.lines:
+            if (acc, key[0]) in wanted and line.revision <= max_seq.get(acc, 0):
+                known = lines.setdefault(acc, {})
+                if key not in known or known[key].revision < line.revision:
+                    known[key] = copy.copy(line)
+        return lines
+
+    def load_windows(self, account_minutes: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[WindowKey, Window]]:
+        from pipeline.core.windows import minute_start
+
+        wanted = set(account_minutes)
+        windows: dict[str, dict[WindowKey, Window]] = {}
+        for acc, key, window in self.windows:
+            if (acc, minute_start(key[1])) in wanted and window.revision <= max_seq.get(acc, 0):
+                known = windows.setdefault(acc, {})
+                if key not in known or known[key].revision < window.revision:
+                    known[key] = copy.copy(window)
+        return windows
+
+    def committed_statuses(self, max_seq: dict[str, int]) -> list[StatusChange]:
+        latest: dict[str, StatusChange] = {}
+        for change in sorted(self.status_changes, key=lambda c: c.seq):
+            if change.account_id in max_seq and change.seq <= max_seq[change.account_id]:
+                latest[change.account_id] = change
+        return [latest[acc] for acc in sorted(latest)]
+
+    def committed_violations(self, events: list[tuple[str, str]], max_seq: dict[str, int]) -> list[Violation]:
+        wanted = set(events)
+        found = {v for v in self.violations if (v.account_id, v.event_id) in wanted and v.seq <= max_seq.get(v.account_id, 0)}
+        return sorted(found, key=lambda v: (v.account_id, v.seq, LIMIT_ORDER.get(v.limit, len(LIMIT_ORDER))))

@@ -1,0 +1,94 @@
+"""The batch processor against the in-memory storage (store/storage.py): what a restart, a
+redelivery, a failed write and a gap in the log do to the bills, without a broker or an engine.
+The same stories against the real engine are in tests/integration/test_processor_edges.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.batch.processor import BatchProcessor, OffsetGap
+from pipeline.core.catalog import load_catalog
+from pipeline.demo.workload import generate
+from pipeline.store.storage import InMemoryStorage
+from tests.messages import one_record_messages as messages
+
+EPOCH = "unit-epoch"
+
+
+def processor(storage: InMemoryStorage, write_records: int = 50_000) -> BatchProcessor:
+    return BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, write_records=write_records, storage=storage)  # type: ignore[arg-type]
+
+
+def snapshots(storage: InMemoryStorage) -> dict[str, dict]:
+    """Each account's committed snapshot: balances, debt, lines, quota, seen identities."""
+    return {acc: json.loads(state.to_json()) for acc, state in storage.load_states(storage.states).items()}
+
+
+def billed(storage: InMemoryStorage) -> list[tuple]:
+    return sorted((p.account_id, p.event_id, p.token_amount, p.plugin_amount) for p in storage.priced)
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[str]:
+    return generate(1200, seed=4848)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(lines: list[str]) -> InMemoryStorage:
+    storage = InMemoryStorage()
+    processor(storage).process(messages(lines))
+    return storage
+
+
+def test_a_restart_on_the_stored_snapshots_bills_as_one_uninterrupted_run(lines, uninterrupted) -> None:
+    storage = InMemoryStorage()
+    msgs = messages(lines)
+    processor(storage).process(msgs[:600])
+    again = processor(storage).process(msgs)  # a new worker: the first 600 come again with the rest
+    assert again.skipped == 600 and sum(again.statuses.values()) == len(msgs) - 600
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert billed(storage) == billed(uninterrupted)
+
+
+def test_a_write_lost_mid_batch_is_rolled_back_and_the_batch_again_bills_each_record_once(lines, uninterrupted) -> None:
+    storage = InMemoryStorage(failing_sends={3})
+    msgs = messages(lines)
+    with pytest.raises(ConnectionError):
+        processor(storage, write_records=250).process(msgs)
+    written = storage.raw_records  # the two units written before the loss
+    again = processor(storage, write_records=250).process(msgs)
+    assert again.skipped == written > 0
+    assert sum(again.statuses.values()) == len(msgs) - again.skipped
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert billed(storage) == billed(uninterrupted)
+
+
+def test_the_same_processor_retries_a_failed_batch_from_its_store_not_from_memory(lines, uninterrupted) -> None:
+    storage = InMemoryStorage(failing_sends={2})
+    worker = processor(storage, write_records=300)
+    msgs = messages(lines)
+    with pytest.raises(ConnectionError):
+        worker.process(msgs)
+    worker.process(msgs)  # the worker's retry of the batch it could not write
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert billed(storage) == billed(uninterrupted)
+
+
+def test_outputs_of_a_batch_written_but_never_published_come_again_with_its_redelivery(lines) -> None:
+    storage = InMemoryStorage()
+    msgs = messages(lines)
+    lost = processor(storage).process(msgs)  # written; the worker dies before publishing
+    again = processor(storage).process(msgs)
+    assert again.skipped == len(msgs)
+    assert {c.account_id: c for c in again.status_changes} == {c.account_id: c for c in lost.status_changes}
+    assert {(v.account_id, v.event_id, v.limit) for v in again.violations} == {(v.account_id, v.event_id, v.limit) for v in lost.violations}
+
+
+def test_an_offset_gap_stops_the_processor(lines) -> None:
+    storage = InMemoryStorage()
+    msgs = messages(lines, partitions=1)
+    processor(storage).process(msgs[:50])
+    with pytest.raises(OffsetGap, match="offsets from 50 were never applied"):
+        processor(storage).process(msgs[60:80])
