@@ -28,8 +28,8 @@ from pipeline.core.catalog import Catalog
 from pipeline.core.fold import apply, is_api_call
 from pipeline.batch.framing import RS, split_message
 from pipeline.stream.gcpause import gc_paused
-from pipeline.core.facts import Outcome, StatusChange, Violation
-from pipeline.core.records import AccountRecord, Invalid, Record, Usage, parse_record
+from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
+from pipeline.core.records import AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
 from pipeline.store.sink import BatchRows
 from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState
@@ -179,7 +179,8 @@ def _unwritable(record: Record, error: str) -> Invalid:
     a value the tables cannot hold that the fold's own checks did not foresee)."""
     detail = f"ClickHouse refused to write this record's message ({error[:500]}); it was rejected so that billing goes on"
     event_id = record.event_id if isinstance(record, (Usage, Invalid)) else ""
-    return Invalid(record.account_id, "raw:" + record.identity, record.raw, detail, event_id, record.ts_us, record.kind, "out_of_range")
+    return new_invalid(account_id=record.account_id, identity="raw:" + record.identity, raw=record.raw, detail=detail, event_id=event_id,
+                       ts_us=record.ts_us, kind=record.kind, reason=OUT_OF_RANGE)
 
 
 def yield_gil() -> None:

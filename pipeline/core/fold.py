@@ -12,14 +12,16 @@ from typing import Any
 from pipeline.core.catalog import Catalog
 from pipeline.core.column_ranges import count_problem, first_problem, money_problem
 from pipeline.core.keys import keys_not_revoked_by
-from pipeline.core.facts import APPLIED, BILLED, DUPLICATE, OUT_OF_RANGE, REJECTED, STALE_REBILL, Outcome, PricedUsage, Rejection, Violation
+from pipeline.core.facts import (
+    API_KEY_LIMIT, APPLIED, BILLED, CONFLICTING_DUPLICATE, DUPLICATE, INVALID_API_KEY, OUT_OF_RANGE, REJECTED, STALE_REBILL,
+    Outcome, new_priced_usage, new_rejection, new_violation,
+)
 from pipeline.core.pricing import MICRO, plugin_amount, token_amount
 from pipeline.core.quota import free_left, split_free
 from pipeline.core.settlement import close_hours, owe, recharge
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage
 from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.core.timestamps import hour_start, parse_ts
-from pipeline.core.tuples import namedtuple_of
 from pipeline.core.validation import usage_rejection
 from pipeline.core.windows import WindowKey, violated, window_keys
 
@@ -34,7 +36,7 @@ def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
             return Outcome(DUPLICATE)
         detail = f"{record.identity!r} was already applied with a different payload; the first stands"
         record_id = f"{record.identity}#{record.digest}"  # its own rejection row beside the first's
-        return _reject(state, record_id, _event_id(record), record.kind, "conflicting_duplicate", detail, record.ts_us, record.raw)
+        return _reject(state, record_id, _event_id(record), record.kind, CONFLICTING_DUPLICATE, detail, record.ts_us, record.raw)
     state.seen[record.identity] = record.digest
     state.max_ts_us = max(state.max_ts_us, record.ts_us)
     if isinstance(record, Usage):
@@ -62,7 +64,8 @@ def _event_id(record: Record) -> str:
 
 
 def _reject(state: AccountState, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str) -> Outcome:
-    rejection = namedtuple_of(Rejection, state.account_id, record_id, event_id, kind, reason, detail, ts_us, raw, state.seq)
+    rejection = new_rejection(account_id=state.account_id, record_id=record_id, event_id=event_id, kind=kind, reason=reason,
+                              detail=detail, ts_us=ts_us, raw=raw, seq=state.seq)
     return Outcome(REJECTED, rejection=rejection)
 
 
@@ -106,10 +109,11 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     flags: tuple[str, ...] = ()
     if billable:
         flags = _count_in_windows(state, outcome, usage, catalog)
-    outcome.priced = namedtuple_of(
-        PricedUsage, state.account_id, usage.event_id, usage.ts_us, hour, usage.api_key_id, usage.model, usage.channel,
-        usage.input_tokens, usage.output_tokens, free_tokens, billed_in, billed_out,
-        amount, plugins_total, usage.plugins, flags, state.seq,
+    outcome.priced = new_priced_usage(
+        account_id=state.account_id, event_id=usage.event_id, ts_us=usage.ts_us, hour_us=hour, api_key_id=usage.api_key_id,
+        model=usage.model, channel=usage.channel, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        free_tokens=free_tokens, billed_input_tokens=billed_in, billed_output_tokens=billed_out, token_amount=amount,
+        plugin_amount=plugins_total, plugins=usage.plugins, flags=flags, seq=state.seq,
     )
     return outcome
 
@@ -231,7 +235,8 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
             start, observed, allowed = minute_key[1], minute.requests, limits.qpm
         else:
             start, observed, allowed = minute_key[1], minute.tokens, limits.tpm
-        violations.append(namedtuple_of(Violation, state.account_id, usage.event_id, usage.ts_us, flag, start, observed, allowed, state.seq))
+        violations.append(new_violation(account_id=state.account_id, event_id=usage.event_id, ts_us=usage.ts_us, limit=flag,
+                                        window_start_us=start, observed=observed, allowed=allowed, seq=state.seq))
     outcome.violations = violations
     return flags
 
@@ -256,13 +261,13 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         if key_id not in state.keys:
             if keys_not_revoked_by(state, record.ts_us) >= catalog.max_active_keys:
                 detail = f"account already has {catalog.max_active_keys} active keys; key {key_id!r} stays unknown"
-                return _reject(state, record.identity, "", record.kind, "api_key_limit", detail, record.ts_us, record.raw)
+                return _reject(state, record.identity, "", record.kind, API_KEY_LIMIT, detail, record.ts_us, record.raw)
             state.keys[key_id] = KeyState(record.ts_us)
     elif record.kind == "api_key.revoked":
         key = state.keys.get(f["api_key_id"])
         if key is None:
             detail = f"key {f['api_key_id']!r} is not a key of this account"
-            return _reject(state, record.identity, "", record.kind, "invalid_api_key", detail, record.ts_us, record.raw)
+            return _reject(state, record.identity, "", record.kind, INVALID_API_KEY, detail, record.ts_us, record.raw)
         if key.revoked_us is None or record.ts_us < key.revoked_us:
             key.revoked_us = record.ts_us
     elif record.kind == "credit.recharge":

@@ -18,6 +18,7 @@ import fastjsonschema
 import orjson
 
 from pipeline.core import control, usage_decoder
+from pipeline.core.facts import INVALID_SCHEMA, UNAUTHORIZED
 from pipeline.core.timestamps import TimestampError, canonical_ts, parse_ts, quick_us
 from pipeline.core.tuples import namedtuple_of
 
@@ -85,10 +86,34 @@ class Invalid(NamedTuple):
     event_id: str = ""
     ts_us: int | None = None
     kind: str = "invalid"
-    reason: str = "invalid_schema"
+    reason: str = INVALID_SCHEMA
 
 
 Record = Usage | AccountRecord | Invalid
+
+
+# Records built by name (tests/unit/core/test_factories.py ties each builder to its fields).
+def new_usage(*,
+    account_id: str, ts_us: int, identity: str, digest: str, raw: str, event_id: str, api_key_id: str, model: str,
+    input_tokens: int, output_tokens: int, channel: str, plugins: tuple[tuple[str, int], ...], identity_hash: int, kind: str
+) -> Usage:
+    """A Usage from its fields by name, every field given."""
+    return namedtuple_of(Usage, account_id, ts_us, identity, digest, raw, event_id, api_key_id, model, input_tokens, output_tokens,
+            channel, plugins, identity_hash, kind)
+
+
+def new_account_record(*,
+    kind: str, account_id: str, ts_us: int, identity: str, digest: str, raw: str, fields: dict[str, Any], identity_hash: int
+) -> AccountRecord:
+    """An AccountRecord from its fields by name, every field given."""
+    return namedtuple_of(AccountRecord, kind, account_id, ts_us, identity, digest, raw, fields, identity_hash)
+
+
+def new_invalid(*,
+    account_id: str, identity: str, raw: str, detail: str, event_id: str, ts_us: int | None, kind: str, reason: str
+) -> Invalid:
+    """An Invalid from its fields by name, every field given."""
+    return namedtuple_of(Invalid, account_id, identity, raw, detail, event_id, ts_us, kind, reason)
 
 
 def _schema(kind: str) -> dict[str, Any]:
@@ -198,7 +223,8 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     identity = f"#{kind}:{digest}"  # '#': never an event_id
-    return namedtuple_of(AccountRecord, kind, account, ts_us, identity, digest, text, fields, record_hash(identity))
+    return new_account_record(kind=kind, account_id=account, ts_us=ts_us, identity=identity, digest=digest, raw=text, fields=fields,
+                              identity_hash=record_hash(identity))
 
 
 def _text(body: dict[str, Any], name: str, otherwise: str) -> str:
@@ -238,8 +264,9 @@ def _usage(call: Any, ts_us: int, text: str) -> Usage:
     plugins: dict[str, int] = {} if call.plugins is usage_decoder.UNSET else {name: n for name, n in call.plugins.items() if n}
     digest = _digest(usage_decoder.canonical(call, channel, plugins, canonical_ts(call.timestamp, ts_us)))
     event_id: str = call.event_id
-    return namedtuple_of(Usage, call.account_id, ts_us, event_id, digest, text, event_id, call.api_key_id, call.model,
-                         call.input_tokens, call.output_tokens, channel, tuple(sorted(plugins.items())), record_hash(event_id), USAGE)
+    return new_usage(account_id=call.account_id, ts_us=ts_us, identity=event_id, digest=digest, raw=text, event_id=event_id,
+                     api_key_id=call.api_key_id, model=call.model, input_tokens=call.input_tokens, output_tokens=call.output_tokens,
+                     channel=channel, plugins=tuple(sorted(plugins.items())), identity_hash=record_hash(event_id), kind=USAGE)
 
 
 def _in_range(ts_us: int, text: str) -> int:
@@ -267,12 +294,13 @@ def _whole(value: Any) -> Any:
     return value
 
 
-def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "", reason: str = "invalid_schema") -> Invalid:
+def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "", reason: str = INVALID_SCHEMA) -> Invalid:
     identity = "raw:" + _digest(raw)
-    return namedtuple_of(Invalid, account or "", identity, text, detail, event_id, None, "invalid", reason)
+    return new_invalid(account_id=account or "", identity=identity, raw=text, detail=detail, event_id=event_id, ts_us=None,
+                       kind="invalid", reason=reason)
 
 
 def _unauthorized(raw: bytes, text: str, account: str, kind: str) -> Invalid:
     detail = (f"{kind} is a control record: only the pipeline's own tools write it, signed with the control key "
               "(BILLING_CONTROL_KEY); this one has no valid signature")
-    return _invalid(raw, text, account, detail, reason="unauthorized")
+    return _invalid(raw, text, account, detail, reason=UNAUTHORIZED)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
-from pipeline.core.facts import Settlement, StatusChange
+from pipeline.core.facts import Settlement, StatusChange, new_settlement, new_status_change
 from pipeline.core.state import ZERO, AccountState, Voucher
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE
-from pipeline.core.tuples import namedtuple_of
 
 ACTIVE = "active"
 ARREARS = "arrears"
@@ -94,9 +93,10 @@ def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[Sequence[
         if not adjustment and (state.last_settled_hour is None or hour > state.last_settled_hour):
             state.last_settled_hour = hour
         settlements.append(
-            namedtuple_of(
-                Settlement, state.account_id, hour, "adjustment" if adjustment else "regular", amount,
-                voucher_part, cash_part, debt_added, state.debt, state.cash_balance, seq,
+            new_settlement(
+                account_id=state.account_id, hour_us=hour, kind="adjustment" if adjustment else "regular", amount=amount,
+                voucher_part=voucher_part, cash_part=cash_part, debt_added=debt_added, debt_after=state.debt,
+                balance_after=state.cash_balance, seq=seq,
             )
         )
     return settlements, _status_change(state, before, seq)
@@ -115,7 +115,8 @@ def _status_change(state: AccountState, before: str, seq: int) -> list[StatusCha
     after = status_of(state)
     if after == before:
         return []
-    return [namedtuple_of(StatusChange, state.account_id, after, state.debt, state.cash_balance, state.max_ts_us, seq)]
+    return [new_status_change(account_id=state.account_id, status=after, debt=state.debt, cash_balance=state.cash_balance,
+                              ts_us=state.max_ts_us, seq=seq)]
 
 
 def grace_us(minutes: int) -> int:
