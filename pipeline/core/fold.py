@@ -18,7 +18,7 @@ from pipeline.core.facts import (
 )
 from pipeline.core.pricing import MICRO, plugin_amount, token_amount
 from pipeline.core.quota import free_left, split_free
-from pipeline.core.settlement import close_hours, owe, recharge
+from pipeline.core.settlement import close_hours, owe, recharge, reopen
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage
 from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.core.timestamps import hour_start, parse_ts
@@ -182,13 +182,13 @@ def _plugin_charges(usage: Usage, catalog: Catalog, billable: bool) -> list[tupl
     return charges
 
 
-def _apply_rebilled_lines(state: AccountState, outcome: Outcome, lines: list[dict[str, Any]], grace: int) -> None:
+def _apply_rebilled_lines(state: AccountState, lines: list[dict[str, Any]], grace: int) -> None:
     """A rebill's revised lines replace the current ones; the money difference is owed (or given
     back) through the hour's settlement, as an adjustment when the hour was settled already."""
     for spec in lines:
         key = _spec_key(spec)
         previous = state.lines[key].amount if key in state.lines else ZERO
-        owe(state, key[0], ZERO, grace)
+        reopen(state, key[0], grace)
         line = _line(state, key)
         for name in LINE_COUNTS:
             setattr(line, name, spec[name])
@@ -288,5 +288,5 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
         stale = _stale_line(state, f["lines"])
         if stale is not None:
             return _reject(state, record.identity, "", record.kind, STALE_REBILL, stale, record.ts_us, record.raw)
-        _apply_rebilled_lines(state, outcome, f["lines"], catalog.settlement_grace_us)
+        _apply_rebilled_lines(state, f["lines"], catalog.settlement_grace_us)
     return outcome  # clock.tick: the clock moved, closing is done by the caller

@@ -69,13 +69,20 @@ def hour_closed(hour: int, grace_us: int, clock_us: int) -> bool:
     return hour + US_PER_HOUR + grace_us <= clock_us
 
 
-def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
-    """Add to an hour's unsettled amount. Call before the record's own line is created: an hour
-    that had lines and is already past its close was settled, so this is an adjustment."""
-    if hour not in state.open_hours and hour_closed(hour, grace, state.max_ts_us):
-        if hour in state.line_hours:
+def reopen(state: AccountState, hour: int, grace: int) -> None:
+    """Open an hour for settlement again (or for the first time). Call before the record's own
+    line is created: an hour that had lines and is already past its close was settled, so what
+    it settles next is an adjustment."""
+    if hour not in state.open_hours:
+        if hour in state.line_hours and hour_closed(hour, grace, state.max_ts_us):
             state.adjusting.add(hour)
-    state.open_hours[hour] = state.open_hours.get(hour, ZERO) + amount
+        state.open_hours[hour] = ZERO
+
+
+def owe(state: AccountState, hour: int, amount: Decimal, grace: int) -> None:
+    """Add to an hour's unsettled amount, reopening it (an adjustment when it was settled)."""
+    reopen(state, hour, grace)
+    state.open_hours[hour] += amount
 
 
 def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[Sequence[Settlement], Sequence[StatusChange]]:

@@ -97,7 +97,8 @@ def _encode(table: str, items: Sequence[tuple[Any, ...]], columns: Sequence[Colu
     return [Insert(table, names, orjson.dumps(data), len(items))]
 
 
-def _same(*names: str) -> list[Column]:
+def _named_alike(*names: str) -> list[Column]:
+    """Columns whose values are the fields of the same names, unconverted."""
     return [(name, name, None) for name in names]
 
 
@@ -155,29 +156,29 @@ def _money_cols(*names: str) -> list[Column]:
     return [(name, name, decimal_texts) for name in names]
 
 
-RAW: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros)] + _same(
+RAW: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros)] + _named_alike(
     "partition", "offset", "idx", "account_id", "kind", "record_id", "payload")
-SEEN: list[Column] = _same(*SeenRow._fields)
+SEEN: list[Column] = _named_alike(*SeenRow._fields)
 PRICED: list[Column] = [_col("hour", "hour_us", whole_seconds), _col("ts", "ts_us", seconds_from_micros),
-                        _col("plugins", "plugins", json_objects)] + _same(
+                        _col("plugins", "plugins", json_objects)] + _named_alike(
     "account_id", "event_id", "api_key_id", "model", "channel", "input_tokens", "output_tokens", "free_tokens",
     "billed_input_tokens", "billed_output_tokens", "flags", "seq") + _money_cols("token_amount", "plugin_amount")
-REJECTIONS: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros), _col("record", "raw", None)] + _same(
+REJECTIONS: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros), _col("record", "raw", None)] + _named_alike(
     "account_id", "record_id", "event_id", "kind", "reason", "detail", "seq")
 VIOLATIONS: list[Column] = [_col("ts", "ts_us", seconds_from_micros), _col("limit_name", "limit", None),
-                            _col("window_start", "window_start_us", seconds_from_micros)] + _same(
+                            _col("window_start", "window_start_us", seconds_from_micros)] + _named_alike(
     "account_id", "event_id", "observed", "allowed", "seq")
-WINDOWS: list[Column] = [_col("window_start", "window_start", seconds_from_micros)] + _same(
+WINDOWS: list[Column] = [_col("window_start", "window_start", seconds_from_micros)] + _named_alike(
     *(name for name in WindowRow._fields if name != "window_start"))
-LINES: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _same(
+LINES: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _named_alike(
     *(name for name in LINE_ROW_FIELDS if name not in ("hour", "amount")))
-SETTLEMENTS: list[Column] = [_col("hour", "hour_us", whole_seconds)] + _same("account_id", "kind", "seq") + _money_cols(
+SETTLEMENTS: list[Column] = [_col("hour", "hour_us", whole_seconds)] + _named_alike("account_id", "kind", "seq") + _money_cols(
     "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
-STATUS: list[Column] = [_col("clock", "ts_us", seconds_from_micros)] + _same("account_id", "status", "seq") + _money_cols(
+STATUS: list[Column] = [_col("clock", "ts_us", seconds_from_micros)] + _named_alike("account_id", "status", "seq") + _money_cols(
     "debt", "cash_balance")
-STATES: list[Column] = _same(*StateRow._fields)
-PROGRESS: list[Column] = _same(*ProgressRow._fields)
-BARRIERS: list[Column] = _same(*BarrierRow._fields)
+STATES: list[Column] = _named_alike(*StateRow._fields)
+PROGRESS: list[Column] = _named_alike(*ProgressRow._fields)
+BARRIERS: list[Column] = _named_alike(*BarrierRow._fields)
 
 
 def _window_rows(windows: dict[tuple[str, WindowKey], Window]) -> list[tuple[Any, ...]]:

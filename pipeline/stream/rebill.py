@@ -166,7 +166,7 @@ def _rejected_ids(client: Client, accounts: list[str]) -> set[tuple[str, str]]:
     return {(a, e) for a, e in result.result_rows}
 
 
-def _same(a: Line, b: Line) -> bool:
+def _same_line(a: Line, b: Line) -> bool:
     return all(getattr(a, n) == getattr(b, n) for n in LINE_COUNTS) and a.amount == b.amount
 
 
@@ -235,7 +235,7 @@ def _compare(plan: RebillPlan, state: AccountState, current: dict[tuple[str, Lin
         old = current.get((acc, key))
         if old is None and new.requests == 0:
             continue
-        if old is None or not _same(old, new):
+        if old is None or not _same_line(old, new):
             plan.changes.append(LineChange(acc, key, old, new))
 
 
