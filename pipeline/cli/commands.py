@@ -23,7 +23,7 @@ from pipeline.store import queries
 from pipeline.cli.progress import ConsumerProgress
 from pipeline.core.reasons import REASONS
 from pipeline.core.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
-from pipeline.store.reader import QueryError, WorkerBusy, open_reader
+from pipeline.store.reader import QueryError, Reader, WorkerBusy, open_reader
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings, SettingsError, load_settings
 from pipeline.core.timestamps import TimestampError
@@ -257,8 +257,14 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
         time.sleep(0.1)
 
 
+def _reader(settings: Settings) -> Reader:
+    """Where a query command reads (store/reader.py), with the catalog's free quota for the
+    quota left it shows."""
+    return open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+
+
 def cmd_wait(settings: Settings, args: argparse.Namespace) -> int:
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     return 0 if wait_for(reader, kafka_of(settings), settings, args.timeout) else 1
 
 
@@ -297,7 +303,7 @@ def emit_limited(rows: list[dict[str, Any]], args: argparse.Namespace, columns: 
 
 def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
     check_range(args.start, args.end)
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     known_account(reader, args.account)
     rows = in_time_order(reader.bills(args.account, args.start, args.end), "hour", "account_id", "api_key_id", "item")
     emit_limited(rows, args, BILL_COLUMNS, BILL_OPTIONAL)
@@ -305,7 +311,7 @@ def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     known_account(reader, args.account)
     rows = in_time_order([queries.with_record(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
     emit_limited(rows, args, REJECTED_COLUMNS if args.format != "json" else None, ("record",))
@@ -320,7 +326,7 @@ def cmd_reasons(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     row = reader.account(args.account_id)
     if row is None:
         raise UsageError(f"no account {args.account_id!r} has any record yet")
@@ -339,7 +345,7 @@ def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.core.timestamps import parse_ts
 
     until = parse_ts(args.until)
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     accounts = [a for a in reader.account_ids() if a]
     key = operator_key(settings)
     report = publish_lines((tick(a, until, key) for a in accounts), kafka_of(settings), settings.input_topic, total=len(accounts))
@@ -348,7 +354,7 @@ def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_settlements(settings: Settings, args: argparse.Namespace) -> int:
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     known_account(reader, args.account)
     # ledger order, each account's settlements as they were made (an adjustment for an earlier hour
     # comes after the hours settled before it): --limit keeps the latest of the last account, or of
@@ -426,7 +432,7 @@ def cmd_sql(settings: Settings, args: argparse.Namespace) -> int:
     text = args.query if args.query not in (None, "-") else sys.stdin.read()
     params = parse_params(args.param)
     check_statement(text)  # before reaching for the worker or the engine
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     result = reader.sql(text, args.max_rows, args.timeout, params)
     tables.emit(as_dicts(result), args.format, result["columns"])
     if result["truncated"]:
@@ -460,7 +466,7 @@ def cmd_drained(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.stream.partitioning import confirm_drained
 
     topic = args.topic or settings.input_topic
-    reader = open_reader(settings, load_catalog(settings.catalog).free_quota_tokens)
+    reader = _reader(settings)
     ok = confirm_drained(reader, kafka_of(settings), settings, topic, args.timeout, wait_for)
     print(f"{topic}: {'drained: every record published to it so far is billed' if ok else 'NOT drained'}")
     return 0 if ok else 1

@@ -216,7 +216,3 @@ def send(client: Client, encoded: Encoded) -> None:
     """The inserts in order; any failure stops here, before the snapshots that would commit them."""
     for insert in encoded.inserts:
         client.raw_insert(insert.table, insert.columns, insert.body, settings=INSERT_SETTINGS, fmt=INSERT_FORMAT)
-
-
-def write(client: Client, rows: BatchRows) -> None:
-    send(client, encode(rows))

@@ -46,7 +46,7 @@ def test_times_money_and_text_land_exactly(client) -> None:
     line.requests, line.amount, line.revision = 3, Decimal("123.456789"), 7
     rows.lines[(acc, (EDGE_TIMES[2] - EDGE_TIMES[2] % US_PER_HOUR, "sk-1", "tokens"))] = line
     rows.states[acc] = AccountState(acc)
-    sink.write(client, rows)
+    sink.send(client, sink.encode(rows))
 
     raw = client.query("SELECT offset, toUnixTimestamp64Micro(event_ts), payload FROM raw_records WHERE account_id = {a:String} "
                        "ORDER BY offset", parameters={"a": acc}).result_rows
@@ -70,11 +70,11 @@ def test_an_empty_batch_writes_nothing_and_a_refused_value_stops_before_the_snap
     """A body ClickHouse refuses fails the whole write before the account snapshot, the commit
     point, so a restart re-applies the batch instead of trusting half of it."""
     acc = f"sink-{uuid.uuid4().hex[:12]}"
-    sink.write(client, BatchRows(epoch="sink-test"))  # nothing to insert: no error
+    sink.send(client, sink.encode(BatchRows(epoch="sink-test")))  # nothing to insert: no error
     rows = BatchRows(epoch="sink-test")
     rows.priced.append(_priced(acc, 1, EDGE_TIMES[2], Decimal("10") ** 13))  # beyond Decimal(18, 6)
     rows.states[acc] = AccountState(acc)
     with pytest.raises(Exception, match="(?i)decimal|overflow|out of range|too large"):
-        sink.write(client, rows)
+        sink.send(client, sink.encode(rows))
     snapshots = client.query("SELECT count() FROM account_state WHERE account_id = {a:String}", parameters={"a": acc}).result_rows
     assert snapshots == [(0,)]
