@@ -29,15 +29,17 @@ def distinct(hint: Any, i: int) -> Any:
     """A value of the field's type that no other field of the fact has (the compiled builders
     check the types of what they are given)."""
     base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) else hint
-    if base is int:
+    if base is int or base is type:  # compiled NamedTuples show `int | None` as `type`
         return 1000 + i
     if base is Decimal:
         return Decimal(i) + Decimal("0.000001")
     if base is str:
         return f"<{i}>"
+    if base is tuple:  # compiled: the element types are erased
+        return (f"<{i}>",)
     if typing.get_origin(base) is tuple:
         return (f"<{i}>",) if typing.get_args(base)[0] is str else ((f"<{i}>", i),)
-    if typing.get_origin(base) is dict:
+    if base is dict or typing.get_origin(base) is dict:
         return {"field": i}
     raise AssertionError(f"no distinct value for {hint}")
 
