@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.runtime import read_runtime
 from pipeline.demo.workload import generate
 from tests.integration.stack import Stack
-from tests.unit.test_metrics import FAMILIES, parse
+from tests.unit.serve.test_metrics import FAMILIES, parse
 
 pytestmark = pytest.mark.integration
 
