@@ -25,6 +25,47 @@ MAP = {
     "cli": "cli/commands", "output": "cli/tables", "progress": "cli/progress", "workload": "demo/workload",
     "console": "serve/console",
 }
+# tests/unit mirrors the folders
+TESTS = {
+    "test_catalog": "core/test_catalog",
+    "test_duplicates": "core/test_duplicates",
+    "test_facts": "core/test_facts",
+    "test_fold": "core/test_fold",
+    "test_fold_properties": "core/test_fold_properties",
+    "test_gateway_shapes": "core/test_gateway_shapes",
+    "test_hostile": "core/test_hostile",
+    "test_instants": "core/test_instants",
+    "test_keys": "core/test_keys",
+    "test_oracle_settlement": "core/test_oracle_settlement",
+    "test_oracle_smoke": "core/test_oracle_smoke",
+    "test_pricing": "core/test_pricing",
+    "test_quota": "core/test_quota",
+    "test_rate_windows": "core/test_rate_windows",
+    "test_reasons": "core/test_reasons",
+    "test_records": "core/test_records",
+    "test_rejections": "core/test_rejections",
+    "test_settlement": "core/test_settlement",
+    "test_settlement_vs_oracle": "core/test_settlement_vs_oracle",
+    "test_state": "core/test_state",
+    "test_timestamps": "core/test_timestamps",
+    "test_usage_decoder": "core/test_usage_decoder",
+    "test_windows": "core/test_windows",
+    "test_units": "batch/test_units",
+    "test_outputs_json": "batch/test_topic_json",
+    "test_batching": "stream/test_batching",
+    "test_rebill_refused": "stream/test_rebill_refused",
+    "test_cluster_settings": "stream/test_cluster_settings",
+    "test_publish": "ingest/test_publish",
+    "test_sqlquery": "store/test_sqlquery",
+    "test_metrics": "serve/test_metrics",
+    "test_output": "cli/test_tables",
+    "test_progress": "cli/test_progress",
+    "test_settings": "cli/test_settings",
+    "test_secrets": "cli/test_secrets",
+    "test_workload": "demo/test_workload",
+}
+tests_dotted = re.compile(r"\btests\.unit\.(" + "|".join(sorted(TESTS, key=len, reverse=True)) + r")\b")
+tests_slashed = re.compile(r"\btests/unit/(" + "|".join(sorted(TESTS, key=len, reverse=True)) + r")\.py\b")
 NEW_CLI = r"(?!\.(?:commands|tables|progress)\b)(?!/(?:commands|tables|progress)\b|/__init__)(?![ \t]+import[ \t]+(?:commands|tables|progress)\b)"
 names = "|".join(sorted(MAP, key=len, reverse=True))
 dotted = re.compile(r"(?<![\w.])pipeline\.(" + names + r")\b" + NEW_CLI + r"(?![/\w])")
@@ -68,6 +109,8 @@ def rewrite(path: Path) -> bool:
         return False
     new = dotted.sub(lambda m: "pipeline." + MAP[m.group(1)].replace("/", "."), text)
     new = slashed.sub(lambda m: "pipeline/" + MAP[m.group(1)] + m.group(2), new)
+    new = tests_dotted.sub(lambda m: "tests.unit." + TESTS[m.group(1)].replace("/", "."), new)
+    new = tests_slashed.sub(lambda m: "tests/unit/" + TESTS[m.group(1)] + ".py", new)
     if path.suffix == ".py":
         new = fix_from(new)
     if new != text:
