@@ -418,6 +418,7 @@ class BatchProcessor:
                     self._advance_watermark(msg.partition, ts_us, clock_before)
                 clock_before = state.max_ts_us
             self._collect_changed(rows, state, seq_before)
+            sink.add_hour_totals(rows, state, seq_before)  # issue 19: the console's per account-hour totals
             rows.states[acc] = state
         rows.progress = sorted(result.last_offsets.items())
         result.states = rows.states

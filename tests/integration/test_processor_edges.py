@@ -16,7 +16,7 @@ from pipeline.control import sign_line
 from pipeline.catalog import load_catalog
 from pipeline.processor import BatchProcessor, Message, OffsetGap
 from pipeline.workload import generate
-from tests.integration.stack import bills_by_key
+from tests.integration.stack import assert_hour_totals_exact, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
 
@@ -80,6 +80,7 @@ def test_restarts_and_redeliveries_in_any_batch_shape_bill_exactly(client) -> No
         if rng.random() < 0.3:
             processor = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)  # a restart
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))  # the console's per account-hour totals: nothing twice
 
 
 def test_outputs_lost_before_publishing_are_published_when_redelivered(client) -> None:
@@ -296,6 +297,37 @@ def test_a_failed_write_behind_the_next_unit_is_retried_on_the_same_worker(clien
     result = processor.process(msgs)
     assert result.skipped == 250  # only the first unit was written
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
+
+
+def test_a_write_failing_halfway_is_taken_back_and_the_hour_totals_stay_exact(client, monkeypatch) -> None:
+    """A unit's write fails after its lines and hour totals are in, before the snapshots that
+    commit them: the rows past the commit points are deleted (statestore.roll_back), and the
+    retry writes the totals again. A total left behind at a higher revision would win for ever."""
+    from pipeline import sink
+
+    lines = generate(2000, seed=5454)
+    msgs = messages(lines)
+    real_send = sink.send
+    sends: list[int] = []
+
+    def half_send(client_, encoded) -> None:
+        sends.append(encoded.records)
+        if len(sends) != 2:
+            return real_send(client_, encoded)
+        for insert in encoded.inserts:
+            if insert.table == "account_state":
+                raise ConnectionError("ClickHouse went away halfway through a unit (injected)")
+            client_.raw_insert(insert.table, insert.columns, insert.body, settings=sink.INSERT_SETTINGS, fmt=sink.INSERT_FORMAT)
+
+    monkeypatch.setattr(sink, "send", half_send)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=250)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor.process(msgs[:1000])
+    assert_hour_totals_exact(client, accounts_of(lines))  # taken back with the lines, before any retry
+    processor.process(msgs)
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
 
 
 def test_a_rebill_reads_the_archive_in_pages_and_trims_as_it_replays(client, monkeypatch, tmp_path: Path) -> None:
