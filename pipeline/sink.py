@@ -149,17 +149,15 @@ def add_hour_totals(rows: BatchRows, state: AccountState, seq_before: int) -> No
     rebill's lines replace it like any record's, and a rolled-back unit's row goes with its lines
     (statestore.SEQ_COLUMNS). So `bill_hour_totals FINAL` always equals `bill_lines FINAL` summed
     per account-hour, and the pages that sum over every account read it instead of every line."""
-    lines = state.lines
-    changed = {key[0] for key, line in lines.items() if line.revision > seq_before}
-    if not changed:
-        return
     totals: dict[int, list[Any]] = {}
-    for (hour, _, item), line in lines.items():
-        if hour not in changed:
-            continue
+    for (hour, _, item), line in state.lines.items():  # one pass; a working set holds few hours
         total = totals.get(hour)
         if total is None:
-            total = totals[hour] = [0, 0, 0, 0, 0, 0, 0, 0, 0, Decimal(0), 0]
+            total = totals[hour] = [0, 0, 0, 0, 0, 0, 0, 0, 0, line.amount, line.revision]
+        else:
+            total[9] += line.amount
+            if line.revision > total[10]:
+                total[10] = line.revision
         total[0] += 1
         if item.startswith(PLUGIN_PREFIX):
             total[2] += line.requests
@@ -171,11 +169,8 @@ def add_hour_totals(rows: BatchRows, state: AccountState, seq_before: int) -> No
         total[5] += line.free_tokens
         total[6] += line.billed_input_tokens
         total[7] += line.billed_output_tokens
-        total[9] += line.amount
-        if line.revision > total[10]:
-            total[10] = line.revision
     acc = state.account_id
-    rows.hour_totals.extend((acc, hour, *total) for hour, total in totals.items())
+    rows.hour_totals.extend([(acc, hour, *total) for hour, total in totals.items() if total[10] > seq_before])
 
 
 class StateRow(NamedTuple):
