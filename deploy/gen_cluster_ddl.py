@@ -13,7 +13,10 @@ this writes ``schemas/clickhouse/cluster/NNN_name.sql`` in which
   t_local, cityHash64(account_id))``, so the application keeps its table names;
 - each ``CREATE VIEW v AS SELECT ...`` gets ``ON CLUSTER '{cluster}'`` and reads the Distributed
   tables (same SELECT text);
-- each ``ALTER TABLE t MODIFY TTL ...`` becomes ``ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY TTL ...``.
+- each ``ALTER TABLE t MODIFY TTL ...`` becomes ``ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY TTL ...``;
+- each ``INSERT INTO t SELECT ...`` (a migration's backfill) is kept as it is: it runs once, on the
+  node `billing migrate` talks to, and reads and writes the Distributed tables (every revision of
+  an account is on one shard, so FINAL and GROUP BY account_id in it stay exact).
 
 Anything else (other ALTERs, materialized views, other engines) stops the generator with an error:
 write that part of the cluster DDL by hand and extend this script. The statements are split the
@@ -110,6 +113,7 @@ TABLE_RE = re.compile(
     re.S,
 )
 ALTER_TTL_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>MODIFY TTL\s.*)$", re.S)
+INSERT_SELECT_RE = re.compile(r"^INSERT INTO\s+\w+\s+SELECT\s", re.S)
 VIEW_RE = re.compile(r"^CREATE VIEW IF NOT EXISTS\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s+AS\s+(?P<select>.*)$", re.S)
 
 
@@ -166,6 +170,8 @@ def cluster_statements(statement: str, source: Path) -> list[str]:
     if view is not None:
         name, select = view
         return [f"CREATE VIEW IF NOT EXISTS {name} ON CLUSTER {CLUSTER} AS\n{select}"]
+    if INSERT_SELECT_RE.match(statement):  # a backfill: once, through the Distributed tables
+        return [statement]
     first = " ".join(statement.split()[:4])
     raise SystemExit(f"{source.name}: statement '{first} ...' is not handled; write its cluster form by hand and extend {Path(__file__).name}")
 

@@ -30,7 +30,7 @@ from pipeline.batch.framing import RS, split_message
 from pipeline.stream.gcpause import gc_paused
 from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
-from pipeline.store.sink import BatchRows
+from pipeline.store.sink import BatchRows, add_hour_totals
 from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
@@ -424,6 +424,7 @@ class BatchProcessor:
                     self._advance_watermark(msg.partition, ts_us, clock_before)
                 clock_before = state.max_ts_us
             self._collect_changed(rows, state, seq_before)
+            add_hour_totals(rows, state, seq_before)  # the console's per account-hour totals (bill_hour_totals)
             rows.states[acc] = state
         rows.progress = sorted(result.last_offsets.items())
         result.states = rows.states

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
@@ -51,6 +52,7 @@ class BatchRows:
     rejections: list[Rejection] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     lines: dict[tuple[str, LineKey], Line] = field(default_factory=dict)
+    hour_totals: list[tuple[Any, ...]] = field(default_factory=list)  # in HOUR_TOTAL_FIELDS order (add_hour_totals)
     windows: dict[tuple[str, WindowKey], Window] = field(default_factory=dict)
     settlements: list[Settlement] = field(default_factory=list)
     status_changes: list[StatusChange] = field(default_factory=list)
@@ -132,6 +134,46 @@ class WindowRow(NamedTuple):
 LINE_ROW_FIELDS = ("account_id", "hour", "api_key_id", "item", *LINE_COUNTS, "amount", "revision")
 
 
+# A bill_hour_totals row (schemas/clickhouse/004_hour_totals.sql): an account-hour's totals over all its lines.
+HOUR_TOTAL_FIELDS = ("account_id", "hour", "lines", "calls", "plugin_calls", "input_tokens", "output_tokens", "free_tokens",
+                     "billed_input_tokens", "billed_output_tokens", "plugin_units", "amount", "revision")
+PLUGIN_PREFIX = "plugin:"  # a plugin line's item (fold.py names them); its requests are not API calls
+
+
+def add_hour_totals(rows: BatchRows, state: AccountState, seq_before: int) -> None:
+    """The totals of every account-hour in which the unit changed a line, over all the hour's lines.
+
+    The processor calls it after an account's records of the unit, when the account's working set
+    holds every line of each hour it changed (an hour is loaded whole before a record touches it,
+    and pruned whole). A total is the whole hour's, never a difference, and its revision is the
+    hour's highest line revision: a redelivered or replayed unit writes the same row again, a
+    rebill's lines replace it like any record's, and a rolled-back unit's row goes with its lines
+    (statestore.SEQ_COLUMNS). So `bill_hour_totals FINAL` always equals `bill_lines FINAL` summed
+    per account-hour, and the pages that sum over every account read it instead of every line."""
+    totals: dict[int, list[Any]] = {}
+    for (hour, _, item), line in state.lines.items():  # one pass; a working set holds few hours
+        total = totals.get(hour)
+        if total is None:
+            total = totals[hour] = [0, 0, 0, 0, 0, 0, 0, 0, 0, line.amount, line.revision]
+        else:
+            total[9] += line.amount
+            if line.revision > total[10]:
+                total[10] = line.revision
+        total[0] += 1
+        if item.startswith(PLUGIN_PREFIX):
+            total[2] += line.requests
+            total[8] += line.quantity
+        else:
+            total[1] += line.requests
+        total[3] += line.input_tokens
+        total[4] += line.output_tokens
+        total[5] += line.free_tokens
+        total[6] += line.billed_input_tokens
+        total[7] += line.billed_output_tokens
+    acc = state.account_id
+    rows.hour_totals.extend([(acc, hour, *total) for hour, total in totals.items() if total[10] > seq_before])
+
+
 class StateRow(NamedTuple):
     account_id: str
     seq: int
@@ -172,6 +214,8 @@ WINDOWS: list[Column] = [_col("window_start", "window_start", seconds_from_micro
     *(name for name in WindowRow._fields if name != "window_start"))
 LINES: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _named_alike(
     *(name for name in LINE_ROW_FIELDS if name not in ("hour", "amount")))
+HOUR_TOTALS: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _named_alike(
+    *(name for name in HOUR_TOTAL_FIELDS if name not in ("hour", "amount")))
 SETTLEMENTS: list[Column] = [_col("hour", "hour_us", whole_seconds)] + _named_alike("account_id", "kind", "seq") + _money_cols(
     "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
 STATUS: list[Column] = [_col("clock", "ts_us", seconds_from_micros)] + _named_alike("account_id", "status", "seq") + _money_cols(
@@ -203,6 +247,7 @@ def encode(rows: BatchRows) -> Encoded:
         + _encode("rate_violations", rows.violations, VIOLATIONS)
         + _encode("rate_windows", _window_rows(rows.windows), WINDOWS, None, WindowRow._fields)
         + _encode("bill_lines", _line_rows(rows.lines), LINES, {"updated_at": now}, LINE_ROW_FIELDS)
+        + _encode("bill_hour_totals", rows.hour_totals, HOUR_TOTALS, {"updated_at": now}, HOUR_TOTAL_FIELDS)
         + _encode("settlements", rows.settlements, SETTLEMENTS, {"settled_at": now})
         + _encode("account_status", rows.status_changes, STATUS, {"changed_at": now})
         + _encode("account_state", states, STATES, {"updated_at": now})  # the commit point: last of the facts

@@ -213,6 +213,7 @@ def committed_violations(client: Client, events: list[tuple[str, str]], max_seq:
 SEQ_COLUMNS = {
     "seen_records": "seq", "bill_lines": "revision", "priced_usage": "seq", "rejections": "seq", "rate_windows": "revision",
     "rate_violations": "seq", "settlements": "seq", "account_status": "seq",
+    "bill_hour_totals": "revision",  # totals of an account-hour, at its highest line revision
 }
 
 

@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.runtime import read_runtime
 
@@ -118,6 +118,58 @@ def bills_by_key(rows: list[dict[str, Any]], accounts: set[str] | None = None) -
         assert key not in keyed, f"two current values for one bill line {key}"
         keyed[key] = {**{k: row[k] for k in BILL_INTS}, "amount": Decimal(row["amount"])}
     return keyed
+
+
+# bill_hour_totals (through its view), as `billing sql` shows it: one row per account-hour
+HOUR_TOTALS_SQL = ("SELECT account_id, hour, lines, calls, plugin_calls, input_tokens, output_tokens, free_tokens, billed_input_tokens, "
+                   "billed_output_tokens, plugin_units, amount FROM hourly_account_totals")
+HOUR_TOTAL_INTS = ("lines", "calls", "plugin_calls", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens",
+                   "billed_output_tokens", "plugin_units")
+
+
+def hour_totals_of_bills(bills: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """`billing bills` summed per account-hour, in the columns of hourly_account_totals."""
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for b in bills:
+        t = totals.setdefault((b["account_id"], b["hour"]), {**{k: 0 for k in HOUR_TOTAL_INTS}, "amount": Decimal(0)})
+        plugin = b["item"].startswith("plugin:")
+        t["lines"] += 1
+        t["plugin_calls" if plugin else "calls"] += b["requests"]
+        t["plugin_units"] += b["quantity"] if plugin else 0
+        for name in ("input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens"):
+            t[name] += b[name]
+        t["amount"] += Decimal(b["amount"])
+    return totals
+
+
+def assert_hour_totals_equal_bills(json_lines: Callable[..., list[dict[str, Any]]]) -> None:
+    """The per account-hour totals the worker keeps (read by the console's overview and the
+    hourly_account_totals view) equal `billing bills` summed per account-hour, row for row.
+    `json_lines` runs a `billing` command with `--format json` (Stack's or a worker's)."""
+    got = {(r["account_id"], r["hour"]): {**{k: r[k] for k in HOUR_TOTAL_INTS}, "amount": Decimal(r["amount"])}
+           for r in json_lines("sql", HOUR_TOTALS_SQL, "--max-rows", "1000000")}
+    _assert_same_totals(got, hour_totals_of_bills(json_lines("bills")))
+
+
+def assert_hour_totals_exact(client: Any, accounts: set[str]) -> None:
+    """The same, read straight from the engine (no `billing up`), for some accounts only."""
+    from pipeline.store import queries
+    from pipeline.core.timestamps import format_ts
+
+    result = client.query(HOUR_TOTALS_SQL.replace("hour,", "toUnixTimestamp(hour) AS hour_s,", 1) + " WHERE account_id IN {a:Array(String)}",
+                          parameters={"a": sorted(accounts)})
+    got = {}
+    for row in result.named_results():
+        got[(row["account_id"], format_ts(row["hour_s"] * 1_000_000))] = {**{k: row[k] for k in HOUR_TOTAL_INTS}, "amount": row["amount"]}
+    _assert_same_totals(got, hour_totals_of_bills([b for b in queries.bills(client) if b["account_id"] in accounts]))
+
+
+def _assert_same_totals(got: dict[tuple[str, str], dict[str, Any]], want: dict[tuple[str, str], dict[str, Any]]) -> None:
+    assert want, "no bills to compare with"
+    assert got.keys() == want.keys(), (f"account-hours only in the totals: {sorted(got.keys() - want.keys())[:5]}, "
+                                       f"only in the bills: {sorted(want.keys() - got.keys())[:5]}")
+    wrong = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
+    assert not wrong, f"{len(wrong)} account-hours differ (totals, bills), e.g. {next(iter(wrong.items()))}"
 
 
 def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[tuple[bytes, bytes]]:

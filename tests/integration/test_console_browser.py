@@ -124,6 +124,18 @@ def test_operator_page(stack: Stack, browser: Any, console: dict[str, Any]) -> N
     assert revenue is not None and [s["name"] for s in revenue] == ["amount (CNY)", "calls"]
     assert sum(revenue[1]["data"]) == int(text(browser, "kpi-calls"))
     assert abs(sum(revenue[0]["data"]) - float(text(browser, "kpi-amount"))) < 0.01
+    # the top accounts of the range (from the per account-hour totals) are the bills' sums per account
+    per_account: dict[str, list[Any]] = {}
+    for b in bills:
+        acc = per_account.setdefault(b["account_id"], [0, 0, Decimal(0)])
+        acc[0] += 0 if b["item"].startswith("plugin:") else b["requests"]
+        acc[1] += b["input_tokens"] + b["output_tokens"]
+        acc[2] += Decimal(b["amount"])
+    top = sorted(per_account.items(), key=lambda kv: (-kv[1][2], kv[0]))[:20]
+    assert [[r[0], int(r[1]), int(r[2]), Decimal(r[3])] for r in table_rows(browser, "top-accounts")] == \
+        [[acc, *figures] for acc, figures in top]
+    summaries = stack.json_lines("sql", "SELECT count() AS n, countIf(status = 'arrears') AS arrears FROM account_balances")[0]
+    assert [int(text(browser, "kpi-accounts")), int(text(browser, "kpi-arrears"))] == [summaries["n"], summaries["arrears"]]
     reasons = {row[0]: int(row[1]) for row in table_rows(browser, "rejection-reasons")}
     listed: dict[str, int] = {}
     for r in stack.rejected():

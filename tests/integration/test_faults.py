@@ -16,7 +16,7 @@ import pytest
 from pipeline.ingest.publish import publish_lines
 from pipeline.runtime import read_runtime
 from pipeline.demo.workload import generate
-from tests.integration.stack import bills_by_key
+from tests.integration.stack import assert_hour_totals_equal_bills, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
 
@@ -81,6 +81,7 @@ def assert_matches_oracle(worker: WorkerProcess, lines: list[str]) -> None:
     want = expected(lines)
     accounts = accounts_of(lines)
     assert bills_by_key(worker.json_lines("bills"), accounts) == want.bills
+    assert_hour_totals_equal_bills(worker.json_lines)  # redelivered and replayed batches: no account-hour counted twice
     got_rejections = {}
     for r in worker.json_lines("rejected"):
         key = (r["account_id"], r["event_id"], r["reason"])

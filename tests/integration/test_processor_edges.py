@@ -15,7 +15,7 @@ from pipeline.core.control import sign_line
 from pipeline.core.catalog import load_catalog
 from pipeline.batch.processor import BatchProcessor, Message, OffsetGap
 from pipeline.demo.workload import generate
-from tests.integration.stack import bills_by_key
+from tests.integration.stack import assert_hour_totals_exact, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.messages import one_record_messages as messages
 from tests.oracle import expected
@@ -69,6 +69,7 @@ def test_restarts_and_redeliveries_in_any_batch_shape_bill_exactly(client) -> No
         if rng.random() < 0.3:
             processor = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)  # a restart
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))  # the console's per account-hour totals: nothing twice
 
 
 def test_outputs_lost_before_publishing_are_published_when_redelivered(client) -> None:
@@ -284,6 +285,65 @@ def test_a_failed_write_behind_the_next_unit_is_retried_on_the_same_worker(clien
     assert calls == [250, 250]  # the failure surfaced before the third unit read anything or was written
     result = processor.process(msgs)
     assert result.skipped == 250  # only the first unit was written
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
+
+
+def _fail_halfway(monkeypatch, nth: int, merge_first: bool = False) -> None:
+    """The sink's nth write stops before the account snapshots (the commit point) after its lines
+    and hour totals are in; with `merge_first`, after ClickHouse merged those rows with the
+    older revisions (a background merge can do that at any moment)."""
+    from pipeline.store import sink
+
+    real_send = sink.send
+    sends: list[int] = []
+
+    def half_send(client_, encoded) -> None:
+        sends.append(encoded.records)
+        if len(sends) != nth:
+            return real_send(client_, encoded)
+        for insert in encoded.inserts:
+            if insert.table == "account_state":
+                if merge_first:
+                    client_.command("OPTIMIZE TABLE bill_lines FINAL")
+                raise ConnectionError("ClickHouse went away halfway through a unit (injected)")
+            client_.raw_insert(insert.table, insert.columns, insert.body, settings=sink.INSERT_SETTINGS, fmt=sink.INSERT_FORMAT)
+
+    monkeypatch.setattr(sink, "send", half_send)
+
+
+def test_a_write_failing_halfway_is_taken_back_and_the_hour_totals_stay_exact(client, monkeypatch) -> None:
+    """A unit's write fails after its lines and hour totals are in, before the snapshots that
+    commit them: the rows past the commit points are deleted (statestore.roll_back), totals with
+    lines, and the retry writes them again. A total left behind at a higher revision would win
+    over the lines for ever."""
+    lines = generate(2000, seed=5656)
+    msgs = messages(lines)
+    _fail_halfway(monkeypatch, 2)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=250)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor.process(msgs[:1000])
+    # taken back with the lines, before any retry: no total above its account's commit point
+    beyond = client.query(
+        "SELECT count() FROM bill_hour_totals AS t INNER JOIN (SELECT account_id, max(seq) AS committed FROM account_state "
+        "GROUP BY account_id) AS c ON c.account_id = t.account_id WHERE t.revision > c.committed AND t.account_id IN {a:Array(String)}",
+        parameters={"a": sorted(accounts_of(lines))}).result_rows[0][0]
+    assert beyond == 0
+    processor.process(msgs)
+    assert_hour_totals_exact(client, accounts_of(lines))
+
+
+@pytest.mark.xfail(strict=True, reason="found in issue 19: roll_back deletes the revisions past the commit point, and a merge "
+                                        "that ran before it had already dropped the older revision of a line the failed unit "
+                                        "changed, so the line loses what the committed units billed into it")
+def test_a_merge_before_the_roll_back_loses_no_line(client, monkeypatch) -> None:
+    lines = generate(2000, seed=5757)
+    msgs = messages(lines)
+    _fail_halfway(monkeypatch, 2, merge_first=True)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=250)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor.process(msgs[:1000])
+    processor.process(msgs)
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.demo.workload import generate, write_jsonl
-from tests.integration.stack import Stack, bills_by_key
+from tests.integration.stack import Stack, assert_hour_totals_equal_bills, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
 
@@ -65,6 +65,7 @@ def test_rebill_range_with_corrected_catalog(stack: Stack, tmp_path: Path) -> No
     got_in_range = {k: v for k, v in after.items() if in_range(k) and v["requests"] > 0}
     assert got_in_range == want_in_range
     assert {k: v for k, v in after.items() if not in_range(k)} == {k: v for k, v in before.items() if not in_range(k)}
+    assert_hour_totals_equal_bills(stack.json_lines)  # what the console's overview sums, after the rebill's new revisions
     # rejected under the old catalog, billed now: no longer listed as rejected
     still_rejected = {(r["account_id"], r["event_id"]) for r in stack.rejected()}
     rejected_fresh = {(acc, event_id) for acc, event_id, _ in fresh_run.rejections}

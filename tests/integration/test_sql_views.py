@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pytest
 
 from pipeline.demo.workload import generate, write_jsonl
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, assert_hour_totals_equal_bills
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
 
@@ -158,6 +158,19 @@ def check_revenue_per_model_per_day(stack: Stack, rows: list[Row], ctx: Row) -> 
     assert {(r["day"], r["model"]): [r["calls"], money(r["revenue"])] for r in rows} == _by_day(ctx, plugins=False)
 
 
+def check_revenue_per_hour(stack: Stack, rows: list[Row], ctx: Row) -> None:
+    want: dict[str, list[Any]] = defaultdict(lambda: [Decimal(0), 0, 0, set()])
+    for b in ctx["bills"]:
+        w = want[b["hour"]]
+        w[0] += money(b["amount"])
+        w[1] += 0 if b["item"].startswith("plugin:") else b["requests"]
+        w[2] += b["input_tokens"] + b["output_tokens"]
+        w[3].add(b["account_id"])
+    assert {r["hour"]: [money(r["revenue"]), r["calls"], r["tokens"], r["accounts"]] for r in rows} == \
+        {h: [w[0], w[1], w[2], len(w[3])] for h, w in want.items()}
+    assert_hour_totals_equal_bills(stack.json_lines)  # and row for row, after the fixture's rebills
+
+
 def check_plugins_per_day(stack: Stack, rows: list[Row], ctx: Row) -> None:
     assert {(r["day"], r["plugin"]): [r["units"], money(r["revenue"])] for r in rows} == _by_day(ctx, plugins=True)
 
@@ -237,6 +250,7 @@ def check_keys(stack: Stack, rows: list[Row], ctx: Row) -> None:
 CHECKS: dict[str, Callable[[Stack, list[Row], Row], None]] = {
     "month-per-account": check_month_per_account, "statement": check_statement,
     "revenue-per-model-per-day": check_revenue_per_model_per_day, "plugins-per-day": check_plugins_per_day,
+    "revenue-per-hour": check_revenue_per_hour,
     "free-quota": check_free_quota, "arrears": check_arrears, "vouchers": check_vouchers,
     "calls-per-key-per-hour": check_calls_per_key_per_hour, "lines-in-range": check_lines_in_range,
     "rejections-by-reason": check_rejections_by_reason, "violations-per-account": check_violations_per_account,
@@ -393,3 +407,55 @@ def test_calls_a_rebill_rejects_are_listed_and_a_later_rebill_bills_them_again(s
 
     stack.cli("rebill", "--from", WHOLE_RANGE[0], "--to", WHOLE_RANGE[1], "--catalog", str(loaded.catalog), "--account", account)
     assert listed_usage_reasons(stack, account) == fresh_usage_reasons(loaded.lines, loaded.catalog, account) == before
+
+
+def test_console_and_sql_beyond_loopback_need_the_api_token(tmp_path: Path) -> None:
+    """Issue 19 item 5: served beyond loopback, every console page, console endpoint and SQL read
+    needs BILLING_API_TOKEN (as a Bearer header, or once as ?token= which leaves a cookie); the
+    static assets stay open; without a token such a console does not start at all."""
+    import os
+    import signal
+    import urllib.error
+    import urllib.request
+
+    data_dir = tmp_path / "idle"
+    run = [sys.executable, "-m", "pipeline"]
+    subprocess.run([*run, "migrate", "--data-dir", str(data_dir)], check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "BILLING_API_TOKEN"}
+    refused = subprocess.run([*run, "console", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data_dir)],
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert refused.returncode != 0 and "BILLING_API_TOKEN" in refused.stderr
+    token = "console-token-19"
+    proc = subprocess.Popen([*run, "console", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data_dir)],
+                            stderr=subprocess.PIPE, text=True, env={**env, "BILLING_API_TOKEN": token})
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        match = re.search(r"http://[^:/\s]+:(\d+)/console", line)
+        assert match, line
+        base = f"http://127.0.0.1:{match.group(1)}"  # loopback reaches it too, and is refused like any other address
+
+        def status(path: str, headers: dict[str, str] | None = None, data: bytes | None = None) -> tuple[int, str]:
+            request = urllib.request.Request(base + path, data=data, headers=headers or {}, method="POST" if data else "GET")
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status, response.headers.get("Set-Cookie") or ""
+            except urllib.error.HTTPError as refusal:
+                return refusal.code, ""
+
+        query = json.dumps({"sql": "SELECT count() FROM hourly_account_totals"}).encode()
+        bearer = {"Authorization": f"Bearer {token}"}
+        for path in ("/console", "/console/account/a", "/api/console/overview", "/api/console/accounts",
+                     "/api/console/accounts/a/usage", "/api/console/health"):
+            assert status(path)[0] == 401, path
+            assert status(path, {"Authorization": "Bearer wrong"})[0] == 401, path
+            assert status(path, bearer)[0] in (200, 404), path  # 404: no such account, once let in
+        assert status("/api/sql", {"Content-Type": "application/json"}, query)[0] == 401
+        assert status("/api/sql", {"Content-Type": "application/json", **bearer}, query)[0] == 200
+        assert status("/console/static/echarts.min.js")[0] == 200  # no data in the assets
+        code, cookie = status(f"/console?token={token}")
+        assert code == 200 and cookie.startswith("billing_token=") and "HttpOnly" in cookie
+        assert status("/api/console/accounts", {"Cookie": cookie.split(";")[0]})[0] == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

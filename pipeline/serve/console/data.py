@@ -3,7 +3,10 @@
 Every user value is a bound parameter. They read the user-facing views of
 schemas/clickhouse/002_user_views.sql (current values, no revision twice) and, for the figures
 the CLI also prints (bill lines, account summary, settlements, rejections), the very functions
-of `pipeline.store.queries`, so the console and `billing bills|account` cannot disagree.
+of `pipeline.store.queries`, so the console and `billing bills|account` cannot disagree. What sums over
+every account (the operator's overview) reads bill_hour_totals (004_hour_totals.sql): one row per
+account-hour, kept by the worker equal to the account-hour's lines, sorted by hour; a range of
+1,000,000 lines is then read as its 250,000 account-hours instead (bench/console_bench.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ Row = dict[str, Any]
 DEFAULT_HOURS = 48  # a range not given: the last 48 hours that have bills
 MAX_RANGE_HOURS = 24 * 93  # about a quarter of hourly points per chart at most
 MAX_ROWS = 5000  # rows per table on a page; more says "cut"
+TOP_ACCOUNTS = 20  # the operator page's top accounts by amount
 GROUPINGS = ("model", "key", "plugin")
 ZERO = Decimal(0)
 
@@ -39,13 +43,8 @@ def time_range(client: Client, start: str | None, end: str | None, account: str 
     if start and end:
         s, e = parse_ts(start), parse_ts(end)
     else:
-        where, params = "", {}
-        if account:
-            where, params = " WHERE account_id = {a:String}", {"a": account}
-        (last,) = client.query(f"SELECT toUnixTimestamp(max(hour)) FROM bill_lines{where}", parameters=params).result_rows[0]
-        last_us = (last or 0) * US_PER_SECOND
-        e = parse_ts(end) if end else last_us + US_PER_HOUR
-        s = parse_ts(start) if start else _first_hour_after(client, e - DEFAULT_HOURS * US_PER_HOUR, e, account)
+        e, first = _default_bounds(client, parse_ts(end) if end else None, account)
+        s = parse_ts(start) if start else first
     s -= s % US_PER_HOUR  # hours are whole in every zone this product bills in (+08:00)
     e += -e % US_PER_HOUR
     if e <= s:
@@ -55,15 +54,33 @@ def time_range(client: Client, start: str | None, end: str | None, account: str 
     return s, e
 
 
-def _first_hour_after(client: Client, s: int, e: int, account: str | None) -> int:
-    """The first hour with bills in [s, e) (s when none): a default range starts on data."""
-    params: dict[str, Any] = _range_params(s, e)
-    where = RANGE
+def _default_bounds(client: Client, end_us: int | None, account: str | None) -> tuple[int, int]:
+    """The range's end (`end_us`, else the hour after the last with bills) and the first hour with
+    bills in the DEFAULT_HOURS before it (that span's start when none): one query, so that a
+    default range starts on data."""
+    table = _hours_table(account)
+    params: dict[str, Any] = {"back": DEFAULT_HOURS * US_PER_HOUR // US_PER_SECOND}
+    where = ""
     if account:
         params["a"] = account
-        where += " AND account_id = {a:String}"
-    (first,) = client.query(f"SELECT toUnixTimestamp(min(hour)) FROM bill_lines WHERE {where}", parameters=params).result_rows[0]
-    return max(s, (first or 0) * US_PER_SECOND)
+        where = " AND account_id = {a:String}"
+    if end_us is None:
+        last = f"(SELECT toUnixTimestamp(max(hour)) FROM {table} WHERE true{where}) + 3600"
+    else:
+        params["e"] = end_us // US_PER_SECOND
+        last = "{e:Int64}"
+    (end_s, first) = client.query(
+        f"WITH {last} AS e SELECT e, toUnixTimestamp(min(hour)) FROM {table} "
+        f"WHERE toUnixTimestamp(hour) >= e - {{back:Int64}} AND toUnixTimestamp(hour) < e{where}", parameters=params).result_rows[0]
+    e = end_us if end_us is not None else end_s * US_PER_SECOND
+    return e, max(e - DEFAULT_HOURS * US_PER_HOUR, (first or 0) * US_PER_SECOND)
+
+
+def _hours_table(account: str | None) -> str:
+    """Where the hours that have bills are looked up: an account's in bill_lines (sorted by
+    account), every account's in bill_hour_totals (sorted by hour; a row per account-hour with
+    lines, like bill_lines' rows, so the same hours)."""
+    return "bill_lines" if account else "bill_hour_totals"
 
 
 def _range_params(s: int, e: int) -> dict[str, Any]:
@@ -78,28 +95,35 @@ def _hours(s: int, e: int) -> list[str]:
 
 
 def overview(client: Client, start: str | None, end: str | None) -> Row:
-    """The operator's page: revenue and calls per hour, top accounts, arrears, rejections, rebills."""
+    """The operator's page: revenue and calls per hour, top accounts, arrears, rejections, rebills.
+
+    The sums over every account come from bill_hour_totals in one FINAL pass over the range's
+    account-hours (grouped per hour and per account at once, only the top accounts sent back);
+    equal to summing the lines (the worker keeps it so, tests/integration check it after rebills
+    and redeliveries)."""
     s, e = time_range(client, start, end)
-    p = _range_params(s, e)
-    # one pass over the lines (FINAL is the cost) for both the hours and the accounts
-    hourly, per_account = {}, []
+    p = {**_range_params(s, e), "top": TOP_ACCOUNTS}
+    hourly, top, accounts_in_range = {}, [], 0
     for r in _rows(client, (
-            "SELECT hour, account_id, grouping(hour, account_id) AS g, sumIf(requests, NOT is_plugin) AS calls, "
-            f"sum(input_tokens + output_tokens) AS tokens, sum(amount) AS amount FROM hourly_bills WHERE {RANGE} "
-            "GROUP BY GROUPING SETS ((hour), (account_id))"), p):
+            "SELECT hour, account_id, g, calls, tokens, amount, groups FROM ("
+            "SELECT hour, account_id, grouping(hour, account_id) AS g, sum(calls) AS calls, "
+            "sum(input_tokens + output_tokens) AS tokens, sum(amount) AS amount, count() OVER (PARTITION BY g) AS groups, "
+            "row_number() OVER (PARTITION BY g ORDER BY amount DESC, account_id) AS place "
+            f"FROM bill_hour_totals FINAL WHERE {RANGE} GROUP BY GROUPING SETS ((hour), (account_id))) "
+            "WHERE g = 1 OR place <= {top:UInt32} ORDER BY g, place"), p):
         if r["g"] == 1:  # grouped by hour (account_id aggregated away)
             hourly[r["hour"]] = r
         else:
-            per_account.append(r)
+            accounts_in_range = r["groups"]
+            top.append({"account_id": r["account_id"], "amount": r["amount"], "calls": r["calls"], "tokens": r["tokens"]})
     hours = _hours(s, e)
     totals = {"calls": sum(r["calls"] for r in hourly.values()), "tokens": sum(r["tokens"] for r in hourly.values()),
-              "amount": sum((Decimal(r["amount"]) for r in hourly.values()), ZERO), "accounts": len(per_account)}
-    per_account.sort(key=lambda r: (-Decimal(r["amount"]), r["account_id"]))
-    top = [{"account_id": r["account_id"], "amount": r["amount"], "calls": r["calls"], "tokens": r["tokens"]} for r in per_account[:20]]
+              "amount": sum((Decimal(r["amount"]) for r in hourly.values()), ZERO), "accounts": accounts_in_range}
+    # the accounts in arrears and how many (the view's status is the account state's: debt > 0)
     arrears = _rows(client, (
-        "SELECT account_id, debt, cash_balance, status_since FROM account_balances WHERE status = 'arrears' "
-        "ORDER BY debt DESC, account_id LIMIT 100"), {})
-    counts = _rows(client, "SELECT count() AS accounts, countIf(status = 'arrears') AS in_arrears FROM account_balances", {})[0]
+        "SELECT account_id, debt, cash_balance, status_since, count() OVER () AS in_arrears FROM account_balances "
+        "WHERE status = 'arrears' ORDER BY debt DESC, account_id LIMIT 100"), {})
+    (all_accounts,) = client.query("SELECT uniqExact(account_id) FROM account_state").result_rows[0]
     reasons = _rows(client, "SELECT reason, count() AS records FROM rejected_records GROUP BY reason ORDER BY records DESC, reason", {})
     rebills = _rows(client, "SELECT * FROM rebills ORDER BY run_at DESC, run_id LIMIT 20", {})
     return {
@@ -108,33 +132,42 @@ def overview(client: Client, start: str | None, end: str | None) -> Row:
         "tokens": [hourly[h]["tokens"] if h in hourly else 0 for h in hours],
         "amount": [hourly[h]["amount"] if h in hourly else "0.000000" for h in hours],
         "totals": {**totals, "amount": _money(totals["amount"])},
-        "top_accounts": top, "arrears": arrears, "accounts": counts["accounts"], "in_arrears": counts["in_arrears"],
+        "top_accounts": top, "arrears": [{k: v for k, v in r.items() if k != "in_arrears"} for r in arrears],
+        "accounts": all_accounts, "in_arrears": arrears[0]["in_arrears"] if arrears else 0,
         "rejections_by_reason": reasons, "rebills": rebills,
     }
 
 
-class OverviewCache:
-    """The overview reads every line in its range with FINAL (1-3 s for 1M lines on a busy 2-core
-    machine, bench/console_bench.py): an answer is reused while no line was written since
-    (`count()` of the table comes from part metadata, about a millisecond), and for at most
-    `max_age_s` while lines keep coming. The page shows when its figures were computed."""
+# What the overview reads: any write to these changes a count or a latest time (OverviewCache).
+OVERVIEW_SOURCES = (("bill_hour_totals", "updated_at"), ("account_state", "updated_at"), ("account_status", "changed_at"),
+                    ("rejections", "rejected_at"), ("rejection_revisions", "revised_at"), ("rebill_runs", "run_at"))
 
-    def __init__(self, max_age_s: float = 15.0) -> None:
-        self.max_age_s = max_age_s
-        self.entries: dict[tuple[str | None, str | None], tuple[int, float, Row]] = {}
+
+class OverviewCache:
+    """An overview is reused while nothing it reads has changed: every table it reads has the same
+    row count and the same latest write time as when it was computed (one query over columns
+    that ClickHouse keeps small; a rolled-back write changes the count). Computing it takes
+    about 150 ms with 1,000,000 lines (bench/console_bench.py); this only spares repeated visits."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str | None, str | None], tuple[tuple[Any, ...], float, Row]] = {}
+
+    @staticmethod
+    def version(client: Client) -> tuple[Any, ...]:
+        parts = ", ".join(f"(SELECT (count(), max({column})) FROM {table})" for table, column in OVERVIEW_SOURCES)
+        return tuple(client.query(f"SELECT {parts}").result_rows[0])
 
     def get(self, client: Client, start: str | None, end: str | None) -> Row:
         import time
 
-        (version,) = client.query("SELECT count() FROM bill_lines").result_rows[0]
-        now = time.time()
+        version = self.version(client)
         cached = self.entries.get((start, end))
-        if cached is not None and (cached[0] == version or now - cached[1] < self.max_age_s):
+        if cached is not None and cached[0] == version:
             return cached[2]
-        result = {**overview(client, start, end), "computed_at": now}
+        result = {**overview(client, start, end), "computed_at": time.time()}
         if len(self.entries) > 64:
             self.entries.clear()
-        self.entries[(start, end)] = (version, now, result)
+        self.entries[(start, end)] = (version, result["computed_at"], result)
         return result
 
 
@@ -184,17 +217,26 @@ def usage(client: Client, account_id: str, start: str | None, end: str | None, b
     params = {**_range_params(s, e), "a": account_id}
     group, where, calls = {
         "model": ("item", "NOT is_plugin", "sum(requests)"),
-        "key": ("api_key_id", "1", "sumIf(requests, NOT is_plugin)"),
+        "key": ("api_key_id", "true", "sumIf(requests, NOT is_plugin)"),
         "plugin": ("item", "is_plugin", "sum(requests)"),
     }[by]
+    # one pass over the account's lines of the range: the series' groups, and the range's totals
+    # (every line: calls of the models, tokens and amount of all) as the empty grouping set
     rows = _rows(client, (
-        f"SELECT hour, {group} AS grp, {calls} AS calls, sum(input_tokens + output_tokens) AS tokens, sum(quantity) AS quantity, "
-        f"sum(amount) AS amount FROM hourly_bills WHERE account_id = {{a:String}} AND {where} AND {RANGE} "
-        "GROUP BY hour, grp ORDER BY grp, hour"), params)
+        f"SELECT hour, {group} AS grp, {where} AS in_series, grouping(hour, grp, in_series) AS g, {calls} AS calls, "
+        "sumIf(requests, NOT is_plugin) AS api_calls, sum(input_tokens + output_tokens) AS tokens, sum(quantity) AS quantity, "
+        f"sum(amount) AS amount FROM hourly_bills WHERE account_id = {{a:String}} AND {RANGE} "
+        "GROUP BY GROUPING SETS ((hour, grp, in_series), ()) ORDER BY g, grp, hour"), params)
     hours = _hours(s, e)
     index = {h: i for i, h in enumerate(hours)}
     series: dict[str, Row] = {}
+    totals: Row = {"calls": 0, "tokens": 0, "amount": "0"}
     for r in rows:
+        if r["g"] != 0:  # the empty grouping set: the whole range
+            totals = {"calls": r["api_calls"], "tokens": r["tokens"], "amount": r["amount"]}
+            continue
+        if not r["in_series"]:
+            continue
         name = r["grp"] or "(none)"
         entry = series.setdefault(name, {"calls": [0] * len(hours), "tokens": [0] * len(hours), "quantity": [0] * len(hours),
                                          "amount": ["0.000000"] * len(hours)})
@@ -202,9 +244,6 @@ def usage(client: Client, account_id: str, start: str | None, end: str | None, b
         for metric in ("calls", "tokens", "quantity"):
             entry[metric][i] = r[metric]
         entry["amount"][i] = r["amount"]
-    totals = _rows(client, (
-        "SELECT sumIf(requests, NOT is_plugin) AS calls, sum(input_tokens + output_tokens) AS tokens, sum(amount) AS amount "
-        f"FROM hourly_bills WHERE account_id = {{a:String}} AND {RANGE}"), params)[0]
     return {"account_id": account_id, "by": by, "from": format_ts(s), "to": format_ts(e), "hours": hours, "series": series,
             "totals": {**totals, "amount": _money(totals["amount"])}}
 

@@ -53,3 +53,50 @@ def test_params_are_name_value_pairs() -> None:
         parse_params(["no-equals"])
     with pytest.raises(SqlRefused, match="NAME=VALUE"):
         parse_params(["1x=2"])
+
+
+class ServerClient:
+    """A ClickHouse server's client as clickhouse-connect gives it, recording what is sent (no
+    server here): EXPLAIN AST answers the parse, any other query a few rows."""
+
+    def __init__(self, kind: str = "SelectWithUnionQuery (children 1)", rows: int = 3) -> None:
+        self.sent: list[tuple[str, dict[str, str]]] = []
+        self.kind, self.rows = kind, rows
+
+    def query(self, sql: str, parameters: dict[str, str] | None = None, **session: object):
+        from types import SimpleNamespace
+
+        assert not session, f"limits must ride in the statement, not in the session: {session}"
+        self.sent.append((sql, dict(parameters or {})))
+        if sql.startswith("EXPLAIN AST"):
+            return SimpleNamespace(result_rows=[(self.kind,), (" ExpressionList (children 1)",)])
+        return SimpleNamespace(result_rows=[(i, Decimal("1.500000")) for i in range(self.rows)], column_names=("n", "amount"),
+                               column_types=[SimpleNamespace(name="UInt64"), SimpleNamespace(name="Decimal(18, 6)")])
+
+    def command(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("billing sql sends no SET or other command to a server")
+
+
+def test_against_a_server_billing_sql_reads_with_the_limits_in_the_statement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`billing sql` with BILLING_CLICKHOUSE=https://... goes straight to the server (DirectReader):
+    the parse first, then the statement wrapped as a subquery with readonly=1 and the limits in its
+    own SETTINGS clause, the parameters bound by the server, one row more than shown."""
+    from pipeline import reader as reader_module
+    from pipeline.settings import Settings
+
+    server = ServerClient(rows=3)
+    monkeypatch.setattr(reader_module, "connect", lambda url, options: server)
+    reader = reader_module.open_reader(Settings(clickhouse="https://reader:secret@clickhouse.example:8443/billing"), 1_000_000)
+    assert isinstance(reader, reader_module.DirectReader)
+    result = reader.sql("SELECT n, amount FROM hourly_bills WHERE account_id = {a:String}", 2, 5, {"a": "x'; DROP"})
+    (parse, parse_params), (text, params) = server.sent
+    assert parse.startswith("EXPLAIN AST SELECT n, amount") and parse_params == {"a": "x'; DROP"}
+    assert text.startswith("SELECT * FROM (\nSELECT n, amount FROM hourly_bills WHERE account_id = {a:String}\n)")
+    assert text.endswith("SETTINGS readonly = 1, max_execution_time = 5, max_result_rows = 3, result_overflow_mode = 'break'")
+    assert params == {"a": "x'; DROP"}  # bound by ClickHouse, never pasted into the text
+    assert result["rows"] == [[0, "1.500000"], [1, "1.500000"]] and result["truncated"] is True
+    refused = ServerClient(kind="AlterQuery (children 2)")
+    monkeypatch.setattr(reader_module, "connect", lambda url, options: refused)
+    with pytest.raises(SqlRefused, match="read-only"):
+        reader_module.open_reader(Settings(clickhouse="http://clickhouse:8123/billing"), 1_000_000).sql("SELECT 1", 10, 5)
+    assert len(refused.sent) == 1  # parsed, never run
