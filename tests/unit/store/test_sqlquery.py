@@ -81,7 +81,7 @@ def test_against_a_server_billing_sql_reads_with_the_limits_in_the_statement(mon
     """`billing sql` with BILLING_CLICKHOUSE=https://... goes straight to the server (DirectReader):
     the parse first, then the statement wrapped as a subquery with readonly=1 and the limits in its
     own SETTINGS clause, the parameters bound by the server, one row more than shown."""
-    from pipeline import reader as reader_module
+    from pipeline.store import reader as reader_module
     from pipeline.settings import Settings
 
     server = ServerClient(rows=3)
