@@ -26,7 +26,7 @@ from setuptools import setup
 # and constants, and compiled callers in one group would not see that.
 COMPILED_MODULES = (
     "tuples", "timestamps", "windows", "state", "outputs", "catalog", "pricing", "quota", "keys", "settlement", "records",
-    "validation", "fold", "framing", "outputs_json", "columns", "processor",
+    "validation", "fold", "framing", "outputs_json", "columns", "column_ranges", "processor",
 )
 HERE = Path(__file__).resolve().parent
 MANIFEST = HERE / "pipeline" / "_compiled.json"
