@@ -53,17 +53,12 @@ def _timed(seconds: Counter[str], name: str, fn: Callable[..., Any]) -> Callable
 
 def engine_memory(client: Any) -> dict[str, Any]:
     """The embedded engine's own account of its memory (it lives in this process's RSS): what its
-    allocator holds, its caches, and its parts (each active part keeps its primary index and
-    marks in memory)."""
+    memory tracker counts, and its parts (each active part keeps its primary index in memory).
+    chdb has no system.asynchronous_metrics (cache sizes)."""
     found: dict[str, Any] = {}
     try:
         found["memory_tracking_mib"] = round(client.query(
             "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'").result_rows[0][0] / 2**20)
-        for name, value in client.query(
-                "SELECT metric, value FROM system.asynchronous_metrics WHERE metric IN ('MarkCacheBytes', "
-                "'UncompressedCacheBytes', 'jemalloc.resident', 'jemalloc.allocated', 'jemalloc.retained', 'PrimaryKeyCacheBytes', "
-                "'IndexMarkCacheBytes', 'QueryCacheBytes', 'MMapCacheCells')").result_rows:
-            found[name] = round(value / 2**20) if "Bytes" in name or "jemalloc" in name else value
         parts, pk = client.query("SELECT count(), sum(primary_key_bytes_in_memory_allocated) FROM system.parts "
                                  "WHERE active AND database = currentDatabase()").result_rows[0]
         found["active_parts"], found["primary_keys_mib"] = parts, round(pk / 2**20)
