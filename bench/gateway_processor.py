@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch-records", type=int, default=None, help="records per batch (default BILLING_WRITE_RECORDS)")
-    parser.add_argument("--bound-values", type=int, default=None, help="statestore.MAX_BOUND_VALUES for this run (values "
-                        "bound per query; the chunk size of the working-set loads)")
+    parser.add_argument("--bound-values", type=int, default=None, help="values bound per query for this run "
+                        "(statestore.MAX_BOUND_VALUES and MAX_BOUND_PER_QUERY: the chunk size of the working-set loads)")
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
     parser.add_argument("--tracemalloc", action="store_true", help="trace Python's allocations; print the largest holders "
                         "and Python's share of the RSS at the end (slow: compare RSS only between runs with the same flag)")
     args = parser.parse_args(argv)
     if args.bound_values:
-        statestore.MAX_BOUND_VALUES = args.bound_values
+        statestore.MAX_BOUND_VALUES = statestore.MAX_BOUND_PER_QUERY = args.bound_values
     shape = gateway.Shape(f"gwp{args.accounts}", accounts=args.accounts, records=args.records)
     if args.tracemalloc:
         import tracemalloc

@@ -27,12 +27,24 @@ MAX_BOUND_VALUES = 50_000
 # Over HTTP the bound values travel in the URL, which a ClickHouse server refuses past 1 MiB by
 # default (http_max_uri_size): 50,000 seen-id hashes are about 1.1 MB. 5,000 are about 110 KB.
 MAX_BOUND_VALUES_HTTP = 5_000
+# And at most this many per query whatever the engine: on gateway traffic over 300,000 accounts
+# (more than the LRU keeps, so nearly every account of a unit of 50,000 single-record messages is
+# cold) one load_states query of about 48,000 account ids kept two engine threads busy for
+# minutes, although the same query alone took 0.39 s; in chunks of 10,000 that run went through
+# (`python -m bench.gateway_processor --accounts 300000 --records 400000 --bound-values 10000`).
+# Not isolated; suspected: the IN set's index analysis per part, with the merges behind.
+MAX_BOUND_PER_QUERY = 10_000
 T = TypeVar("T")
 
 
 def _bound_limit(client: Client) -> int:
     embedded = str(getattr(client, "uri", "")).startswith("chdb:")
     return MAX_BOUND_VALUES if embedded else min(MAX_BOUND_VALUES, MAX_BOUND_VALUES_HTTP)
+
+
+def _chunk_size(client: Client, width: int = 1) -> int:
+    """Items per query when each binds `width` values (2 for pairs)."""
+    return max(1, min(_bound_limit(client), MAX_BOUND_PER_QUERY) // width)
 
 
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
@@ -45,7 +57,7 @@ def _query_chunked(client: Client, sql: str, name: str, values: list[Any], param
     """Rows of `sql` for every chunk of `values`, bound as parameter `name` (rendered by `render`);
     `width`: values bound per item (2 for pairs), so that a chunk stays under the bound limit."""
     rows: list[Any] = []
-    for chunk in _chunks(values, max(1, _bound_limit(client) // width)):
+    for chunk in _chunks(values, _chunk_size(client, width)):
         rows += client.query(sql, parameters={**(params or {}), name: render(chunk) if render else chunk}).result_rows
     return rows
 
@@ -127,7 +139,7 @@ def load_seen(client: Client, wanted: dict[tuple[str, str], int]) -> dict[tuple[
     # two arrays bound per query (accounts and hashes): half the limit of pairs keeps the values
     # under it. A unit of 50,000 single-record messages from 50,000 accounts (gateway traffic over
     # 300,000 accounts) bound 100,000 values, and its query took minutes (MAX_BOUND_VALUES)
-    for chunk in _chunks(list(wanted.items()), max(1, _bound_limit(client) // 2)):
+    for chunk in _chunks(list(wanted.items()), _chunk_size(client, 2)):
         result = client.query(
             "SELECT account_id, record_id, digest, seq FROM seen_records "
             "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
