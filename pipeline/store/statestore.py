@@ -19,13 +19,21 @@ from pipeline.core.timestamps import US_PER_MINUTE, US_PER_SECOND
 from pipeline.core.windows import LIMIT_ORDER, WindowKey
 
 
-# Values bound into one IN list. The engine takes about 1,000 times longer on a bound array of more
-# than about 131,000 values (measured with chdb 4.4: 125,000 hashes 0.2 s, 140,000 hashes 119 s), and
-# a batch of 1,000 messages can hold 200,000 records: big batches query in chunks.
+# Values bound into one query, all its arrays together. The engine takes about 1,000 times longer
+# past some size (measured with chdb 4.4: one array of 125,000 hashes 0.2 s, of 140,000 119 s; two
+# arrays of 50,000 values each, load_seen's, 495 s against 0.36 s for two of 25,000), and a batch
+# of 1,000 messages can hold 200,000 records: big batches query in chunks.
 MAX_BOUND_VALUES = 50_000
 # Over HTTP the bound values travel in the URL, which a ClickHouse server refuses past 1 MiB by
 # default (http_max_uri_size): 50,000 seen-id hashes are about 1.1 MB. 5,000 are about 110 KB.
 MAX_BOUND_VALUES_HTTP = 5_000
+# And at most this many per query whatever the engine: on gateway traffic over 300,000 accounts
+# (more than the LRU keeps, so nearly every account of a unit of 50,000 single-record messages is
+# cold) one load_states query of about 48,000 account ids kept two engine threads busy for
+# minutes, although the same query alone took 0.39 s; in chunks of 10,000 that run went through
+# (`python -m bench.gateway_processor --accounts 300000 --records 400000 --bound-values 10000`).
+# Not isolated; suspected: the IN set's index analysis per part, with the merges behind.
+MAX_BOUND_PER_QUERY = 10_000
 T = TypeVar("T")
 
 
@@ -34,16 +42,22 @@ def _bound_limit(client: Client) -> int:
     return MAX_BOUND_VALUES if embedded else min(MAX_BOUND_VALUES, MAX_BOUND_VALUES_HTTP)
 
 
+def _chunk_size(client: Client, width: int = 1) -> int:
+    """Items per query when each binds `width` values (2 for pairs)."""
+    return max(1, min(_bound_limit(client), MAX_BOUND_PER_QUERY) // width)
+
+
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(values), size):
         yield values[i:i + size]
 
 
 def _query_chunked(client: Client, sql: str, name: str, values: list[Any], params: dict[str, Any] | None = None,
-                   render: Callable[[list[Any]], Any] | None = None) -> list[Any]:
-    """Rows of `sql` for every chunk of `values`, bound as parameter `name` (rendered by `render`)."""
+                   render: Callable[[list[Any]], Any] | None = None, width: int = 1) -> list[Any]:
+    """Rows of `sql` for every chunk of `values`, bound as parameter `name` (rendered by `render`);
+    `width`: values bound per item (2 for pairs), so that a chunk stays under the bound limit."""
     rows: list[Any] = []
-    for chunk in _chunks(values, _bound_limit(client)):
+    for chunk in _chunks(values, _chunk_size(client, width)):
         rows += client.query(sql, parameters={**(params or {}), name: render(chunk) if render else chunk}).result_rows
     return rows
 
@@ -122,7 +136,10 @@ def load_seen(client: Client, wanted: dict[tuple[str, str], int]) -> dict[tuple[
     """(account, record_id) -> (digest, seq) of identities already claimed. `wanted` maps each
     (account, record_id) to its record_hash (the caller has it: it writes the same hash)."""
     found: dict[tuple[str, str], tuple[str, int]] = {}
-    for chunk in _chunks(list(wanted.items()), _bound_limit(client)):
+    # two arrays bound per query (accounts and hashes): half the limit of pairs keeps the values
+    # under it. A unit of 50,000 single-record messages from 50,000 accounts (gateway traffic over
+    # 300,000 accounts) bound 100,000 values, and its query took minutes (MAX_BOUND_VALUES)
+    for chunk in _chunks(list(wanted.items()), _chunk_size(client, 2)):
         result = client.query(
             "SELECT account_id, record_id, digest, seq FROM seen_records "
             "WHERE account_id IN {a:Array(String)} AND rid_hash IN {h:Array(UInt64)}",
@@ -153,7 +170,7 @@ def load_lines(client: Client, account_hours: list[tuple[str, int]], max_seq: di
     rows = _query_chunked(
         client,
         LINE_SELECT + " WHERE (account_id, toUnixTimestamp(hour)) IN {p:Array(Tuple(String, Int64))}",
-        "p", [(acc, hour // US_PER_SECOND) for acc, hour in account_hours], render=keyed_ints)
+        "p", [(acc, hour // US_PER_SECOND) for acc, hour in account_hours], render=keyed_ints, width=2)
     lines: dict[str, dict[LineKey, Line]] = {}
     for acc, hour_s, key, item, *values in rows:
         line = line_of(values)
@@ -172,7 +189,8 @@ def load_windows(client: Client, account_minutes: list[tuple[str, int]], max_seq
         client,
         "SELECT account_id, kind, toUnixTimestamp64Micro(window_start) AS start, requests, tokens, revision FROM rate_windows "
         "WHERE (account_id, intDiv(toUnixTimestamp64Micro(window_start), {m:Int64})) IN {p:Array(Tuple(String, Int64))}",
-        "p", [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes], {"m": US_PER_MINUTE}, render=keyed_ints)
+        "p", [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes], {"m": US_PER_MINUTE}, render=keyed_ints,
+        width=2)
     windows: dict[str, dict[WindowKey, Window]] = {}
     for acc, kind, start, requests, tokens, revision in rows:
         if revision > max_seq.get(acc, 0):
@@ -204,7 +222,7 @@ def committed_violations(client: Client, events: list[tuple[str, str]], max_seq:
         client,
         "SELECT account_id, event_id, toUnixTimestamp64Micro(ts), limit_name, toUnixTimestamp64Micro(window_start), observed, "
         "allowed, seq FROM rate_violations FINAL WHERE (account_id, event_id) IN {p:Array(Tuple(String, String))}",
-        "p", events)
+        "p", events, width=2)
     violations = [Violation(*row) for row in rows if row[7] <= max_seq.get(row[0], 0)]
     return sorted(violations, key=lambda v: (v.account_id, v.seq, LIMIT_ORDER.get(v.limit, len(LIMIT_ORDER))))
 

@@ -160,7 +160,11 @@ class RawBatches:
 
     async def _wait_for_batch(self, last_handed_out: float) -> None:
         """Until `max_records` are buffered, or `within` has passed, or (from `within` after the
-        previous batch on) the buffer holds records and has stopped growing for `settle`."""
+        previous batch on) the buffer holds records and has stopped growing for `settle`, or has
+        been due for `settle` already: under a steady load it never stops growing, and after a
+        batch that took longer than `within` the next one waited the whole `within` again (0.2 s
+        of every cycle at 2,000 single-record messages/s, measured into publish-to-queryable
+        latency). Batches still come at most every `within`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.within
         due_at = last_handed_out + self.within
@@ -175,7 +179,7 @@ class RawBatches:
                 await asyncio.wait_for(self._grew.wait(), timeout=min(deadline - now, self.settle) if due else due_at - now)
             except asyncio.TimeoutError:
                 pass
-            if due and size and self._buffered == size:
+            if due and size and (self._buffered == size or loop.time() >= due_at + self.settle):
                 return
 
     def _take(self) -> RawBatch | None:

@@ -1,0 +1,160 @@
+"""The batch processor alone on gateway-shaped traffic: `python -m bench.gateway_processor`.
+
+As `processor_bench` isolates the worker's own work from Kafka and Faust for the `billing publish`
+shape, this does it for a gateway shape (bench/gateway.py): every account's key and credit first
+(framed per account, not timed), then the shape's single-record messages through
+`BatchProcessor.process` in raw batches of `BILLING_WRITE_RECORDS` records, as the worker takes
+them. It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
+the per-account cost shows where it went, and reports the process's RSS after each batch.
+
+    python -m bench.gateway_processor --accounts 100000 --records 200000 [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import gateway
+from pipeline.store import statestore
+from pipeline.core.catalog import load_catalog
+from pipeline.store.chclient import connect, migrate
+from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.settings import load_settings
+
+TIMED_READS = ("load_states", "load_seen", "load_lines", "load_windows", "committed_statuses", "committed_violations",
+               "processed_offsets")
+
+
+def rss_mib() -> float:
+    """The process's resident set now (VmRSS), MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _timed(seconds: Counter[str], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[name] += time.perf_counter() - started
+    return wrapper
+
+
+def engine_memory(client: Any) -> dict[str, Any]:
+    """The embedded engine's own account of its memory (it lives in this process's RSS): what its
+    memory tracker counts, and its parts (each active part keeps its primary index in memory).
+    chdb has no system.asynchronous_metrics (cache sizes)."""
+    found: dict[str, Any] = {}
+    try:
+        found["memory_tracking_mib"] = round(client.query(
+            "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'").result_rows[0][0] / 2**20)
+        parts, pk = client.query("SELECT count(), sum(primary_key_bytes_in_memory_allocated) FROM system.parts "
+                                 "WHERE active AND database = currentDatabase()").result_rows[0]
+        found["active_parts"], found["primary_keys_mib"] = parts, round(pk / 2**20)
+    except Exception as exc:  # a bench figure, not a failure
+        found["error"] = repr(exc)[:200]
+    return found
+
+
+def python_heap(processor: BatchProcessor) -> dict[str, Any]:
+    """What the processor holds, and (under --tracemalloc) Python's share of the RSS and its
+    largest holders, printed to stderr: memory that is not Python's is the engine's or malloc's."""
+    held: dict[str, Any] = {"states_in_memory": len(processor.states), "sleeping": len(processor._sleeping),
+                            "hours_tracked": len(processor._hours), "ticked": len(processor._ticked)}
+    held["engine"] = engine_memory(processor.client)
+    import tracemalloc
+    if tracemalloc.is_tracing():
+        traced, peak = tracemalloc.get_traced_memory()
+        held["python_heap_mib"] = {"traced": round(traced / 2**20), "peak": round(peak / 2**20), "rss": round(rss_mib())}
+        for stat in tracemalloc.take_snapshot().statistics("lineno")[:15]:
+            print(f"{stat.size / 2**20:8.1f} MiB {stat.count:9,} blocks  {stat.traceback}", file=sys.stderr)
+    return held
+
+
+def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -> dict[str, Any]:
+    settings = load_settings()
+    size = batch_records or settings.write_records
+    client = connect(f"chdb://{workdir / 'gateway-processor-clickhouse'}")
+    migrate(client)
+    processor = BatchProcessor(client, load_catalog(), "bench-gateway", auto_tick=False, write_records=settings.write_records,
+                               max_cached_accounts=settings.max_cached_accounts)
+    setup = [Message(0, i, key, value) for i, (key, value) in enumerate(gateway.setup_messages(shape))]
+    traffic = [Message(0, len(setup) + i, key, value) for i, (key, value) in enumerate(gateway.traffic(shape))]
+    started = time.perf_counter()
+    for i in range(0, len(setup), settings.batch_size):
+        processor.process(setup[i:i + settings.batch_size])
+    setup_s = time.perf_counter() - started
+    processor.forget()  # a worker meets the traffic with whatever its LRU holds; start cold, the harder case
+    print(f"setup done in {setup_s:.1f} s; timed part starts", file=sys.stderr, flush=True)
+    reads: Counter[str] = Counter()
+    originals = {name: getattr(statestore, name) for name in TIMED_READS}
+    for name, fn in originals.items():
+        setattr(statestore, name, _timed(reads, name, fn))
+    statuses: Counter[str] = Counter()
+    per_batch: list[dict[str, Any]] = []
+    try:
+        started = time.perf_counter()
+        for i in range(0, len(traffic), size):
+            batch_started = time.perf_counter()
+            result = processor.process(traffic[i:i + size])
+            statuses.update(result.statuses)
+            per_batch.append({"records": len(traffic[i:i + size]), "seconds": round(time.perf_counter() - batch_started, 3),
+                              "write_wait_s": round(result.write_wait_s, 3), "rss_mib": round(rss_mib())})
+        seconds = max(time.perf_counter() - started, 1e-9)
+        heap = python_heap(processor)
+    finally:
+        for name, fn in originals.items():
+            setattr(statestore, name, fn)
+        processor.close()
+    if sum(statuses.values()) != len(traffic):
+        raise RuntimeError(f"the processor accounted for {sum(statuses.values())} of {len(traffic)} records")
+    return {"shape": shape.name, "accounts": shape.accounts, "records": len(traffic), "batch_records": size,
+            "setup_s": round(setup_s, 2), "seconds": round(seconds, 2), "rps": round(len(traffic) / seconds),
+            "reads_s": {k: round(v, 2) for k, v in reads.items()}, "outcomes": dict(statuses), **heap,
+            "rss_mib_max": max(b["rss_mib"] for b in per_batch), "batches": per_batch}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--batch-records", type=int, default=None, help="records per batch (default BILLING_WRITE_RECORDS)")
+    parser.add_argument("--bound-values", type=int, default=None, help="values bound per query for this run "
+                        "(statestore.MAX_BOUND_VALUES and MAX_BOUND_PER_QUERY: the chunk size of the working-set loads)")
+    parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
+    parser.add_argument("--tracemalloc", action="store_true", help="trace Python's allocations; print the largest holders "
+                        "and Python's share of the RSS at the end (slow: compare RSS only between runs with the same flag)")
+    args = parser.parse_args(argv)
+    if args.bound_values:
+        statestore.MAX_BOUND_VALUES = statestore.MAX_BOUND_PER_QUERY = args.bound_values
+    shape = gateway.Shape(f"gwp{args.accounts}", accounts=args.accounts, records=args.records)
+    if args.tracemalloc:
+        import tracemalloc
+        tracemalloc.start(1)
+    with tempfile.TemporaryDirectory(prefix="gwproc-") as tmp:
+        if args.profile:
+            import cProfile
+            profiler = cProfile.Profile()
+            profiler.enable()
+            result = run(shape, Path(tmp), args.batch_records)
+            profiler.disable()
+            profiler.dump_stats(str(args.profile))
+        else:
+            result = run(shape, Path(tmp), args.batch_records)
+    print(json.dumps(result), flush=True)
+    print(f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
