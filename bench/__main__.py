@@ -50,8 +50,20 @@ from bench.procs import cpu_delta, cpu_snapshot, loadavg, log, stop_all
 from bench.stack import BillingStack, HealthSampler, WorkerStart, find_py_spy
 from pipeline import CORE_BUILD
 
-PHASES = ("pipeline", "publish_and_process", "single_8", "gw_100k", "gw_1m", "raw", "naive", "fold", "processor", "rebill", "latency",
-          "history")
+PHASES = (
+    "pipeline",
+    "publish_and_process",
+    "single_8",
+    "gw_100k",
+    "gw_1m",
+    "raw",
+    "naive",
+    "fold",
+    "processor",
+    "rebill",
+    "latency",
+    "history",
+)
 NEEDS_RECORDS_IN_STACK = ("pipeline", "publish_and_process", "raw", "naive", "rebill")
 SHAPE_PHASES = ("single_8", "gw_100k", "gw_1m")
 GATEWAY_PHASES = (*SHAPE_PHASES, "history")  # one record per message, plain producer (bench/gateway.py)
@@ -76,20 +88,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=200_000, help="records in the workload (default 200000; use >= 200000)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every figure")
-    parser.add_argument("--skip", default="", help=f"comma-separated phases to skip: {','.join(PHASES)} (the pipeline phase, "
-                        "and so (d), still runs when publish_and_process, raw, naive or rebill need its records)")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated phases to skip: {','.join(PHASES)} (the pipeline phase, "
+        "and so (d), still runs when publish_and_process, raw, naive or rebill need its records)",
+    )
     parser.add_argument("--latency-seconds", type=float, default=30.0, help="length of the steady-load latency phase (default 30)")
     parser.add_argument("--offered-rps", type=float, default=2000.0, help="offered load of the latency phase (default 2000)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
-    parser.add_argument("--history", type=int, default=0, metavar="N",
-                        help="also run the long history: N single-record messages (e.g. 10000000) from 100,000 accounts over a "
-                             "month of event time, produced before one worker drains them; throughput and RSS per million")
-    parser.add_argument("--gateway-records-per-account", type=float, default=2.0,
-                        help="gw_100k / gw_1m: records per account (default 2: every account once, as many again by Zipf)")
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the long history: N single-record messages (e.g. 10000000) from 100,000 accounts over a "
+        "month of event time, produced before one worker drains them; throughput and RSS per million",
+    )
+    parser.add_argument(
+        "--gateway-records-per-account",
+        type=float,
+        default=2.0,
+        help="gw_100k / gw_1m: records per account (default 2: every account once, as many again by Zipf)",
+    )
     parser.add_argument("--naive-timeout", type=float, default=900.0, help="give up on the naive Faust app after S seconds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory (logs, ClickHouse)")
-    parser.add_argument("--profile", type=Path, metavar="DIR", help="run the worker of (d) under py-spy (raw samples to "
-                        "DIR/worker.pyspy.txt) and print its top functions to stderr after (d)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run the worker of (d) under py-spy (raw samples to DIR/worker.pyspy.txt) and print its top functions to stderr after (d)",
+    )
     args = parser.parse_args(argv)
     args.skip = {p.strip() for p in args.skip.split(",") if p.strip()}
     unknown = args.skip - set(PHASES)
@@ -107,20 +136,43 @@ class Bench:
         self.args = args
         self.n = args.records
         self.result: dict[str, Any] = {
-            "records": self.n, "publish_rate": None, "raw_consumer_rps": None, "naive_faust_rps": None, "fold_rps": None,
-            "parse_rps": None, "parse_and_fold_rps": None, "processor_rps": None,
-            "pipeline_rps": None, "publish_and_process_rps": None, "worker_startup_s": None, "rebill_rps": None,
-            "ratio_pipeline_to_raw": None, "ratio_pipeline_to_naive": None,
-            "ratio_fold_to_raw": None, "latency_p50_s": None, "latency_p99_s": None, "offered_rps": None,
-            "cpu_count": os.cpu_count(), "python_version": platform.python_version(),
-            "core": CORE_BUILD.label, "worker_core": None,  # the compiled core or the Python sources (setup.py)
-            "machine_speed_start": None, "machine_speed_end": None,  # bench/calibrate.py
+            "records": self.n,
+            "publish_rate": None,
+            "raw_consumer_rps": None,
+            "naive_faust_rps": None,
+            "fold_rps": None,
+            "parse_rps": None,
+            "parse_and_fold_rps": None,
+            "processor_rps": None,
+            "pipeline_rps": None,
+            "publish_and_process_rps": None,
+            "worker_startup_s": None,
+            "rebill_rps": None,
+            "ratio_pipeline_to_raw": None,
+            "ratio_pipeline_to_naive": None,
+            "ratio_fold_to_raw": None,
+            "latency_p50_s": None,
+            "latency_p99_s": None,
+            "offered_rps": None,
+            "cpu_count": os.cpu_count(),
+            "python_version": platform.python_version(),
+            "core": CORE_BUILD.label,
+            "worker_core": None,  # the compiled core or the Python sources (setup.py)
+            "machine_speed_start": None,
+            "machine_speed_end": None,  # bench/calibrate.py
             # one record per message from a plain aiokafka producer (bench/gateway.py): records/s from
             # the first batch of a worker started on the published records to queryable, as (d)
-            "single_8_rps": None, "gw_100k_rps": None, "gw_1m_rps": None,
-            "ratio_single_8_to_naive": None, "ratio_gw_100k_to_naive": None, "ratio_gw_1m_to_naive": None,
-            "ratio_gw_1m_to_gw_100k": None, "worker_rss_max_mib": None,
-            "history_records": None, "history_per_million": None, "ratio_history_last_to_first_million": None,
+            "single_8_rps": None,
+            "gw_100k_rps": None,
+            "gw_1m_rps": None,
+            "ratio_single_8_to_naive": None,
+            "ratio_gw_100k_to_naive": None,
+            "ratio_gw_1m_to_naive": None,
+            "ratio_gw_1m_to_gw_100k": None,
+            "worker_rss_max_mib": None,
+            "history_records": None,
+            "history_per_million": None,
+            "ratio_history_last_to_first_million": None,
             "shapes": {},  # per shape: records, accounts, publish rate, rps, ratio to (b), worker RSS
         }
         self.details: dict[str, Any] = {}
@@ -135,8 +187,10 @@ class Bench:
     def run(self) -> None:
         started = time.time()
         wanted = [p for p in PHASES if p not in self.args.skip]
-        log(f"phases: {', '.join(wanted) or 'none'}; records: {self.n}; work dir {self.workdir}; "
-            f"{os.cpu_count()} CPUs, load average {loadavg()}")
+        log(
+            f"phases: {', '.join(wanted) or 'none'}; records: {self.n}; work dir {self.workdir}; "
+            f"{os.cpu_count()} CPUs, load average {loadavg()}"
+        )
         if self.n < 200_000:
             log(f"note: {self.n} records is below the 200,000 the issue asks for; figures are less meaningful")
         log(f"generating {self.n} records (pipeline.demo.workload.generate, seed {self.args.seed})...")
@@ -144,8 +198,10 @@ class Bench:
 
         t = time.perf_counter()
         self.lines = [line.encode() for line in generate(self.n, seed=self.args.seed)]
-        log(f"generated {len(self.lines)} records, {sum(map(len, self.lines)) / len(self.lines):.0f} bytes on average, "
-            f"in {time.perf_counter() - t:.1f}s")
+        log(
+            f"generated {len(self.lines)} records, {sum(map(len, self.lines)) / len(self.lines):.0f} bytes on average, "
+            f"in {time.perf_counter() - t:.1f}s"
+        )
         self.result["machine_speed_start"] = machine_speed()
         log(f"machine speed: {self.result['machine_speed_start']:.0f} M loop steps/s (bench/calibrate.py)")
         needs_stack = any(p in wanted for p in (*NEEDS_RECORDS_IN_STACK, *GATEWAY_PHASES, "latency"))
@@ -155,12 +211,19 @@ class Bench:
                 self.phase("stack", self.start_stack)
             if needs_records and "stack" not in self.errors:
                 self.phase("pipeline", self.phase_pipeline)
-            for name, fn in (("publish_and_process", self.phase_publish_and_process),
-                             ("single_8", self.phase_single_8), ("gw_100k", self.phase_gw_100k), ("gw_1m", self.phase_gw_1m),
-                             ("raw", self.phase_raw),
-                             ("naive", self.phase_naive), ("fold", self.phase_fold), ("processor", self.phase_processor),
-                             ("rebill", self.phase_rebill),
-                             ("latency", self.phase_latency), ("history", self.phase_history)):
+            for name, fn in (
+                ("publish_and_process", self.phase_publish_and_process),
+                ("single_8", self.phase_single_8),
+                ("gw_100k", self.phase_gw_100k),
+                ("gw_1m", self.phase_gw_1m),
+                ("raw", self.phase_raw),
+                ("naive", self.phase_naive),
+                ("fold", self.phase_fold),
+                ("processor", self.phase_processor),
+                ("rebill", self.phase_rebill),
+                ("latency", self.phase_latency),
+                ("history", self.phase_history),
+            ):
                 if name not in wanted:
                     continue
                 blocked = self.blocked(name)
@@ -202,8 +265,10 @@ class Bench:
         detail["cpu"] = cpu_delta(before, after)
         detail["loadavg_1m_end"] = loadavg()
         self.details[name] = detail
-        log(f"{name}: done in {after[0] - before[0]:.1f}s; cores busy {detail['cpu']['cores_busy']} "
-            f"(ours {detail['cpu']['cores_ours']}, others {detail['cpu']['cores_others']})")
+        log(
+            f"{name}: done in {after[0] - before[0]:.1f}s; cores busy {detail['cpu']['cores_busy']} "
+            f"(ours {detail['cpu']['cores_ours']}, others {detail['cpu']['cores_others']})"
+        )
 
     def shutdown(self) -> None:
         """The worker (SIGINT, then SIGKILL), then the broker, then anything else still running."""
@@ -292,16 +357,21 @@ class Bench:
         all_seen = sampler.first_reaching(min(records, self.n))
         self.result["pipeline_rps"] = self.n / (t_wait - first)
         self.result["worker_startup_s"] = first - started.spawned_at
-        log(f"pipeline: {self.n} records queryable {t_wait - first:.1f}s after the worker's first batch: "
+        log(
+            f"pipeline: {self.n} records queryable {t_wait - first:.1f}s after the worker's first batch: "
             f"{self.result['pipeline_rps']:,.0f}/s (worker startup and group join before it: "
-            f"{self.result['worker_startup_s']:.1f}s)")
+            f"{self.result['worker_startup_s']:.1f}s)"
+        )
         detail = {
-            "publish_seconds": publish_s, "publish_rate_reported_by_cli": _cli_rate(pub.stderr),
-            "worker_startup_s": first - started.spawned_at, "worker_api_ready_s": started.api_ready_at - started.spawned_at,
+            "publish_seconds": publish_s,
+            "publish_rate_reported_by_cli": _cli_rate(pub.stderr),
+            "worker_startup_s": first - started.spawned_at,
+            "worker_api_ready_s": started.api_ready_at - started.spawned_at,
             "first_batch_to_queryable_s": t_wait - first,
             "worker_first_to_last_batch_s": (last - first) if last else None,
             "worker_rps_first_batch_to_all_seen_in_healthz": self.n / (all_seen - first) if all_seen and all_seen > first else None,
-            "worker_stats": health.get("stats", {}), "profiled": profile_to is not None,
+            "worker_stats": health.get("stats", {}),
+            "profiled": profile_to is not None,
             "worker_rss_max_mib": max((r for _, r in sampler.rss), default=0) / 2**20 or None,
         }
         self.result["worker_core"] = health.get("core")
@@ -324,8 +394,11 @@ class Bench:
             log(f"--profile: py-spy wrote no {path}; see {self.stack.log_path}")
             return {"file": str(path), "samples": 0}
         parsed = profile.parse_file(path)
-        print(f"[bench] profile of the worker during (d), {path}: "
-              + profile.render(parsed, top=PROFILE_TOP, rate_hz=PROFILE_HZ), file=sys.stderr, flush=True)
+        print(
+            f"[bench] profile of the worker during (d), {path}: " + profile.render(parsed, top=PROFILE_TOP, rate_hz=PROFILE_HZ),
+            file=sys.stderr,
+            flush=True,
+        )
         log("note: (d) ran under py-spy, which pauses the worker to sample it: its figure is lower than without --profile")
         return {"file": str(path), "samples": parsed.samples}
 
@@ -356,12 +429,18 @@ class Bench:
         first = next((t for t, r in processed if r > 0), None)
         at_pub_end = max((r for t, r in processed if t <= t_pub), default=0)
         self.result["publish_and_process_rps"] = self.n / (t_wait - t0)
-        log(f"publish and process: {self.n} records queryable {t_wait - t0:.1f}s after publish started: "
-            f"{self.result['publish_and_process_rps']:,.0f}/s")
+        log(
+            f"publish and process: {self.n} records queryable {t_wait - t0:.1f}s after publish started: "
+            f"{self.result['publish_and_process_rps']:,.0f}/s"
+        )
         return {
-            "seed": seed, "worker_restarted_first": restarted,
-            "publish_seconds": t_pub - t0, "wait_seconds": t_wait - t_pub, "total_seconds": t_wait - t0,
-            "publish_rate": self.n / (t_pub - t0), "publish_rate_reported_by_cli": _cli_rate(pub.stderr),
+            "seed": seed,
+            "worker_restarted_first": restarted,
+            "publish_seconds": t_pub - t0,
+            "wait_seconds": t_wait - t_pub,
+            "total_seconds": t_wait - t0,
+            "publish_rate": self.n / (t_pub - t0),
+            "publish_rate_reported_by_cli": _cli_rate(pub.stderr),
             "worker_first_batch_after_s": (first - t0) if first else None,
             "worker_backlog_at_publish_end": self.n - at_pub_end,
             "worker_drain_rps": _drain_rate(processed, t_pub, at_pub_end, self.n),
@@ -385,19 +464,19 @@ class Bench:
         return self.gateway_shape("gw_1m", 1_000_000)
 
     def gateway_shape(self, name: str, accounts: int) -> dict[str, Any]:
-        shape = gateway.Shape(name, accounts=accounts, records=int(accounts * self.args.gateway_records_per_account),
-                              seed=self.args.seed)
+        shape = gateway.Shape(name, accounts=accounts, records=int(accounts * self.args.gateway_records_per_account), seed=self.args.seed)
         t = time.perf_counter()
         setup = list(gateway.setup_messages(shape))
         messages = list(gateway.traffic(shape))
-        log(f"{name}: generated {len(setup):,} setup messages and {len(messages):,} single-record messages "
-            f"({gateway.distinct_accounts(messages):,} accounts) in {time.perf_counter() - t:.1f}s")
+        log(
+            f"{name}: generated {len(setup):,} setup messages and {len(messages):,} single-record messages "
+            f"({gateway.distinct_accounts(messages):,} accounts) in {time.perf_counter() - t:.1f}s"
+        )
         if name == "gw_100k":
             self.latency_accounts = [shape.account(rank) for rank in range(accounts)]
         return self.run_shape(name, messages, setup, accounts=accounts)
 
-    def run_shape(self, name: str, messages: list[tuple[bytes, bytes]], setup: list[tuple[bytes, bytes]],
-                  accounts: int) -> dict[str, Any]:
+    def run_shape(self, name: str, messages: list[tuple[bytes, bytes]], setup: list[tuple[bytes, bytes]], accounts: int) -> dict[str, Any]:
         """Setup records in and processed (not timed); the worker stopped; the shape's messages
         produced by a plain aiokafka producer (publish rate); a worker started on them, timed as
         (d) from its first batch to `billing wait` returning. Its RSS is sampled meanwhile."""
@@ -405,8 +484,7 @@ class Bench:
         from pipeline.settings import load_settings
 
         topic = load_settings().input_topic
-        detail: dict[str, Any] = {"records": len(messages), "accounts": accounts,
-                                  "distinct_accounts": gateway.distinct_accounts(messages)}
+        detail: dict[str, Any] = {"records": len(messages), "accounts": accounts, "distinct_accounts": gateway.distinct_accounts(messages)}
         if setup:
             self.ensure_worker()
             log(f"{name}: producing {len(setup):,} setup messages (key, credit) and processing them (not timed)...")
@@ -434,13 +512,23 @@ class Bench:
             log(f"warning: {name}: the worker counts {processed} records, fewer than the {len(messages)} produced")
         rps = len(messages) / (t_wait - first)
         rss = max((r for _, r in sampler.rss), default=None)
-        detail.update({"rps": rps, "first_batch_to_queryable_s": t_wait - first, "worker_startup_s": first - started.spawned_at,
-                       "worker_rss_max_mib": rss / 2**20 if rss else None, "worker_stats": health.get("stats", {})})
+        detail.update(
+            {
+                "rps": rps,
+                "first_batch_to_queryable_s": t_wait - first,
+                "worker_startup_s": first - started.spawned_at,
+                "worker_rss_max_mib": rss / 2**20 if rss else None,
+                "worker_stats": health.get("stats", {}),
+            }
+        )
         self.result[f"{name}_rps"] = rps
-        self.result["shapes"][name] = {k: detail[k] for k in ("records", "accounts", "distinct_accounts", "publish_rps", "rps",
-                                                              "worker_rss_max_mib")}
-        log(f"{name}: {len(messages):,} records queryable {t_wait - first:.1f}s after the worker's first batch: {rps:,.0f}/s "
-            f"(worker RSS up to {detail['worker_rss_max_mib'] or 0:,.0f} MiB)")
+        self.result["shapes"][name] = {
+            k: detail[k] for k in ("records", "accounts", "distinct_accounts", "publish_rps", "rps", "worker_rss_max_mib")
+        }
+        log(
+            f"{name}: {len(messages):,} records queryable {t_wait - first:.1f}s after the worker's first batch: {rps:,.0f}/s "
+            f"(worker RSS up to {detail['worker_rss_max_mib'] or 0:,.0f} MiB)"
+        )
         return detail
 
     def phase_history(self) -> dict[str, Any]:
@@ -475,20 +563,37 @@ class Bench:
             start_t = first if k == 1 else next(t for t, r in marks if r >= (k - 1) * 1_000_000)
             end_t = next((t for t, r in marks if r >= goal), t_wait)
             rss = [b for t, b in sampler.rss if start_t <= t <= end_t]
-            per_million.append({"million": k, "records": goal - (k - 1) * 1_000_000,
-                                "rps": (goal - (k - 1) * 1_000_000) / max(end_t - start_t, 1e-9),
-                                "rss_max_mib": max(rss) / 2**20 if rss else None})
-            log(f"history: million {k}: {per_million[-1]['rps']:,.0f} records/s, worker RSS up to "
-                f"{_fmt(per_million[-1]['rss_max_mib'], 0)} MiB")
+            per_million.append(
+                {
+                    "million": k,
+                    "records": goal - (k - 1) * 1_000_000,
+                    "rps": (goal - (k - 1) * 1_000_000) / max(end_t - start_t, 1e-9),
+                    "rss_max_mib": max(rss) / 2**20 if rss else None,
+                }
+            )
+            log(
+                f"history: million {k}: {per_million[-1]['rps']:,.0f} records/s, worker RSS up to "
+                f"{_fmt(per_million[-1]['rss_max_mib'], 0)} MiB"
+            )
         self.result["history_records"] = n
         self.result["history_per_million"] = per_million
         if len(per_million) >= 2:
             self.result["ratio_history_last_to_first_million"] = per_million[-1]["rps"] / per_million[0]["rps"]
         rss_all = max((b for _, b in sampler.rss), default=0) / 2**20 or None
-        self.result["shapes"]["history"] = {"records": n, "accounts": shape.accounts, "publish_rps": sent / publish_s,
-                                            "rps": n / (t_wait - first), "worker_rss_max_mib": rss_all}
-        return {"records": n, "publish_rps": sent / publish_s, "rps": n / (t_wait - first), "per_million": per_million,
-                "worker_stats": health.get("stats", {})}
+        self.result["shapes"]["history"] = {
+            "records": n,
+            "accounts": shape.accounts,
+            "publish_rps": sent / publish_s,
+            "rps": n / (t_wait - first),
+            "worker_rss_max_mib": rss_all,
+        }
+        return {
+            "records": n,
+            "publish_rps": sent / publish_s,
+            "rps": n / (t_wait - first),
+            "per_million": per_million,
+            "worker_stats": health.get("stats", {}),
+        }
 
     def phase_raw(self) -> dict[str, Any]:
         assert self.stack is not None
@@ -501,8 +606,9 @@ class Bench:
 
     def phase_naive(self) -> dict[str, Any]:
         assert self.stack is not None
-        detail = naive_faust.run(self.stack.kafka, self.single_record_topic(), self.n, self.workdir / "naive",
-                                 timeout_s=self.args.naive_timeout)
+        detail = naive_faust.run(
+            self.stack.kafka, self.single_record_topic(), self.n, self.workdir / "naive", timeout_s=self.args.naive_timeout
+        )
         self.result["naive_faust_rps"] = detail["rps"]
         if detail["rps"] is None:
             raise RuntimeError(f"the naive Faust app saw {detail['records']} records; no rate")
@@ -515,15 +621,19 @@ class Bench:
         self.result["fold_rps"] = detail["rps"]
         self.result["parse_rps"] = detail["parse_rps"]
         self.result["parse_and_fold_rps"] = detail["parse_and_fold_rps"]
-        log(f"pure fold: {detail['rps']:,.0f} records/s over {detail['accounts']} accounts; parse {detail['parse_rps']:,.0f}/s; "
-            f"both {detail['parse_and_fold_rps']:,.0f}/s")
+        log(
+            f"pure fold: {detail['rps']:,.0f} records/s over {detail['accounts']} accounts; parse {detail['parse_rps']:,.0f}/s; "
+            f"both {detail['parse_and_fold_rps']:,.0f}/s"
+        )
         return detail
 
     def phase_processor(self) -> dict[str, Any]:
         detail = processor_bench.run(self.lines, self.workdir)
         self.result["processor_rps"] = detail["rps"]
-        log(f"batch processor alone: {detail['rps']:,.0f} records/s ({detail['messages']} messages in batches of "
-            f"{detail['batch_messages']}, units of {detail['write_records']} records)")
+        log(
+            f"batch processor alone: {detail['rps']:,.0f} records/s ({detail['messages']} messages in batches of "
+            f"{detail['batch_messages']}, units of {detail['write_records']} records)"
+        )
         return detail
 
     def phase_rebill(self) -> dict[str, Any]:
@@ -550,22 +660,36 @@ class Bench:
         self.result["rebill_rps"] = rate
         changed = re.search(r"(\d+) lines change", result.stderr)
         log(f"rebill: {replayed} records replayed in {seconds:.1f}s ({rate:,.0f}/s); whole command {wall:.1f}s")
-        return {"from": start, "to": end, "workloads": len(workloads), "records_replayed": replayed,
-                "replay_seconds": seconds, "wall_seconds": wall,
-                "rps_of_whole_command": replayed / wall, "lines_changed": int(changed.group(1)) if changed else None}
+        return {
+            "from": start,
+            "to": end,
+            "workloads": len(workloads),
+            "records_replayed": replayed,
+            "replay_seconds": seconds,
+            "wall_seconds": wall,
+            "rps_of_whole_command": replayed / wall,
+            "lines_changed": int(changed.group(1)) if changed else None,
+        }
 
     def phase_latency(self) -> dict[str, Any]:
         assert self.stack is not None
         self.ensure_worker()
-        detail = latency.run(self.stack, self.workdir, self.args.latency_seconds, offered_rps=self.args.offered_rps,
-                             keyed_accounts=self.latency_accounts or None)
+        detail = latency.run(
+            self.stack,
+            self.workdir,
+            self.args.latency_seconds,
+            offered_rps=self.args.offered_rps,
+            keyed_accounts=self.latency_accounts or None,
+        )
         self.result["latency_p50_s"] = detail["p50_s"]
         self.result["latency_p99_s"] = detail["p99_s"]
         self.result["offered_rps"] = detail["offered_rps"]
         if detail["markers_lost"]:
             log(f"latency: {detail['markers_lost']} of {detail['markers_sent']} markers never became visible")
-        log(f"latency: p50 {_fmt(detail['p50_s'])} s, p99 {_fmt(detail['p99_s'])} s over {detail['samples']} samples "
-            f"at {detail['achieved_offered_rps']:,.0f} records/s offered")
+        log(
+            f"latency: p50 {_fmt(detail['p50_s'])} s, p99 {_fmt(detail['p99_s'])} s over {detail['samples']} samples "
+            f"at {detail['achieved_offered_rps']:,.0f} records/s offered"
+        )
         return detail
 
     def single_record_topic(self) -> str:
@@ -610,9 +734,14 @@ class Bench:
                 r["shapes"][name]["ratio_to_naive"] = r[f"ratio_{name}_to_naive"]
         r["ratio_gw_1m_to_gw_100k"] = ratio("gw_1m_rps", "gw_100k_rps")
         if r["pipeline_rps"] is not None:
-            r["shapes"]["publish_8"] = {"records": self.n, "accounts": 8, "publish_rps": r["publish_rate"],
-                                        "rps": r["pipeline_rps"], "ratio_to_naive": r["ratio_pipeline_to_naive"],
-                                        "worker_rss_max_mib": self.details.get("pipeline", {}).get("worker_rss_max_mib")}
+            r["shapes"]["publish_8"] = {
+                "records": self.n,
+                "accounts": 8,
+                "publish_rps": r["publish_rate"],
+                "rps": r["pipeline_rps"],
+                "ratio_to_naive": r["ratio_pipeline_to_naive"],
+                "worker_rss_max_mib": self.details.get("pipeline", {}).get("worker_rss_max_mib"),
+            }
         rss = [shape.get("worker_rss_max_mib") for shape in r["shapes"].values() if shape.get("worker_rss_max_mib")]
         r["worker_rss_max_mib"] = max(rss) if rss else None
         targets = {}
@@ -649,8 +778,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _environment() -> dict[str, Any]:
-    env: dict[str, Any] = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                           "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    env: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
     for module in ("faust", "aiokafka", "kafka", "chdb", "clickhouse_connect"):
         try:
             env[module] = getattr(__import__(module), "__version__", "?")
@@ -682,15 +815,24 @@ def render_table(r: dict[str, Any]) -> str:
         ("    batch processor alone", rps(r["processor_rps"]), "the worker's own work, no Kafka or Faust, in the bench process"),
         ("    worker startup", s(r["worker_startup_s"]), "process start -> first batch (group join); not in (d)"),
         ("publish and process at once", rps(r["publish_and_process_rps"]), "fresh records: publish start -> queryable, warm worker"),
-        ("    worker drain rate", rps(d.get("publish_and_process", {}).get("worker_drain_rps")),
-         "while behind the publisher, from /healthz"),
+        (
+            "    worker drain rate",
+            rps(d.get("publish_and_process", {}).get("worker_drain_rps")),
+            "while behind the publisher, from /healthz",
+        ),
         ("(e) rebill", rps(r["rebill_rps"]), "records replayed / s, as the CLI reports"),
         ("(d)/(a)", x(r["ratio_pipeline_to_raw"]), ""),
         ("(d)/(b)", x(r["ratio_pipeline_to_naive"]), "target >= 10x"),
         ("(c)/(a)", x(r["ratio_fold_to_raw"]), ""),
-        *[(f"{name}: {shape['records']:,} records, {shape['accounts']:,} accounts", rps(shape.get("rps")),
-           f"{x(shape.get('ratio_to_naive'))} (b); produced at {rps(shape.get('publish_rps'))}; worker RSS up to "
-           f"{_fmt(shape.get('worker_rss_max_mib'), 0)} MiB") for name, shape in r["shapes"].items()],
+        *[
+            (
+                f"{name}: {shape['records']:,} records, {shape['accounts']:,} accounts",
+                rps(shape.get("rps")),
+                f"{x(shape.get('ratio_to_naive'))} (b); produced at {rps(shape.get('publish_rps'))}; worker RSS up to "
+                f"{_fmt(shape.get('worker_rss_max_mib'), 0)} MiB",
+            )
+            for name, shape in r["shapes"].items()
+        ],
         ("latency p50", s(r["latency_p50_s"]), f"publish -> queryable at {rps(r['offered_rps'])} offered"),
         ("latency p99", s(r["latency_p99_s"]), "target < 3 s"),
     ]
@@ -703,8 +845,10 @@ def render_table(r: dict[str, Any]) -> str:
     out.append("")
     out.append(f"{r['cpu_count']} CPUs, Python {r['python_version']}; load average now {r['environment']['loadavg']}")
     out.append(f"core: {r['core']} (bench), {r['worker_core'] or '-'} (worker)")
-    out.append(f"machine speed: {_fmt(r['machine_speed_start'], 0)} M loop steps/s before, {_fmt(r['machine_speed_end'], 0)} after "
-               "(bench/calibrate.py: compare runs only when these agree)")
+    out.append(
+        f"machine speed: {_fmt(r['machine_speed_start'], 0)} M loop steps/s before, {_fmt(r['machine_speed_end'], 0)} after "
+        "(bench/calibrate.py: compare runs only when these agree)"
+    )
     for name, detail in d.items():
         cpu = detail.get("cpu")
         if cpu:

@@ -21,15 +21,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.store.chclient import DDL_DIR, connect, migrate
-from pipeline.serve.console import data
-from pipeline.store.migrations import discover
 from pipeline.core.state import AccountState
+from pipeline.serve.console import data
+from pipeline.store.chclient import DDL_DIR, connect, migrate
+from pipeline.store.migrations import discover
 
 BASE_HOUR = "2024-09-18 00:00:00"
 # a worker's /metrics for the health panel (parsed by the endpoint, no ClickHouse read): 16 partitions
-METRICS = "".join(f'billing_partition_lag{{partition="{p}"}} {p}\nbilling_partition_offset{{partition="{p}"}} {p * 1000}\n'
-                  for p in range(16)) + "billing_records_total 1000000\n"
+METRICS = (
+    "".join(f'billing_partition_lag{{partition="{p}"}} {p}\nbilling_partition_offset{{partition="{p}"}} {p * 1000}\n' for p in range(16))
+    + "billing_records_total 1000000\n"
+)
 ITEMS = ("xingchen-lite", "xingchen-plus", "xingchen-max", "plugin:text_to_image")
 
 
@@ -46,37 +48,46 @@ def fill(client: Any, lines: int, accounts: int) -> None:
         f"1 + number % 7, if({plugin}, 0, 100 + number % 900), if({plugin}, 0, 50 + number % 400), 0, "
         f"if({plugin}, 0, 100 + number % 900), if({plugin}, 0, 50 + number % 400), if({plugin}, 1 + number % 3, 0), "
         "toDecimal64((number % 10000) / 1000, 6), 1, now64(3) "
-        f"FROM numbers({per_account * accounts})")
+        f"FROM numbers({per_account * accounts})"
+    )
     totals = hour_totals_backfill()
     client.command(totals)  # the account-hours' totals, as the worker writes them with the lines
     client.command(  # a newer revision of every tenth line
         "INSERT INTO bill_lines SELECT account_id, hour, api_key_id, item, requests + 1, input_tokens, output_tokens, free_tokens, "
         "billed_input_tokens, billed_output_tokens, quantity, amount + toDecimal64(0.5, 6), 2, now64(3) "
-        "FROM bill_lines WHERE cityHash64(account_id, hour, item) % 10 = 0")
+        "FROM bill_lines WHERE cityHash64(account_id, hour, item) % 10 = 0"
+    )
     # ...and a newer revision of the totals of each account-hour where a line changed (a third of
     # them, spread over every hour: FINAL has to merge across the whole range, as after a rebill)
-    client.command(totals.replace("FROM bill_lines FINAL", "FROM bill_lines FINAL WHERE (account_id, hour) IN "
-                                  "(SELECT account_id, hour FROM bill_lines WHERE revision = 2)"))
+    client.command(
+        totals.replace(
+            "FROM bill_lines FINAL",
+            "FROM bill_lines FINAL WHERE (account_id, hour) IN (SELECT account_id, hour FROM bill_lines WHERE revision = 2)",
+        )
+    )
     hours = per_account // 4
     client.command(
         "INSERT INTO settlements SELECT "
         f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0')), "
         f"toDateTime('{BASE_HOUR}', 'Asia/Shanghai') + intDiv(number, {accounts}) * 3600, 'regular', "
         "toDecimal64(1.5, 6), toDecimal64(0.5, 6), toDecimal64(1, 6), toDecimal64(0, 6), toDecimal64(0, 6), toDecimal64(100, 6), "
-        f"intDiv(number, {accounts}) + 1, now64(3) FROM numbers({hours * accounts})")
+        f"intDiv(number, {accounts}) + 1, now64(3) FROM numbers({hours * accounts})"
+    )
     client.command(
         "INSERT INTO rejections SELECT "
         f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0')), concat('evt-r', toString(number)), "
         "concat('evt-r', toString(number)), 'usage', "
         "arrayElement(['no_price_in_force', 'invalid_api_key', 'input_limit_exceeded'], number % 3 + 1), 'detail', "
         f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + (number % 90000), '{{}}', number, now64(3) "
-        f"FROM numbers({accounts * 2})")
+        f"FROM numbers({accounts * 2})"
+    )
     client.command(
         "INSERT INTO rate_violations SELECT "
         f"concat('acct-', leftPad(toString(number % {accounts}), 6, '0')), concat('evt-v', toString(number)), "
         f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + (number % 90000), 'tpm', "
         f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + intDiv(number % 90000, 60) * 60, 1500, 1000, number "
-        f"FROM numbers({accounts * 5})")
+        f"FROM numbers({accounts * 5})"
+    )
     states = []
     for i in range(accounts):
         state = AccountState(f"acct-{i:06d}")
@@ -90,7 +101,8 @@ def fill(client: Any, lines: int, accounts: int) -> None:
     client.command(
         "INSERT INTO account_status SELECT "
         f"concat('acct-', leftPad(toString(number * 10), 6, '0')), 'arrears', toDecimal64(3, 6), toDecimal64(0, 6), "
-        f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + number, 1, now64(3) FROM numbers({accounts // 10})")
+        f"toDateTime64('{BASE_HOUR}', 6, 'Asia/Shanghai') + number, 1, now64(3) FROM numbers({accounts // 10})"
+    )
 
 
 def settle(client: Any, timeout_s: float = 120.0) -> None:
@@ -100,8 +112,10 @@ def settle(client: Any, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while client.query("SELECT count() FROM system.merges").result_rows[0][0] and time.monotonic() < deadline:
         time.sleep(1)
-    parts = client.query("SELECT table, count(), sum(rows) FROM system.parts WHERE active AND database = currentDatabase() "
-                         "AND table IN ('bill_lines', 'bill_hour_totals') GROUP BY table ORDER BY table").result_rows
+    parts = client.query(
+        "SELECT table, count(), sum(rows) FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table IN ('bill_lines', 'bill_hour_totals') GROUP BY table ORDER BY table"
+    ).result_rows
     print("parts: " + ", ".join(f"{table} {n} ({rows:,} rows)" for table, n, rows in parts))
 
 
@@ -140,7 +154,8 @@ def main() -> None:
         print(f"filled in {time.perf_counter() - started:.1f}s")
     settle(client)
     (rows, current, accounts) = client.query(
-        "SELECT (SELECT count() FROM bill_lines), count(), uniqExact(account_id) FROM hourly_bills").result_rows[0]
+        "SELECT (SELECT count() FROM bill_lines), count(), uniqExact(account_id) FROM hourly_bills"
+    ).result_rows[0]
     print(f"bill_lines rows {rows:,} (current lines {current:,}) over {accounts:,} accounts; data in {root}")
     account = "acct-004242"
     limits = (1, 60, 1000)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.core.catalog import load_catalog
-from pipeline.store.chclient import connect, migrate
 from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.core.catalog import load_catalog
 from pipeline.settings import load_settings
+from pipeline.store.chclient import connect, migrate
 
 
 def rss_mib() -> float:
@@ -36,8 +36,15 @@ def record(i: int) -> tuple[bytes, bytes]:
     acc = f"distinct-{i:08d}"
     ts = f"2024-09-18T10:{(i // 60) % 60:02d}:{i % 60:02d}+08:00"
     if i % 3 == 0:
-        body = {"account_id": acc, "timestamp": ts, "event_id": f"e{i}", "api_key_id": "k", "model": "xingchen-plus",
-                "input_tokens": 10, "output_tokens": 10}
+        body = {
+            "account_id": acc,
+            "timestamp": ts,
+            "event_id": f"e{i}",
+            "api_key_id": "k",
+            "model": "xingchen-plus",
+            "input_tokens": 10,
+            "output_tokens": 10,
+        }
         return acc.encode(), orjson.dumps(body)
     if i % 3 == 1:
         return acc.encode(), b'{"account_id": "' + acc.encode() + b'", broken'
@@ -53,8 +60,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         client = connect(f"chdb://{work}/clickhouse")
         migrate(client)
-        processor = BatchProcessor(client, load_catalog(), "bench-distinct", auto_tick=True,
-                                   max_cached_accounts=settings.max_cached_accounts)
+        processor = BatchProcessor(
+            client, load_catalog(), "bench-distinct", auto_tick=True, max_cached_accounts=settings.max_cached_accounts
+        )
         rows = []
         started = time.perf_counter()
         for first in range(0, args.records, args.batch):
@@ -62,12 +70,24 @@ def main() -> None:
             processor.process(batch)
             done = first + len(batch)
             if done % 100_000 == 0 or done == args.records:
-                row = {"records": done, "rss_mib": round(rss_mib(), 1), "states_in_memory": len(processor.states),
-                       "seconds": round(time.perf_counter() - started, 1)}
+                row = {
+                    "records": done,
+                    "rss_mib": round(rss_mib(), 1),
+                    "states_in_memory": len(processor.states),
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        print(json.dumps({"max_cached_accounts": settings.max_cached_accounts, "rss_mib_first": rows[0]["rss_mib"],
-                          "rss_mib_last": rows[-1]["rss_mib"], "rss_mib_max": max(r["rss_mib"] for r in rows)}))
+        print(
+            json.dumps(
+                {
+                    "max_cached_accounts": settings.max_cached_accounts,
+                    "rss_mib_first": rows[0]["rss_mib"],
+                    "rss_mib_last": rows[-1]["rss_mib"],
+                    "rss_mib_max": max(r["rss_mib"] for r in rows),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import orjson
 
 from pipeline.core.catalog import load_catalog
 from pipeline.core.fold import apply
-from pipeline.stream.gcpause import gc_paused
-from pipeline.ingest.publish import key_and_kind
 from pipeline.core.records import Invalid, Usage, parse_record
 from pipeline.core.state import AccountState
+from pipeline.ingest.publish import key_and_kind
+from pipeline.stream.gcpause import gc_paused
 
 
 def keyed(lines: list[bytes]) -> list[tuple[bytes, str]]:
@@ -48,8 +48,16 @@ def run(lines: list[bytes]) -> dict[str, Any]:
         folded = time.perf_counter()
     parse_s, fold_s = max(parsed - started, 1e-9), max(folded - parsed, 1e-9)
     n = len(items)
-    return {"records": n, "seconds": fold_s, "rps": n / fold_s, "parse_seconds": parse_s, "parse_rps": n / parse_s,
-            "parse_and_fold_rps": n / (parse_s + fold_s), "accounts": len(states), "outcomes": statuses}
+    return {
+        "records": n,
+        "seconds": fold_s,
+        "rps": n / fold_s,
+        "parse_seconds": parse_s,
+        "parse_rps": n / parse_s,
+        "parse_and_fold_rps": n / (parse_s + fold_s),
+        "accounts": len(states),
+        "outcomes": statuses,
+    }
 
 
 def usage_hours(lines: list[bytes]) -> tuple[int, int] | None:

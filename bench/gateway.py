@@ -104,8 +104,11 @@ def setup_messages(shape: Shape) -> Iterator[tuple[bytes, bytes]]:
             orjson.dumps({"type": "credit.recharge", "account_id": acc, "timestamp": at, "amount": "100000"}),
         ]
         if rank < heavy:
-            records.append(orjson.dumps({"type": "limits.set", "account_id": acc, "timestamp": at,
-                                         "qps": 100_000, "qpm": 1_000_000, "tpm": 1_000_000_000}))
+            records.append(
+                orjson.dumps(
+                    {"type": "limits.set", "account_id": acc, "timestamp": at, "qps": 100_000, "qpm": 1_000_000, "tpm": 1_000_000_000}
+                )
+            )
         yield acc.encode(), encode_group(records)
 
 
@@ -141,9 +144,15 @@ def traffic(shape: Shape) -> Iterator[tuple[bytes, bytes]]:
             yield key, orjson.dumps({"type": "credit.recharge", "account_id": acc, "timestamp": ts, "amount": "50"})
             continue
         roll -= RECHARGE_SHARE
-        call = {"account_id": acc, "event_id": f"{shape.prefix}-e{i}", "timestamp": ts, "api_key_id": f"k-{acc}",
-                "model": MODELS[rng.randrange(len(MODELS))], "input_tokens": rng.randint(50, 1500),
-                "output_tokens": rng.randint(20, 400)}
+        call = {
+            "account_id": acc,
+            "event_id": f"{shape.prefix}-e{i}",
+            "timestamp": ts,
+            "api_key_id": f"k-{acc}",
+            "model": MODELS[rng.randrange(len(MODELS))],
+            "input_tokens": rng.randint(50, 1500),
+            "output_tokens": rng.randint(20, 400),
+        }
         if roll < INVALID_SHARE:
             call["input_tokens"] = -1  # breaks the schema: a rejection
         elif roll < INVALID_SHARE + CONSOLE_SHARE:
@@ -160,8 +169,14 @@ def traffic(shape: Shape) -> Iterator[tuple[bytes, bytes]]:
 async def _produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes, bytes]], chunk: int) -> int:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=512 * 1024,
-                                max_request_size=8 * 1024 * 1024, enable_idempotence=False)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        enable_idempotence=False,
+    )
     await producer.start()
     sent = 0
     try:

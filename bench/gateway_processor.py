@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import gateway
-from pipeline.store import statestore
-from pipeline.core.catalog import load_catalog
-from pipeline.store.chclient import connect, migrate
 from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.core.catalog import load_catalog
 from pipeline.settings import load_settings
+from pipeline.store import statestore
+from pipeline.store.chclient import connect, migrate
 
-TIMED_READS = ("load_states", "load_seen", "load_lines", "load_windows", "committed_statuses", "committed_violations",
-               "processed_offsets")
+TIMED_READS = ("load_states", "load_seen", "load_lines", "load_windows", "committed_statuses", "committed_violations", "processed_offsets")
 
 
 def rss_mib() -> float:
@@ -48,6 +47,7 @@ def _timed(seconds: Counter[str], name: str, fn: Callable[..., Any]) -> Callable
             return fn(*args, **kwargs)
         finally:
             seconds[name] += time.perf_counter() - started
+
     return wrapper
 
 
@@ -57,10 +57,12 @@ def engine_memory(client: Any) -> dict[str, Any]:
     chdb has no system.asynchronous_metrics (cache sizes)."""
     found: dict[str, Any] = {}
     try:
-        found["memory_tracking_mib"] = round(client.query(
-            "SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'").result_rows[0][0] / 2**20)
-        parts, pk = client.query("SELECT count(), sum(primary_key_bytes_in_memory_allocated) FROM system.parts "
-                                 "WHERE active AND database = currentDatabase()").result_rows[0]
+        found["memory_tracking_mib"] = round(
+            client.query("SELECT value FROM system.metrics WHERE metric = 'MemoryTracking'").result_rows[0][0] / 2**20
+        )
+        parts, pk = client.query(
+            "SELECT count(), sum(primary_key_bytes_in_memory_allocated) FROM system.parts WHERE active AND database = currentDatabase()"
+        ).result_rows[0]
         found["active_parts"], found["primary_keys_mib"] = parts, round(pk / 2**20)
     except Exception as exc:  # a bench figure, not a failure
         found["error"] = repr(exc)[:200]
@@ -70,10 +72,15 @@ def engine_memory(client: Any) -> dict[str, Any]:
 def python_heap(processor: BatchProcessor) -> dict[str, Any]:
     """What the processor holds, and (under --tracemalloc) Python's share of the RSS and its
     largest holders, printed to stderr: memory that is not Python's is the engine's or malloc's."""
-    held: dict[str, Any] = {"states_in_memory": len(processor.states), "sleeping": len(processor._sleeping),
-                            "hours_tracked": len(processor._hours), "ticked": len(processor._ticked)}
+    held: dict[str, Any] = {
+        "states_in_memory": len(processor.states),
+        "sleeping": len(processor._sleeping),
+        "hours_tracked": len(processor._hours),
+        "ticked": len(processor._ticked),
+    }
     held["engine"] = engine_memory(processor.client)
     import tracemalloc
+
     if tracemalloc.is_tracing():
         traced, peak = tracemalloc.get_traced_memory()
         held["python_heap_mib"] = {"traced": round(traced / 2**20), "peak": round(peak / 2**20), "rss": round(rss_mib())}
@@ -87,13 +94,19 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
     size = batch_records or settings.write_records
     client = connect(f"chdb://{workdir / 'gateway-processor-clickhouse'}")
     migrate(client)
-    processor = BatchProcessor(client, load_catalog(), "bench-gateway", auto_tick=False, write_records=settings.write_records,
-                               max_cached_accounts=settings.max_cached_accounts)
+    processor = BatchProcessor(
+        client,
+        load_catalog(),
+        "bench-gateway",
+        auto_tick=False,
+        write_records=settings.write_records,
+        max_cached_accounts=settings.max_cached_accounts,
+    )
     setup = [Message(0, i, key, value) for i, (key, value) in enumerate(gateway.setup_messages(shape))]
     traffic = [Message(0, len(setup) + i, key, value) for i, (key, value) in enumerate(gateway.traffic(shape))]
     started = time.perf_counter()
     for i in range(0, len(setup), settings.batch_size):
-        processor.process(setup[i:i + settings.batch_size])
+        processor.process(setup[i : i + settings.batch_size])
     setup_s = time.perf_counter() - started
     processor.forget()  # a worker meets the traffic with whatever its LRU holds; start cold, the harder case
     print(f"setup done in {setup_s:.1f} s; timed part starts", file=sys.stderr, flush=True)
@@ -107,10 +120,16 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         started = time.perf_counter()
         for i in range(0, len(traffic), size):
             batch_started = time.perf_counter()
-            result = processor.process(traffic[i:i + size])
+            result = processor.process(traffic[i : i + size])
             statuses.update(result.statuses)
-            per_batch.append({"records": len(traffic[i:i + size]), "seconds": round(time.perf_counter() - batch_started, 3),
-                              "write_wait_s": round(result.write_wait_s, 3), "rss_mib": round(rss_mib())})
+            per_batch.append(
+                {
+                    "records": len(traffic[i : i + size]),
+                    "seconds": round(time.perf_counter() - batch_started, 3),
+                    "write_wait_s": round(result.write_wait_s, 3),
+                    "rss_mib": round(rss_mib()),
+                }
+            )
         seconds = max(time.perf_counter() - started, 1e-9)
         heap = python_heap(processor)
     finally:
@@ -119,10 +138,20 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         processor.close()
     if sum(statuses.values()) != len(traffic):
         raise RuntimeError(f"the processor accounted for {sum(statuses.values())} of {len(traffic)} records")
-    return {"shape": shape.name, "accounts": shape.accounts, "records": len(traffic), "batch_records": size,
-            "setup_s": round(setup_s, 2), "seconds": round(seconds, 2), "rps": round(len(traffic) / seconds),
-            "reads_s": {k: round(v, 2) for k, v in reads.items()}, "outcomes": dict(statuses), **heap,
-            "rss_mib_max": max(b["rss_mib"] for b in per_batch), "batches": per_batch}
+    return {
+        "shape": shape.name,
+        "accounts": shape.accounts,
+        "records": len(traffic),
+        "batch_records": size,
+        "setup_s": round(setup_s, 2),
+        "seconds": round(seconds, 2),
+        "rps": round(len(traffic) / seconds),
+        "reads_s": {k: round(v, 2) for k, v in reads.items()},
+        "outcomes": dict(statuses),
+        **heap,
+        "rss_mib_max": max(b["rss_mib"] for b in per_batch),
+        "batches": per_batch,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,21 +159,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--batch-records", type=int, default=None, help="records per batch (default BILLING_WRITE_RECORDS)")
-    parser.add_argument("--bound-values", type=int, default=None, help="values bound per query for this run "
-                        "(statestore.MAX_BOUND_VALUES and MAX_BOUND_PER_QUERY: the chunk size of the working-set loads)")
+    parser.add_argument(
+        "--bound-values",
+        type=int,
+        default=None,
+        help="values bound per query for this run "
+        "(statestore.MAX_BOUND_VALUES and MAX_BOUND_PER_QUERY: the chunk size of the working-set loads)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
-    parser.add_argument("--tracemalloc", action="store_true", help="trace Python's allocations; print the largest holders "
-                        "and Python's share of the RSS at the end (slow: compare RSS only between runs with the same flag)")
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="trace Python's allocations; print the largest holders "
+        "and Python's share of the RSS at the end (slow: compare RSS only between runs with the same flag)",
+    )
     args = parser.parse_args(argv)
     if args.bound_values:
         statestore.MAX_BOUND_VALUES = statestore.MAX_BOUND_PER_QUERY = args.bound_values
     shape = gateway.Shape(f"gwp{args.accounts}", accounts=args.accounts, records=args.records)
     if args.tracemalloc:
         import tracemalloc
+
         tracemalloc.start(1)
     with tempfile.TemporaryDirectory(prefix="gwproc-") as tmp:
         if args.profile:
             import cProfile
+
             profiler = cProfile.Profile()
             profiler.enable()
             result = run(shape, Path(tmp), args.batch_records)

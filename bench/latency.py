@@ -50,14 +50,25 @@ def _setup_lines(accounts: list[str], keys: dict[str, str]) -> list[bytes]:
         base = {"account_id": acc}
         lines.append(orjson.dumps({**base, "type": "api_key.created", "timestamp": _now_ts(-120), "api_key_id": keys[acc]}))
         lines.append(orjson.dumps({**base, "type": "credit.recharge", "timestamp": _now_ts(-119), "amount": "1000000"}))
-        lines.append(orjson.dumps({**base, "type": "limits.set", "timestamp": _now_ts(-118),
-                                   "qps": 1_000_000, "qpm": 100_000_000, "tpm": 1_000_000_000}))
+        lines.append(
+            orjson.dumps(
+                {**base, "type": "limits.set", "timestamp": _now_ts(-118), "qps": 1_000_000, "qpm": 100_000_000, "tpm": 1_000_000_000}
+            )
+        )
     return lines
 
 
-def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float = 2000.0, marker_every_s: float = 0.5,
-        load_accounts: int = 4, poll_s: float = 0.05, drain_timeout_s: float = 60.0,
-        keyed_accounts: list[str] | None = None) -> dict[str, Any]:
+def run(
+    stack: BillingStack,
+    workdir: Path,
+    seconds: float,
+    offered_rps: float = 2000.0,
+    marker_every_s: float = 0.5,
+    load_accounts: int = 4,
+    poll_s: float = 0.05,
+    drain_timeout_s: float = 60.0,
+    keyed_accounts: list[str] | None = None,
+) -> dict[str, Any]:
     """With `keyed_accounts` (accounts that already have key `k-<account>` and credit, e.g.
     bench.gateway's) the load is spread over them, one record per message, a random account each."""
     run_id = uuid.uuid4().hex[:6]
@@ -86,8 +97,17 @@ def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float =
     rng = random.Random(7)
 
     def usage(account: str, event_id: str) -> bytes:
-        return orjson.dumps({"account_id": account, "event_id": event_id, "timestamp": _now_ts(), "api_key_id": keys[account],
-                             "model": MODEL, "input_tokens": rng.randint(50, 1500), "output_tokens": rng.randint(20, 400)})
+        return orjson.dumps(
+            {
+                "account_id": account,
+                "event_id": event_id,
+                "timestamp": _now_ts(),
+                "api_key_id": keys[account],
+                "model": MODEL,
+                "input_tokens": rng.randint(50, 1500),
+                "output_tokens": rng.randint(20, 400),
+            }
+        )
 
     def sender() -> None:
         try:
@@ -147,10 +167,14 @@ def run(stack: BillingStack, workdir: Path, seconds: float, offered_rps: float =
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=sender, name="bench-load", daemon=True),
-               threading.Thread(target=poller, name="bench-poll", daemon=True)]
-    log(f"latency: offering {offered_rps:g} records/s for {seconds:g}s over {len(accounts)} accounts, "
-        f"a marker every {marker_every_s:g}s, polling the API every {poll_s * 1000:.0f} ms")
+    threads = [
+        threading.Thread(target=sender, name="bench-load", daemon=True),
+        threading.Thread(target=poller, name="bench-poll", daemon=True),
+    ]
+    log(
+        f"latency: offering {offered_rps:g} records/s for {seconds:g}s over {len(accounts)} accounts, "
+        f"a marker every {marker_every_s:g}s, polling the API every {poll_s * 1000:.0f} ms"
+    )
     try:
         for t in threads:
             t.start()

@@ -21,8 +21,8 @@ from typing import Any
 
 from bench.procs import log, spawn, stop
 
-
 # -- the child: the naive app -------------------------------------------------------------------
+
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
@@ -76,8 +76,11 @@ def child_main(argv: list[str] | None = None) -> None:
         async for event in events:
             # what a first version does: one decoded Record, one table update, per event
             account = event.account_id if isinstance(event.account_id, str) else ""
-            tokens = event.input_tokens + event.output_tokens \
-                if isinstance(event.input_tokens, int) and isinstance(event.output_tokens, int) else 0
+            tokens = (
+                event.input_tokens + event.output_tokens
+                if isinstance(event.input_tokens, int) and isinstance(event.output_tokens, int)
+                else 0
+            )
             tokens_per_account[account] += tokens
             now = time.perf_counter()
             state["count"] += 1
@@ -100,16 +103,37 @@ def child_main(argv: list[str] | None = None) -> None:
 
 # -- the parent ---------------------------------------------------------------------------------
 
+
 def run(bootstrap: str, topic: str, n: int, workdir: Path, timeout_s: float = 900.0, partitions: int = 4) -> dict[str, Any]:
     workdir.mkdir(parents=True, exist_ok=True)
     progress = workdir / "naive-progress.json"
     app_id = f"bench-naive-{uuid.uuid4().hex[:8]}"
     repo_root = str(Path(__file__).resolve().parent.parent)
     env = {"PYTHONPATH": repo_root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = spawn([sys.executable, "-m", "bench.naive_faust", "--bootstrap", bootstrap, "--topic", topic, "--records", str(n),
-                  "--progress", str(progress), "--datadir", str(workdir / "faust-data"), "--app-id", app_id,
-                  "--partitions", str(partitions)],
-                 log_path=workdir / "naive-faust.log", cwd=workdir, env=env)
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "bench.naive_faust",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--records",
+            str(n),
+            "--progress",
+            str(progress),
+            "--datadir",
+            str(workdir / "faust-data"),
+            "--app-id",
+            app_id,
+            "--partitions",
+            str(partitions),
+        ],
+        log_path=workdir / "naive-faust.log",
+        cwd=workdir,
+        env=env,
+    )
     started = time.monotonic()
     data: dict[str, Any] = {}
     last_report = 0.0
@@ -139,8 +163,13 @@ def run(bootstrap: str, topic: str, n: int, workdir: Path, timeout_s: float = 90
     if not count or first is None or end is None or end <= first:
         return {"records": count, "seconds": None, "rps": None, "complete": False, "app_id": app_id}
     seconds = end - first
-    return {"records": count, "seconds": seconds, "rps": (count - 1) / seconds, "complete": data.get("done_at") is not None,
-            "app_id": app_id}
+    return {
+        "records": count,
+        "seconds": seconds,
+        "rps": (count - 1) / seconds,
+        "complete": data.get("done_at") is not None,
+        "app_id": app_id,
+    }
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.fold_bench import keyed
-from pipeline.core.catalog import load_catalog
-from pipeline.store.chclient import connect, migrate
 from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.core.catalog import load_catalog
 from pipeline.ingest.publish import Batcher
 from pipeline.settings import load_settings
+from pipeline.store.chclient import connect, migrate
 
 
 def frame(lines: list[bytes]) -> list[Message]:
@@ -42,10 +42,17 @@ def run(lines: list[bytes], workdir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     statuses: dict[str, int] = {}
     for i in range(0, len(messages), size):
-        for status, count in processor.process(messages[i:i + size]).statuses.items():
+        for status, count in processor.process(messages[i : i + size]).statuses.items():
             statuses[status] = statuses.get(status, 0) + count
     seconds = max(time.perf_counter() - started, 1e-9)
     if sum(statuses.values()) != len(lines):
         raise RuntimeError(f"the processor accounted for {sum(statuses.values())} of {len(lines)} records")
-    return {"records": len(lines), "messages": len(messages), "batch_messages": size, "write_records": settings.write_records,
-            "seconds": seconds, "rps": len(lines) / seconds, "outcomes": statuses}
+    return {
+        "records": len(lines),
+        "messages": len(messages),
+        "batch_messages": size,
+        "write_records": settings.write_records,
+        "seconds": seconds,
+        "rps": len(lines) / seconds,
+        "outcomes": statuses,
+    }

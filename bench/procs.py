@@ -41,8 +41,15 @@ def spawn(argv: list[str], *, log_path: Path, cwd: Path, env: dict[str, str] | N
     """A long-lived child: own process group, SIGTERM if the bench dies, output to a log file."""
     out = open(log_path, "ab")
     try:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
-                                env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_us,
+        )
     finally:
         out.close()
     _started.append(proc)
@@ -89,8 +96,16 @@ def stop_all() -> None:
 
 def run(argv: list[str], *, cwd: Path, timeout: float, env: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
     """A short-lived child (publish, wait, rebill), killed with its group on timeout or Ctrl-C."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=cwd, text=True,
-                            env={**os.environ, **(env or {})}, preexec_fn=_die_with_us)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        text=True,
+        env={**os.environ, **(env or {})},
+        preexec_fn=_die_with_us,
+    )
     _started.append(proc)  # type: ignore[arg-type]
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -126,7 +141,7 @@ def _proc_table() -> dict[int, tuple[int, float]]:
                 text = fh.read()
         except OSError:
             continue
-        rest = text[text.rfind(")") + 2:].split()
+        rest = text[text.rfind(")") + 2 :].split()
         ppid = int(rest[1])
         utime, stime, cutime, cstime = (int(x) for x in rest[11:15])
         table[int(name)] = (ppid, (utime + stime + cutime + cstime) / _HZ)

@@ -36,7 +36,7 @@ def function_of(frame: str) -> str:
         return frame
     path = _LIBRARY_PREFIX.sub("", match.group("file"))
     if path.startswith(_REPO_PREFIX):
-        path = path[len(_REPO_PREFIX):]
+        path = path[len(_REPO_PREFIX) :]
     return f"{match.group('func')} ({path})"
 
 
@@ -69,8 +69,10 @@ def render(profile: Profile, top: int = 25, rate_hz: float | None = None) -> str
     """Two tables, top functions by self and by cumulative samples, with their share."""
     total = max(profile.samples, 1)
     seconds = f" (at {rate_hz:g} Hz: {profile.samples / rate_hz:.1f} s of non-idle thread time)" if rate_hz else ""
-    out = [f"{profile.samples} samples{seconds}; {profile.in_imports} ({100 * profile.in_imports / total:.1f}%) "
-           "are in imports (the worker's startup, and lazy imports on its first batches), counted below too"]
+    out = [
+        f"{profile.samples} samples{seconds}; {profile.in_imports} ({100 * profile.in_imports / total:.1f}%) "
+        "are in imports (the worker's startup, and lazy imports on its first batches), counted below too"
+    ]
     for title, counter in (("self", profile.self_samples), ("cumulative", profile.cumulative)):
         out.append(f"top {top} functions by {title} samples:")
         out.append(f"{'samples':>8} {'share':>6}  function")

@@ -59,8 +59,7 @@ async def _consume(bootstrap: str, topic: str, n: int, timeout_s: float) -> dict
         await consumer.stop()
     started = listener.at or first_at or done_at
     seconds = max(done_at - started, 1e-9)
-    return {"records": count, "bytes": nbytes, "seconds": seconds, "rps": count / seconds if count >= n else None,
-            "complete": count >= n}
+    return {"records": count, "bytes": nbytes, "seconds": seconds, "rps": count / seconds if count >= n else None, "complete": count >= n}
 
 
 def run(bootstrap: str, topic: str, n: int, timeout_s: float = 300.0) -> dict[str, Any]:

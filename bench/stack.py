@@ -93,10 +93,10 @@ class BillingStack:
         """Start Tansu from this process (main thread: it dies with it) and create the topics.
         One broker life is one log epoch, as `billing up` names it; every worker started on this
         broker gets the same epoch, so that a restarted worker resumes its positions."""
-        from pipeline.ingest.broker import EmbeddedBroker
         from pipeline.cli.commands import new_epoch
-        from pipeline.settings import load_settings
+        from pipeline.ingest.broker import EmbeddedBroker
         from pipeline.ingest.topics import ensure_all
+        from pipeline.settings import load_settings
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.broker = EmbeddedBroker(self.data_dir / "broker.log")
@@ -198,11 +198,14 @@ class BillingStack:
 
     # -- the product's interfaces -----------------------------------------------------------
     def cli(self, *args: str, timeout: float = 1800.0, check: bool = True) -> Any:
-        result = run([sys.executable, "-m", "pipeline", *args, "--data-dir", str(self.data_dir)], cwd=self.data_dir,
-                     timeout=timeout, env=self.env)
+        result = run(
+            [sys.executable, "-m", "pipeline", *args, "--data-dir", str(self.data_dir)], cwd=self.data_dir, timeout=timeout, env=self.env
+        )
         if check and result.returncode != 0:
-            raise RuntimeError(f"`billing {' '.join(args)}` exited {result.returncode}:\n{result.stderr[-3000:]}\n"
-                               f"--- billing worker log (tail):\n{self.log_tail()}")
+            raise RuntimeError(
+                f"`billing {' '.join(args)}` exited {result.returncode}:\n{result.stderr[-3000:]}\n"
+                f"--- billing worker log (tail):\n{self.log_tail()}"
+            )
         return result
 
     def health(self, api: str | None = None) -> dict[str, Any] | None:

@@ -140,7 +140,7 @@ def engine_arguments(tail: str) -> tuple[str | None, str]:
         depth += ch == "("
         depth -= ch == ")"
         if depth == 0:
-            return tail[1:i].strip(), tail[i + 1:]
+            return tail[1:i].strip(), tail[i + 1 :]
     raise SystemExit(f"unbalanced parentheses in engine clause: {tail[:80]}")
 
 
@@ -158,10 +158,14 @@ def cluster_statements(statement: str, source: Path) -> list[str]:
         args = f"'{ZK_PATH}', '{{replica}}'" + (f", {table.engine_args}" if table.engine_args else "")
         names = [c for c, _ in table.columns]
         key = SHARD_COLUMN if SHARD_COLUMN in names else table.order_by[0]
-        local = (f"CREATE TABLE IF NOT EXISTS {table.name}_local ON CLUSTER {CLUSTER}\n{columns}\n"
-                 f"ENGINE = Replicated{table.engine}({args})\n{table.rest}")
-        distributed = (f"CREATE TABLE IF NOT EXISTS {table.name} ON CLUSTER {CLUSTER}\n{columns}\n"
-                       f"ENGINE = Distributed({CLUSTER}, currentDatabase(), {table.name}_local, cityHash64({key}))")
+        local = (
+            f"CREATE TABLE IF NOT EXISTS {table.name}_local ON CLUSTER {CLUSTER}\n{columns}\n"
+            f"ENGINE = Replicated{table.engine}({args})\n{table.rest}"
+        )
+        distributed = (
+            f"CREATE TABLE IF NOT EXISTS {table.name} ON CLUSTER {CLUSTER}\n{columns}\n"
+            f"ENGINE = Distributed({CLUSTER}, currentDatabase(), {table.name}_local, cityHash64({key}))"
+        )
         return [local, distributed]
     alter = ALTER_TTL_RE.match(statement)
     if alter is not None:  # TTLs live on the shards' local tables
@@ -173,7 +177,9 @@ def cluster_statements(statement: str, source: Path) -> list[str]:
     if INSERT_SELECT_RE.match(statement):  # a backfill: once, through the Distributed tables
         return [statement]
     first = " ".join(statement.split()[:4])
-    raise SystemExit(f"{source.name}: statement '{first} ...' is not handled; write its cluster form by hand and extend {Path(__file__).name}")
+    raise SystemExit(
+        f"{source.name}: statement '{first} ...' is not handled; write its cluster form by hand and extend {Path(__file__).name}"
+    )
 
 
 def render(source: Path) -> str:
@@ -203,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path.relative_to(ROOT)}")
     if args.check and stale:
-        print("out of date: " + ", ".join(str(p.relative_to(ROOT)) for p in stale) + " (run python deploy/gen_cluster_ddl.py)", file=sys.stderr)
+        print(
+            "out of date: " + ", ".join(str(p.relative_to(ROOT)) for p in stale) + " (run python deploy/gen_cluster_ddl.py)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

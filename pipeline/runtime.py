@@ -57,7 +57,8 @@ def control_key(data_dir: Path, configured: str | None, create: bool = False) ->
         if not create:
             raise ControlKeyMissing(
                 f"no control key: set BILLING_CONTROL_KEY (the deployment's secret) or run `billing up` once with data dir "
-                f"{data_dir}, which makes {path}") from None
+                f"{data_dir}, which makes {path}"
+            ) from None
     data_dir.mkdir(parents=True, exist_ok=True)
     _write_private(path, secrets.token_hex(32))
     return path.read_text(encoding="utf-8").strip().encode("utf-8")

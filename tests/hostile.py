@@ -37,7 +37,7 @@ TS = "2024-09-18T10:00:00+08:00"  # every model and plugin has a price in force
 
 SQL = (
     "'; DROP TABLE bill_lines; --",
-    "\" OR 1=1 --",
+    '" OR 1=1 --',
     "1; DELETE FROM rejections WHERE 1=1",
     "acct' UNION SELECT * FROM account_state --",
     "Robert'); DROP TABLE students;--",
@@ -62,39 +62,136 @@ UNICODE = (
 # escapes that orjson must refuse (lone surrogates) or take (a proper pair)
 ESCAPES = ("\\ud800", "\\udfff", "a\\ud800b", "\\ud800\\ud800", "\\udc00\\ud800", "\\ud83d\\ude00")
 NUMBERS = (
-    "1e308", "-1e308", "1E400", "-1e400", "1e-400", "10" + "0" * 29, "-" + "1" * 30, "9223372036854775808",
-    "-9223372036854775809", "18446744073709551616", "-0", "-0.0", "0.0", "2.5", "0.000001", "1e2", "1E+2",
-    "2.0000000000000001", "999999999.9999999", "1000000000", "1000000001", "1000000000.0", "4294967296",
-    "NaN", "-NaN", "Infinity", "-Infinity", "inf", "0x10", "1_000", "01", "+1", ".5", "5.", "1e", "--1",
-    "\"NaN\"", "\"1e308\"", "\"12\"", "true", "false", "null", "[]", "{}", "[1]", "{\"n\":1}", "\"\"",
+    "1e308",
+    "-1e308",
+    "1E400",
+    "-1e400",
+    "1e-400",
+    "10" + "0" * 29,
+    "-" + "1" * 30,
+    "9223372036854775808",
+    "-9223372036854775809",
+    "18446744073709551616",
+    "-0",
+    "-0.0",
+    "0.0",
+    "2.5",
+    "0.000001",
+    "1e2",
+    "1E+2",
+    "2.0000000000000001",
+    "999999999.9999999",
+    "1000000000",
+    "1000000001",
+    "1000000000.0",
+    "4294967296",
+    "NaN",
+    "-NaN",
+    "Infinity",
+    "-Infinity",
+    "inf",
+    "0x10",
+    "1_000",
+    "01",
+    "+1",
+    ".5",
+    "5.",
+    "1e",
+    "--1",
+    '"NaN"',
+    '"1e308"',
+    '"12"',
+    "true",
+    "false",
+    "null",
+    "[]",
+    "{}",
+    "[1]",
+    '{"n":1}',
+    '""',
 )
 TIMESTAMPS = (
-    "0001-01-01T00:00:00+08:00", "0001-01-01T00:00:00-23:59", "0000-01-01T00:00:00Z",
-    "9999-12-31T23:59:59+08:00", "9999-12-31T23:59:59-23:59", "1969-12-31T23:59:59Z", "1970-01-01T00:00:00Z",
-    "1999-12-31T23:59:59.999999Z", "2100-01-01T00:00:00Z",
+    "0001-01-01T00:00:00+08:00",
+    "0001-01-01T00:00:00-23:59",
+    "0000-01-01T00:00:00Z",
+    "9999-12-31T23:59:59+08:00",
+    "9999-12-31T23:59:59-23:59",
+    "1969-12-31T23:59:59Z",
+    "1970-01-01T00:00:00Z",
+    "1999-12-31T23:59:59.999999Z",
+    "2100-01-01T00:00:00Z",
     # second 60 is a leap second only at the end of a UTC day (23:59:60Z however the offset spells
     # it); 23:59:60+08:00 is 15:59:60Z, and a minute before midnight UTC is no leap second either
-    "2024-09-18T23:59:60+08:00", "2016-12-31T23:58:60Z", "2016-12-31T22:59:60Z", "2016-12-31T23:59:60-01:00",
-    "2016-12-31T23:59:61Z", "2099-12-31T23:59:60Z\n",
-    "2024-09-18T10:00:00+25:00", "2024-09-18T10:00:00-24:00", "2024-09-18T10:00:00+08:60", "2024-09-18T10:00:00+00:99",
-    "2024-09-18T24:00:00+08:00", "2024-09-18T10:60:00+08:00", "2024-02-30T10:00:00+08:00", "2023-02-29T10:00:00Z",
-    "2024-13-01T10:00:00Z", "2024-00-10T10:00:00Z", "2024-09-18T10:00:00", "2024-09-18", "10:00:00+08:00",
-    "2024-09-18T10:00:00.1234567890+08:00", "2024-09-18T10:00:00.+08:00", "2024-09-18T10:00:00,5+08:00",
-    "2024-09-18T10:00:00+0800", "2024-09-18T10:00:00+08", "2024-09-18T10:00:00 +08:00", " 2024-09-18T10:00:00Z",
-    "2024-09-18T10:00:00Z\n", "2024-09-18T10:00:00UTC", "２０２４-09-18T10:00:00+08:00",
-    "٢٠٢٤-٠٩-١٨T10:00:00+08:00", "2024-09-18T10:00:00+08:00'; DROP TABLE bill_lines; --", "",
-    "1726624800", "2024-W38-3T10:00:00Z", "+2024-09-18T10:00:00Z",
+    "2024-09-18T23:59:60+08:00",
+    "2016-12-31T23:58:60Z",
+    "2016-12-31T22:59:60Z",
+    "2016-12-31T23:59:60-01:00",
+    "2016-12-31T23:59:61Z",
+    "2099-12-31T23:59:60Z\n",
+    "2024-09-18T10:00:00+25:00",
+    "2024-09-18T10:00:00-24:00",
+    "2024-09-18T10:00:00+08:60",
+    "2024-09-18T10:00:00+00:99",
+    "2024-09-18T24:00:00+08:00",
+    "2024-09-18T10:60:00+08:00",
+    "2024-02-30T10:00:00+08:00",
+    "2023-02-29T10:00:00Z",
+    "2024-13-01T10:00:00Z",
+    "2024-00-10T10:00:00Z",
+    "2024-09-18T10:00:00",
+    "2024-09-18",
+    "10:00:00+08:00",
+    "2024-09-18T10:00:00.1234567890+08:00",
+    "2024-09-18T10:00:00.+08:00",
+    "2024-09-18T10:00:00,5+08:00",
+    "2024-09-18T10:00:00+0800",
+    "2024-09-18T10:00:00+08",
+    "2024-09-18T10:00:00 +08:00",
+    " 2024-09-18T10:00:00Z",
+    "2024-09-18T10:00:00Z\n",
+    "2024-09-18T10:00:00UTC",
+    "２０２４-09-18T10:00:00+08:00",
+    "٢٠٢٤-٠٩-١٨T10:00:00+08:00",
+    "2024-09-18T10:00:00+08:00'; DROP TABLE bill_lines; --",
+    "",
+    "1726624800",
+    "2024-W38-3T10:00:00Z",
+    "+2024-09-18T10:00:00Z",
 )
 # edge timestamps that are well-formed and in range
 GOOD_TIMESTAMPS = (
-    "2024-09-18T10:00:00+08:00", "2024-09-18t10:00:00z", "2024-09-18 10:00:00Z", "2024-09-18T02:00:00-00:00",
-    "2024-09-18T10:00:00.123456789+08:00", "2024-09-17T22:30:00-03:30", "2024-09-18T10:59:59.9999999+08:00",
-    "2000-01-01T00:00:00Z", "2099-12-31T23:59:59.999999Z",
+    "2024-09-18T10:00:00+08:00",
+    "2024-09-18t10:00:00z",
+    "2024-09-18 10:00:00Z",
+    "2024-09-18T02:00:00-00:00",
+    "2024-09-18T10:00:00.123456789+08:00",
+    "2024-09-17T22:30:00-03:30",
+    "2024-09-18T10:59:59.9999999+08:00",
+    "2000-01-01T00:00:00Z",
+    "2099-12-31T23:59:59.999999Z",
     # RFC 3339 leap seconds: the last microsecond of their UTC day (23:59:59.999999Z)
-    "2016-12-31T23:59:60Z", "2017-01-01T07:59:60+08:00", "2016-12-31T18:29:60.5-05:30", "2015-06-30T23:59:60.999999999z",
+    "2016-12-31T23:59:60Z",
+    "2017-01-01T07:59:60+08:00",
+    "2016-12-31T18:29:60.5-05:30",
+    "2015-06-30T23:59:60.999999999z",
 )
 JUNK_VALUES: tuple[Any, ...] = (
-    True, False, None, [], {}, "", "0", "12", 12.5, -1, -0.5, [1, 2], {"a": 1}, 10**18, -(10**18), "x" * 200,
+    True,
+    False,
+    None,
+    [],
+    {},
+    "",
+    "0",
+    "12",
+    12.5,
+    -1,
+    -0.5,
+    [1, 2],
+    {"a": 1},
+    10**18,
+    -(10**18),
+    "x" * 200,
 )
 
 
@@ -211,8 +308,19 @@ MUST_BE_INVALID: list[tuple[str, bytes]] = [
     ("recharge-arabic-digits", _dumps({"type": "credit.recharge", "account_id": ACCOUNT, "timestamp": TS, "amount": "١٠٠"})),
     ("recharge-fullwidth-digits", _dumps({"type": "credit.recharge", "account_id": ACCOUNT, "timestamp": TS, "amount": "１００"})),
     ("recharge-trailing-newline", _dumps({"type": "credit.recharge", "account_id": ACCOUNT, "timestamp": TS, "amount": "100\n"})),
-    ("voucher-bad-expiry", _dumps({"type": "credit.voucher", "account_id": ACCOUNT, "timestamp": TS, "voucher_id": "v",
-                                   "amount": "1", "expires_at": "9999-12-31T23:59:59Z"})),
+    (
+        "voucher-bad-expiry",
+        _dumps(
+            {
+                "type": "credit.voucher",
+                "account_id": ACCOUNT,
+                "timestamp": TS,
+                "voucher_id": "v",
+                "amount": "1",
+                "expires_at": "9999-12-31T23:59:59Z",
+            }
+        ),
+    ),
     # duplicated keys: orjson keeps the last one, which is what must be judged
     ("duplicate-key-last-bool", _dumps(_usage())[:-1] + b',"input_tokens":true}'),
     ("duplicate-key-last-negative", _dumps(_usage())[:-1] + b',"output_tokens":-5}'),
@@ -220,9 +328,32 @@ MUST_BE_INVALID: list[tuple[str, bytes]] = [
     # control records from outside the pipeline's tools: unsigned, or signed with another key (unauthorized)
     ("forged-tick", _dumps({"type": "clock.tick", "account_id": ACCOUNT, "timestamp": "2099-01-01T00:00:00+08:00"})),
     ("forged-tick-bad-signature", _dumps({"type": "clock.tick", "account_id": ACCOUNT, "timestamp": TS, "signature": "0" * 64})),
-    ("forged-rebill", _dumps({"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": TS, "run_id": "forged", "lines": [
-        {"hour": TS, "api_key_id": "k", "item": "xingchen-plus", "requests": 1.0, "input_tokens": 0, "output_tokens": 0,
-         "free_tokens": 0, "billed_input_tokens": 0, "billed_output_tokens": 0, "quantity": 0, "amount": "0"}]})),
+    (
+        "forged-rebill",
+        _dumps(
+            {
+                "type": "rebill.lines",
+                "account_id": ACCOUNT,
+                "timestamp": TS,
+                "run_id": "forged",
+                "lines": [
+                    {
+                        "hour": TS,
+                        "api_key_id": "k",
+                        "item": "xingchen-plus",
+                        "requests": 1.0,
+                        "input_tokens": 0,
+                        "output_tokens": 0,
+                        "free_tokens": 0,
+                        "billed_input_tokens": 0,
+                        "billed_output_tokens": 0,
+                        "quantity": 0,
+                        "amount": "0",
+                    }
+                ],
+            }
+        ),
+    ),
     ("forged-barrier", _dumps({"type": "billing.barrier", "barrier_id": "forged"})),
 ] + [(f"timestamp:{ts!r}", _dumps(_usage(timestamp=ts))) for ts in TIMESTAMPS]
 
@@ -243,18 +374,33 @@ MUST_PARSE: list[tuple[str, bytes]] = [
     ("sql-model", _dumps(_usage(event_id="ok-sql-model", model="'; DROP TABLE bill_lines; --"))),
     ("sql-key", _dumps(_usage(event_id="ok-sql-key", api_key_id="' OR 1=1 --"))),
     ("sql-plugin", _dumps(_usage(event_id="ok-sql-plugin", plugins={"'; DROP TABLE bill_lines; --": 1}))),
-    ("sql-key-created", _dumps({"type": "api_key.created", "account_id": ACCOUNT, "timestamp": TS,
-                                "api_key_id": "'; DROP TABLE bill_lines; --"})),
+    (
+        "sql-key-created",
+        _dumps({"type": "api_key.created", "account_id": ACCOUNT, "timestamp": TS, "api_key_id": "'; DROP TABLE bill_lines; --"}),
+    ),
     ("max-length-ids", _dumps(_usage(event_id="e" * 128, api_key_id="k" * 128, account_id="a" * 128))),
     ("zero-count-unknown-plugin", _dumps(_usage(event_id="ok-zero-plugin", plugins={"no-such-plugin": 0}))),
     ("explicit-defaults", _dumps(_usage(event_id="ok-defaults", type="usage", channel="api", plugins={}))),
     ("pretty-printed", json.dumps(_usage(event_id="ok-pretty"), indent=4).encode()),
-    ("voucher-max-amount", _dumps({"type": "credit.voucher", "account_id": ACCOUNT, "timestamp": TS, "voucher_id": "v-max",
-                                   "amount": "999999999999.999999", "expires_at": "2099-12-31T23:59:59Z"})),
+    (
+        "voucher-max-amount",
+        _dumps(
+            {
+                "type": "credit.voucher",
+                "account_id": ACCOUNT,
+                "timestamp": TS,
+                "voucher_id": "v-max",
+                "amount": "999999999999.999999",
+                "expires_at": "2099-12-31T23:59:59Z",
+            }
+        ),
+    ),
     # the largest recharge the schema takes, twice: the second would overflow the cash balance (out_of_range)
     ("recharge-max", _dumps({"type": "credit.recharge", "account_id": "hostile-rich", "timestamp": TS, "amount": "999999999999.999999"})),
-    ("recharge-overflow", _dumps({"type": "credit.recharge", "account_id": "hostile-rich", "timestamp": "2024-09-18T10:00:01+08:00",
-                                  "amount": "0.000001"})),
+    (
+        "recharge-overflow",
+        _dumps({"type": "credit.recharge", "account_id": "hostile-rich", "timestamp": "2024-09-18T10:00:01+08:00", "amount": "0.000001"}),
+    ),
     ("limits-zero", _dumps({"type": "limits.set", "account_id": ACCOUNT, "timestamp": TS, "qps": 0, "qpm": 0, "tpm": 0})),
     ("limits-max", _with_literal({"type": "limits.set", "account_id": ACCOUNT, "timestamp": TS}, ("tpm",), "1e9")),
 ] + [(f"good-timestamp:{ts!r}", _dumps(_usage(event_id=f"ok-ts-{i}", timestamp=ts))) for i, ts in enumerate(GOOD_TIMESTAMPS)]
@@ -284,8 +430,10 @@ class _Hostile:
             return rng.choice(UNICODE) * rng.choice((1, 10, 100))
         if pick < 0.9:
             return rng.choice("xé😀\u202e\u0000'") * rng.choice((0, 1, 64, 65, 128, 129, 5000, 40_000))
-        return "".join(chr(rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0xA0, 0xD7FF), rng.randrange(0xE000, 0x10FFFF))))
-                       for _ in range(rng.randrange(1, 40)))
+        return "".join(
+            chr(rng.choice((rng.randrange(0x20, 0x7F), rng.randrange(0xA0, 0xD7FF), rng.randrange(0xE000, 0x10FFFF))))
+            for _ in range(rng.randrange(1, 40))
+        )
 
     # -- families -------------------------------------------------------------------------------
 
@@ -300,8 +448,9 @@ class _Hostile:
     def invalid_utf8(self) -> bytes:
         rng = self.rng
         text = _dumps(self.template())
-        bad = rng.choice((b"\xff", b"\xfe\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xe6\x98", b"\x80", b"\xf8\x88\x80\x80\x80",
-                          b"\xf4\x90\x80\x80"))
+        bad = rng.choice(
+            (b"\xff", b"\xfe\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xe6\x98", b"\x80", b"\xf8\x88\x80\x80\x80", b"\xf4\x90\x80\x80")
+        )
         at = rng.randrange(len(text) + 1)
         return text[:at] + bad + text[at:]
 
@@ -364,7 +513,8 @@ class _Hostile:
         body = self.template()
         for _ in range(rng.randrange(1, 4)):
             body[rng.choice(("extra", "cost", "amount", "price", "__proto__", "constructor", self.any_string()[:40]))] = rng.choice(
-                JUNK_VALUES)
+                JUNK_VALUES
+            )
         return _dumps(body)
 
     def wrong_type(self) -> bytes:
@@ -394,10 +544,32 @@ class _Hostile:
 
     def shapeless(self) -> bytes:
         rng = self.rng
-        return rng.choice((b"{}", b"[]", b"null", b"true", b"false", b"0", b"-0", b'""', b"[{}]", b"[null]", b"{}{}",
-                           b'{"type":"usage"}', b'{"account_id":null}', b'{"account_id":"' + ACCOUNT.encode() + b'"}',
-                           b"{\"\":\"\"}", b"\x00", b"\n", b"{" * rng.randrange(1, 50), b"}" * rng.randrange(1, 50),
-                           _dumps([self.template()]), _dumps(None), b'"' + _dumps(self.template()) + b'"'))
+        return rng.choice(
+            (
+                b"{}",
+                b"[]",
+                b"null",
+                b"true",
+                b"false",
+                b"0",
+                b"-0",
+                b'""',
+                b"[{}]",
+                b"[null]",
+                b"{}{}",
+                b'{"type":"usage"}',
+                b'{"account_id":null}',
+                b'{"account_id":"' + ACCOUNT.encode() + b'"}',
+                b'{"":""}',
+                b"\x00",
+                b"\n",
+                b"{" * rng.randrange(1, 50),
+                b"}" * rng.randrange(1, 50),
+                _dumps([self.template()]),
+                _dumps(None),
+                b'"' + _dumps(self.template()) + b'"',
+            )
+        )
 
     def duplicate_keys(self) -> bytes:
         rng = self.rng
@@ -416,14 +588,17 @@ class _Hostile:
         body = self.template()
         kind = body.get("type", "usage")
         if kind == "usage":
-            change = rng.choice(("model", "plugin", "input", "context", "key", "account", "conflict", "channel",
-                                 "fresh", "fresh", "negative", "console"))
+            change = rng.choice(
+                ("model", "plugin", "input", "context", "key", "account", "conflict", "channel", "fresh", "fresh", "negative", "console")
+            )
             if change != "conflict":
                 body["event_id"] = self.fresh_id("mut")
             if change == "model":
                 body["model"] = rng.choice(("xingchen-ultra", "XINGCHEN-LITE", "xingchen-lite ", "", "gpt-4", "xingchen-longcontext"))
             elif change == "plugin":
-                body["plugins"] = {rng.choice(("text_to_image", "image_to_video", "rejection", "TEXT_TO_IMAGE")): rng.randrange(0, 1_000_001)}
+                body["plugins"] = {
+                    rng.choice(("text_to_image", "image_to_video", "rejection", "TEXT_TO_IMAGE")): rng.randrange(0, 1_000_001)
+                }
             elif change == "input":
                 body["input_tokens"] = rng.choice((6_501, 30_001, 32_000, 32_001, 999_999_999))
             elif change == "context":
@@ -448,9 +623,20 @@ class _Hostile:
         return _dumps(body)
 
     FAMILIES: tuple[tuple[str, float], ...] = (
-        ("random_bytes", 6), ("invalid_utf8", 5), ("truncated", 5), ("number", 9), ("nested", 5), ("long_string", 5),
-        ("strange_string", 10), ("missing_fields", 6), ("extra_fields", 5), ("wrong_type", 9), ("timestamp", 9),
-        ("shapeless", 4), ("duplicate_keys", 6), ("mutated", 16),
+        ("random_bytes", 6),
+        ("invalid_utf8", 5),
+        ("truncated", 5),
+        ("number", 9),
+        ("nested", 5),
+        ("long_string", 5),
+        ("strange_string", 10),
+        ("missing_fields", 6),
+        ("extra_fields", 5),
+        ("wrong_type", 9),
+        ("timestamp", 9),
+        ("shapeless", 4),
+        ("duplicate_keys", 6),
+        ("mutated", 16),
     )
 
     def one(self) -> bytes:

@@ -121,9 +121,7 @@ _SIX = Decimal("0.000001")
 # time
 
 
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
-)
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(?:([Zz])|([+-])(\d{2}):(\d{2}))$")
 
 
 def parse_rfc3339_ns(text: Any) -> int | None:
@@ -615,9 +613,7 @@ class _Oracle:
             acct.status = now
             self.order += 1
             self.out.status_changes.append((account_id, now))
-            self.out.status_log.append(
-                {"account_id": account_id, "status": now, "at": acct.clock_ns, "cause": cause, "order": self.order}
-            )
+            self.out.status_log.append({"account_id": account_id, "status": now, "at": acct.clock_ns, "cause": cause, "order": self.order})
 
     def summaries(self) -> None:
         for account_id, acct in self.accounts.items():
@@ -702,9 +698,7 @@ class _Oracle:
         acct.pending[h] = _MONEY.add(acct.pending.get(h, Decimal(0)), owed)
 
 
-def expected(
-    lines: Iterable[str], catalog_path: str | Path | None = None, grace_minutes: int | None = None
-) -> Expected:
+def expected(lines: Iterable[str], catalog_path: str | Path | None = None, grace_minutes: int | None = None) -> Expected:
     """Expected bills, rejections, duplicate count and settlement for records published in this
     order. `grace_minutes` overrides the catalog's `settlement_grace_minutes` (default 10)."""
     catalog = OracleCatalog.load(catalog_path)

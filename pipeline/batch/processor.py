@@ -22,19 +22,19 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from pipeline.batch import topic_json
-from pipeline.core import control
-from pipeline.store.storage import ClickHouseStorage, Storage
-from pipeline.core.catalog import Catalog
-from pipeline.core.fold import apply, is_api_call
 from pipeline.batch.framing import RS, split_message
-from pipeline.stream.gcpause import gc_paused
+from pipeline.core import control
+from pipeline.core.catalog import Catalog
 from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
+from pipeline.core.fold import apply, is_api_call
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
-from pipeline.store.sink import BatchRows, add_hour_totals
 from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
 from pipeline.core.windows import minute_start
+from pipeline.store.sink import BatchRows, add_hour_totals
+from pipeline.store.storage import ClickHouseStorage, Storage
+from pipeline.stream.gcpause import gc_paused
 
 log = logging.getLogger(__name__)
 BARRIER_TYPE = control.BARRIER
@@ -179,8 +179,16 @@ def _unwritable(record: Record, error: str) -> Invalid:
     a value the tables cannot hold that the fold's own checks did not foresee)."""
     detail = f"ClickHouse refused to write this record's message ({error[:500]}); it was rejected so that billing goes on"
     event_id = record.event_id if isinstance(record, (Usage, Invalid)) else ""
-    return new_invalid(account_id=record.account_id, identity="raw:" + record.identity, raw=record.raw, detail=detail, event_id=event_id,
-                       ts_us=record.ts_us, kind=record.kind, reason=OUT_OF_RANGE)
+    return new_invalid(
+        account_id=record.account_id,
+        identity="raw:" + record.identity,
+        raw=record.raw,
+        detail=detail,
+        event_id=event_id,
+        ts_us=record.ts_us,
+        kind=record.kind,
+        reason=OUT_OF_RANGE,
+    )
 
 
 def yield_gil() -> None:
@@ -240,9 +248,18 @@ class WriteBehind:
 class BatchProcessor:
     """Owns the in-memory account states of the partitions this worker holds."""
 
-    def __init__(self, client: Client, catalog: Catalog, epoch: str, auto_tick: bool = True, write_records: int = 50_000,
-                 control_key: bytes | None = None, clock_bounds: ClockBounds | None = None, max_cached_accounts: int = 100_000,
-                 storage: Storage | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        catalog: Catalog,
+        epoch: str,
+        auto_tick: bool = True,
+        write_records: int = 50_000,
+        control_key: bytes | None = None,
+        clock_bounds: ClockBounds | None = None,
+        max_cached_accounts: int = 100_000,
+        storage: Storage | None = None,
+    ) -> None:
         self.client = client
         # every read and write of the store (store/storage.py); ClickHouse on `client` unless given
         self.storage: Storage = storage if storage is not None else ClickHouseStorage(client)
@@ -394,8 +411,9 @@ class BatchProcessor:
             self._last_touched = touched
         return result
 
-    def _process(self, messages: list[Message], behind: WriteBehind, held: BatchRows | None, batch: BatchResult,
-                 touched: set[str]) -> BatchRows:
+    def _process(
+        self, messages: list[Message], behind: WriteBehind, held: BatchRows | None, batch: BatchResult, touched: set[str]
+    ) -> BatchRows:
         """One unit: its reads, on the reader thread while this one encodes the previous unit's
         rows; then that unit's write handed over, and this unit's fold beside it. Returns this
         unit's rows, held for the next unit (or the batch's end)."""
@@ -435,8 +453,9 @@ class BatchProcessor:
         batch.merge(result)
         return rows
 
-    def _read(self, messages: list[Message], by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
-              ) -> tuple[dict[str, list[tuple[Message, int, Record]]], tuple[list[StatusChange], list[Violation]]]:
+    def _read(
+        self, messages: list[Message], by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
+    ) -> tuple[dict[str, list[tuple[Message, int, Record]]], tuple[list[StatusChange], list[Violation]]]:
         """A unit's reads, on the reader thread (the engine answers without Python's lock): where its
         partitions stand, its accounts' snapshots and working sets, the outputs to publish again.
         Meanwhile the folding thread only encodes the previous unit's rows: those read the durable
@@ -487,8 +506,9 @@ class BatchProcessor:
             self._hours[acc] = set()
             self._minutes[acc] = set()
 
-    def _drop_applied(self, by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
-                      ) -> tuple[dict[str, list[tuple[Message, int, Record]]], dict[str, list[Record]]]:
+    def _drop_applied(
+        self, by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
+    ) -> tuple[dict[str, list[tuple[Message, int, Record]]], dict[str, list[Record]]]:
         """A message is applied whole within one batch, so its offset alone says whether it was.
         Returns the records still to apply and, per account, the ones already applied."""
         pending: dict[str, list[tuple[Message, int, Record]]] = {}
@@ -515,8 +535,7 @@ class BatchProcessor:
         if not applied:
             return [], []
         seqs = {acc: self.states[acc].seq for acc in applied}
-        events = [(acc, rec.event_id) for acc, recs in applied.items() for rec in recs
-                  if isinstance(rec, Usage) and is_api_call(rec)]
+        events = [(acc, rec.event_id) for acc, recs in applied.items() for rec in recs if isinstance(rec, Usage) and is_api_call(rec)]
         return self.storage.committed_statuses(seqs), self.storage.committed_violations(events, seqs)
 
     def _hydrate(self, pending: dict[str, list[tuple[Message, int, Record]]]) -> None:
@@ -559,8 +578,9 @@ class BatchProcessor:
         for acc, minute in minutes:
             self._minutes[acc].add(minute)
 
-    def _collect(self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome,
-                 result: BatchResult) -> None:
+    def _collect(
+        self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome, result: BatchResult
+    ) -> None:
         """One record's rows (plain tuples in RawRow's and SeenRow's field order: built several times
         faster than the NamedTuples) and facts. Lines and windows are taken per account after its
         records, by `_collect_changed`."""

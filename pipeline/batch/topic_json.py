@@ -10,7 +10,6 @@ from pipeline.core import control
 from pipeline.core.facts import StatusChange, Violation
 from pipeline.core.timestamps import format_ts
 
-
 # Where an outgoing message goes (the worker maps each to its topic).
 STATUS = "status"  # the compacted account-status topic, for the API gateway
 VIOLATIONS = "violations"  # rate-limit violations, per account
@@ -33,31 +32,41 @@ def messages(changes: Iterable[StatusChange], violated: Iterable[Violation], tic
         by_account.setdefault(violation.account_id, []).append(violation)
     for account, items in by_account.items():
         for i in range(0, len(items), VIOLATIONS_PER_MESSAGE):
-            out.append(Outbound(VIOLATIONS, account, violations(account, items[i:i + VIOLATIONS_PER_MESSAGE])))
+            out.append(Outbound(VIOLATIONS, account, violations(account, items[i : i + VIOLATIONS_PER_MESSAGE])))
     out += [Outbound(INPUT, account, signed_tick) for account, signed_tick in ticks]
     return out
 
 
 def status(change: StatusChange) -> bytes:
-    return orjson.dumps({
-        "account_id": change.account_id,
-        "status": change.status,
-        "debt": f"{change.debt:.6f}",
-        "cash_balance": f"{change.cash_balance:.6f}",
-        "as_of": format_ts(change.ts_us),
-        "seq": change.seq,
-    })
+    return orjson.dumps(
+        {
+            "account_id": change.account_id,
+            "status": change.status,
+            "debt": f"{change.debt:.6f}",
+            "cash_balance": f"{change.cash_balance:.6f}",
+            "as_of": format_ts(change.ts_us),
+            "seq": change.seq,
+        }
+    )
 
 
 def violations(account_id: str, items: Iterable[Violation]) -> bytes:
-    return orjson.dumps({
-        "account_id": account_id,
-        "violations": [
-            {"event_id": v.event_id, "timestamp": format_ts(v.ts_us), "limit": v.limit,
-             "window_start": format_ts(v.window_start_us), "observed": v.observed, "allowed": v.allowed}
-            for v in items
-        ],
-    })
+    return orjson.dumps(
+        {
+            "account_id": account_id,
+            "violations": [
+                {
+                    "event_id": v.event_id,
+                    "timestamp": format_ts(v.ts_us),
+                    "limit": v.limit,
+                    "window_start": format_ts(v.window_start_us),
+                    "observed": v.observed,
+                    "allowed": v.allowed,
+                }
+                for v in items
+            ],
+        }
+    )
 
 
 def tick(account_id: str, clock_us: int, control_key: bytes) -> bytes:

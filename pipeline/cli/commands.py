@@ -6,7 +6,6 @@ Exit codes: 0 success, 2 bad usage or bad input (one-line reason on stderr), 1 o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import threading
@@ -19,21 +18,43 @@ from typing import Any, Callable, Sequence
 
 from pipeline import CORE_BUILD, logs
 from pipeline.cli import tables
-from pipeline.store import queries
 from pipeline.cli.progress import ConsumerProgress
-from pipeline.core.reasons import REASONS
 from pipeline.core.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
-from pipeline.store.reader import QueryError, Reader, WorkerBusy, open_reader
+from pipeline.core.reasons import REASONS
+from pipeline.core.timestamps import TimestampError
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings, SettingsError, load_settings
-from pipeline.core.timestamps import TimestampError
+from pipeline.store import queries
+from pipeline.store.reader import QueryError, Reader, WorkerBusy, open_reader
 
-BILL_COLUMNS = ("account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
-                "billed_input_tokens", "billed_output_tokens", "quantity", "amount")
+BILL_COLUMNS = (
+    "account_id",
+    "hour",
+    "api_key_id",
+    "item",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "free_tokens",
+    "billed_input_tokens",
+    "billed_output_tokens",
+    "quantity",
+    "amount",
+)
 REBILL_ACCOUNTS_PER_CALL = 50  # accounts replayed per call to the worker: progress between calls
 REJECTED_COLUMNS = ("event_id", "account_id", "reason", "detail", "timestamp", "record")
-SETTLEMENT_COLUMNS = ("account_id", "hour", "kind", "amount", "voucher_part", "cash_part", "debt_added", "debt_after",
-                      "balance_after", "seq")
+SETTLEMENT_COLUMNS = (
+    "account_id",
+    "hour",
+    "kind",
+    "amount",
+    "voucher_part",
+    "cash_part",
+    "debt_added",
+    "debt_after",
+    "balance_after",
+    "seq",
+)
 REBILL_COLUMNS = ("account_id", "hour", "old_amount", "new_amount", "delta")
 TABLE_LIMIT = 100  # rows a table shows unless --limit says otherwise (JSON and CSV: all)
 # columns a table leaves out first when the terminal is too narrow (JSON and CSV have them all)
@@ -71,8 +92,10 @@ def api_token_checked(settings: Settings) -> str:
     from pipeline.serve.api import is_loopback
 
     if not is_loopback(settings.api_host) and not settings.api_token:
-        raise UsageError(f"BILLING_API_HOST={settings.api_host} serves bills beyond this machine: set BILLING_API_TOKEN "
-                         "(a long random secret; clients send it as 'Authorization: Bearer <token>')")
+        raise UsageError(
+            f"BILLING_API_HOST={settings.api_host} serves bills beyond this machine: set BILLING_API_TOKEN "
+            "(a long random secret; clients send it as 'Authorization: Bearer <token>')"
+        )
     return settings.api_token or secrets.token_urlsafe(32)
 
 
@@ -82,19 +105,19 @@ def kafka_of(settings: Settings) -> str:
     running = read_runtime(settings.data_dir)
     if running is None:
         raise UsageError(
-            f"no Kafka to talk to: start `billing up` (data dir {settings.data_dir}) in another terminal, "
-            "or set BILLING_KAFKA / --kafka"
+            f"no Kafka to talk to: start `billing up` (data dir {settings.data_dir}) in another terminal, or set BILLING_KAFKA / --kafka"
         )
     return running.kafka
 
 
 # -- commands -------------------------------------------------------------------------------
 
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.stream.app import Worker
     from pipeline.ingest.broker import EmbeddedBroker
     from pipeline.ingest.topics import ensure_all
     from pipeline.runtime import Runtime, clear_runtime, write_runtime
+    from pipeline.stream.app import Worker
 
     running = read_runtime(settings.data_dir)
     if running is not None:
@@ -112,8 +135,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         started = time.monotonic()
 
         def on_api(url: str) -> None:
-            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat(),
-                                                     operator_token))
+            write_runtime(
+                settings.data_dir, Runtime(os.getpid(), bootstrap, url, epoch, datetime.now(timezone.utc).isoformat(), operator_token)
+            )
             say(f"billing: query    API at {url} (used by `billing bills|rejected|account|wait|sql` in other terminals)")
             say(f"billing: console  {url}/console (accounts, hourly charts, bills, the operator's overview)")
             say(f"billing: ready in {time.monotonic() - started:.1f}s; publish with `billing publish FILE`; Ctrl-C stops")
@@ -133,13 +157,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
 def worker_store_label(settings: Settings) -> str:
     url = settings.clickhouse_url
-    return f"embedded (chdb) at {url[len('chdb://'):]}" if url.startswith("chdb:") else "server " + url.split("@")[-1]
+    return f"embedded (chdb) at {url[len('chdb://') :]}" if url.startswith("chdb:") else "server " + url.split("@")[-1]
 
 
 def run_demo(settings: Settings, bootstrap: str, api_url: str, records: int) -> None:
+    from pipeline.demo.workload import generate
     from pipeline.ingest.publish import publish_lines
     from pipeline.store.reader import ApiReader
-    from pipeline.demo.workload import generate
 
     say(f"billing: demo     generating {records} records (several accounts, all models, price dates, plugins, bad records)")
     from pipeline.core.control import sign_line
@@ -164,8 +188,8 @@ def run_demo(settings: Settings, bootstrap: str, api_url: str, records: int) -> 
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.stream.app import Worker
     from pipeline.runtime import Runtime, clear_runtime, write_runtime
+    from pipeline.stream.app import Worker
 
     bootstrap = kafka_of(settings)
     embedded = settings.clickhouse_url.startswith("chdb:")
@@ -173,8 +197,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     def on_api(url: str) -> None:
         if embedded:  # the other commands reach this engine through the worker
-            write_runtime(settings.data_dir, Runtime(os.getpid(), bootstrap, url, settings.log_epoch,
-                                                     datetime.now(timezone.utc).isoformat(), operator_token))
+            write_runtime(
+                settings.data_dir,
+                Runtime(os.getpid(), bootstrap, url, settings.log_epoch, datetime.now(timezone.utc).isoformat(), operator_token),
+            )
         say(f"billing: worker consuming {settings.input_topic} at {bootstrap}; API at {url}")
         say(f"billing: core {CORE_BUILD.label}")
 
@@ -208,8 +234,15 @@ def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.ingest.kafka_security import kafka_python_kwargs
 
     ensure_all(settings, bootstrap)
-    report = publish_lines(lines, bootstrap, settings.input_topic, total=total, source=source, timeout_s=args.timeout,
-                           client_kwargs=kafka_python_kwargs(settings))
+    report = publish_lines(
+        lines,
+        bootstrap,
+        settings.input_topic,
+        total=total,
+        source=source,
+        timeout_s=args.timeout,
+        client_kwargs=kafka_python_kwargs(settings),
+    )
     return tell(report, sys.stdout, sys.stderr)
 
 
@@ -218,7 +251,6 @@ def wait_for(reader: Any, bootstrap: str, settings: Settings, timeout: float) ->
     from kafka import KafkaProducer
 
     from pipeline.batch.processor import barrier_message
-
     from pipeline.ingest.kafka_security import kafka_python_kwargs
 
     barrier = uuid.uuid4().hex
@@ -313,7 +345,9 @@ def cmd_bills(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_rejected(settings: Settings, args: argparse.Namespace) -> int:
     reader = _reader(settings)
     known_account(reader, args.account)
-    rows = in_time_order([queries.with_record(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id")
+    rows = in_time_order(
+        [queries.with_record(r) for r in reader.rejected(args.account, args.reason)], "timestamp", "account_id", "event_id"
+    )
     emit_limited(rows, args, REJECTED_COLUMNS if args.format != "json" else None, ("record",))
     return 0
 
@@ -341,8 +375,8 @@ def cmd_account(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_settle(settings: Settings, args: argparse.Namespace) -> int:
     """Close the hours of every known account up to T: a clock tick into each account's log."""
     from pipeline.batch.topic_json import tick
-    from pipeline.ingest.publish import publish_lines
     from pipeline.core.timestamps import parse_ts
+    from pipeline.ingest.publish import publish_lines
 
     until = parse_ts(args.until)
     reader = _reader(settings)
@@ -368,8 +402,8 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     import json as _json
 
     from pipeline.cli.progress import Progress
-    from pipeline.ingest.publish import publish_lines
     from pipeline.core.facts import STALE_REBILL
+    from pipeline.ingest.publish import publish_lines
     from pipeline.stream.rebill import audit_record, new_run_id, refused_accounts, without_accounts
 
     check_range(args.start, args.end)
@@ -378,13 +412,15 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     data = _json.loads(catalog_path.read_text(encoding="utf-8"))
     reader = open_reader(settings, catalog.free_quota_tokens)
     accounts = reader.rebill_accounts(args.start, args.end, args.account)
-    say(f"billing: rebill   replaying the whole log of {len(accounts)} accounts with records in "
-        f"[{args.start}, {args.end}) under catalog {catalog.version}")
+    say(
+        f"billing: rebill   replaying the whole log of {len(accounts)} accounts with records in "
+        f"[{args.start}, {args.end}) under catalog {catalog.version}"
+    )
     started = time.monotonic()
     run_id, chunks = new_run_id(), []
     progress = Progress("billing: rebill", total=len(accounts), unit="accounts replayed")
     for i in range(0, len(accounts), REBILL_ACCOUNTS_PER_CALL):
-        chunks.append(reader.rebill_plan(data, args.start, args.end, accounts[i:i + REBILL_ACCOUNTS_PER_CALL], run_id))
+        chunks.append(reader.rebill_plan(data, args.start, args.end, accounts[i : i + REBILL_ACCOUNTS_PER_CALL], run_id))
         progress.update(min(i + REBILL_ACCOUNTS_PER_CALL, len(accounts)))
     progress.done()
     audit = audit_record(run_id, args.start, args.end, args.account, catalog.version, chunks)
@@ -392,11 +428,16 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     listed = [d for d in audit["diffs"] if Decimal(d["delta"]) != 0]
     unchanged = len(audit["diffs"]) - len(listed)
-    say(f"billing: rebill   {audit['records_read']} records replayed in {elapsed:.1f}s "
+    say(
+        f"billing: rebill   {audit['records_read']} records replayed in {elapsed:.1f}s "
         f"({audit['records_read'] / max(elapsed, 1e-9):,.0f}/s); {audit['lines_changed']} lines change, "
         f"{len(audit['now_billed'])} rejected calls now billed; {len(listed)} account-hours change in amount"
-        + (f" (listed; {unchanged} more change only in token counts, delta 0, not listed)" if unchanged else
-           (" (listed)" if listed else "")))
+        + (
+            f" (listed; {unchanged} more change only in token counts, delta 0, not listed)"
+            if unchanged
+            else (" (listed)" if listed else "")
+        )
+    )
     tables.emit(listed, args.format, REBILL_COLUMNS)
     if args.dry_run:
         say("billing: rebill   dry run: nothing written")
@@ -406,8 +447,9 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
         from pipeline.core.control import sign_line
 
         key = operator_key(settings)
-        report = publish_lines((sign_line(r.encode(), key) for r in records), bootstrap, settings.input_topic, total=len(records),
-                               quiet=True)
+        report = publish_lines(
+            (sign_line(r.encode(), key) for r in records), bootstrap, settings.input_topic, total=len(records), quiet=True
+        )
         if report.failures:
             raise RuntimeError(f"could not publish the revised lines: {report.failures[0]}; run the same rebill again")
         if not wait_for(reader, bootstrap, settings, timeout=args.timeout):
@@ -415,9 +457,11 @@ def cmd_rebill(settings: Settings, args: argparse.Namespace) -> int:
     stale = refused_accounts(reader.rejected(None, STALE_REBILL), run_id)
     reader.write_rebill_audit(without_accounts(audit, stale, records))
     if stale:
-        say(f"billing: rebill   {len(stale)} accounts got a late call for a rebilled line while this rebill ran, so their "
+        say(
+            f"billing: rebill   {len(stale)} accounts got a late call for a rebilled line while this rebill ran, so their "
             f"lines were NOT revised (listed by `billing rejected --reason {STALE_REBILL}`): {', '.join(sorted(stale)[:20])}"
-            f"{' ...' if len(stale) > 20 else ''}. Run the same rebill again; the other accounts are done.")
+            f"{' ...' if len(stale) > 20 else ''}. Run the same rebill again; the other accounts are done."
+        )
         return 1
     say(f"billing: rebill   run {audit['run_id']} applied; audit in rebill_runs / rebill_diffs")
     return 0
@@ -474,21 +518,39 @@ def cmd_drained(settings: Settings, args: argparse.Namespace) -> int:
 
 # -- parsing ------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--kafka", help="Kafka bootstrap servers (env BILLING_KAFKA; default: the embedded broker of `billing up`)")
     common.add_argument("--clickhouse", help="ClickHouse URL (env BILLING_CLICKHOUSE; default chdb://<data-dir>/clickhouse)")
     common.add_argument("--data-dir", help="data directory (env BILLING_DATA_DIR; default ./.billing)")
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log more: -v the pipeline's INFO lines, -vv also DEBUG and the Kafka/Faust libraries' INFO, -vvv everything")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log more: -v the pipeline's INFO lines, -vv also DEBUG and the Kafka/Faust libraries' INFO, -vvv everything",
+    )
     query = argparse.ArgumentParser(add_help=False, parents=[common])  # commands that print rows
-    query.add_argument("--format", choices=tables.FORMATS, default="table",
-                       help="table (fits the terminal, ids shortened), json (one object per line, every field) or csv; default table")
+    query.add_argument(
+        "--format",
+        choices=tables.FORMATS,
+        default="table",
+        help="table (fits the terminal, ids shortened), json (one object per line, every field) or csv; default table",
+    )
     listing = argparse.ArgumentParser(add_help=False)  # commands that list many rows
-    listing.add_argument("--limit", type=non_negative, metavar="N",
-                         help=f"only the last N rows, the latest (default: {TABLE_LIMIT} in a table, all in json/csv; 0: all)")
-    parser = argparse.ArgumentParser(prog="billing", description="Usage metering and hourly billing pipeline.",
-                                     epilog=EXAMPLES[""], formatter_class=argparse.RawDescriptionHelpFormatter)
+    listing.add_argument(
+        "--limit",
+        type=non_negative,
+        metavar="N",
+        help=f"only the last N rows, the latest (default: {TABLE_LIMIT} in a table, all in json/csv; 0: all)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="billing",
+        description="Usage metering and hourly billing pipeline.",
+        epilog=EXAMPLES[""],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -499,11 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", parents=[common], help="the pipeline worker alone (production: N replicas)").set_defaults(run=cmd_worker)
     pub = sub.add_parser("publish", parents=[common], help="publish JSON-lines input records (FILE or - for stdin)")
     pub.add_argument("file", help="a JSON-lines file, or - to read standard input (records are sent as they arrive)")
-    pub.add_argument("--control", action="store_true",
-                     help="operators only: sign the file's control records (clock.tick, rebill.lines) with the control key "
-                          "(BILLING_CONTROL_KEY or the data dir's control.key); without it the worker rejects them as unauthorized")
-    pub.add_argument("--timeout", type=float, default=120.0, metavar="S",
-                     help="seconds a record may wait for Kafka before it counts as not sent (default 120)")
+    pub.add_argument(
+        "--control",
+        action="store_true",
+        help="operators only: sign the file's control records (clock.tick, rebill.lines) with the control key "
+        "(BILLING_CONTROL_KEY or the data dir's control.key); without it the worker rejects them as unauthorized",
+    )
+    pub.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds a record may wait for Kafka before it counts as not sent (default 120)",
+    )
     pub.set_defaults(run=cmd_publish)
     wait = sub.add_parser("wait", parents=[common], help="return once everything published so far is queryable")
     wait.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds, exit 1 (default 300)")
@@ -515,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
     bills.set_defaults(run=cmd_bills)
     rej = sub.add_parser("rejected", parents=[query, listing], help="records that could not be billed, with the reason")
     rej.add_argument("--account", help="only this account (exit 2 if it has no record)")
-    rej.add_argument("--reason", choices=REASONS, metavar="REASON", help="only this reason; `billing reasons` lists them: "
-                     + ", ".join(REASONS))
+    rej.add_argument(
+        "--reason", choices=REASONS, metavar="REASON", help="only this reason; `billing reasons` lists them: " + ", ".join(REASONS)
+    )
     rej.set_defaults(run=cmd_rejected)
     acc = sub.add_parser("account", parents=[query], help="an account's status, balance, vouchers, free tokens left")
     acc.add_argument("account_id", help="the main account's id, as in the records' account_id")
@@ -533,10 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
     rebill.add_argument("--catalog", help="price catalog file (default: the worker's, schemas/catalog.json)")
     rebill.add_argument("--account", help="only this account")
     rebill.add_argument("--dry-run", action="store_true", help="print the diff, write nothing")
-    rebill.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds to wait for the worker to apply it (default 600)")
+    rebill.add_argument(
+        "--timeout", type=float, default=600.0, metavar="S", help="seconds to wait for the worker to apply it (default 600)"
+    )
     rebill.set_defaults(run=cmd_rebill)
     sql = sub.add_parser("sql", parents=[query], help="read-only SQL on the bill views (docs/sql.md)")
-    sql.add_argument("query", nargs="?", help='one SELECT (or - / nothing: read it from stdin)')
+    sql.add_argument("query", nargs="?", help="one SELECT (or - / nothing: read it from stdin)")
     sql.add_argument("--param", action="append", metavar="NAME=VALUE", help="a value for {NAME:Type} in the query (repeatable)")
     sql.add_argument("--max-rows", type=int, default=10_000, help="rows shown at most (default 10000; says when cut)")
     sql.add_argument("--timeout", type=float, default=30.0, help="seconds the query may run (default 30)")
@@ -550,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     drained.add_argument("--topic", help="the old input topic (default: the configured one)")
     drained.add_argument("--timeout", type=float, default=300.0, metavar="S", help="give up after S seconds, exit 1 (default 300)")
     drained.set_defaults(run=cmd_drained)
-    sub.add_parser("reasons", parents=[query], help="the rejection reasons, in the rule book's order, with their meaning"
-                   ).set_defaults(run=cmd_reasons)
+    sub.add_parser("reasons", parents=[query], help="the rejection reasons, in the rule book's order, with their meaning").set_defaults(
+        run=cmd_reasons
+    )
     add_examples(sub)
     return parser
 
@@ -585,14 +659,14 @@ def version_text() -> str:
 
 EXAMPLES = {
     "": "examples:\n  billing up --demo                       # terminal 1: the whole stack, with sample data\n"
-        "  billing publish usage.jsonl && billing wait   # terminal 2\n  billing bills --account 1001 --limit 20\n"
-        "  billing <command> --help                # each command's options and an example",
+    "  billing publish usage.jsonl && billing wait   # terminal 2\n  billing bills --account 1001 --limit 20\n"
+    "  billing <command> --help                # each command's options and an example",
     "up": "example:\n  billing up --demo --demo-records 5000\n  (then, in another terminal: billing bills)",
     "worker": "example:\n  BILLING_KAFKA=kafka:9092 BILLING_CLICKHOUSE=http://billing:PASS@clickhouse:8123/billing billing worker",
     "publish": "examples:\n  billing publish usage.jsonl\n  tail -f usage.jsonl | billing publish -",
     "wait": "example:\n  billing publish usage.jsonl && billing wait --timeout 600 && billing bills",
     "bills": "examples:\n  billing bills --account 1001 --from 2024-07-01T00:00:00+08:00 --to 2024-08-01T00:00:00+08:00\n"
-             "  billing bills --format csv --limit 0 > bills.csv",
+    "  billing bills --format csv --limit 0 > bills.csv",
     "rejected": "examples:\n  billing rejected --reason unknown_model --limit 20\n  billing rejected --account 1001 --format json",
     "account": "example:\n  billing account 1001 --format json",
     "settle": "example:\n  billing settle --until 2024-08-01T00:00:00+08:00 && billing wait",
@@ -600,8 +674,8 @@ EXAMPLES = {
     "rebill": "example:\n  billing rebill --from 2024-07-01T00:00:00+08:00 --to 2024-07-02T00:00:00+08:00 --catalog fixed.json --dry-run",
     "migrate": "example:\n  BILLING_CLICKHOUSE=http://billing:PASS@clickhouse:8123/billing billing migrate",
     "reasons": "example:\n  billing reasons --format csv",
-    "sql": "examples:\n  billing sql \"SELECT account_id, sum(amount) AS amount FROM monthly_bills GROUP BY account_id ORDER BY amount DESC\"\n"
-           "  billing sql --param acc=1001 --format csv < query.sql",
+    "sql": 'examples:\n  billing sql "SELECT account_id, sum(amount) AS amount FROM monthly_bills GROUP BY account_id ORDER BY amount DESC"\n'
+    "  billing sql --param acc=1001 --format csv < query.sql",
     "console": "example:\n  BILLING_CLICKHOUSE=https://billing:PASS@clickhouse:8443/billing BILLING_API_TOKEN=... billing console --host 0.0.0.0",
     "drained": "example:\n  billing drained --topic billing.input --timeout 600 && kubectl rollout restart deployment/billing-worker",
 }

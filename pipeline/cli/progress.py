@@ -21,8 +21,9 @@ SHOW_AFTER_S = 1.0
 class Progress:
     """`update(count)` as work goes on, `done()` at the end (also safe after a failure)."""
 
-    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None, every_s: float = 1.0,
-                 unit: str = "records") -> None:
+    def __init__(
+        self, label: str, total: int | None = None, stream: TextIO | None = None, every_s: float = 1.0, unit: str = "records"
+    ) -> None:
         self.label = label
         self.total = total
         self.unit = unit
@@ -91,12 +92,32 @@ class Progress:
 
     def _start_bar(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as Bar,
+        )
 
-        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[unit]}"), _rate_column(), TimeElapsedColumn(), TextColumn("ETA"),
-                        TimeRemainingColumn(), console=Console(file=self.stream), redirect_stderr=True, redirect_stdout=False)
+        self._bar = Bar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            _rate_column(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(file=self.stream),
+            redirect_stderr=True,
+            redirect_stdout=False,
+        )
         self._task = self._bar.add_task(self.label, total=self.total, completed=self.count, unit=self.unit)
         self._bar.start()
         atexit.register(self._stop_bar)  # an exception between update() and done() still restores the terminal
@@ -126,7 +147,6 @@ def _rate_column() -> Any:
     return RateColumn()
 
 
-
 class ConsumerProgress:
     """`billing wait`'s progress: the workers' consumer group's committed offsets moving towards
     the offsets the barrier got, in messages (a message holds up to 200 records). The offsets are
@@ -153,8 +173,9 @@ class ConsumerProgress:
         if self._start is None:
             self._start = committed
         total = sum(max(end - self._start.get(p, 0), 0) for p, end in self.ends.items())
-        done = sum(min(max(committed.get(p, 0) - self._start.get(p, 0), 0), max(end - self._start.get(p, 0), 0))
-                   for p, end in self.ends.items())
+        done = sum(
+            min(max(committed.get(p, 0) - self._start.get(p, 0), 0), max(end - self._start.get(p, 0), 0)) for p, end in self.ends.items()
+        )
         self.progress.update(done, total)
 
     def _committed(self) -> dict[int, int]:

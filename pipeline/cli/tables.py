@@ -22,8 +22,14 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?")
 WIDE = 100_000  # not a terminal (a pipe, a file): nothing is cut
 
 
-def emit(rows: list[dict[str, Any]], fmt: str, columns: Sequence[str] | None = None, out: TextIO | None = None,
-         width: int | None = None, optional: Sequence[str] = ()) -> None:
+def emit(
+    rows: list[dict[str, Any]],
+    fmt: str,
+    columns: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    width: int | None = None,
+    optional: Sequence[str] = (),
+) -> None:
     """`width`: the terminal's columns (default: asked of the terminal); a table to a pipe or a file
     is never cut. `optional`: columns the table may leave out, first to last, when it cannot fit
     (said on stderr); JSON and CSV always have every column."""
@@ -55,7 +61,7 @@ def shorten_id(value: str, width: int = ID_WIDTH) -> str:
     if len(value) <= width:
         return value
     head = (width - 1) // 2
-    return value[:head] + "…" + value[-(width - 1 - head):]
+    return value[:head] + "…" + value[-(width - 1 - head) :]
 
 
 def _is_id(column: str) -> bool:
@@ -66,15 +72,28 @@ def _numeric(column: str, cells: list[Any]) -> bool:
     if _is_id(column):
         return False
     values = [c for c in cells if c not in (None, "")]
-    return bool(values) and all(isinstance(c, (int, float, Decimal)) and not isinstance(c, bool)
-                                or isinstance(c, str) and _NUMBER.fullmatch(c) is not None for c in values)
+    return bool(values) and all(
+        isinstance(c, (int, float, Decimal)) and not isinstance(c, bool) or isinstance(c, str) and _NUMBER.fullmatch(c) is not None
+        for c in values
+    )
 
 
 # Short headers for the table view (JSON and CSV keep the field names).
-HEADERS = {"requests": "req", "input_tokens": "in_tok", "output_tokens": "out_tok", "free_tokens": "free_tok",
-           "billed_input_tokens": "billed_in", "billed_output_tokens": "billed_out", "quantity": "qty",
-           "old_amount": "old", "new_amount": "new", "voucher_part": "voucher", "debt_added": "debt+",
-           "balance_after": "balance", "debt_after": "debt"}
+HEADERS = {
+    "requests": "req",
+    "input_tokens": "in_tok",
+    "output_tokens": "out_tok",
+    "free_tokens": "free_tok",
+    "billed_input_tokens": "billed_in",
+    "billed_output_tokens": "billed_out",
+    "quantity": "qty",
+    "old_amount": "old",
+    "new_amount": "new",
+    "voucher_part": "voucher",
+    "debt_added": "debt+",
+    "balance_after": "balance",
+    "debt_after": "debt",
+}
 _TIME = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d)(:\d\d(\.\d+)?)?([+-]\d\d:\d\d|Z)")
 FLEX_MIN = 12  # free text shrinks to this before a column is hidden
 GAP = 2
@@ -100,8 +119,9 @@ def _compact_times(column: str, cells: list[str]) -> tuple[str, list[str]]:
 def _text_widths(prepared: list[tuple[str, str, list[str], str]], width: int) -> dict[str, int]:
     """Widths of the free-text columns: what the fixed ones leave, shared out (each at most its
     natural width and TEXT_WIDTH)."""
-    naturals = {name: min(max(len(header), *(len(c) for c in cells)), TEXT_WIDTH) for name, header, cells, kind in prepared
-                if kind == "text"}
+    naturals = {
+        name: min(max(len(header), *(len(c) for c in cells)), TEXT_WIDTH) for name, header, cells, kind in prepared if kind == "text"
+    }
     fixed = sum(max(len(header), *(len(c) for c in cells)) for _, header, cells, kind in prepared if kind != "text")
     left = width - fixed - GAP * (len(prepared) - 1)
     widths: dict[str, int] = {}
@@ -143,6 +163,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str], out: TextIO, width: i
         prepared.append((column, header, cells, kind))
     hidden: list[str] = []
     if tty and width:
+
         def least(entry: tuple[str, str, list[str], str]) -> int:
             natural = max(len(entry[1]), *(len(c) for c in entry[2]))
             return min(natural, FLEX_MIN) if entry[3] == "text" else natural
@@ -154,8 +175,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str], out: TextIO, width: i
                 prepared = [e for e in prepared if e[0] != name]
                 hidden.append(name)
     text_widths = _text_widths(prepared, width) if tty and width else {}
-    console = Console(file=out, width=width if tty else WIDE, highlight=False, emoji=False, markup=False,
-                      color_system="auto" if tty else None)
+    console = Console(
+        file=out, width=width if tty else WIDE, highlight=False, emoji=False, markup=False, color_system="auto" if tty else None
+    )
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold underline" if tty else "")
     for name, header, cells, kind in prepared:
         natural = max(len(header), *(len(c) for c in cells))

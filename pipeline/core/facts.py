@@ -12,7 +12,6 @@ from typing import NamedTuple, Sequence
 
 from pipeline.core.tuples import namedtuple_of
 
-
 BILLED = "billed"
 REJECTED = "rejected"
 DUPLICATE = "duplicate"
@@ -33,8 +32,18 @@ INVALID_API_KEY = "invalid_api_key"
 API_KEY_LIMIT = "api_key_limit"
 # BILLING_RULES §10, in precedence order: the first that applies is the one reported.
 REASONS = (
-    INVALID_SCHEMA, UNAUTHORIZED, OUT_OF_RANGE, CONFLICTING_DUPLICATE, UNKNOWN_MODEL, UNKNOWN_PLUGIN, NO_PRICE_IN_FORCE,
-    INPUT_LIMIT_EXCEEDED, CONTEXT_LIMIT_EXCEEDED, NOT_WHITELISTED, INVALID_API_KEY, API_KEY_LIMIT,
+    INVALID_SCHEMA,
+    UNAUTHORIZED,
+    OUT_OF_RANGE,
+    CONFLICTING_DUPLICATE,
+    UNKNOWN_MODEL,
+    UNKNOWN_PLUGIN,
+    NO_PRICE_IN_FORCE,
+    INPUT_LIMIT_EXCEEDED,
+    CONTEXT_LIMIT_EXCEEDED,
+    NOT_WHITELISTED,
+    INVALID_API_KEY,
+    API_KEY_LIMIT,
 )
 # Not a call the rule book rejects but a `billing rebill` that lost a race: a record the rebill did
 # not see changed one of its lines before the worker applied it; nothing of it is applied.
@@ -134,42 +143,80 @@ class Outcome:
 
 # Built by name (tests/unit/core/test_factories.py ties each builder to its fields): a swap of two
 # values of one type would still type-check positionally. Compiled callers call these directly.
-def new_rejection(*,
-    account_id: str, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str, seq:
-    int
+def new_rejection(
+    *, account_id: str, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str, seq: int
 ) -> Rejection:
     """A Rejection from its fields by name."""
     return namedtuple_of(Rejection, account_id, record_id, event_id, kind, reason, detail, ts_us, raw, seq)
 
 
-def new_priced_usage(*,
-    account_id: str, event_id: str, ts_us: int, hour_us: int, api_key_id: str, model: str, channel: str, input_tokens: int,
-    output_tokens: int, free_tokens: int, billed_input_tokens: int, billed_output_tokens: int, token_amount: Decimal,
-    plugin_amount: Decimal, plugins: tuple[tuple[str, int], ...], flags: tuple[str, ...], seq: int
+def new_priced_usage(
+    *,
+    account_id: str,
+    event_id: str,
+    ts_us: int,
+    hour_us: int,
+    api_key_id: str,
+    model: str,
+    channel: str,
+    input_tokens: int,
+    output_tokens: int,
+    free_tokens: int,
+    billed_input_tokens: int,
+    billed_output_tokens: int,
+    token_amount: Decimal,
+    plugin_amount: Decimal,
+    plugins: tuple[tuple[str, int], ...],
+    flags: tuple[str, ...],
+    seq: int,
 ) -> PricedUsage:
     """A PricedUsage from its fields by name."""
-    return namedtuple_of(PricedUsage, account_id, event_id, ts_us, hour_us, api_key_id, model, channel, input_tokens, output_tokens,
-            free_tokens, billed_input_tokens, billed_output_tokens, token_amount, plugin_amount, plugins, flags, seq)
+    return namedtuple_of(
+        PricedUsage,
+        account_id,
+        event_id,
+        ts_us,
+        hour_us,
+        api_key_id,
+        model,
+        channel,
+        input_tokens,
+        output_tokens,
+        free_tokens,
+        billed_input_tokens,
+        billed_output_tokens,
+        token_amount,
+        plugin_amount,
+        plugins,
+        flags,
+        seq,
+    )
 
 
-def new_violation(*,
-    account_id: str, event_id: str, ts_us: int, limit: str, window_start_us: int, observed: int, allowed: int, seq: int
+def new_violation(
+    *, account_id: str, event_id: str, ts_us: int, limit: str, window_start_us: int, observed: int, allowed: int, seq: int
 ) -> Violation:
     """A Violation from its fields by name."""
     return namedtuple_of(Violation, account_id, event_id, ts_us, limit, window_start_us, observed, allowed, seq)
 
 
-def new_settlement(*,
-    account_id: str, hour_us: int, kind: str, amount: Decimal, voucher_part: Decimal, cash_part: Decimal, debt_added:
-    Decimal, debt_after: Decimal, balance_after: Decimal, seq: int
+def new_settlement(
+    *,
+    account_id: str,
+    hour_us: int,
+    kind: str,
+    amount: Decimal,
+    voucher_part: Decimal,
+    cash_part: Decimal,
+    debt_added: Decimal,
+    debt_after: Decimal,
+    balance_after: Decimal,
+    seq: int,
 ) -> Settlement:
     """A Settlement from its fields by name."""
-    return namedtuple_of(Settlement, account_id, hour_us, kind, amount, voucher_part, cash_part, debt_added, debt_after,
-            balance_after, seq)
+    return namedtuple_of(Settlement, account_id, hour_us, kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, seq)
 
 
-def new_status_change(*,
-    account_id: str, status: str, debt: Decimal, cash_balance: Decimal, ts_us: int, seq: int
-) -> StatusChange:
+def new_status_change(*, account_id: str, status: str, debt: Decimal, cash_balance: Decimal, ts_us: int, seq: int) -> StatusChange:
     """A StatusChange from its fields by name."""
     return namedtuple_of(StatusChange, account_id, status, debt, cash_balance, ts_us, seq)

@@ -11,19 +11,31 @@ from typing import Any
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.column_ranges import count_problem, first_problem, money_problem
-from pipeline.core.keys import keys_not_revoked_by
 from pipeline.core.facts import (
-    API_KEY_LIMIT, APPLIED, BILLED, CONFLICTING_DUPLICATE, DUPLICATE, INVALID_API_KEY, OUT_OF_RANGE, REJECTED, STALE_REBILL,
-    Outcome, new_priced_usage, new_rejection, new_violation,
+    API_KEY_LIMIT,
+    APPLIED,
+    BILLED,
+    CONFLICTING_DUPLICATE,
+    DUPLICATE,
+    INVALID_API_KEY,
+    OUT_OF_RANGE,
+    REJECTED,
+    STALE_REBILL,
+    Outcome,
+    new_priced_usage,
+    new_rejection,
+    new_violation,
 )
+from pipeline.core.keys import keys_not_revoked_by
 from pipeline.core.pricing import MICRO, plugin_amount, token_amount
 from pipeline.core.quota import free_left, split_free
-from pipeline.core.settlement import close_hours, owe, recharge, reopen
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage
+from pipeline.core.settlement import close_hours, owe, recharge, reopen
 from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.core.timestamps import hour_start, parse_ts
 from pipeline.core.validation import usage_rejection
 from pipeline.core.windows import WindowKey, violated, window_keys
+
 
 def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     state.seq += 1
@@ -63,9 +75,20 @@ def _event_id(record: Record) -> str:
     return record.event_id if isinstance(record, Usage) else ""
 
 
-def _reject(state: AccountState, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str) -> Outcome:
-    rejection = new_rejection(account_id=state.account_id, record_id=record_id, event_id=event_id, kind=kind, reason=reason,
-                              detail=detail, ts_us=ts_us, raw=raw, seq=state.seq)
+def _reject(
+    state: AccountState, record_id: str, event_id: str, kind: str, reason: str, detail: str, ts_us: int | None, raw: str
+) -> Outcome:
+    rejection = new_rejection(
+        account_id=state.account_id,
+        record_id=record_id,
+        event_id=event_id,
+        kind=kind,
+        reason=reason,
+        detail=detail,
+        ts_us=ts_us,
+        raw=raw,
+        seq=state.seq,
+    )
     return Outcome(REJECTED, rejection=rejection)
 
 
@@ -110,10 +133,23 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     if billable:
         flags = _count_in_windows(state, outcome, usage, catalog)
     outcome.priced = new_priced_usage(
-        account_id=state.account_id, event_id=usage.event_id, ts_us=usage.ts_us, hour_us=hour, api_key_id=usage.api_key_id,
-        model=usage.model, channel=usage.channel, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-        free_tokens=free_tokens, billed_input_tokens=billed_in, billed_output_tokens=billed_out, token_amount=amount,
-        plugin_amount=plugins_total, plugins=usage.plugins, flags=flags, seq=state.seq,
+        account_id=state.account_id,
+        event_id=usage.event_id,
+        ts_us=usage.ts_us,
+        hour_us=hour,
+        api_key_id=usage.api_key_id,
+        model=usage.model,
+        channel=usage.channel,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        free_tokens=free_tokens,
+        billed_input_tokens=billed_in,
+        billed_output_tokens=billed_out,
+        token_amount=amount,
+        plugin_amount=plugins_total,
+        plugins=usage.plugins,
+        flags=flags,
+        seq=state.seq,
     )
     return outcome
 
@@ -124,22 +160,27 @@ def _exposure(state: AccountState) -> Decimal:
     return abs(state.cash_balance) + state.debt + sum((abs(v) for v in state.open_hours.values()), ZERO)
 
 
-def _usage_out_of_range(state: AccountState, usage: Usage, hour: int, amount: Decimal, charges: list[tuple[str, int, Decimal]],
-                        total: Decimal) -> str | None:
+def _usage_out_of_range(
+    state: AccountState, usage: Usage, hour: int, amount: Decimal, charges: list[tuple[str, int, Decimal]], total: Decimal
+) -> str | None:
     """The first derived value of this call its column cannot hold (column_ranges), or None. Rate
     windows need no check: a call has at most 2e9 tokens, so a minute would need 9e9 calls."""
     line = state.lines.get((hour, usage.api_key_id, usage.model))
     problems: list[str | None] = []
     if line is not None:
-        problems += [money_problem("the bill line's amount", line.amount + amount),
-                     count_problem("the bill line's requests", line.requests + 1),
-                     count_problem("the bill line's input tokens", line.input_tokens + usage.input_tokens),
-                     count_problem("the bill line's output tokens", line.output_tokens + usage.output_tokens)]
+        problems += [
+            money_problem("the bill line's amount", line.amount + amount),
+            count_problem("the bill line's requests", line.requests + 1),
+            count_problem("the bill line's input tokens", line.input_tokens + usage.input_tokens),
+            count_problem("the bill line's output tokens", line.output_tokens + usage.output_tokens),
+        ]
     for name, units, charge in charges:
         pline = state.lines.get((hour, usage.api_key_id, f"plugin:{name}"))
         if pline is not None:
-            problems += [money_problem(f"the plugin:{name} line's amount", pline.amount + charge),
-                         count_problem(f"the plugin:{name} line's quantity", pline.quantity + units)]
+            problems += [
+                money_problem(f"the plugin:{name} line's amount", pline.amount + charge),
+                count_problem(f"the plugin:{name} line's quantity", pline.quantity + units),
+            ]
     problems.append(money_problem("the account's balances and debt", _exposure(state) + abs(total)))
     return first_problem(problems)
 
@@ -211,9 +252,11 @@ def _stale_line(state: AccountState, lines: list[dict[str, Any]]) -> str | None:
         key = _spec_key(spec)
         current = state.lines[key].revision if key in state.lines else 0
         if current != spec["base_revision"]:
-            return (f"line {spec['hour']} {spec['api_key_id']} {spec['item']} changed after the rebill read it (revision "
-                    f"{spec['base_revision']} then, {current} now); nothing of this rebill was applied to the account: "
-                    "run the same `billing rebill` again")
+            return (
+                f"line {spec['hour']} {spec['api_key_id']} {spec['item']} changed after the rebill read it (revision "
+                f"{spec['base_revision']} then, {current} now); nothing of this rebill was applied to the account: "
+                "run the same `billing rebill` again"
+            )
     return None
 
 
@@ -235,8 +278,18 @@ def _count_in_windows(state: AccountState, outcome: Outcome, usage: Usage, catal
             start, observed, allowed = minute_key[1], minute.requests, limits.qpm
         else:
             start, observed, allowed = minute_key[1], minute.tokens, limits.tpm
-        violations.append(new_violation(account_id=state.account_id, event_id=usage.event_id, ts_us=usage.ts_us, limit=flag,
-                                        window_start_us=start, observed=observed, allowed=allowed, seq=state.seq))
+        violations.append(
+            new_violation(
+                account_id=state.account_id,
+                event_id=usage.event_id,
+                ts_us=usage.ts_us,
+                limit=flag,
+                window_start_us=start,
+                observed=observed,
+                allowed=allowed,
+                seq=state.seq,
+            )
+        )
     outcome.violations = violations
     return flags
 

@@ -93,24 +93,52 @@ Record = Usage | AccountRecord | Invalid
 
 
 # Records built by name (tests/unit/core/test_factories.py ties each builder to its fields).
-def new_usage(*,
-    account_id: str, ts_us: int, identity: str, digest: str, raw: str, event_id: str, api_key_id: str, model: str,
-    input_tokens: int, output_tokens: int, channel: str, plugins: tuple[tuple[str, int], ...], identity_hash: int, kind: str
+def new_usage(
+    *,
+    account_id: str,
+    ts_us: int,
+    identity: str,
+    digest: str,
+    raw: str,
+    event_id: str,
+    api_key_id: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    channel: str,
+    plugins: tuple[tuple[str, int], ...],
+    identity_hash: int,
+    kind: str,
 ) -> Usage:
     """A Usage from its fields by name, every field given."""
-    return namedtuple_of(Usage, account_id, ts_us, identity, digest, raw, event_id, api_key_id, model, input_tokens, output_tokens,
-            channel, plugins, identity_hash, kind)
+    return namedtuple_of(
+        Usage,
+        account_id,
+        ts_us,
+        identity,
+        digest,
+        raw,
+        event_id,
+        api_key_id,
+        model,
+        input_tokens,
+        output_tokens,
+        channel,
+        plugins,
+        identity_hash,
+        kind,
+    )
 
 
-def new_account_record(*,
-    kind: str, account_id: str, ts_us: int, identity: str, digest: str, raw: str, fields: dict[str, Any], identity_hash: int
+def new_account_record(
+    *, kind: str, account_id: str, ts_us: int, identity: str, digest: str, raw: str, fields: dict[str, Any], identity_hash: int
 ) -> AccountRecord:
     """An AccountRecord from its fields by name, every field given."""
     return namedtuple_of(AccountRecord, kind, account_id, ts_us, identity, digest, raw, fields, identity_hash)
 
 
-def new_invalid(*,
-    account_id: str, identity: str, raw: str, detail: str, event_id: str, ts_us: int | None, kind: str, reason: str
+def new_invalid(
+    *, account_id: str, identity: str, raw: str, detail: str, event_id: str, ts_us: int | None, kind: str, reason: str
 ) -> Invalid:
     """An Invalid from its fields by name, every field given."""
     return namedtuple_of(Invalid, account_id, identity, raw, detail, event_id, ts_us, kind, reason)
@@ -173,7 +201,9 @@ def parse_record(raw: bytes | None, key_account: str = "", control_key: bytes | 
     `trust_control`: a replay of the raw archive, where a control record archived under its own
     type was authenticated when it arrived (a forged one was archived as invalid)."""
     if raw is None:  # its own identity: an empty value is another mistake
-        return _invalid(b"", "", key_account, "a message with a null value (a tombstone) is not a record")._replace(identity="raw:tombstone")
+        return _invalid(b"", "", key_account, "a message with a null value (a tombstone) is not a record")._replace(
+            identity="raw:tombstone"
+        )
     text = raw.decode("utf-8", errors="replace")
     if len(raw) > MAX_RECORD_BYTES:
         return _invalid(raw, text, key_account, f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES} limit")
@@ -189,8 +219,9 @@ def parse_record(raw: bytes | None, key_account: str = "", control_key: bytes | 
     return parse_body(body, raw, text, key_account, control_key, trust_control)
 
 
-def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "", control_key: bytes | None = None,
-               trust_control: bool = False) -> Record:
+def parse_body(
+    body: dict[str, Any], raw: bytes, text: str, key_account: str = "", control_key: bytes | None = None, trust_control: bool = False
+) -> Record:
     kind = body.get("type", USAGE)
     account: str = _text(body, "account_id", key_account)
     event_id: str = _text(body, "event_id", "")
@@ -223,8 +254,16 @@ def parse_body(body: dict[str, Any], raw: bytes, text: str, key_account: str = "
     digest = canonical_digest(normal)
     fields = {k: v for k, v in body.items() if k not in ("type", "account_id", "timestamp")}
     identity = f"#{kind}:{digest}"  # '#': never an event_id
-    return new_account_record(kind=kind, account_id=account, ts_us=ts_us, identity=identity, digest=digest, raw=text, fields=fields,
-                              identity_hash=record_hash(identity))
+    return new_account_record(
+        kind=kind,
+        account_id=account,
+        ts_us=ts_us,
+        identity=identity,
+        digest=digest,
+        raw=text,
+        fields=fields,
+        identity_hash=record_hash(identity),
+    )
 
 
 def _text(body: dict[str, Any], name: str, otherwise: str) -> str:
@@ -264,9 +303,22 @@ def _usage(call: Any, ts_us: int, text: str) -> Usage:
     plugins: dict[str, int] = {} if call.plugins is usage_decoder.UNSET else {name: n for name, n in call.plugins.items() if n}
     digest = _digest(usage_decoder.canonical(call, channel, plugins, canonical_ts(call.timestamp, ts_us)))
     event_id: str = call.event_id
-    return new_usage(account_id=call.account_id, ts_us=ts_us, identity=event_id, digest=digest, raw=text, event_id=event_id,
-                     api_key_id=call.api_key_id, model=call.model, input_tokens=call.input_tokens, output_tokens=call.output_tokens,
-                     channel=channel, plugins=tuple(sorted(plugins.items())), identity_hash=record_hash(event_id), kind=USAGE)
+    return new_usage(
+        account_id=call.account_id,
+        ts_us=ts_us,
+        identity=event_id,
+        digest=digest,
+        raw=text,
+        event_id=event_id,
+        api_key_id=call.api_key_id,
+        model=call.model,
+        input_tokens=call.input_tokens,
+        output_tokens=call.output_tokens,
+        channel=channel,
+        plugins=tuple(sorted(plugins.items())),
+        identity_hash=record_hash(event_id),
+        kind=USAGE,
+    )
 
 
 def _in_range(ts_us: int, text: str) -> int:
@@ -296,11 +348,14 @@ def _whole(value: Any) -> Any:
 
 def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "", reason: str = INVALID_SCHEMA) -> Invalid:
     identity = "raw:" + _digest(raw)
-    return new_invalid(account_id=account or "", identity=identity, raw=text, detail=detail, event_id=event_id, ts_us=None,
-                       kind="invalid", reason=reason)
+    return new_invalid(
+        account_id=account or "", identity=identity, raw=text, detail=detail, event_id=event_id, ts_us=None, kind="invalid", reason=reason
+    )
 
 
 def _unauthorized(raw: bytes, text: str, account: str, kind: str) -> Invalid:
-    detail = (f"{kind} is a control record: only the pipeline's own tools write it, signed with the control key "
-              "(BILLING_CONTROL_KEY); this one has no valid signature")
+    detail = (
+        f"{kind} is a control record: only the pipeline's own tools write it, signed with the control key "
+        "(BILLING_CONTROL_KEY); this one has no valid signature"
+    )
     return _invalid(raw, text, account, detail, reason=UNAUTHORIZED)

@@ -101,9 +101,16 @@ def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[Sequence[
             state.last_settled_hour = hour
         settlements.append(
             new_settlement(
-                account_id=state.account_id, hour_us=hour, kind="adjustment" if adjustment else "regular", amount=amount,
-                voucher_part=voucher_part, cash_part=cash_part, debt_added=debt_added, debt_after=state.debt,
-                balance_after=state.cash_balance, seq=seq,
+                account_id=state.account_id,
+                hour_us=hour,
+                kind="adjustment" if adjustment else "regular",
+                amount=amount,
+                voucher_part=voucher_part,
+                cash_part=cash_part,
+                debt_added=debt_added,
+                debt_after=state.debt,
+                balance_after=state.cash_balance,
+                seq=seq,
             )
         )
     return settlements, _status_change(state, before, seq)
@@ -122,8 +129,11 @@ def _status_change(state: AccountState, before: str, seq: int) -> list[StatusCha
     after = status_of(state)
     if after == before:
         return []
-    return [new_status_change(account_id=state.account_id, status=after, debt=state.debt, cash_balance=state.cash_balance,
-                              ts_us=state.max_ts_us, seq=seq)]
+    return [
+        new_status_change(
+            account_id=state.account_id, status=after, debt=state.debt, cash_balance=state.cash_balance, ts_us=state.max_ts_us, seq=seq
+        )
+    ]
 
 
 def grace_us(minutes: int) -> int:

@@ -49,9 +49,18 @@ class Line:
     amount: Decimal
     revision: int
 
-    def __init__(self, requests: int = 0, input_tokens: int = 0, output_tokens: int = 0, free_tokens: int = 0,
-                 billed_input_tokens: int = 0, billed_output_tokens: int = 0, quantity: int = 0, amount: Decimal = ZERO,
-                 revision: int = 0) -> None:
+    def __init__(
+        self,
+        requests: int = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        free_tokens: int = 0,
+        billed_input_tokens: int = 0,
+        billed_output_tokens: int = 0,
+        quantity: int = 0,
+        amount: Decimal = ZERO,
+        revision: int = 0,
+    ) -> None:
         self.requests = requests
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens

@@ -59,8 +59,9 @@ def _leap_second(text: str, at_59: str) -> int:
     start_of_59 -= start_of_59 % US_PER_SECOND
     end = start_of_59 + US_PER_SECOND
     if end % US_PER_DAY:
-        raise TimestampError(f"timestamp {text!r} has second 60 outside the last minute of a UTC day "
-                             "(RFC 3339 allows a leap second only at 23:59:60Z)")
+        raise TimestampError(
+            f"timestamp {text!r} has second 60 outside the last minute of a UTC day (RFC 3339 allows a leap second only at 23:59:60Z)"
+        )
     return end - 1
 
 
@@ -74,7 +75,12 @@ def quick_us(text: str) -> int:
         return -1
     year, month, day = _digits(text, 0, 4), _digits(text, 5, 2), _digits(text, 8, 2)
     hour, minute, second = _digits(text, 11, 2), _digits(text, 14, 2), _digits(text, 17, 2)
-    if year < 1 or not 1 <= month <= 12 or not 1 <= day <= _month_days(year, month) or not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 60):
+    if (
+        year < 1
+        or not 1 <= month <= 12
+        or not 1 <= day <= _month_days(year, month)
+        or not (0 <= hour <= 23 and 0 <= minute <= 59 and 0 <= second <= 60)
+    ):
         return -1
     end, micros = 19, 0
     if text[19] == ".":
@@ -171,8 +177,12 @@ def canonical_ts(text: str, us: int) -> str:
     That is how most producers already write (`2024-06-06T20:00:44.240+08:00`), so such a text is
     returned as it is, unformatted, and such records keep the digest they had before."""
     size = len(text)
-    if (text.endswith("+08:00") and text[10] == "T" and text[17] != "6"
-            and (size == 25 or (size == 29 and text[20:23] != "000") or (size == 32 and text[23:26] != "000"))):
+    if (
+        text.endswith("+08:00")
+        and text[10] == "T"
+        and text[17] != "6"
+        and (size == 25 or (size == 29 and text[20:23] != "000") or (size == 32 and text[23:26] != "000"))
+    ):
         return text
     spelled = format_ts(us)  # seconds, or six fraction digits
     return spelled[:23] + spelled[26:] if len(spelled) == 32 and spelled[23:26] == "000" else spelled

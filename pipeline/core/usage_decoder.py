@@ -79,8 +79,14 @@ def field_type(name: str, schema: dict[str, Any]) -> Any:
 def _string(name: str, schema: dict[str, Any]) -> Any:
     _only(name, schema, _STRING)
     pattern = schema.get("pattern")
-    return Annotated[str, _meta(min_length=schema.get("minLength"), max_length=schema.get("maxLength"),
-                                pattern=python_pattern(pattern) if pattern is not None else None)]
+    return Annotated[
+        str,
+        _meta(
+            min_length=schema.get("minLength"),
+            max_length=schema.get("maxLength"),
+            pattern=python_pattern(pattern) if pattern is not None else None,
+        ),
+    ]
 
 
 def _map(name: str, schema: dict[str, Any]) -> Any:

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from pipeline.core.catalog import Catalog, ModelSpec
 from pipeline.core.facts import (
-    CONTEXT_LIMIT_EXCEEDED, INPUT_LIMIT_EXCEEDED, INVALID_API_KEY, NO_PRICE_IN_FORCE, NOT_WHITELISTED, UNKNOWN_MODEL, UNKNOWN_PLUGIN,
+    CONTEXT_LIMIT_EXCEEDED,
+    INPUT_LIMIT_EXCEEDED,
+    INVALID_API_KEY,
+    NO_PRICE_IN_FORCE,
+    NOT_WHITELISTED,
+    UNKNOWN_MODEL,
+    UNKNOWN_PLUGIN,
 )
 from pipeline.core.keys import key_valid_for_call
 from pipeline.core.records import Usage

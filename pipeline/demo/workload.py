@@ -225,7 +225,11 @@ class _Generator:
 
     def limits(self, acct: _Account, ms: int) -> None:
         rng = self.rng
-        options = {"qps": rng.choice((2, 5, 10, 20)), "qpm": rng.choice((120, 300, 600, 1200)), "tpm": rng.choice((10_000, 100_000, 300_000, 1_000_000))}
+        options = {
+            "qps": rng.choice((2, 5, 10, 20)),
+            "qpm": rng.choice((120, 300, 600, 1200)),
+            "tpm": rng.choice((10_000, 100_000, 300_000, 1_000_000)),
+        }
         chosen = {k: v for k, v in options.items() if rng.random() < 0.7} or {"tpm": options["tpm"]}
         self.emit_account(self.account_record(acct, "limits.set", ms, **chosen))
 
@@ -600,8 +604,7 @@ class _SettlementGenerator:
         self.start_ms = _ms(SETTLEMENT_START)
         self.span_ms = SETTLEMENT_HOURS * MS_HOUR
         self.accounts = [
-            _SAccount(idx=i, account_id=str(rng.randrange(10**15, 10**16)), role=_ROLES[i % len(_ROLES)])
-            for i in range(max(1, accounts))
+            _SAccount(idx=i, account_id=str(rng.randrange(10**15, 10**16)), role=_ROLES[i % len(_ROLES)]) for i in range(max(1, accounts))
         ]
         for acct in self.accounts:
             if acct.role == "free_console":
@@ -649,8 +652,9 @@ class _SettlementGenerator:
                 acct.keys.append(key)
                 self.emit(self.account_record(acct, "api_key.created", ms, api_key_id=key))
                 ms = self.stamp(acct, ms)
-            cash = {"rich": "2000", "recover": "2", "long_arrears": "1", "vouchers": "15",
-                    "free_console": "10", "late": "200.00"}[acct.role]
+            cash = {"rich": "2000", "recover": "2", "long_arrears": "1", "vouchers": "15", "free_console": "10", "late": "200.00"}[
+                acct.role
+            ]
             self.emit(self.account_record(acct, "credit.recharge", ms, amount=cash))
             vouchers: list[tuple[str, str, int | None]] = []  # (tag, amount, expires_ms)
             if acct.role == "rich":
@@ -701,8 +705,11 @@ class _SettlementGenerator:
         if action.startswith("recharge:"):
             self.emit(self.account_record(acct, "credit.recharge", ms, amount=action.split(":", 1)[1]))
         elif action == "voucher_day":
-            self.emit(self.account_record(acct, "credit.voucher", ms, voucher_id=self.voucher_id(acct, "day"),
-                                          amount="30", expires_at=_ts(ms + 24 * MS_HOUR)))
+            self.emit(
+                self.account_record(
+                    acct, "credit.voucher", ms, voucher_id=self.voucher_id(acct, "day"), amount="30", expires_at=_ts(ms + 24 * MS_HOUR)
+                )
+            )
         elif action == "voucher_late":
             self.emit(self.account_record(acct, "credit.voucher", ms, voucher_id=self.voucher_id(acct, "m"), amount="8"))
         elif action == "voucher_regrant":

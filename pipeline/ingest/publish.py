@@ -167,9 +167,18 @@ def origin_headers(number: int, source: str, size: int | None = None) -> Headers
     return headers
 
 
-def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, total: int | None = None, quiet: bool = False,
-                  source: str = "-", timeout_s: float = DEFAULT_TIMEOUT_S, producer_config: dict[str, Any] | None = None,
-                  progress: Progress | None = None, client_kwargs: dict[str, Any] | None = None) -> PublishReport:
+def publish_lines(
+    lines: Iterable[bytes | None],
+    bootstrap: str,
+    topic: str,
+    total: int | None = None,
+    quiet: bool = False,
+    source: str = "-",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    producer_config: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+    client_kwargs: dict[str, Any] | None = None,
+) -> PublishReport:
     """Publish every line; never raises for a record Kafka does not take (the report counts it).
     Printing progress cannot stop it (Progress swallows a closed stream)."""
     report = PublishReport()
@@ -234,7 +243,7 @@ def publish_lines(lines: Iterable[bytes | None], bootstrap: str, topic: str, tot
             else:  # alone, with where it came from; cut to one byte over the limit if longer
                 report.bad_lines.append((number, reason))
                 size = len(line) if len(line) > MAX_RECORD_BYTES else None
-                batcher.add_alone(key, line[:MAX_RECORD_BYTES + 1], number, origin_headers(number, source, size))
+                batcher.add_alone(key, line[: MAX_RECORD_BYTES + 1], number, origin_headers(number, source, size))
                 report.sent["invalid"] += 1
             if not quiet:
                 progress.update(report.total)
@@ -264,12 +273,18 @@ def tell(report: PublishReport, out: TextIO | None, err: TextIO | None) -> int:
     if len(report.bad_lines) > 20:
         write_or_drop(err, f"billing: ... and {len(report.bad_lines) - 20} more such lines\n")
     if report.bad_lines:
-        write_or_drop(err, f"billing: {len(report.bad_lines)} lines are not records; `billing rejected` lists them "
-                           "(invalid_schema, the detail names the line)\n")
+        write_or_drop(
+            err,
+            f"billing: {len(report.bad_lines)} lines are not records; `billing rejected` lists them "
+            "(invalid_schema, the detail names the line)\n",
+        )
     if report.unsent:
-        write_or_drop(err, f"billing: {report.unsent} of {read} records were NOT sent: Kafka did not acknowledge them "
-                           f"({report.failures[0]}); publish again from line {report.resume_line} "
-                           "(records already sent are recognised as duplicates)\n")
+        write_or_drop(
+            err,
+            f"billing: {report.unsent} of {read} records were NOT sent: Kafka did not acknowledge them "
+            f"({report.failures[0]}); publish again from line {report.resume_line} "
+            "(records already sent are recognised as duplicates)\n",
+        )
         return 1
     return 0
 

@@ -50,8 +50,13 @@ def ensure_all(settings: Settings, bootstrap: str) -> list[str]:
         # the output topics keep the count they were created with (a grown input topic is a new
         # topic, docs/cluster-operations.md): only a missing one is created, with the input's count
         missing = set(wanted) - _existing(bootstrap, kwargs) | {settings.input_topic}
-        ensure_topics(bootstrap, {name: settings.partitions for name in wanted if name in missing},
-                      {name: wanted[name] for name in missing}, replication=settings.topic_replication or -1, admin_kwargs=kwargs)
+        ensure_topics(
+            bootstrap,
+            {name: settings.partitions for name in wanted if name in missing},
+            {name: wanted[name] for name in missing},
+            replication=settings.topic_replication or -1,
+            admin_kwargs=kwargs,
+        )
     verify(settings, bootstrap, wanted, kwargs)
     return list(wanted)
 
@@ -89,8 +94,9 @@ def weaker(name: str, required: Mapping[str, str], actual: Mapping[str, str], re
     return problems
 
 
-def verify(settings: Settings, bootstrap: str, wanted: Mapping[str, Mapping[str, str]] | None = None,
-           admin_kwargs: Mapping[str, Any] | None = None) -> None:
+def verify(
+    settings: Settings, bootstrap: str, wanted: Mapping[str, Mapping[str, str]] | None = None, admin_kwargs: Mapping[str, Any] | None = None
+) -> None:
     """Every topic exists with the configured partition count; with durability required, replicated
     enough and configured at least as strongly. Raises WeakTopic naming every problem."""
     from kafka import KafkaAdminClient
@@ -103,19 +109,21 @@ def verify(settings: Settings, bootstrap: str, wanted: Mapping[str, Mapping[str,
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
     try:
         described = {t["name"]: t for t in admin.describe_topics(list(wanted)) if not t.get("error_code")}
-        problems = [f"{name}: does not exist (run the topics step: deploy/k8s/create-topics.sh)"
-                    for name in wanted if name not in described]
+        problems = [
+            f"{name}: does not exist (run the topics step: deploy/k8s/create-topics.sh)" for name in wanted if name not in described
+        ]
         topic = described.get(settings.input_topic)
         if topic is not None and len(topic.get("partitions") or []) != settings.partitions:
-            problems.append(f"{settings.input_topic}: has {len(topic.get('partitions') or [])} partitions, expected "
-                            f"{settings.partitions} (BILLING_PARTITIONS); never add partitions to it: grow with a new topic "
-                            "(docs/cluster-operations.md)")
+            problems.append(
+                f"{settings.input_topic}: has {len(topic.get('partitions') or [])} partitions, expected "
+                f"{settings.partitions} (BILLING_PARTITIONS); never add partitions to it: grow with a new topic "
+                "(docs/cluster-operations.md)"
+            )
         durable = settings.topic_replication > 0 or settings.topic_min_insync > 0
         if durable and described:
             configs = _configs(admin, ConfigResource, ConfigResourceType, list(described))
             for name, topic in described.items():
-                replicas = min((len(p.get("replicas") or p.get("replica_nodes") or []) for p in topic.get("partitions") or []),
-                               default=0)
+                replicas = min((len(p.get("replicas") or p.get("replica_nodes") or []) for p in topic.get("partitions") or []), default=0)
                 problems += weaker(name, wanted[name], configs.get(name, {}), replicas, settings)
         if problems:
             raise WeakTopic("topics are missing or weaker than required: " + "; ".join(problems))

@@ -61,7 +61,7 @@ class Access:
 def _given_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        return header[len("Bearer "):].strip()
+        return header[len("Bearer ") :].strip()
     return request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
 
 
@@ -75,21 +75,31 @@ def auth_middleware(access: Access) -> Any:
         allowed = access.may_read(given) if reading else access.may_write(given)
         if not allowed:
             needed = "the API token (BILLING_API_TOKEN)" if reading else "the operator token"
-            return web.json_response({"error": f"unauthorized: {request.method} {request.path} needs {needed} as "
-                                               "'Authorization: Bearer <token>'"}, status=401)
+            return web.json_response(
+                {"error": f"unauthorized: {request.method} {request.path} needs {needed} as 'Authorization: Bearer <token>'"}, status=401
+            )
         response = await handler(request)
         if request.query.get("token") and given == request.query.get("token"):  # a browser keeps it for the next pages
             response.set_cookie(TOKEN_COOKIE, given, httponly=True, samesite="Strict")
         return response
 
     return auth
+
+
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]], on_db: OnDb,
-              metrics: Callable[[], str] | None = None, access: Access | None = None,
-              ready: Callable[[], str | None] | None = None) -> web.Application:
+def build_app(
+    client_of: Callable[[], Any],
+    free_quota: int,
+    health: Callable[[], dict[str, Any]],
+    on_db: OnDb,
+    metrics: Callable[[], str] | None = None,
+    access: Access | None = None,
+    ready: Callable[[], str | None] | None = None,
+) -> web.Application:
     """`ready`: why the worker should get no traffic (e.g. a batch failing again and again), or None."""
+
     def arg(request: web.Request, name: str) -> str | None:
         value = request.query.get(name)
         if name == "account":
@@ -118,7 +128,9 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
 
     async def rebill_accounts(request: web.Request) -> web.Response:
         body = await request.json()
-        return web.json_response(await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], account_arg(body.get("account"))))
+        return web.json_response(
+            await on_db(queries.rebill_accounts, client_of(), body["from"], body["to"], account_arg(body.get("account")))
+        )
 
     async def rebill_plan(request: web.Request) -> web.Response:
         body = await request.json()
@@ -144,8 +156,14 @@ def build_app(client_of: Callable[[], Any], free_quota: int, health: Callable[[]
         params = body.get("params") or {}
         if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
             raise ValueError('"params" must map names to strings')
-        result = await on_db(sqlquery.run_sql, client_of(), body["sql"], body.get("max_rows", sqlquery.DEFAULT_MAX_ROWS),
-                             body.get("timeout_s", sqlquery.DEFAULT_TIMEOUT_S), params)
+        result = await on_db(
+            sqlquery.run_sql,
+            client_of(),
+            body["sql"],
+            body.get("max_rows", sqlquery.DEFAULT_MAX_ROWS),
+            body.get("timeout_s", sqlquery.DEFAULT_TIMEOUT_S),
+            params,
+        )
         return web.json_response(result)
 
     async def healthz(request: web.Request) -> web.Response:

@@ -46,12 +46,15 @@ class _Partitions(Collector):
         self._rows = rows
 
     def collect(self) -> Iterator[Metric]:
-        offset = GaugeMetricFamily("billing_partition_offset", "Last input offset processed and written, per partition.",
-                                   labels=["partition"])
-        committed = GaugeMetricFamily("billing_partition_committed_offset", "Last offset committed to Kafka, per partition.",
-                                      labels=["partition"])
-        lag = GaugeMetricFamily("billing_partition_lag", "Records between the broker's high watermark and the processed offset.",
-                                labels=["partition"])
+        offset = GaugeMetricFamily(
+            "billing_partition_offset", "Last input offset processed and written, per partition.", labels=["partition"]
+        )
+        committed = GaugeMetricFamily(
+            "billing_partition_committed_offset", "Last offset committed to Kafka, per partition.", labels=["partition"]
+        )
+        lag = GaugeMetricFamily(
+            "billing_partition_lag", "Records between the broker's high watermark and the processed offset.", labels=["partition"]
+        )
         for partition, last, commit, highwater in self._rows():
             label = [str(partition)]
             offset.add_metric(label, last)
@@ -70,39 +73,71 @@ class _Partitions(Collector):
 class WorkerMetrics:
     """Everything /metrics shows for one worker. Thread-safe (prometheus_client's metrics are)."""
 
-    def __init__(self, partitions: Callable[[], Iterable[PartitionRow]] = lambda: (), registry: CollectorRegistry | None = None,
-                 process: bool = True) -> None:
+    def __init__(
+        self, partitions: Callable[[], Iterable[PartitionRow]] = lambda: (), registry: CollectorRegistry | None = None, process: bool = True
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if process:  # CPU seconds, resident memory, open fds, start time; Python version
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
-        self.records = Counter("billing_records", "Input records by the outcome of the fold; each record once, however often "
-                               "it is delivered.", ["status"], registry=r)
+        self.records = Counter(
+            "billing_records",
+            "Input records by the outcome of the fold; each record once, however often it is delivered.",
+            ["status"],
+            registry=r,
+        )
         for status in STATUSES:
             self.records.labels(status)
-        self.rejected = Counter("billing_rejected", "Rejected records by reason (BILLING_RULES §10); a record rejected again "
-                                "when sent again is not counted again.", ["reason"], registry=r)
-        self.redeliveries = Counter("billing_redeliveries_skipped", "Records skipped because the account had applied them "
-                                    "already (a redelivery after a restart or rebalance).", registry=r)
+        self.rejected = Counter(
+            "billing_rejected",
+            "Rejected records by reason (BILLING_RULES §10); a record rejected again when sent again is not counted again.",
+            ["reason"],
+            registry=r,
+        )
+        self.redeliveries = Counter(
+            "billing_redeliveries_skipped",
+            "Records skipped because the account had applied them already (a redelivery after a restart or rebalance).",
+            registry=r,
+        )
         self.batches = Counter("billing_batches", "Batches written to ClickHouse and acknowledged.", registry=r)
-        self.poisoned = Counter("billing_poisoned_messages", "Messages ClickHouse refused to write even alone; their records "
-                                "were rejected as out_of_range so that billing went on (docs/security.md).", registry=r)
-        self.batch_failures = Counter("billing_batch_failures", "Batch attempts that failed (ClickHouse down, disk full) "
-                                      "and were retried.", registry=r)
-        self.consecutive_failures = Gauge("billing_batch_consecutive_failures", "Failed attempts in a row of the batch being "
-                                          "processed now; 0 once it is written.", registry=r)
-        self.batch_seconds = Histogram("billing_sink_batch_seconds", "Seconds to fold and write one batch (retries included).",
-                                       buckets=BATCH_BUCKETS, registry=r)
-        self.write_seconds = Histogram("billing_write_seconds", "Seconds a batch waited for ClickHouse writes (the folding "
-                                       "thread's waits plus its last write).", buckets=BATCH_BUCKETS, registry=r)
-        self.write_wait = Counter("billing_write_wait_seconds", "Time the worker waited for ClickHouse to finish writing a unit "
-                                  "before the next could read. A large share of the batch seconds means ClickHouse, not the "
-                                  "worker, limits throughput.", registry=r)
-        self.latency = Histogram("billing_publish_to_queryable_seconds", "Per input message: from its Kafka timestamp to the "
-                                 "moment its batch is in ClickHouse (queryable).", buckets=LATENCY_BUCKETS, registry=r)
-        self.last_batch = Gauge("billing_last_batch_timestamp_seconds", "Unix time the latest batch was written (0: none yet).",
-                                registry=r)
+        self.poisoned = Counter(
+            "billing_poisoned_messages",
+            "Messages ClickHouse refused to write even alone; their records "
+            "were rejected as out_of_range so that billing went on (docs/security.md).",
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "billing_batch_failures", "Batch attempts that failed (ClickHouse down, disk full) and were retried.", registry=r
+        )
+        self.consecutive_failures = Gauge(
+            "billing_batch_consecutive_failures",
+            "Failed attempts in a row of the batch being processed now; 0 once it is written.",
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "billing_sink_batch_seconds", "Seconds to fold and write one batch (retries included).", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.write_seconds = Histogram(
+            "billing_write_seconds",
+            "Seconds a batch waited for ClickHouse writes (the folding thread's waits plus its last write).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.write_wait = Counter(
+            "billing_write_wait_seconds",
+            "Time the worker waited for ClickHouse to finish writing a unit "
+            "before the next could read. A large share of the batch seconds means ClickHouse, not the "
+            "worker, limits throughput.",
+            registry=r,
+        )
+        self.latency = Histogram(
+            "billing_publish_to_queryable_seconds",
+            "Per input message: from its Kafka timestamp to the moment its batch is in ClickHouse (queryable).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.last_batch = Gauge("billing_last_batch_timestamp_seconds", "Unix time the latest batch was written (0: none yet).", registry=r)
         r.register(_Partitions(partitions))
         self._rejected_ids: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._lock = threading.Lock()
@@ -114,9 +149,18 @@ class WorkerMetrics:
     def batch_failed(self) -> None:
         self.batch_failures.inc()
 
-    def batch_done(self, statuses: Mapping[str, int], reasons: Mapping[str, int], skipped: int, seconds: float,
-                   write_seconds: float, write_wait: float, message_timestamps: Sequence[float] = (),
-                   rejected_ids: Iterable[tuple[str, str, str]] | None = None, now: float | None = None) -> None:
+    def batch_done(
+        self,
+        statuses: Mapping[str, int],
+        reasons: Mapping[str, int],
+        skipped: int,
+        seconds: float,
+        write_seconds: float,
+        write_wait: float,
+        message_timestamps: Sequence[float] = (),
+        rejected_ids: Iterable[tuple[str, str, str]] | None = None,
+        now: float | None = None,
+    ) -> None:
         """A batch is written. `rejected_ids` ((account, record id, reason) per rejection), when
         given, replaces `reasons` and the rejected status count with the rejections not seen
         recently; `message_timestamps` are the Kafka timestamps (Unix seconds) of its messages."""

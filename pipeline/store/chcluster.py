@@ -61,15 +61,19 @@ def check(client: Any, expected: dict[str, Any] | None = None) -> dict[str, str]
     expected = CLUSTER_SETTINGS if expected is None else expected
     names = list(expected)
     # no settings on this query: what the client sends with every query is what is checked
-    rows = client.query("SELECT name, value FROM system.settings WHERE name IN {n:Array(String)}",
-                        parameters={"n": names}).result_rows
+    rows = client.query("SELECT name, value FROM system.settings WHERE name IN {n:Array(String)}", parameters={"n": names}).result_rows
     found = {str(name): str(value) for name, value in rows}
-    wrong = [f"{name}={found.get(name, 'unknown')} (need {want})" for name, want in expected.items()
-             if _normal(found.get(name, "")) != _normal(want)]
+    wrong = [
+        f"{name}={found.get(name, 'unknown')} (need {want})"
+        for name, want in expected.items()
+        if _normal(found.get(name, "")) != _normal(want)
+    ]
     if wrong:
         raise ClusterConsistencyError(
             "ClickHouse does not apply the settings that make a batch's commit point hold on a cluster: "
-            + ", ".join(wrong) + ". Allow them in the billing user's profile (deploy/README.md, ClickHouse cluster).")
+            + ", ".join(wrong)
+            + ". Allow them in the billing user's profile (deploy/README.md, ClickHouse cluster)."
+        )
     return found
 
 
@@ -79,9 +83,12 @@ def check_replicated(client: Any, tables: list[str]) -> None:
     rows = client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()").result_rows
     engines = {str(n): str(e) for n, e in rows}
     wrong = [f"{t} is {engines.get(t, 'missing')}" for t in tables if engines.get(t) != "Distributed"]
-    wrong += [f"{t}_local is {engines.get(t + '_local', 'missing')}" for t in tables
-              if not engines.get(t + "_local", "").startswith("Replicated")]
+    wrong += [
+        f"{t}_local is {engines.get(t + '_local', 'missing')}" for t in tables if not engines.get(t + "_local", "").startswith("Replicated")
+    ]
     if wrong:
         raise ClusterConsistencyError(
-            "BILLING_CLICKHOUSE_CLUSTER=1 but the tables are not the cluster ones: " + "; ".join(wrong[:6])
-            + ". Apply schemas/clickhouse/cluster/ with `billing migrate` (BILLING_CLICKHOUSE_CLUSTER=1).")
+            "BILLING_CLICKHOUSE_CLUSTER=1 but the tables are not the cluster ones: "
+            + "; ".join(wrong[:6])
+            + ". Apply schemas/clickhouse/cluster/ with `billing migrate` (BILLING_CLICKHOUSE_CLUSTER=1)."
+        )

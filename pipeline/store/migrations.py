@@ -88,8 +88,9 @@ def discover(ddl_dir: Path) -> list[Migration]:
 
 def applied(client: Any) -> dict[int, tuple[str, str]]:
     """version -> (name, checksum) of the recorded migrations; empty when there is no record yet."""
-    exists = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
-                          parameters={"t": TABLE}).result_rows[0][0]
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {t:String}", parameters={"t": TABLE}
+    ).result_rows[0][0]
     if not exists:
         return {}
     rows = client.query(f"SELECT version, argMax(name, applied_at), argMax(checksum, applied_at) FROM {TABLE} GROUP BY version").result_rows
@@ -103,11 +104,13 @@ def _check_recorded(migrations: list[Migration], recorded: dict[int, tuple[str, 
         if migration is None:
             raise SchemaMismatch(
                 f"the database has migration {version:03d}_{name} applied, which this code does not know: it is newer "
-                "than this worker (roll the worker forward, or restore the schema it was built for)")
+                "than this worker (roll the worker forward, or restore the schema it was built for)"
+            )
         if migration.checksum != checksum:
             raise SchemaMismatch(
                 f"migration {migration.label} changed after it was applied (checksum {checksum[:12]} in the database, "
-                f"{migration.checksum[:12]} in the file): never edit an applied migration, add a new numbered file")
+                f"{migration.checksum[:12]} in the file): never edit an applied migration, add a new numbered file"
+            )
 
 
 def apply(client: Any, ddl_dir: Path, cluster: bool = False) -> list[Migration]:
@@ -122,8 +125,7 @@ def apply(client: Any, ddl_dir: Path, cluster: bool = False) -> list[Migration]:
             continue
         for statement in migration.statements:
             client.command(statement)
-        client.insert(TABLE, [[migration.version, migration.name, migration.checksum]],
-                      column_names=["version", "name", "checksum"])
+        client.insert(TABLE, [[migration.version, migration.name, migration.checksum]], column_names=["version", "name", "checksum"])
         log.info("applied migration %s", migration.label)
         done.append(migration)
     return done
@@ -140,7 +142,8 @@ def verify(client: Any, ddl_dir: Path) -> int:
         have = max(recorded) if recorded else 0
         raise SchemaMismatch(
             f"ClickHouse schema is at version {have:03d} but this worker needs {migrations[-1].version:03d} "
-            f"(not applied: {', '.join(missing)}): run `billing migrate` (deploy: the billing-migrate Job) first")
+            f"(not applied: {', '.join(missing)}): run `billing migrate` (deploy: the billing-migrate Job) first"
+        )
     return migrations[-1].version if migrations else 0
 
 
@@ -162,5 +165,17 @@ def prepare(client: Any, settings: Any) -> int:
 
 
 # the tables the worker writes (the commit point among them), checked for the cluster engines
-CLUSTER_TABLES = ["raw_records", "seen_records", "bill_lines", "priced_usage", "rejections", "rate_windows",
-                  "rate_violations", "account_state", "settlements", "account_status", "partition_progress", "barriers"]
+CLUSTER_TABLES = [
+    "raw_records",
+    "seen_records",
+    "bill_lines",
+    "priced_usage",
+    "rejections",
+    "rate_windows",
+    "rate_violations",
+    "account_state",
+    "settlements",
+    "account_status",
+    "partition_progress",
+    "barriers",
+]

@@ -7,7 +7,6 @@ worker's HTTP API and the CLI both call these, so a query means the same through
 from __future__ import annotations
 
 import json
-
 from decimal import Decimal
 from typing import Any
 
@@ -20,8 +19,18 @@ from pipeline.core.timestamps import TimestampError, format_ts, parse_ts
 
 Row = dict[str, Any]
 BILL_FIELDS = (
-    "account_id", "hour", "api_key_id", "item", "requests", "input_tokens", "output_tokens", "free_tokens",
-    "billed_input_tokens", "billed_output_tokens", "quantity", "amount",
+    "account_id",
+    "hour",
+    "api_key_id",
+    "item",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "free_tokens",
+    "billed_input_tokens",
+    "billed_output_tokens",
+    "quantity",
+    "amount",
 )
 
 
@@ -74,12 +83,10 @@ def rejected(client: Client, account: str | None = None, reason: str | None = No
     # the view lists each record with the reason of the catalog now in force (after rebills)
     sql = (
         "SELECT event_id, account_id, reason, detail, kind, coalesce(toUnixTimestamp64Micro(event_ts), 0) AS ts_us, record "
-        "FROM rejected_records" + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY account_id, ts_us, record_id"
+        "FROM rejected_records" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY account_id, ts_us, record_id"
     )
     return [
-        {"event_id": e, "account_id": a, "reason": r, "detail": d, "kind": k,
-         "timestamp": format_ts(ts) if ts else "", "record": rec}
+        {"event_id": e, "account_id": a, "reason": r, "detail": d, "kind": k, "timestamp": format_ts(ts) if ts else "", "record": rec}
         for e, a, r, d, k, ts, rec in client.query(sql, parameters=params).result_rows
     ]
 
@@ -98,16 +105,21 @@ def account(client: Client, account_id: str, free_quota_tokens: int) -> Row | No
         "cash_balance": money(state.cash_balance),
         "debt": money(state.debt),
         "vouchers": [
-            {"voucher_id": v.voucher_id, "remaining": money(v.remaining),
-             "expires_at": format_ts(v.expires_us) if v.expires_us is not None else None}
+            {
+                "voucher_id": v.voucher_id,
+                "remaining": money(v.remaining),
+                "expires_at": format_ts(v.expires_us) if v.expires_us is not None else None,
+            }
             for v in state.vouchers.values()
         ],
         "free_tokens_left": free_left(free_quota_tokens, state.free_used),
         "last_settled_hour": format_ts(state.last_settled_hour) if state.last_settled_hour is not None else None,
         "open_hours": {format_ts(h): money(a) for h, a in sorted(state.open_hours.items())},
         "clock": format_ts(state.max_ts_us) if state.max_ts_us else None,
-        "keys": {k: {"created_at": format_ts(v.created_us), "revoked_at": format_ts(v.revoked_us) if v.revoked_us else None}
-                 for k, v in state.keys.items()},
+        "keys": {
+            k: {"created_at": format_ts(v.created_us), "revoked_at": format_ts(v.revoked_us) if v.revoked_us else None}
+            for k, v in state.keys.items()
+        },
         "duplicates": state.duplicates,
     }
 
@@ -122,8 +134,10 @@ def settlements(client: Client, account: str | None = None) -> list[Row]:
     if account:
         params["account"] = account
         where = " WHERE account_id = {account:String}"
-    sql = ("SELECT account_id, toUnixTimestamp(hour), kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, seq "
-           "FROM settlements FINAL" + where + " ORDER BY account_id, seq, hour")
+    sql = (
+        "SELECT account_id, toUnixTimestamp(hour), kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, seq "
+        "FROM settlements FINAL" + where + " ORDER BY account_id, seq, hour"
+    )
     names = ("account_id", "hour", "kind", "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after", "seq")
     rows = []
     for values in client.query(sql, parameters=params).result_rows:
@@ -136,9 +150,7 @@ def settlements(client: Client, account: str | None = None) -> list[Row]:
 
 
 def barrier_partitions(client: Client, barrier_id: str) -> int:
-    result = client.query(
-        "SELECT uniqExact(partition) FROM barriers WHERE barrier_id = {b:String}", parameters={"b": barrier_id}
-    )
+    result = client.query("SELECT uniqExact(partition) FROM barriers WHERE barrier_id = {b:String}", parameters={"b": barrier_id})
     return int(result.result_rows[0][0])
 
 
@@ -166,26 +178,69 @@ def rebill_plan(client: Client, catalog_data: dict[str, Any], start: str, end: s
 
 
 def write_rebill_audit(client: Client, audit: Row) -> None:
-    client.insert("rebill_runs", [[audit["run_id"], audit["run_by"], audit["run_at_ms"], audit["from"], audit["to"],
-                                   audit["account_filter"], audit["catalog_version"], audit["records_read"], audit["lines_changed"]]],
-                  column_names=["run_id", "run_by", "run_at", "range_from", "range_to", "account_filter", "catalog_version",
-                                "records_read", "lines_changed"])
+    client.insert(
+        "rebill_runs",
+        [
+            [
+                audit["run_id"],
+                audit["run_by"],
+                audit["run_at_ms"],
+                audit["from"],
+                audit["to"],
+                audit["account_filter"],
+                audit["catalog_version"],
+                audit["records_read"],
+                audit["lines_changed"],
+            ]
+        ],
+        column_names=[
+            "run_id",
+            "run_by",
+            "run_at",
+            "range_from",
+            "range_to",
+            "account_filter",
+            "catalog_version",
+            "records_read",
+            "lines_changed",
+        ],
+    )
     diffs = audit["diffs"]
     if diffs:
-        client.insert("rebill_diffs", [[audit["run_id"], d["account_id"], parse_ts(d["hour"]) // 1_000_000, Decimal(d["old_amount"]),
-                                        Decimal(d["new_amount"]), Decimal(d["delta"])] for d in diffs],
-                      column_names=["run_id", "account_id", "hour", "old_amount", "new_amount", "delta"])
+        client.insert(
+            "rebill_diffs",
+            [
+                [
+                    audit["run_id"],
+                    d["account_id"],
+                    parse_ts(d["hour"]) // 1_000_000,
+                    Decimal(d["old_amount"]),
+                    Decimal(d["new_amount"]),
+                    Decimal(d["delta"]),
+                ]
+                for d in diffs
+            ],
+            column_names=["run_id", "account_id", "hour", "old_amount", "new_amount", "delta"],
+        )
     if audit["now_billed"]:
-        client.insert("rejection_resolutions", [[acc, event_id, audit["run_id"]] for acc, event_id in audit["now_billed"]],
-                      column_names=["account_id", "record_id", "run_id"])
+        client.insert(
+            "rejection_resolutions",
+            [[acc, event_id, audit["run_id"]] for acc, event_id in audit["now_billed"]],
+            column_names=["account_id", "record_id", "run_id"],
+        )
     # every replayed rejected record's outcome under the run's catalog: the newest run's says what is listed
     run, at = audit["run_id"], audit["run_at_ms"]
     revisions = [[acc, event_id, run, at, 1, "", "", 0, ""] for acc, event_id in audit["now_billed"]]
-    revisions += [[acc, event_id, run, at, 0, reason, detail, ts_us, record]
-                  for acc, event_id, reason, detail, ts_us, record in audit.get("still_rejected", [])]
+    revisions += [
+        [acc, event_id, run, at, 0, reason, detail, ts_us, record]
+        for acc, event_id, reason, detail, ts_us, record in audit.get("still_rejected", [])
+    ]
     if revisions:
-        client.insert("rejection_revisions", revisions, column_names=["account_id", "record_id", "run_id", "revised_at", "resolved",
-                                                                      "reason", "detail", "event_ts", "record"])
+        client.insert(
+            "rejection_revisions",
+            revisions,
+            column_names=["account_id", "record_id", "run_id", "revised_at", "resolved", "reason", "detail", "event_ts", "record"],
+        )
 
 
 def with_record(row: dict[str, Any]) -> dict[str, Any]:

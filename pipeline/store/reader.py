@@ -13,10 +13,10 @@ import urllib.parse
 import urllib.request
 from typing import Any, Protocol
 
-from pipeline.store import queries
-from pipeline.store.chclient import connect
 from pipeline.runtime import read_runtime
 from pipeline.settings import Settings
+from pipeline.store import queries
+from pipeline.store.chclient import connect
 
 Row = dict[str, Any]
 
@@ -94,8 +94,9 @@ class ApiReader:
         return self._request(urllib.request.Request(f"{self.base}{path}" + (f"?{query}" if query else "")), timeout=self.timeout_s)
 
     def _post(self, path: str, body: Any) -> Any:
-        request = urllib.request.Request(f"{self.base}{path}", data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base}{path}", data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+        )
         return self._request(request, timeout=3600)
 
     def _request(self, request: urllib.request.Request, timeout: float) -> Any:
@@ -117,8 +118,10 @@ class ApiReader:
                 raise ValueError(body) from None
             raise QueryError(f"the worker at {self.base} answered {exc.code}: {str(body)[:500]}") from None
         except TimeoutError:
-            raise WorkerBusy(f"the worker at {self.base} did not answer within {timeout:g}s: it is writing a large unit "
-                             "or retrying ClickHouse (see its log); try again") from None
+            raise WorkerBusy(
+                f"the worker at {self.base} did not answer within {timeout:g}s: it is writing a large unit "
+                "or retrying ClickHouse (see its log); try again"
+            ) from None
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
                 raise WorkerBusy(f"the worker at {self.base} did not answer within {timeout:g}s (see its log); try again") from None
@@ -154,9 +157,12 @@ class ApiReader:
     def sql(self, query: str, max_rows: int, timeout_s: float, params: dict[str, str] | None = None) -> Row:
         """Read-only SQL through the worker (POST, but it writes nothing); waits a little past the
         query's own time limit, which ClickHouse enforces."""
-        request = urllib.request.Request(f"{self.base}/api/sql", method="POST", headers={"Content-Type": "application/json"},
-                                         data=json.dumps({"sql": query, "params": params or {}, "max_rows": max_rows,
-                                                          "timeout_s": timeout_s}).encode())
+        request = urllib.request.Request(
+            f"{self.base}/api/sql",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps({"sql": query, "params": params or {}, "max_rows": max_rows, "timeout_s": timeout_s}).encode(),
+        )
         return self._request(request, timeout=max(self.timeout_s, timeout_s + 30))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
@@ -85,8 +84,13 @@ class Encoded:
     records: int  # raw records in the batch
 
 
-def _encode(table: str, items: Sequence[tuple[Any, ...]], columns: Sequence[Column],
-            constants: dict[str, Any] | None = None, fields: Sequence[str] | None = None) -> list[Insert]:
+def _encode(
+    table: str,
+    items: Sequence[tuple[Any, ...]],
+    columns: Sequence[Column],
+    constants: dict[str, Any] | None = None,
+    fields: Sequence[str] | None = None,
+) -> list[Insert]:
     """Columnar body of facts (NamedTuples, or plain tuples with their `fields`): one C-level
     transpose, then only the columns that need a conversion are touched value by value, and
     orjson writes the JSON."""
@@ -135,8 +139,21 @@ LINE_ROW_FIELDS = ("account_id", "hour", "api_key_id", "item", *LINE_COUNTS, "am
 
 
 # A bill_hour_totals row (schemas/clickhouse/004_hour_totals.sql): an account-hour's totals over all its lines.
-HOUR_TOTAL_FIELDS = ("account_id", "hour", "lines", "calls", "plugin_calls", "input_tokens", "output_tokens", "free_tokens",
-                     "billed_input_tokens", "billed_output_tokens", "plugin_units", "amount", "revision")
+HOUR_TOTAL_FIELDS = (
+    "account_id",
+    "hour",
+    "lines",
+    "calls",
+    "plugin_calls",
+    "input_tokens",
+    "output_tokens",
+    "free_tokens",
+    "billed_input_tokens",
+    "billed_output_tokens",
+    "plugin_units",
+    "amount",
+    "revision",
+)
 PLUGIN_PREFIX = "plugin:"  # a plugin line's item (fold.py names them); its requests are not API calls
 
 
@@ -199,27 +216,52 @@ def _money_cols(*names: str) -> list[Column]:
 
 
 RAW: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros)] + _named_alike(
-    "partition", "offset", "idx", "account_id", "kind", "record_id", "payload")
+    "partition", "offset", "idx", "account_id", "kind", "record_id", "payload"
+)
 SEEN: list[Column] = _named_alike(*SeenRow._fields)
-PRICED: list[Column] = [_col("hour", "hour_us", whole_seconds), _col("ts", "ts_us", seconds_from_micros),
-                        _col("plugins", "plugins", json_objects)] + _named_alike(
-    "account_id", "event_id", "api_key_id", "model", "channel", "input_tokens", "output_tokens", "free_tokens",
-    "billed_input_tokens", "billed_output_tokens", "flags", "seq") + _money_cols("token_amount", "plugin_amount")
+PRICED: list[Column] = (
+    [_col("hour", "hour_us", whole_seconds), _col("ts", "ts_us", seconds_from_micros), _col("plugins", "plugins", json_objects)]
+    + _named_alike(
+        "account_id",
+        "event_id",
+        "api_key_id",
+        "model",
+        "channel",
+        "input_tokens",
+        "output_tokens",
+        "free_tokens",
+        "billed_input_tokens",
+        "billed_output_tokens",
+        "flags",
+        "seq",
+    )
+    + _money_cols("token_amount", "plugin_amount")
+)
 REJECTIONS: list[Column] = [_col("event_ts", "ts_us", seconds_from_micros), _col("record", "raw", None)] + _named_alike(
-    "account_id", "record_id", "event_id", "kind", "reason", "detail", "seq")
-VIOLATIONS: list[Column] = [_col("ts", "ts_us", seconds_from_micros), _col("limit_name", "limit", None),
-                            _col("window_start", "window_start_us", seconds_from_micros)] + _named_alike(
-    "account_id", "event_id", "observed", "allowed", "seq")
+    "account_id", "record_id", "event_id", "kind", "reason", "detail", "seq"
+)
+VIOLATIONS: list[Column] = [
+    _col("ts", "ts_us", seconds_from_micros),
+    _col("limit_name", "limit", None),
+    _col("window_start", "window_start_us", seconds_from_micros),
+] + _named_alike("account_id", "event_id", "observed", "allowed", "seq")
 WINDOWS: list[Column] = [_col("window_start", "window_start", seconds_from_micros)] + _named_alike(
-    *(name for name in WindowRow._fields if name != "window_start"))
+    *(name for name in WindowRow._fields if name != "window_start")
+)
 LINES: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _named_alike(
-    *(name for name in LINE_ROW_FIELDS if name not in ("hour", "amount")))
+    *(name for name in LINE_ROW_FIELDS if name not in ("hour", "amount"))
+)
 HOUR_TOTALS: list[Column] = [_col("hour", "hour", whole_seconds), _col("amount", "amount", decimal_texts)] + _named_alike(
-    *(name for name in HOUR_TOTAL_FIELDS if name not in ("hour", "amount")))
-SETTLEMENTS: list[Column] = [_col("hour", "hour_us", whole_seconds)] + _named_alike("account_id", "kind", "seq") + _money_cols(
-    "amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
-STATUS: list[Column] = [_col("clock", "ts_us", seconds_from_micros)] + _named_alike("account_id", "status", "seq") + _money_cols(
-    "debt", "cash_balance")
+    *(name for name in HOUR_TOTAL_FIELDS if name not in ("hour", "amount"))
+)
+SETTLEMENTS: list[Column] = (
+    [_col("hour", "hour_us", whole_seconds)]
+    + _named_alike("account_id", "kind", "seq")
+    + _money_cols("amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
+)
+STATUS: list[Column] = (
+    [_col("clock", "ts_us", seconds_from_micros)] + _named_alike("account_id", "status", "seq") + _money_cols("debt", "cash_balance")
+)
 STATES: list[Column] = _named_alike(*StateRow._fields)
 PROGRESS: list[Column] = _named_alike(*ProgressRow._fields)
 BARRIERS: list[Column] = _named_alike(*BarrierRow._fields)
@@ -231,8 +273,10 @@ def _window_rows(windows: dict[tuple[str, WindowKey], Window]) -> list[tuple[Any
 
 
 def _line_rows(lines: dict[tuple[str, LineKey], Line]) -> list[tuple[Any, ...]]:
-    return [(acc, hour, key, item, *(getattr(v, name) for name in LINE_COUNTS), v.amount, v.revision)
-            for (acc, (hour, key, item)), v in lines.items()]
+    return [
+        (acc, hour, key, item, *(getattr(v, name) for name in LINE_COUNTS), v.amount, v.revision)
+        for (acc, (hour, key, item)), v in lines.items()
+    ]
 
 
 def encode(rows: BatchRows) -> Encoded:

@@ -42,7 +42,7 @@ def split_statements(sql: str) -> list[str]:
             j = i + 1
             while j < n and sql[j] != ch:
                 j += 2 if sql[j] == "\\" else 1
-            current.append(sql[i:j + 1])
+            current.append(sql[i : j + 1])
             i = j + 1
         elif sql.startswith("--", i):
             j = sql.find("\n", i)
@@ -86,8 +86,9 @@ SELECT_KIND = "SelectWithUnionQuery"
 METADATA_KINDS = ("ShowTables", "DescribeQuery", "ExistsTableQuery", "ShowCreateTableQuery")
 
 
-def run_sql(client: Client, sql: str, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S,
-            params: dict[str, str] | None = None) -> dict[str, Any]:
+def run_sql(
+    client: Client, sql: str, max_rows: int = DEFAULT_MAX_ROWS, timeout_s: float = DEFAULT_TIMEOUT_S, params: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run one read-only statement: {"columns", "types", "rows" (JSON-ready), "truncated", "elapsed_ms"}.
 
     Rows past `max_rows` are not returned and `truncated` says so; a query over `timeout_s` is
@@ -104,8 +105,10 @@ def run_sql(client: Client, sql: str, max_rows: int = DEFAULT_MAX_ROWS, timeout_
     max_rows = max(1, min(int(max_rows), MAX_ROWS_CEILING))
     timeout_s = max(0.1, min(float(timeout_s), MAX_TIMEOUT_S))
     bound = dict(params or {})
-    limits = (f"SETTINGS readonly = 1, max_execution_time = {math.ceil(timeout_s)}, max_result_rows = {max_rows + 1}, "
-              "result_overflow_mode = 'break'")  # one row more than shown: tells whether the result was cut
+    limits = (
+        f"SETTINGS readonly = 1, max_execution_time = {math.ceil(timeout_s)}, max_result_rows = {max_rows + 1}, "
+        "result_overflow_mode = 'break'"
+    )  # one row more than shown: tells whether the result was cut
     started = time.perf_counter()
     try:
         kind, ast = _kind(client, statement, bound)
@@ -114,8 +117,9 @@ def run_sql(client: Client, sql: str, max_rows: int = DEFAULT_MAX_ROWS, timeout_
         elif kind in METADATA_KINDS and "Function " not in ast:
             text = f"{statement}\n{limits}"
         else:
-            raise SqlRefused(f"billing sql is read-only: it runs SELECT, SHOW TABLES, DESCRIBE, EXISTS and SHOW CREATE on tables, "
-                             f"not {_kind_name(kind)}")
+            raise SqlRefused(
+                f"billing sql is read-only: it runs SELECT, SHOW TABLES, DESCRIBE, EXISTS and SHOW CREATE on tables, not {_kind_name(kind)}"
+            )
         result = client.query(text, parameters=bound)
     except SqlRefused:
         raise
@@ -164,7 +168,7 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
-        return value if -(2 ** 53) <= value <= 2 ** 53 else str(value)
+        return value if -(2**53) <= value <= 2**53 else str(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, Decimal):

@@ -7,8 +7,8 @@ processed again, so a restart resumes from one consistent point.
 
 from __future__ import annotations
 
-from decimal import Decimal
 import re
+from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from clickhouse_connect.driver.client import Client
@@ -17,7 +17,6 @@ from pipeline.core.facts import StatusChange, Violation
 from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.core.timestamps import US_PER_MINUTE, US_PER_SECOND
 from pipeline.core.windows import LIMIT_ORDER, WindowKey
-
 
 # Values bound into one query, all its arrays together. The engine takes about 1,000 times longer
 # past some size (measured with chdb 4.4: one array of 125,000 hashes 0.2 s, of 140,000 119 s; two
@@ -49,11 +48,18 @@ def _chunk_size(client: Client, width: int = 1) -> int:
 
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(values), size):
-        yield values[i:i + size]
+        yield values[i : i + size]
 
 
-def _query_chunked(client: Client, sql: str, name: str, values: list[Any], params: dict[str, Any] | None = None,
-                   render: Callable[[list[Any]], Any] | None = None, width: int = 1) -> list[Any]:
+def _query_chunked(
+    client: Client,
+    sql: str,
+    name: str,
+    values: list[Any],
+    params: dict[str, Any] | None = None,
+    render: Callable[[list[Any]], Any] | None = None,
+    width: int = 1,
+) -> list[Any]:
     """Rows of `sql` for every chunk of `values`, bound as parameter `name` (rendered by `render`);
     `width`: values bound per item (2 for pairs), so that a chunk stays under the bound limit."""
     rows: list[Any] = []
@@ -65,8 +71,12 @@ def _query_chunked(client: Client, sql: str, name: str, values: list[Any], param
 def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountState]:
     wanted = sorted(set(accounts))
     rows = _query_chunked(
-        client, "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN {a:Array(String)} GROUP BY account_id",
-        "a", wanted, render=str_array)
+        client,
+        "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN {a:Array(String)} GROUP BY account_id",
+        "a",
+        wanted,
+        render=str_array,
+    )
     return {acc: AccountState.from_json(text) for acc, text in rows}
 
 
@@ -170,7 +180,11 @@ def load_lines(client: Client, account_hours: list[tuple[str, int]], max_seq: di
     rows = _query_chunked(
         client,
         LINE_SELECT + " WHERE (account_id, toUnixTimestamp(hour)) IN {p:Array(Tuple(String, Int64))}",
-        "p", [(acc, hour // US_PER_SECOND) for acc, hour in account_hours], render=keyed_ints, width=2)
+        "p",
+        [(acc, hour // US_PER_SECOND) for acc, hour in account_hours],
+        render=keyed_ints,
+        width=2,
+    )
     lines: dict[str, dict[LineKey, Line]] = {}
     for acc, hour_s, key, item, *values in rows:
         line = line_of(values)
@@ -189,8 +203,12 @@ def load_windows(client: Client, account_minutes: list[tuple[str, int]], max_seq
         client,
         "SELECT account_id, kind, toUnixTimestamp64Micro(window_start) AS start, requests, tokens, revision FROM rate_windows "
         "WHERE (account_id, intDiv(toUnixTimestamp64Micro(window_start), {m:Int64})) IN {p:Array(Tuple(String, Int64))}",
-        "p", [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes], {"m": US_PER_MINUTE}, render=keyed_ints,
-        width=2)
+        "p",
+        [(acc, minute // US_PER_MINUTE) for acc, minute in account_minutes],
+        {"m": US_PER_MINUTE},
+        render=keyed_ints,
+        width=2,
+    )
     windows: dict[str, dict[WindowKey, Window]] = {}
     for acc, kind, start, requests, tokens, revision in rows:
         if revision > max_seq.get(acc, 0):
@@ -208,7 +226,10 @@ def committed_statuses(client: Client, max_seq: dict[str, int]) -> list[StatusCh
         client,
         "SELECT account_id, status, debt, cash_balance, toUnixTimestamp64Micro(clock), seq FROM account_status FINAL "
         "WHERE account_id IN {a:Array(String)} ORDER BY account_id, seq",
-        "a", sorted(max_seq), render=str_array)
+        "a",
+        sorted(max_seq),
+        render=str_array,
+    )
     latest: dict[str, StatusChange] = {}
     for acc, status, debt, cash, clock_us, seq in rows:
         if seq <= max_seq[acc]:
@@ -222,23 +243,36 @@ def committed_violations(client: Client, events: list[tuple[str, str]], max_seq:
         client,
         "SELECT account_id, event_id, toUnixTimestamp64Micro(ts), limit_name, toUnixTimestamp64Micro(window_start), observed, "
         "allowed, seq FROM rate_violations FINAL WHERE (account_id, event_id) IN {p:Array(Tuple(String, String))}",
-        "p", events, width=2)
+        "p",
+        events,
+        width=2,
+    )
     violations = [Violation(*row) for row in rows if row[7] <= max_seq.get(row[0], 0)]
     return sorted(violations, key=lambda v: (v.account_id, v.seq, LIMIT_ORDER.get(v.limit, len(LIMIT_ORDER))))
 
 
 # Every table whose rows carry the account seq that wrote them, and that column's name.
 SEQ_COLUMNS = {
-    "seen_records": "seq", "bill_lines": "revision", "priced_usage": "seq", "rejections": "seq", "rate_windows": "revision",
-    "rate_violations": "seq", "settlements": "seq", "account_status": "seq",
+    "seen_records": "seq",
+    "bill_lines": "revision",
+    "priced_usage": "seq",
+    "rejections": "seq",
+    "rate_windows": "revision",
+    "rate_violations": "seq",
+    "settlements": "seq",
+    "account_status": "seq",
     "bill_hour_totals": "revision",  # totals of an account-hour, at its highest line revision
 }
 
 
 def committed_seqs(client: Client, accounts: list[str]) -> dict[str, int]:
     """The seq of each account's snapshot in ClickHouse: its commit point."""
-    rows = _query_chunked(client, "SELECT account_id, max(seq) FROM account_state WHERE account_id IN {accs:Array(String)} "
-                                  "GROUP BY account_id", "accs", accounts)
+    rows = _query_chunked(
+        client,
+        "SELECT account_id, max(seq) FROM account_state WHERE account_id IN {accs:Array(String)} GROUP BY account_id",
+        "accs",
+        accounts,
+    )
     return {acc: int(seq) for acc, seq in rows}
 
 
@@ -251,5 +285,7 @@ def roll_back(client: Client, accounts: Iterable[str]) -> None:
         seqs = committed_seqs(client, chunk)
         params = {"accs": chunk, "seqs": [seqs.get(acc, 0) for acc in chunk]}
         for table, column in SEQ_COLUMNS.items():
-            client.command(f"DELETE FROM {table} WHERE account_id IN %(accs)s "
-                           f"AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))", parameters=params)
+            client.command(
+                f"DELETE FROM {table} WHERE account_id IN %(accs)s AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))",
+                parameters=params,
+            )

@@ -143,10 +143,20 @@ class InMemoryStorage:
 
     def encode(self, rows: BatchRows) -> Snapshot:
         return Snapshot(
-            rows.epoch, list(rows.seen), list(rows.priced), list(rows.rejections), list(rows.violations),
-            {k: copy.copy(w) for k, w in rows.windows.items()}, {k: copy.copy(v) for k, v in rows.lines.items()},
-            list(rows.settlements), list(rows.status_changes), {acc: s.to_json() for acc, s in rows.states.items()},
-            list(rows.progress), list(rows.barriers), len(rows.raw))
+            rows.epoch,
+            list(rows.seen),
+            list(rows.priced),
+            list(rows.rejections),
+            list(rows.violations),
+            {k: copy.copy(w) for k, w in rows.windows.items()},
+            {k: copy.copy(v) for k, v in rows.lines.items()},
+            list(rows.settlements),
+            list(rows.status_changes),
+            {acc: s.to_json() for acc, s in rows.states.items()},
+            list(rows.progress),
+            list(rows.barriers),
+            len(rows.raw),
+        )
 
     def send(self, encoded: Snapshot) -> None:
         with self._lock:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import secrets
 import logging
+import secrets
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -29,23 +29,23 @@ import faust
 
 from pipeline import CORE_BUILD
 from pipeline.batch import topic_json
+from pipeline.batch.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, message_headers
 from pipeline.core import records
-from pipeline.ingest import kafka_security
-from pipeline.serve import api, metrics
-from pipeline.store import chcluster, migrations
-from pipeline.stream import delivery, logidentity
-from pipeline.stream.batching import take_batches
 from pipeline.core.catalog import load_catalog
+from pipeline.core.timestamps import format_ts
+from pipeline.ingest import kafka_security
+from pipeline.ingest.topics import ensure_all
+from pipeline.runtime import control_key
+from pipeline.serve import api, metrics
+from pipeline.settings import Settings, redact
+from pipeline.store import chcluster, migrations
 from pipeline.store.chclient import ClickHouseUnavailable, connect, preload_insert_support
 from pipeline.store.storage import ClickHouseStorage
+from pipeline.stream import delivery, logidentity
+from pipeline.stream.batching import take_batches
 from pipeline.stream.isolation import LOG_INCONSISTENT, Isolator, transient
 from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment
-from pipeline.batch.processor import BatchProcessor, BatchResult, ClockBounds, EarlierWriteFailed, Message, OffsetGap, message_headers
 from pipeline.stream.rawbatches import RawBatch, RawBatches, raw_batches_enabled
-from pipeline.runtime import control_key
-from pipeline.settings import Settings, redact
-from pipeline.core.timestamps import format_ts
-from pipeline.ingest.topics import ensure_all
 
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
@@ -85,8 +85,9 @@ async def _ack_events(stream: faust.StreamT, events: list[Any]) -> None:
 class Worker:
     """One `billing worker`: the Faust app, its processor and its query API."""
 
-    def __init__(self, settings: Settings, bootstrap: str, epoch: str, on_api: Callable[[str], None] | None = None,
-                 operator_token: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, bootstrap: str, epoch: str, on_api: Callable[[str], None] | None = None, operator_token: str | None = None
+    ) -> None:
         self.settings = settings
         self.operator_token = operator_token or settings.api_token or secrets.token_urlsafe(32)
         self.epoch = epoch
@@ -99,9 +100,17 @@ class Worker:
             epoch = self.epoch = self._db.submit(logidentity.resolve, self.client, epoch, identity).result()
         self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
-        self.processor = BatchProcessor(self.client, self.catalog, epoch, auto_tick=settings.auto_tick,
-                                        write_records=settings.write_records, control_key=self.control_key, clock_bounds=bounds,
-                                        max_cached_accounts=settings.max_cached_accounts, storage=ClickHouseStorage(self.client))
+        self.processor = BatchProcessor(
+            self.client,
+            self.catalog,
+            epoch,
+            auto_tick=settings.auto_tick,
+            write_records=settings.write_records,
+            control_key=self.control_key,
+            clock_bounds=bounds,
+            max_cached_accounts=settings.max_cached_accounts,
+            storage=ClickHouseStorage(self.client),
+        )
         self.processor.placement = PlacementCheck(settings.partitions)
         self.on_api = on_api
         self.api_url: str | None = None
@@ -168,8 +177,9 @@ class Worker:
             table_standby_replicas=0,
             producer_linger_ms=5,
         )
-        topic = app.topic(s.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                          value_serializer="raw", partitions=s.partitions)
+        topic = app.topic(
+            s.input_topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=s.partitions
+        )
         self.input_topic = topic
         if s.kafka_idempotent:
             kafka_security.make_idempotent(app)
@@ -221,12 +231,21 @@ class Worker:
     async def handle(self, stream: faust.StreamT, events: list[Any]) -> None:
         """Process a batch and leave its completion (last write, outputs, acks) to a task, so that
         the next batch starts beside that write."""
-        messages = [Message(e.message.partition, e.message.offset, e.message.key, e.message.value,
-                            message_headers(e.message.headers) if e.message.headers else ()) for e in events]
+        messages = [
+            Message(
+                e.message.partition,
+                e.message.offset,
+                e.message.key,
+                e.message.value,
+                message_headers(e.message.headers) if e.message.headers else (),
+            )
+            for e in events
+        ]
         await self._handle(messages, [e.message.timestamp for e in events], functools.partial(_ack_events, stream, events))
 
     async def handle_raw(self, raw: RawBatches, batch: RawBatch) -> None:
         """`handle` for a raw batch (pipeline/stream/rawbatches.py): acknowledged into Faust's consumer at once."""
+
         async def acknowledge() -> None:
             raw.ack(batch)
 
@@ -298,8 +317,15 @@ class Worker:
             return None
         return f"the same batch failed {self.consecutive_failures} times in a row: {self.last_failure}"
 
-    async def _complete(self, acknowledge: Callable[[], Awaitable[None]], messages: list[Message], stamps: list[float],
-                        result: BatchResult, previous: asyncio.Future[None] | None, timing: list[float] | None = None) -> None:
+    async def _complete(
+        self,
+        acknowledge: Callable[[], Awaitable[None]],
+        messages: list[Message],
+        stamps: list[float],
+        result: BatchResult,
+        previous: asyncio.Future[None] | None,
+        timing: list[float] | None = None,
+    ) -> None:
         """Once the batch's last write is in (after the batches before it): its outputs, then its
         acknowledgements, so that an offset is committed only for a batch billed and announced."""
         try:
@@ -341,15 +367,31 @@ class Worker:
         started, processed, written = timing if timing is not None else (0.0, 0.0, 0.0)
         tail = max(written - processed, 0.0)
         seconds = processed - started + tail
-        self.prom.batch_done(result.statuses, result.reasons, result.skipped, seconds, result.write_wait_s + tail,
-                             result.write_wait_s, stamps, result.rejected_ids)
+        self.prom.batch_done(
+            result.statuses,
+            result.reasons,
+            result.skipped,
+            seconds,
+            result.write_wait_s + tail,
+            result.write_wait_s,
+            stamps,
+            result.rejected_ids,
+        )
         records = sum(result.statuses.values())
         if records or result.skipped:
             outcomes = ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v)
             lag = sum(max(hw - offset - 1, 0) for _, offset, _, hw in self._partition_rows() if hw is not None)
-            log.info("batch: %d records of %d messages, %d accounts (%s%s) in %.2fs (ClickHouse %.2fs); lag %d",
-                     records, messages, len(result.states), outcomes or "nothing new",
-                     f", {result.skipped} redelivered skipped" if result.skipped else "", seconds, result.write_wait_s + tail, lag)
+            log.info(
+                "batch: %d records of %d messages, %d accounts (%s%s) in %.2fs (ClickHouse %.2fs); lag %d",
+                records,
+                messages,
+                len(result.states),
+                outcomes or "nothing new",
+                f", {result.skipped} redelivered skipped" if result.skipped else "",
+                seconds,
+                result.write_wait_s + tail,
+                lag,
+            )
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
         """An API call between two of the processor's writes: it sees every record written before
@@ -366,21 +408,22 @@ class Worker:
         accounts, encoded by the processor while its last write ran. Retried like the ClickHouse
         write: the batch is not done (its offsets are not committed) until the broker has
         acknowledged every one of them (pipeline/stream/delivery.py)."""
-        topics = {topic_json.STATUS: self.status_topic, topic_json.VIOLATIONS: self.violations_topic,
-                  topic_json.INPUT: self.input_topic}
+        topics = {topic_json.STATUS: self.status_topic, topic_json.VIOLATIONS: self.violations_topic, topic_json.INPUT: self.input_topic}
 
         async def send(message: topic_json.Outbound) -> Any:
             # the returned future resolves once the broker acknowledged the message
             return await topics[message.destination].send(key=message.account_id.encode(), value=message.value, force=True)
 
         self.stats["output_send_failures"] += await delivery.deliver(
-            result.outbound, send, describe=lambda m: f"to {topics[m.destination].get_topic_name()} for {m.account_id}")
+            result.outbound, send, describe=lambda m: f"to {topics[m.destination].get_topic_name()} for {m.account_id}"
+        )
 
     async def start_api(self) -> None:
         s = self.settings
         access = api.Access(operator_token=self.operator_token, token=s.api_token, loopback_only=api.is_loopback(s.api_host))
-        web_app = api.build_app(lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics,
-                                access=access, ready=self.stuck)
+        web_app = api.build_app(
+            lambda: self.client, self.catalog.free_quota_tokens, self.health, self.read_db, self.metrics, access=access, ready=self.stuck
+        )
         _, self.api_url = await api.serve(web_app, self.settings.api_host, self.settings.api_port)
         log.debug("query API at %s", self.api_url)
         if self.on_api:
@@ -407,11 +450,19 @@ class Worker:
 
     def health(self) -> dict[str, Any]:
         stuck = self.stuck()
-        return {"status": "ok" if stuck is None else "stuck", "problem": stuck, "epoch": self.epoch, "core": CORE_BUILD.label, "stats": dict(self.stats),
-                "batch_seconds": round(self.sink_seconds, 3), "write_wait_seconds": round(self.write_wait_seconds, 3),
-                "first_batch_at": self.first_batch_at, "last_batch_at": self.last_batch_at,
-                "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
-                "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())}}
+        return {
+            "status": "ok" if stuck is None else "stuck",
+            "problem": stuck,
+            "epoch": self.epoch,
+            "core": CORE_BUILD.label,
+            "stats": dict(self.stats),
+            "batch_seconds": round(self.sink_seconds, 3),
+            "write_wait_seconds": round(self.write_wait_seconds, 3),
+            "first_batch_at": self.first_batch_at,
+            "last_batch_at": self.last_batch_at,
+            "last_offsets": {str(p): o for p, o in sorted(self.last_offsets.items())},
+            "event_time_watermarks": {str(p): format_ts(w) for p, w in sorted(self.processor.watermarks.items())},
+        }
 
     def begin_stop(self) -> None:
         """A stop was asked for. Faust would wait, on the way out, for every event in flight to be

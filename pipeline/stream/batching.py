@@ -35,16 +35,16 @@ from mode.utils.futures import notify
 SETTLE_S = 0.05
 
 
-def take_batches(stream: StreamT, max_: int, within: float, settle: float = SETTLE_S,
-                 auto_ack: bool = True) -> AsyncGenerator[Sequence[EventT], None]:
+def take_batches(
+    stream: StreamT, max_: int, within: float, settle: float = SETTLE_S, auto_ack: bool = True
+) -> AsyncGenerator[Sequence[EventT], None]:
     """`stream.take_events(max_, within)` without the idle wait after a long batch (module doc)."""
     agen = _take_batches(stream, max_, within, settle, auto_ack)
     stream._active_agens.add(agen)  # type: ignore[attr-defined]  # closed by Stream.on_stop, as take_events' are
     return agen
 
 
-async def _take_batches(stream: Any, max_: int, within: float, settle: float,
-                        auto_ack: bool) -> AsyncGenerator[Sequence[EventT], None]:
+async def _take_batches(stream: Any, max_: int, within: float, settle: float, auto_ack: bool) -> AsyncGenerator[Sequence[EventT], None]:
     buffer: list[Any] = []
     events: list[EventT] = []
     buffer_full = asyncio.Event()
@@ -105,8 +105,9 @@ async def _take_batches(stream: Any, max_: int, within: float, settle: float,
         stream._processors.remove(add_to_buffer)
 
 
-async def _wait_for_batch(stream: Any, buffer: list[Any], buffer_full: asyncio.Event, within: float, settle: float,
-                          last_handed_out: float) -> None:
+async def _wait_for_batch(
+    stream: Any, buffer: list[Any], buffer_full: asyncio.Event, within: float, settle: float, last_handed_out: float
+) -> None:
     """Until the buffer is full, or `within` has passed, or (from `within` after the previous
     batch on) the buffer holds events and has stopped growing for `settle`."""
     loop = asyncio.get_running_loop()

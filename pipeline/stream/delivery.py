@@ -28,9 +28,14 @@ async def _first_failure(futures: Sequence[Awaitable[Any]]) -> tuple[int, BaseEx
     return None
 
 
-async def deliver(messages: Sequence[M], send: Callable[[M], Awaitable[Awaitable[Any]]], *,
-                  describe: Callable[[M], str] = str, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                  first_delay: float = 0.5) -> int:
+async def deliver(
+    messages: Sequence[M],
+    send: Callable[[M], Awaitable[Awaitable[Any]]],
+    *,
+    describe: Callable[[M], str] = str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    first_delay: float = 0.5,
+) -> int:
     """Send `messages` in order and wait until the broker acknowledged every one. `send(m)`
     returns (after queueing) the delivery future. On a failure, back off and go again from the
     first unacknowledged message. Returns how many rounds failed."""
@@ -50,8 +55,7 @@ async def deliver(messages: Sequence[M], send: Callable[[M], Awaitable[Awaitable
         if error is None:
             return failures
         failures += 1
-        log.warning("output %s not delivered (%s); sending again from it in %.1fs", describe(messages[failed_at]),
-                    str(error)[:200], delay)
+        log.warning("output %s not delivered (%s); sending again from it in %.1fs", describe(messages[failed_at]), str(error)[:200], delay)
         await sleep(delay)
         delay = min(delay * 2, MAX_BACKOFF_S)
         start = failed_at

@@ -13,18 +13,33 @@ from typing import Callable
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from pipeline.batch.processor import BatchProcessor, BatchResult, Message, OffsetGap
 from pipeline.store.chclient import ClickHouseUnavailable
 from pipeline.stream.partitioning import PartitionMismatch
-from pipeline.batch.processor import BatchProcessor, BatchResult, Message, OffsetGap
 
 log = logging.getLogger("billing.worker")
 LOG_INCONSISTENT = (OffsetGap, PartitionMismatch)
 MAX_POISON_STREAK = 5  # messages refused in a row, with no good write between: the fault is not theirs
 # Codes of ClickHouse errors that pass (load, space, replication): retried, never blamed on a record.
-TRANSIENT_CODES = ("MEMORY_LIMIT_EXCEEDED", "TOO_MANY_PARTS", "TIMEOUT_EXCEEDED", "NOT_ENOUGH_SPACE", "TABLE_IS_READ_ONLY",
-                   "KEEPER_EXCEPTION", "NO_ZOOKEEPER", "ALL_CONNECTION_TRIES_FAILED", "NETWORK_ERROR", "SOCKET_TIMEOUT",
-                   "TOO_MANY_SIMULTANEOUS_QUERIES", "UNKNOWN_TABLE", "UNKNOWN_DATABASE", "Cannot lock file",
-                   "No space left", "Connection refused", "timed out")
+TRANSIENT_CODES = (
+    "MEMORY_LIMIT_EXCEEDED",
+    "TOO_MANY_PARTS",
+    "TIMEOUT_EXCEEDED",
+    "NOT_ENOUGH_SPACE",
+    "TABLE_IS_READ_ONLY",
+    "KEEPER_EXCEPTION",
+    "NO_ZOOKEEPER",
+    "ALL_CONNECTION_TRIES_FAILED",
+    "NETWORK_ERROR",
+    "SOCKET_TIMEOUT",
+    "TOO_MANY_SIMULTANEOUS_QUERIES",
+    "UNKNOWN_TABLE",
+    "UNKNOWN_DATABASE",
+    "Cannot lock file",
+    "No space left",
+    "Connection refused",
+    "timed out",
+)
 
 
 def transient(exc: BaseException) -> bool:
@@ -79,11 +94,19 @@ class Isolator:
             result = processor.process([msg])
         except Exception as exc:
             del processor.poisoned[(msg.partition, msg.offset)]
-            log.error("partition %d offset %d: refused even as a rejection (%r): not its fault; retrying the batch",
-                      msg.partition, msg.offset, exc)
+            log.error(
+                "partition %d offset %d: refused even as a rejection (%r): not its fault; retrying the batch",
+                msg.partition,
+                msg.offset,
+                exc,
+            )
             return None
         self.poison_streak += 1
         self.on_poisoned()
-        log.error("partition %d offset %d: ClickHouse refused its rows (%s); its records are rejected, billing goes on",
-                  msg.partition, msg.offset, error[:300])
+        log.error(
+            "partition %d offset %d: ClickHouse refused its rows (%s); its records are rejected, billing goes on",
+            msg.partition,
+            msg.offset,
+            error[:300],
+        )
         return result

@@ -77,8 +77,12 @@ def resolve(client: Any, configured: str, identity: LogIdentity) -> str:
         parameters={"e": epoch, "t": identity.topic},
     ).result_rows
     for cluster_id, topic_id in rows:
-        if topic_id and identity.topic_id and topic_id != identity.topic_id or (
-                cluster_id and identity.cluster_id and cluster_id != identity.cluster_id):
+        if (
+            topic_id
+            and identity.topic_id
+            and topic_id != identity.topic_id
+            or (cluster_id and identity.cluster_id and cluster_id != identity.cluster_id)
+        ):
             raise LogIdentityChanged(
                 f"log epoch {epoch!r} was written from {identity.topic} with topic id {topic_id or '?'} on cluster "
                 f"{cluster_id or '?'}, but that topic is now id {identity.topic_id or '?'} on cluster "
@@ -88,8 +92,10 @@ def resolve(client: Any, configured: str, identity: LogIdentity) -> str:
                 "(docs/cluster-operations.md, fail over)."
             )
     if not rows:
-        client.insert("log_epochs", [[epoch, identity.topic, identity.cluster_id, identity.topic_id]],
-                      column_names=["epoch", "topic", "cluster_id", "topic_id"])
-        log.info("log epoch %s bound to %s (topic id %s, cluster %s)", epoch, identity.topic, identity.topic_id,
-                 identity.cluster_id)
+        client.insert(
+            "log_epochs",
+            [[epoch, identity.topic, identity.cluster_id, identity.topic_id]],
+            column_names=["epoch", "topic", "cluster_id", "topic_id"],
+        )
+        log.info("log epoch %s bound to %s (topic id %s, cluster %s)", epoch, identity.topic, identity.topic_id, identity.cluster_id)
     return epoch

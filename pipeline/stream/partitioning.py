@@ -82,10 +82,12 @@ class PlacementCheck:
 
 def unconfigured_message(topic: str, partitions: Iterable[int], configured: int) -> str:
     extra = sorted(set(partitions))
-    return (f"{topic}: partition(s) {extra} exist but this worker is configured for {configured} partitions "
-            f"(BILLING_PARTITIONS={configured}); partitions were added to a live topic, which moves accounts between "
-            "partitions and folds them out of order. Stopping. Grow with a new topic and a drained switch-over "
-            "(docs/cluster-operations.md).")
+    return (
+        f"{topic}: partition(s) {extra} exist but this worker is configured for {configured} partitions "
+        f"(BILLING_PARTITIONS={configured}); partitions were added to a live topic, which moves accounts between "
+        "partitions and folds them out of order. Stopping. Grow with a new topic and a drained switch-over "
+        "(docs/cluster-operations.md)."
+    )
 
 
 def check_assignment(topic: str, assigned: Iterable[int], configured: int, topic_count: int | None = None) -> None:
@@ -97,14 +99,15 @@ def check_assignment(topic: str, assigned: Iterable[int], configured: int, topic
     if extra:
         raise PartitionMismatch(unconfigured_message(topic, extra, configured))
     if topic_count is not None and topic_count != configured:
-        raise PartitionMismatch(unconfigured_message(topic, range(configured, topic_count), configured)
-                                if topic_count > configured else
-                                f"{topic} has {topic_count} partitions but this worker is configured for {configured}: "
-                                "the topic was replaced. Stopping (docs/cluster-operations.md).")
+        raise PartitionMismatch(
+            unconfigured_message(topic, range(configured, topic_count), configured)
+            if topic_count > configured
+            else f"{topic} has {topic_count} partitions but this worker is configured for {configured}: "
+            "the topic was replaced. Stopping (docs/cluster-operations.md)."
+        )
 
 
-def confirm_drained(reader: object, bootstrap: str, settings: object, topic: str, timeout: float,
-                    wait_for: Callable[..., bool]) -> bool:
+def confirm_drained(reader: object, bootstrap: str, settings: object, topic: str, timeout: float, wait_for: Callable[..., bool]) -> bool:
     """True once the workers consuming `topic` have written everything published to it before
     this call: a barrier on each of its partitions, written only after every record before it
     (`billing wait`'s mechanism; Tansu's end offsets cannot be trusted, DESIGN §7). Publishers

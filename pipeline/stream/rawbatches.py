@@ -84,8 +84,9 @@ def _records_in(value: bytes | None) -> int:
 class RawBatches:
     """Raw record batches of one topic, from the Faust app's consumer (module doc)."""
 
-    def __init__(self, app: Any, topic: str, max_records: int, within: float, settle: float = SETTLE_S,
-                 max_buffered: int | None = None) -> None:
+    def __init__(
+        self, app: Any, topic: str, max_records: int, within: float, settle: float = SETTLE_S, max_buffered: int | None = None
+    ) -> None:
         self.app = app
         self.topic = topic
         self.max_records = max(1, max_records)
@@ -206,8 +207,7 @@ class RawBatches:
             if chunk_generation != generation:
                 continue
             # headers: `billing publish` names a line it could not read (processor._origin)
-            messages += [Message(r.partition, r.offset, r.key, r.value, message_headers(r.headers) if r.headers else ())
-                         for r in records]
+            messages += [Message(r.partition, r.offset, r.key, r.value, message_headers(r.headers) if r.headers else ()) for r in records]
             stamps += [r.timestamp / 1000 for r in records if r.timestamp is not None and r.timestamp >= 0]
             offsets.setdefault(tp, []).extend(r.offset for r in records)
         if not messages:

@@ -23,14 +23,14 @@ from typing import Any, Iterator
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from pipeline.batch.processor import KEEP_MINUTES_US
 from pipeline.core.catalog import Catalog
 from pipeline.core.fold import apply
-from pipeline.stream.gcpause import gc_paused
 from pipeline.core.records import CONTROL_KINDS, Usage, parse_record
 from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, Line, LineKey
-from pipeline.batch.processor import KEEP_MINUTES_US
-from pipeline.store.statestore import LINE_SELECT, line_of
 from pipeline.core.timestamps import US_PER_SECOND, format_ts
+from pipeline.store.statestore import LINE_SELECT, line_of
+from pipeline.stream.gcpause import gc_paused
 
 LOG_PAGE_ROWS = 50_000  # archived records per query: a rebill holds one page, whatever an account's history
 LOG_ORDER = ("account_id", "epoch", "partition", "offset", "idx")  # raw_records' sort key: log order per account
@@ -72,8 +72,13 @@ class RebillPlan:
             pair[0] += change.old.amount if change.old else ZERO
             pair[1] += change.new.amount
         return [
-            {"account_id": acc, "hour": format_ts(hour), "old_amount": f"{old:.6f}", "new_amount": f"{new:.6f}",
-             "delta": f"{new - old:.6f}"}
+            {
+                "account_id": acc,
+                "hour": format_ts(hour),
+                "old_amount": f"{old:.6f}",
+                "new_amount": f"{new:.6f}",
+                "delta": f"{new - old:.6f}",
+            }
             for (acc, hour), (old, new) in sorted(sums.items())
         ]
 
@@ -84,11 +89,16 @@ class RebillPlan:
         for change in self.changes:
             by_account[change.account_id].append(change)
         for acc, changes in sorted(by_account.items()):
-            yield orjson.dumps({
-                "type": "rebill.lines", "account_id": acc, "timestamp": format_ts(self.clocks[acc]),
-                "run_id": self.run_id, "catalog_version": self.catalog_version,
-                "lines": [_line_json(c) for c in changes],
-            })
+            yield orjson.dumps(
+                {
+                    "type": "rebill.lines",
+                    "account_id": acc,
+                    "timestamp": format_ts(self.clocks[acc]),
+                    "run_id": self.run_id,
+                    "catalog_version": self.catalog_version,
+                    "lines": [_line_json(c) for c in changes],
+                }
+            )
 
 
 def _line_json(change: LineChange) -> dict[str, Any]:
@@ -128,7 +138,7 @@ def _archived_records(client: Client, accounts: list[str]) -> Iterator[tuple[str
             yield row[0], row[5], row[6]
         if len(rows) < LOG_PAGE_ROWS:
             return
-        last = tuple(rows[-1][:len(LOG_ORDER)])
+        last = tuple(rows[-1][: len(LOG_ORDER)])
         if after is not None and last <= after:  # UTF-8 byte order is code point order: Python agrees with ClickHouse
             raise RuntimeError(f"reading the archive did not advance past {after}: stopping instead of replaying records twice")
         after = last
@@ -170,8 +180,15 @@ def _same_line(a: Line, b: Line) -> bool:
     return all(getattr(a, n) == getattr(b, n) for n in LINE_COUNTS) and a.amount == b.amount
 
 
-def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, account: str | None = None,
-                accounts: list[str] | None = None, run_id: str | None = None) -> RebillPlan:
+def plan_rebill(
+    client: Client,
+    catalog: Catalog,
+    start_us: int,
+    end_us: int,
+    account: str | None = None,
+    accounts: list[str] | None = None,
+    run_id: str | None = None,
+) -> RebillPlan:
     """The plan for the affected accounts (or the given subset of them, for progress in chunks)."""
     plan = RebillPlan(run_id or new_run_id(), catalog.version, start_us, end_us, account)
     plan.accounts = accounts if accounts is not None else affected_accounts(client, start_us, end_us, account)
@@ -198,8 +215,9 @@ def plan_rebill(client: Client, catalog: Catalog, start_us: int, end_us: int, ac
     return plan
 
 
-def _replay_record(plan: RebillPlan, catalog: Catalog, state: AccountState, kind: str, payload: str,
-                   rejected: set[tuple[str, str]]) -> None:
+def _replay_record(
+    plan: RebillPlan, catalog: Catalog, state: AccountState, kind: str, payload: str, rejected: set[tuple[str, str]]
+) -> None:
     """One record of a fresh run of the account's whole log under the plan's catalog (a control
     record archived under its own type was authenticated when it arrived)."""
     acc = state.account_id
@@ -255,7 +273,9 @@ def plan_json(plan: RebillPlan) -> dict[str, Any]:
     }
 
 
-def audit_record(run_id: str, start: str, end: str, account: str | None, catalog_version: str, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+def audit_record(
+    run_id: str, start: str, end: str, account: str | None, catalog_version: str, chunks: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The audit record of a run: who, when, range, catalog, records read, per account-hour diff."""
     return {
         "run_id": run_id,
@@ -290,8 +310,11 @@ def without_accounts(audit: dict[str, Any], accounts: set[str], records: list[st
     if not accounts:
         return audit
     refused_lines = sum(len(body["lines"]) for body in map(orjson.loads, records) if body["account_id"] in accounts)
-    return {**audit, "lines_changed": audit["lines_changed"] - refused_lines,
-            "diffs": [d for d in audit["diffs"] if d["account_id"] not in accounts],
-            "now_billed": [p for p in audit["now_billed"] if p[0] not in accounts],
-            "still_rejected": [p for p in audit.get("still_rejected", []) if p[0] not in accounts],
-            "refused_accounts": sorted(accounts)}
+    return {
+        **audit,
+        "lines_changed": audit["lines_changed"] - refused_lines,
+        "diffs": [d for d in audit["diffs"] if d["account_id"] not in accounts],
+        "now_billed": [p for p in audit["now_billed"] if p[0] not in accounts],
+        "still_rejected": [p for p in audit.get("still_rejected", []) if p[0] not in accounts],
+        "refused_accounts": sorted(accounts),
+    }

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.test_deploy_files import (K8S, compose, compose_env, configmap_data, container_env, k8s_docs,
-                                            k8s_resources, one, pod_spec)
+from tests.deploy.test_deploy_files import K8S, compose, compose_env, configmap_data, container_env, k8s_docs, k8s_resources, one, pod_spec
 
 
 def loaded(env: dict[str, str], monkeypatch: pytest.MonkeyPatch):

@@ -56,6 +56,7 @@ sys.path.remove(str(DEPLOY))
 
 # -- helpers: Dockerfile ------------------------------------------------------------------------
 
+
 def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) in order; continuation lines joined, comments dropped."""
     out, pending = [], ""
@@ -111,14 +112,15 @@ def env_of_stage(stage: dict) -> dict[str, str]:
 
 # -- helpers: .dockerignore (Docker's rules: moby/patternmatcher) -----------------------------
 
+
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
     out, i = "^", 0
     while i < len(pattern):
         ch = pattern[i]
         if ch == "*":
-            if pattern[i + 1:i + 2] == "*":
+            if pattern[i + 1 : i + 2] == "*":
                 i += 1
-                if pattern[i + 1:i + 2] == "/":
+                if pattern[i + 1 : i + 2] == "/":
                     i += 1
                 out += ".*" if i + 1 >= len(pattern) else "(.*/)?"
             else:
@@ -178,10 +180,14 @@ def build_context(root: Path = ROOT) -> set[str]:
 
 # -- helpers: settings --------------------------------------------------------------------------
 
+
 def settings_env_names() -> set[str]:
     tree = ast.parse((ROOT / "pipeline" / "settings.py").read_text(encoding="utf-8"))
-    return {n.value for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and re.fullmatch(r"BILLING_[A-Z0-9_]+", n.value)}
+    return {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and re.fullmatch(r"BILLING_[A-Z0-9_]+", n.value)
+    }
 
 
 def assert_env_read_by_settings(env: dict[str, str], where: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,6 +220,7 @@ def assert_env_read_by_settings(env: dict[str, str], where: str, monkeypatch: py
 
 
 # -- helpers: compose and k8s -------------------------------------------------------------------
+
 
 def compose() -> dict:
     data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
@@ -292,6 +299,7 @@ def billing_containers(docs: list[dict]) -> list[tuple[dict, dict]]:
 # =============================================================================================
 # Dockerfile and build context
 # =============================================================================================
+
 
 def test_dockerfile_base_user_entrypoint_and_no_extras():
     _, stages = dockerfile_stages()
@@ -390,8 +398,13 @@ def test_build_context_has_what_the_code_reads_and_nothing_private():
             for src in rest.split()[:-1]:
                 src = src.rstrip("/")
                 assert any(f == src or f.startswith(src + "/") for f in context), f"COPY {src}: not in the build context"
-    private = sorted(f for f in context if re.match(r"(\.git|\.venv|\.billing|billing-worker-data|tests|bench|deploy)(/|$)", f)
-                     or "__pycache__" in f or f.endswith((".pyc", ".env")))
+    private = sorted(
+        f
+        for f in context
+        if re.match(r"(\.git|\.venv|\.billing|billing-worker-data|tests|bench|deploy)(/|$)", f)
+        or "__pycache__" in f
+        or f.endswith((".pyc", ".env"))
+    )
     assert not private, f"the build context includes {private[:10]}"
 
 
@@ -418,6 +431,7 @@ def test_hadolint_if_available():
 # =============================================================================================
 # docker-compose.yml
 # =============================================================================================
+
 
 def test_compose_services_replicas_and_images():
     data = compose()
@@ -511,14 +525,27 @@ def test_compose_config_validates_if_a_compose_tool_is_installed(tmp_path):
     broken = tmp_path / "docker-compose.yml"
     broken.write_text(COMPOSE.read_text(encoding="utf-8").replace("    stop_grace_period:", "    stop_grace_periodz:"))
     for command in commands:
-        ok = subprocess.run(command + ["-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60,
-                            env={**env, "CLICKHOUSE_PASSWORD": "test-only"}, cwd=DEPLOY)
+        ok = subprocess.run(
+            command + ["-f", str(COMPOSE), "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "CLICKHOUSE_PASSWORD": "test-only"},
+            cwd=DEPLOY,
+        )
         assert ok.returncode == 0, f"{' '.join(command)} config: {ok.stderr}"
-        no_password = subprocess.run(command + ["-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60,
-                                     env=env, cwd=tmp_path)
+        no_password = subprocess.run(
+            command + ["-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+        )
         assert no_password.returncode != 0, "compose must refuse to start without CLICKHOUSE_PASSWORD"
-        bad = subprocess.run(command + ["-f", str(broken), "config", "-q"], capture_output=True, text=True, timeout=60,
-                             env={**env, "CLICKHOUSE_PASSWORD": "test-only"}, cwd=tmp_path)
+        bad = subprocess.run(
+            command + ["-f", str(broken), "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "CLICKHOUSE_PASSWORD": "test-only"},
+            cwd=tmp_path,
+        )
         assert bad.returncode != 0, f"{' '.join(command)} accepted an unknown key: it is not validating"
 
 
@@ -562,17 +589,24 @@ def run_topics_script(tmp_path: Path, partitions_on_broker: str, **env: str) -> 
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "calls.log"
     log.write_text("")
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KAFKA_BIN_DIR": str(bin_dir), "STUB_LOG": str(log),
-                "STUB_PARTITIONS": partitions_on_broker, **env}
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "KAFKA_BIN_DIR": str(bin_dir),
+        "STUB_LOG": str(log),
+        "STUB_PARTITIONS": partitions_on_broker,
+        **env,
+    }
     result = subprocess.run(["bash", str(K8S / "create-topics.sh")], capture_output=True, text=True, env=full_env, timeout=30)
     return result, log.read_text().splitlines()
 
 
 def script_topic_configs() -> dict[str, dict[str, str]]:
     text = (K8S / "create-topics.sh").read_text(encoding="utf-8")
-    return {suffix: dict(kv.split("=", 1) for kv in configs.split(","))
-            for suffix, configs in re.findall(r'^ensure_topic "\$(?:prefix\.([\w.-]+)|input)" "([^"]+)"', text, re.M)
-            for suffix in [suffix or "input"]}
+    return {
+        suffix: dict(kv.split("=", 1) for kv in configs.split(","))
+        for suffix, configs in re.findall(r'^ensure_topic "\$(?:prefix\.([\w.-]+)|input)" "([^"]+)"', text, re.M)
+        for suffix in [suffix or "input"]
+    }
 
 
 def test_topics_script_creates_input_topic_with_its_configs(tmp_path):
@@ -581,21 +615,28 @@ def test_topics_script_creates_input_topic_with_its_configs(tmp_path):
     assert result.returncode == 0, result.stderr
     create = next(c for c in calls if "--create" in c and "--topic billing.input " in c + " ")
     assert "--bootstrap-server kafka:9092" in create and "--partitions 24" in create and "--replication-factor 3" in create
-    for config in ("retention.ms=-1", "message.timestamp.type=LogAppendTime", "min.insync.replicas=2",
-                   "unclean.leader.election.enable=false"):
+    for config in (
+        "retention.ms=-1",
+        "message.timestamp.type=LogAppendTime",
+        "min.insync.replicas=2",
+        "unclean.leader.election.enable=false",
+    ):
         assert f"--config {config}" in create
     alter = next(c for c in calls if c.startswith("kafka-configs.sh") and "--alter" in c and "--entity-name billing.input" in c)
     assert "retention.ms=-1" in alter and "message.timestamp.type=LogAppendTime" in alter and "min.insync.replicas=2" in alter
     assert any("--describe --all" in c and "--entity-name billing.rate-violations" in c for c in calls)
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"STUB_OVERRIDE": "min.insync.replicas=1"}, "min.insync.replicas=1, required 2"),
-    ({"STUB_OVERRIDE": "unclean.leader.election.enable=true"}, "unclean.leader.election.enable=true, required false"),
-    ({"STUB_OVERRIDE": "retention.ms=604800000"}, "billing.input has retention.ms=604800000"),
-    ({"STUB_REPLICATION": "1"}, "replication factor 1, required 3"),
-    ({"TOPIC_MIN_INSYNC_REPLICAS": "3"}, "must be below the replication factor 3"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"STUB_OVERRIDE": "min.insync.replicas=1"}, "min.insync.replicas=1, required 2"),
+        ({"STUB_OVERRIDE": "unclean.leader.election.enable=true"}, "unclean.leader.election.enable=true, required false"),
+        ({"STUB_OVERRIDE": "retention.ms=604800000"}, "billing.input has retention.ms=604800000"),
+        ({"STUB_REPLICATION": "1"}, "replication factor 1, required 3"),
+        ({"TOPIC_MIN_INSYNC_REPLICAS": "3"}, "must be below the replication factor 3"),
+    ],
+)
 def test_topics_script_fails_loudly_on_a_topic_weaker_than_required(tmp_path, env, message):
     """The broker keeps what it was given: a config it refused or an older topic is caught."""
     result, _ = run_topics_script(tmp_path, "24", TOPICS_BOOTSTRAP="kafka:9092", **env)
@@ -617,17 +658,24 @@ def test_topics_script_matches_the_code_and_the_settings():
 
     settings = Settings()
     names = {f"billing.{suffix}" for suffix in configs}
-    expected = {getattr(settings, attr) for attr in dir(Settings) if attr.endswith("_topic") and isinstance(getattr(Settings, attr), property)}
+    expected = {
+        getattr(settings, attr) for attr in dir(Settings) if attr.endswith("_topic") and isinstance(getattr(Settings, attr), property)
+    }
     assert names == expected, f"create-topics.sh makes {sorted(names)}, the code uses {sorted(expected)}"
     try:
         from pipeline.ingest import topics
     except ImportError:
         return
-    by_name = {settings.input_topic: "INPUT_CONFIG", settings.status_topic: "STATUS_CONFIG",
-               settings.violations_topic: "VIOLATIONS_CONFIG"} if hasattr(settings, "status_topic") else {}
+    by_name = (
+        {settings.input_topic: "INPUT_CONFIG", settings.status_topic: "STATUS_CONFIG", settings.violations_topic: "VIOLATIONS_CONFIG"}
+        if hasattr(settings, "status_topic")
+        else {}
+    )
     for name, const in by_name.items():
         if hasattr(topics, const):
-            assert configs[name.split(".", 1)[1]] == getattr(topics, const), f"{name}: create-topics.sh differs from pipeline/ingest/topics.py {const}"
+            assert configs[name.split(".", 1)[1]] == getattr(topics, const), (
+                f"{name}: create-topics.sh differs from pipeline/ingest/topics.py {const}"
+            )
 
 
 def test_compose_topic_init_matches_workers():
@@ -654,6 +702,7 @@ def test_shellcheck_if_available():
 # =============================================================================================
 # Kubernetes manifests
 # =============================================================================================
+
 
 def test_k8s_files_parse_and_kustomization_lists_them():
     kust = kustomization()
@@ -775,8 +824,9 @@ def test_k8s_env_vars_are_read_by_settings(monkeypatch):
         secret_backed = {k for k, v in env.items() if v.startswith("<secret:")}
         # a stand-in for each secret: a URL for the ClickHouse URL, a long random-looking key for the others
         stand_in = {k: "http://u:p@h:8123/db" if "CLICKHOUSE" in k else "s3cr3t-" + "0123456789abcdef" * 3 for k in secret_backed}
-        assert_env_read_by_settings({k: stand_in.get(k, v) for k, v in env.items()},
-                                    f"{doc['kind']} {doc['metadata']['name']}", monkeypatch)
+        assert_env_read_by_settings(
+            {k: stand_in.get(k, v) for k, v in env.items()}, f"{doc['kind']} {doc['metadata']['name']}", monkeypatch
+        )
 
 
 def test_k8s_jobs_migrate_and_topics():
@@ -809,6 +859,7 @@ def test_no_credentials_in_deploy_files():
 # =============================================================================================
 # ClickHouse cluster DDL
 # =============================================================================================
+
 
 def parse_ddl(directory: Path) -> tuple[dict[str, gen_cluster_ddl.Table], dict[str, str], list[str]]:
     tables, views, statements = {}, {}, []
@@ -847,8 +898,10 @@ def test_cluster_tables_have_the_single_server_columns():
     cluster, cluster_views, _ = parse_ddl(CLUSTER_DDL_DIR)
     assert single, "could not parse the single-server DDL"
     expected = set(single) | {f"{name}_local" for name in single}
-    assert set(cluster) == expected, (f"cluster DDL tables differ: missing {sorted(expected - set(cluster))}, "
-                                      f"extra {sorted(set(cluster) - expected)} (python deploy/gen_cluster_ddl.py)")
+    assert set(cluster) == expected, (
+        f"cluster DDL tables differ: missing {sorted(expected - set(cluster))}, "
+        f"extra {sorted(set(cluster) - expected)} (python deploy/gen_cluster_ddl.py)"
+    )
     for name, table in single.items():
         for twin in (name, f"{name}_local"):
             assert cluster[twin].columns == table.columns, f"{twin}: columns differ from {name} in the single-server DDL"
@@ -861,9 +914,11 @@ def test_cluster_engines_paths_and_sharding():
     single, _, _ = parse_ddl(SINGLE_DDL_DIR)
     cluster, _, statements = parse_ddl(CLUSTER_DDL_DIR)
     for s in statements:
-        assert re.match(r"CREATE (TABLE|VIEW|DATABASE) IF NOT EXISTS \w+ ON CLUSTER '\{cluster\}'", s) or re.match(
-            r"ALTER TABLE \w+_local ON CLUSTER '\{cluster\}' MODIFY TTL ", s) or re.match(
-            r"INSERT INTO \w+\s+SELECT\s", s), f"not ON CLUSTER: {s[:80]}"
+        assert (
+            re.match(r"CREATE (TABLE|VIEW|DATABASE) IF NOT EXISTS \w+ ON CLUSTER '\{cluster\}'", s)
+            or re.match(r"ALTER TABLE \w+_local ON CLUSTER '\{cluster\}' MODIFY TTL ", s)
+            or re.match(r"INSERT INTO \w+\s+SELECT\s", s)
+        ), f"not ON CLUSTER: {s[:80]}"
     # a backfill runs once through the Distributed tables: the same statement as on one server
     single_inserts = [s for p in sorted(SINGLE_DDL_DIR.glob("*.sql")) for s in gen_cluster_ddl.ddl_statements(p) if s.startswith("INSERT")]
     assert single_inserts == [s for s in statements if s.startswith("INSERT")]
@@ -895,8 +950,9 @@ def test_cluster_engines_paths_and_sharding():
 def test_cluster_ddl_is_generated_from_the_single_server_ddl():
     expected = gen_cluster_ddl.expected_files(SINGLE_DDL_DIR, CLUSTER_DDL_DIR)
     for path, text in expected.items():
-        assert path.exists() and path.read_text(encoding="utf-8") == text, \
+        assert path.exists() and path.read_text(encoding="utf-8") == text, (
             f"{path.relative_to(ROOT)} is out of date: run python deploy/gen_cluster_ddl.py"
+        )
     extra = {p.name for p in CLUSTER_DDL_DIR.glob("*.sql")} - {p.name for p in expected} - {"000_database.sql"}
     assert not extra, f"cluster DDL files without a single-server source: {sorted(extra)}"
 
@@ -951,8 +1007,13 @@ def test_cluster_ddl_runs_in_the_clickhouse_engine(tmp_path):
     pytest.importorskip("chdb")
     script = tmp_path / "check.py"
     script.write_text(CHDB_CHECK)
-    result = subprocess.run([sys.executable, str(script), str(DEPLOY), str(SINGLE_DDL_DIR), str(CLUSTER_DDL_DIR)],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(script), str(DEPLOY), str(SINGLE_DDL_DIR), str(CLUSTER_DDL_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     single, cluster, engines = out["single"], out["cluster"], out["engines"]

@@ -70,8 +70,17 @@ def test_committed_dashboard_is_the_generated_one() -> None:
 def test_dashboard_has_the_panels_operators_need() -> None:
     data = json.loads(billing_dashboard.render())
     titles = {p["title"] for p in data["panels"]}
-    assert {"Throughput (records/s by outcome)", "Lag per partition", "Batch time", "ClickHouse write time", "Batch failures",
-            "Rejections by reason", "Accounts in arrears", "Revenue per hour (CNY)", "Publish to queryable"} <= titles
+    assert {
+        "Throughput (records/s by outcome)",
+        "Lag per partition",
+        "Batch time",
+        "ClickHouse write time",
+        "Batch failures",
+        "Rejections by reason",
+        "Accounts in arrears",
+        "Revenue per hour (CNY)",
+        "Publish to queryable",
+    } <= titles
     ids = [p["id"] for p in data["panels"]]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     sql = [t["rawSql"] for t in dashboard_targets() if "rawSql" in t]
@@ -98,8 +107,13 @@ def test_the_parser_rejects_broken_promql() -> None:
 
 def test_alert_rules_cover_the_failure_modes() -> None:
     rules = {r["alert"]: r for r in alert_rules()}
-    assert {"BillingLagGrowing", "BillingBatchFailingRepeatedly", "BillingWorkerDown", "BillingWorkerRestarting",
-            "BillingNoBatchWhileLagging"} <= set(rules)
+    assert {
+        "BillingLagGrowing",
+        "BillingBatchFailingRepeatedly",
+        "BillingWorkerDown",
+        "BillingWorkerRestarting",
+        "BillingNoBatchWhileLagging",
+    } <= set(rules)
     for rule in rules.values():
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]

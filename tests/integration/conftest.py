@@ -8,8 +8,8 @@ from typing import Iterator
 import pytest
 
 from pipeline.ingest.broker import EmbeddedBroker
-from pipeline.store.chclient import connect, migrate
 from pipeline.settings import Settings
+from pipeline.store.chclient import connect, migrate
 from tests.integration.stack import Stack
 
 

@@ -34,7 +34,10 @@ class Stack:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "up", "--data-dir", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -62,11 +65,16 @@ class Stack:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
 
-    def cli(self, *args: str, input_bytes: bytes | None = None, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input_bytes: bytes | None = None, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "pipeline", *args, "--data-dir", str(self.data_dir)],
             input=input_bytes.decode() if input_bytes is not None else None,
-            capture_output=True, text=True, timeout=timeout, env=os.environ.copy(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=os.environ.copy(),
         )
         if check and result.returncode != 0:
             raise AssertionError(f"billing {' '.join(args)} exited {result.returncode}:\n{result.stderr}\n--- up log:\n{self.log()}")
@@ -121,10 +129,21 @@ def bills_by_key(rows: list[dict[str, Any]], accounts: set[str] | None = None) -
 
 
 # bill_hour_totals (through its view), as `billing sql` shows it: one row per account-hour
-HOUR_TOTALS_SQL = ("SELECT account_id, hour, lines, calls, plugin_calls, input_tokens, output_tokens, free_tokens, billed_input_tokens, "
-                   "billed_output_tokens, plugin_units, amount FROM hourly_account_totals")
-HOUR_TOTAL_INTS = ("lines", "calls", "plugin_calls", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens",
-                   "billed_output_tokens", "plugin_units")
+HOUR_TOTALS_SQL = (
+    "SELECT account_id, hour, lines, calls, plugin_calls, input_tokens, output_tokens, free_tokens, billed_input_tokens, "
+    "billed_output_tokens, plugin_units, amount FROM hourly_account_totals"
+)
+HOUR_TOTAL_INTS = (
+    "lines",
+    "calls",
+    "plugin_calls",
+    "input_tokens",
+    "output_tokens",
+    "free_tokens",
+    "billed_input_tokens",
+    "billed_output_tokens",
+    "plugin_units",
+)
 
 
 def hour_totals_of_bills(bills: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -146,18 +165,22 @@ def assert_hour_totals_equal_bills(json_lines: Callable[..., list[dict[str, Any]
     """The per account-hour totals the worker keeps (read by the console's overview and the
     hourly_account_totals view) equal `billing bills` summed per account-hour, row for row.
     `json_lines` runs a `billing` command with `--format json` (Stack's or a worker's)."""
-    got = {(r["account_id"], r["hour"]): {**{k: r[k] for k in HOUR_TOTAL_INTS}, "amount": Decimal(r["amount"])}
-           for r in json_lines("sql", HOUR_TOTALS_SQL, "--max-rows", "1000000")}
+    got = {
+        (r["account_id"], r["hour"]): {**{k: r[k] for k in HOUR_TOTAL_INTS}, "amount": Decimal(r["amount"])}
+        for r in json_lines("sql", HOUR_TOTALS_SQL, "--max-rows", "1000000")
+    }
     _assert_same_totals(got, hour_totals_of_bills(json_lines("bills")))
 
 
 def assert_hour_totals_exact(client: Any, accounts: set[str]) -> None:
     """The same, read straight from the engine (no `billing up`), for some accounts only."""
-    from pipeline.store import queries
     from pipeline.core.timestamps import format_ts
+    from pipeline.store import queries
 
-    result = client.query(HOUR_TOTALS_SQL.replace("hour,", "toUnixTimestamp(hour) AS hour_s,", 1) + " WHERE account_id IN {a:Array(String)}",
-                          parameters={"a": sorted(accounts)})
+    result = client.query(
+        HOUR_TOTALS_SQL.replace("hour,", "toUnixTimestamp(hour) AS hour_s,", 1) + " WHERE account_id IN {a:Array(String)}",
+        parameters={"a": sorted(accounts)},
+    )
     got = {}
     for row in result.named_results():
         got[(row["account_id"], format_ts(row["hour_s"] * 1_000_000))] = {**{k: row[k] for k in HOUR_TOTAL_INTS}, "amount": row["amount"]}
@@ -166,8 +189,10 @@ def assert_hour_totals_exact(client: Any, accounts: set[str]) -> None:
 
 def _assert_same_totals(got: dict[tuple[str, str], dict[str, Any]], want: dict[tuple[str, str], dict[str, Any]]) -> None:
     assert want, "no bills to compare with"
-    assert got.keys() == want.keys(), (f"account-hours only in the totals: {sorted(got.keys() - want.keys())[:5]}, "
-                                       f"only in the bills: {sorted(want.keys() - got.keys())[:5]}")
+    assert got.keys() == want.keys(), (
+        f"account-hours only in the totals: {sorted(got.keys() - want.keys())[:5]}, "
+        f"only in the bills: {sorted(want.keys() - got.keys())[:5]}"
+    )
     wrong = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     assert not wrong, f"{len(wrong)} account-hours differ (totals, bills), e.g. {next(iter(wrong.items()))}"
 
@@ -177,8 +202,14 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[tuple[by
     end offsets cannot be trusted (DESIGN §7)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                             group_id=None, consumer_timeout_ms=int(idle_s * 1000))
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(idle_s * 1000),
+    )
     try:
         return [(m.key, m.value) for m in consumer]
     finally:

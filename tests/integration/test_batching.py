@@ -15,9 +15,9 @@ import faust
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
+from pipeline.ingest.broker import ensure_topics
 from pipeline.stream.app import leave_group_at_generation_zero
 from pipeline.stream.batching import take_batches
-from pipeline.ingest.broker import ensure_topics
 from tests.integration.test_two_workers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -46,13 +46,21 @@ def _published(broker: str) -> tuple[str, str]:
 
 
 @contextmanager
-def _running(broker: str, topic: str, group: str, agent: Callable[[faust.StreamT], Awaitable[None]],
-             datadir: Path) -> Iterator[None]:
+def _running(broker: str, topic: str, group: str, agent: Callable[[faust.StreamT], Awaitable[None]], datadir: Path) -> Iterator[None]:
     """A Faust app consuming `topic` with `agent`, on its own event loop thread."""
     leave_group_at_generation_zero()
-    app = faust.App(group, broker=f"kafka://{broker}", store="memory://", datadir=str(datadir), broker_session_timeout=6,
-                    broker_heartbeat_interval=1, broker_commit_interval=0.2, consumer_auto_offset_reset="earliest",
-                    topic_disable_leader=True, web_enabled=False)
+    app = faust.App(
+        group,
+        broker=f"kafka://{broker}",
+        store="memory://",
+        datadir=str(datadir),
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        broker_commit_interval=0.2,
+        consumer_auto_offset_reset="earliest",
+        topic_disable_leader=True,
+        web_enabled=False,
+    )
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=1)
     app.agent(source)(agent)
     loop = asyncio.new_event_loop()

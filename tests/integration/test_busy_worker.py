@@ -11,8 +11,8 @@ from typing import Iterator
 import pytest
 
 from pipeline.cli.commands import wait_for
-from pipeline.store.reader import ApiReader, WorkerBusy
 from pipeline.settings import load_settings
+from pipeline.store.reader import ApiReader, WorkerBusy
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,28 @@ ACCOUNT = "acct-cli-output"
 def published(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     records = [
         {"type": "api_key.created", "account_id": ACCOUNT, "timestamp": "2024-07-01T10:00:00+08:00", "api_key_id": "k1"},
-        *({"account_id": ACCOUNT, "timestamp": f"2024-07-01T{10 + i}:00:05+08:00", "event_id": f"cli-{i}", "api_key_id": "k1",
-           "model": "xingchen-lite", "input_tokens": 10, "output_tokens": 5} for i in range(5)),
+        *(
+            {
+                "account_id": ACCOUNT,
+                "timestamp": f"2024-07-01T{10 + i}:00:05+08:00",
+                "event_id": f"cli-{i}",
+                "api_key_id": "k1",
+                "model": "xingchen-lite",
+                "input_tokens": 10,
+                "output_tokens": 5,
+            }
+            for i in range(5)
+        ),
         # breaks the schema (tokens as a string) but has a good timestamp
-        {"account_id": ACCOUNT, "timestamp": "2024-07-01T09:30:00Z", "event_id": "cli-bad", "api_key_id": "k1",
-         "model": "xingchen-lite", "input_tokens": "ten", "output_tokens": 5},
+        {
+            "account_id": ACCOUNT,
+            "timestamp": "2024-07-01T09:30:00Z",
+            "event_id": "cli-bad",
+            "api_key_id": "k1",
+            "model": "xingchen-lite",
+            "input_tokens": "ten",
+            "output_tokens": 5,
+        },
     ]
     path = tmp_path_factory.mktemp("cli") / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from pipeline.store import queries, sink
-from pipeline.store.chclient import connect
+from pipeline.demo.workload import generate
 from pipeline.ingest.publish import publish_lines
 from pipeline.settings import Settings
-from pipeline.demo.workload import generate
+from pipeline.store import queries, sink
+from pipeline.store.chclient import connect
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.integration.test_two_workers import Replica, barrier, wait_until

@@ -4,7 +4,6 @@ broker (Tansu) and engine (chdb), each numbered failure of the issue as a test t
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -14,22 +13,23 @@ import clickhouse_connect
 import pytest
 from kafka import KafkaAdminClient
 
-from pipeline.store import migrations, statestore
-from pipeline.stream import logidentity
-from pipeline.ingest.broker import ensure_topics
-from pipeline.core.catalog import load_catalog
-from pipeline.store.chclient import DDL_DIR
-from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, partition_for
 from pipeline.batch.processor import BatchProcessor, Message
-from pipeline.settings import Settings
+from pipeline.core.catalog import load_catalog
+from pipeline.ingest.broker import ensure_topics
 from pipeline.ingest.topics import WeakTopic, ensure_all
+from pipeline.settings import Settings
+from pipeline.store import migrations, statestore
+from pipeline.store.chclient import DDL_DIR
+from pipeline.stream import logidentity
+from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, partition_for
 
 pytestmark = pytest.mark.integration
 
 
 def recharge(account: str, amount: str, minute: int = 0) -> bytes:
-    return json.dumps({"type": "credit.recharge", "account_id": account, "amount": amount,
-                       "timestamp": f"2026-03-01T10:{minute:02d}:00+08:00"}).encode()
+    return json.dumps(
+        {"type": "credit.recharge", "account_id": account, "amount": amount, "timestamp": f"2026-03-01T10:{minute:02d}:00+08:00"}
+    ).encode()
 
 
 def balance(client: Any, account: str) -> Decimal:
@@ -52,6 +52,7 @@ def processor(client: Any, epoch: str, partitions: int | None) -> BatchProcessor
 
 
 # 1. Adding partitions to the live input topic -----------------------------------------------
+
 
 def test_partitions_added_to_the_live_topic_corrupt_a_balance_without_the_guard(client) -> None:
     """The issue's reproduction, kept as the reason for the guard: +100, then +50 on the new
@@ -87,6 +88,7 @@ def test_partitions_added_are_refused_and_the_grow_procedure_gives_157(client) -
 
 # 2. A re-created topic restarts its offsets ---------------------------------------------------
 
+
 def test_a_recreated_topic_is_a_new_epoch_not_five_skipped_recharges(client, broker: str) -> None:
     topic, account = f"recreated-{uuid.uuid4().hex[:6]}", f"acct-recreated-{uuid.uuid4().hex[:6]}"
     key = account.encode()
@@ -95,7 +97,8 @@ def test_a_recreated_topic_is_a_new_epoch_not_five_skipped_recharges(client, bro
     epoch = logidentity.resolve(client, logidentity.AUTO, before)
     assert before.topic_id and epoch.endswith(before.topic_id)
     BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(
-        [Message(0, i, key, recharge(account, "1", i)) for i in range(5)])
+        [Message(0, i, key, recharge(account, "1", i)) for i in range(5)]
+    )
     assert balance(client, account) == Decimal("5")
 
     admin = KafkaAdminClient(bootstrap_servers=broker)
@@ -129,8 +132,9 @@ def test_an_explicit_epoch_refuses_a_topic_with_another_identity(client, broker:
 def test_a_worker_refuses_to_start_on_a_recreated_topic_under_its_old_epoch(broker: str, inprocess_dir: Path) -> None:
     from pipeline.stream.app import Worker
 
-    settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-recreated",
-                        log_epoch=f"fixed-{uuid.uuid4().hex[:6]}")
+    settings = Settings(
+        data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-recreated", log_epoch=f"fixed-{uuid.uuid4().hex[:6]}"
+    )
     ensure_all(settings, broker)
     Worker(settings, broker, settings.log_epoch)._db.shutdown(wait=False)  # binds the epoch to this topic
     admin = KafkaAdminClient(bootstrap_servers=broker)
@@ -141,6 +145,7 @@ def test_a_worker_refuses_to_start_on_a_recreated_topic_under_its_old_epoch(brok
 
 
 # 3. Topics: durable, and never created by a production worker ---------------------------------
+
 
 def test_a_production_worker_does_not_create_topics(broker: str) -> None:
     settings = Settings(kafka=broker, create_topics=False, topic_prefix=f"nocreate{uuid.uuid4().hex[:6]}")
@@ -166,6 +171,7 @@ def test_topics_weaker_than_required_stop_the_worker(broker: str) -> None:
 
 
 # 7. Versioned schema migrations ----------------------------------------------------------------
+
 
 @pytest.fixture
 def empty_db(inprocess_dir: Path) -> Any:
@@ -222,6 +228,7 @@ def test_a_worker_refuses_a_schema_behind_its_code_and_the_embedded_one_migrates
 
 # 5. `billing publish` never reorders an account's records -------------------------------------
 
+
 def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(broker: str, monkeypatch) -> None:
     from kafka import KafkaConsumer
     from kafka.errors import KafkaTimeoutError
@@ -259,7 +266,7 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
     assert report.failures and report.resume_line is not None
     assert len(sends) == 3, "nothing may be handed to the producer after a send failed"
     monkeypatch.setattr(publish, "make_producer", real_make)
-    again = publish.publish_lines(lines[report.resume_line - 1:], broker, topic, quiet=True)
+    again = publish.publish_lines(lines[report.resume_line - 1 :], broker, topic, quiet=True)
     assert not again.failures
 
     consumer = KafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest", consumer_timeout_ms=3000, group_id=None)
@@ -278,6 +285,7 @@ def test_publish_stops_at_a_failed_send_and_resuming_keeps_every_accounts_order(
 
 # 4. The commit point on a cluster: the settings are sent with every query and checked at start --
 
+
 def test_cluster_mode_sends_the_commit_point_settings_and_checks_them(inprocess_dir: Path, empty_db) -> None:
     from pipeline.store import chcluster
 
@@ -289,8 +297,12 @@ def test_cluster_mode_sends_the_commit_point_settings_and_checks_them(inprocess_
     # what client_options gives a server URL in cluster mode, on the embedded engine
     options = chcluster.client_options(Settings(clickhouse_cluster=True), "http://u:p@clickhouse:8123/billing")
     cluster = clickhouse_connect.get_client(dsn=url, database=database, **options)
-    assert chcluster.check(cluster) == {"insert_distributed_sync": "1", "insert_quorum": "auto",
-                                        "insert_quorum_parallel": "0", "select_sequential_consistency": "1"}
+    assert chcluster.check(cluster) == {
+        "insert_distributed_sync": "1",
+        "insert_quorum": "auto",
+        "insert_quorum_parallel": "0",
+        "select_sequential_consistency": "1",
+    }
     # single-server tables under cluster mode: refused, not written to one node
     migrations.apply(cluster, DDL_DIR)
     with pytest.raises(chcluster.ClusterConsistencyError, match="not the cluster ones: raw_records is ReplacingMergeTree"):

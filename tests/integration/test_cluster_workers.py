@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer
 
-from pipeline.store import queries, statestore
-from pipeline.ingest.broker import ensure_topics
-from pipeline.store.chclient import connect
 from pipeline.cli.commands import wait_for
-from pipeline.stream.partitioning import PartitionMismatch, confirm_drained, partition_for
+from pipeline.ingest.broker import ensure_topics
 from pipeline.ingest.publish import publish_lines
 from pipeline.settings import Settings
+from pipeline.store import queries, statestore
+from pipeline.store.chclient import connect
+from pipeline.stream.partitioning import PartitionMismatch, confirm_drained, partition_for
 from tests.integration.test_two_workers import Replica, wait_until
 
 pytestmark = pytest.mark.integration
@@ -38,8 +38,9 @@ class Reader:
 
 
 def recharge(account: str, amount: str, minute: int) -> bytes:
-    return json.dumps({"type": "credit.recharge", "account_id": account, "amount": amount,
-                       "timestamp": f"2026-03-01T10:{minute:02d}:00+08:00"}).encode()
+    return json.dumps(
+        {"type": "credit.recharge", "account_id": account, "amount": amount, "timestamp": f"2026-03-01T10:{minute:02d}:00+08:00"}
+    ).encode()
 
 
 class QuickMetadataReplica(Replica):
@@ -62,8 +63,14 @@ class QuickMetadataReplica(Replica):
 def test_partitions_appearing_under_a_running_worker_stop_it(broker: str, inprocess_dir: Path) -> None:
     """Tansu has no CreatePartitions: the topic is re-created with 6 partitions while the worker
     (configured for 4) runs. The rebalance hands it partitions 4 and 5, and it stops loudly."""
-    settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-grown-live",
-                        log_epoch=f"live-{uuid.uuid4().hex[:6]}", topic_prefix=f"live{uuid.uuid4().hex[:6]}")
+    settings = Settings(
+        data_dir=inprocess_dir,
+        kafka=broker,
+        auto_tick=False,
+        app_id="billing-grown-live",
+        log_epoch=f"live-{uuid.uuid4().hex[:6]}",
+        topic_prefix=f"live{uuid.uuid4().hex[:6]}",
+    )
     worker = QuickMetadataReplica(settings, broker, "worker")
     try:
         wait_until(lambda: worker.partitions() == {0, 1, 2, 3}, 60, "the worker to own the 4 partitions")
@@ -117,8 +124,7 @@ def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         admin.close()
 
 
-def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inprocess_dir: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inprocess_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Violations that the broker does not acknowledge: the batch's offsets are not committed
     until they are; then every violation is on its topic. (Not with the idempotent producer:
     Tansu answers aiokafka's InitProducerId with UnknownError, measured.)"""
@@ -126,8 +132,14 @@ def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inproce
     from kafka.errors import KafkaConnectionError
 
     prefix = f"out{uuid.uuid4().hex[:6]}"
-    settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id=f"billing-{prefix}", topic_prefix=prefix,
-                        log_epoch=f"outputs-{prefix}")
+    settings = Settings(
+        data_dir=inprocess_dir,
+        kafka=broker,
+        auto_tick=False,
+        app_id=f"billing-{prefix}",
+        topic_prefix=prefix,
+        log_epoch=f"outputs-{prefix}",
+    )
     failing = threading.Event()
     refused: list[bytes] = []
     real_send = driver.Producer.send
@@ -145,8 +157,17 @@ def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inproce
     home = partition_for(account.encode(), settings.partitions)
     ts = "2026-03-01T10:00:00+08:00"
     records = [{"type": "api_key.created", "account_id": account, "api_key_id": "k1", "timestamp": ts}] + [
-        {"account_id": account, "event_id": f"{account}-e{i}", "api_key_id": "k1", "model": "xingchen-lite",
-         "input_tokens": 10, "output_tokens": 10, "timestamp": ts} for i in range(3)]  # qps 1: two violations
+        {
+            "account_id": account,
+            "event_id": f"{account}-e{i}",
+            "api_key_id": "k1",
+            "model": "xingchen-lite",
+            "input_tokens": 10,
+            "output_tokens": 10,
+            "timestamp": ts,
+        }
+        for i in range(3)
+    ]  # qps 1: two violations
     worker = Replica(settings, broker, "worker")
     try:
         wait_until(lambda: worker.partitions(), 60, "the worker to own partitions")
@@ -154,18 +175,24 @@ def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inproce
         publish_lines([json.dumps(r).encode() for r in records], broker, settings.input_topic, quiet=True)
         wait_until(lambda: len(refused) >= 2, 60, "the violations message refused twice")
         client = connect(settings.clickhouse_url)
-        assert client.query("SELECT count() FROM rate_violations WHERE account_id = {a:String}",
-                            parameters={"a": account}).result_rows[0][0] == 2  # billed and written...
+        assert (
+            client.query("SELECT count() FROM rate_violations WHERE account_id = {a:String}", parameters={"a": account}).result_rows[0][0]
+            == 2
+        )  # billed and written...
         time.sleep(3)  # three commit intervals
         assert committed(broker, settings.app_id, settings.input_topic).get(home, 0) == 0  # ...but not committed
         failing.clear()
-        wait_until(lambda: committed(broker, settings.app_id, settings.input_topic).get(home, 0) >= 1, 60,
-                   "the offsets to be committed once the violations are delivered")
+        wait_until(
+            lambda: committed(broker, settings.app_id, settings.input_topic).get(home, 0) >= 1,
+            60,
+            "the offsets to be committed once the violations are delivered",
+        )
         assert worker.worker.stats["output_send_failures"] >= 2
     finally:
         worker.stop()
-    consumer = KafkaConsumer(settings.violations_topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                             consumer_timeout_ms=3000, group_id=None)
+    consumer = KafkaConsumer(
+        settings.violations_topic, bootstrap_servers=broker, auto_offset_reset="earliest", consumer_timeout_ms=3000, group_id=None
+    )
     delivered = [json.loads(m.value) for m in consumer]
     consumer.close()
     mine = {(v["event_id"], v["limit"]) for m in delivered if m["account_id"] == account for v in m["violations"]}

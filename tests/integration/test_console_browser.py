@@ -20,8 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from pipeline.runtime import read_runtime
 from pipeline.demo.workload import generate, write_jsonl
+from pipeline.runtime import read_runtime
 from tests.integration.stack import Stack
 from tests.integration.test_pipeline import accounts_of
 
@@ -43,8 +43,16 @@ def browser() -> Iterator[Any]:
 
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1400,2200"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,2200",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -132,8 +140,9 @@ def test_operator_page(stack: Stack, browser: Any, console: dict[str, Any]) -> N
         acc[1] += b["input_tokens"] + b["output_tokens"]
         acc[2] += Decimal(b["amount"])
     top = sorted(per_account.items(), key=lambda kv: (-kv[1][2], kv[0]))[:20]
-    assert [[r[0], int(r[1]), int(r[2]), Decimal(r[3])] for r in table_rows(browser, "top-accounts")] == \
-        [[acc, *figures] for acc, figures in top]
+    assert [[r[0], int(r[1]), int(r[2]), Decimal(r[3])] for r in table_rows(browser, "top-accounts")] == [
+        [acc, *figures] for acc, figures in top
+    ]
     summaries = stack.json_lines("sql", "SELECT count() AS n, countIf(status = 'arrears') AS arrears FROM account_balances")[0]
     assert [int(text(browser, "kpi-accounts")), int(text(browser, "kpi-arrears"))] == [summaries["n"], summaries["arrears"]]
     reasons = {row[0]: int(row[1]) for row in table_rows(browser, "rejection-reasons")}
@@ -166,10 +175,12 @@ def test_account_page_equals_the_cli(stack: Stack, browser: Any, console: dict[s
     assert text(browser, "acct-debt") == summary["debt"]
     assert int(text(browser, "acct-free")) == summary["free_tokens_left"]
     assert text(browser, "acct-settled") == (summary["last_settled_hour"] or "—")
-    assert sorted(row[:3] for row in table_rows(browser, "vouchers")) == \
-        sorted([v["voucher_id"], v["remaining"], v["expires_at"] or "never"] for v in summary["vouchers"])
-    assert {row[0]: row[1] for row in table_rows(browser, "keys")} == \
-        {k: ("revoked" if v["revoked_at"] else "active") for k, v in summary["keys"].items()}
+    assert sorted(row[:3] for row in table_rows(browser, "vouchers")) == sorted(
+        [v["voucher_id"], v["remaining"], v["expires_at"] or "never"] for v in summary["vouchers"]
+    )
+    assert {row[0]: row[1] for row in table_rows(browser, "keys")} == {
+        k: ("revoked" if v["revoked_at"] else "active") for k, v in summary["keys"].items()
+    }
 
     start, end = browser.execute_script("return [document.getElementById('from').value, document.getElementById('to').value]")
     bills = stack.bills("--account", account, "--from", start, "--to", end)

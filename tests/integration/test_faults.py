@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.demo.workload import generate
 from pipeline.ingest.publish import publish_lines
 from pipeline.runtime import read_runtime
-from pipeline.demo.workload import generate
 from tests.integration.stack import assert_hour_totals_equal_bills, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
@@ -30,15 +30,22 @@ class WorkerProcess:
     def __init__(self, bootstrap: str, data_dir: Path, **env: str) -> None:
         self.bootstrap = bootstrap
         self.data_dir = data_dir
-        self.env = {**os.environ, "BILLING_KAFKA": bootstrap, "BILLING_DATA_DIR": str(data_dir),
-                    "BILLING_LOG_EPOCH": "fault-tests", "BILLING_AUTO_TICK": "0", **env}
+        self.env = {
+            **os.environ,
+            "BILLING_KAFKA": bootstrap,
+            "BILLING_DATA_DIR": str(data_dir),
+            "BILLING_LOG_EPOCH": "fault-tests",
+            "BILLING_AUTO_TICK": "0",
+            **env,
+        }
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "WorkerProcess":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "worker.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         return self
 
     def kill9(self) -> None:

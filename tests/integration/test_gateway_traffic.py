@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from pipeline.store import queries, statestore
-from pipeline.core.catalog import load_catalog
 from pipeline.batch.processor import BatchProcessor
+from pipeline.core.catalog import load_catalog
 from pipeline.core.state import AccountState
 from pipeline.demo.workload import generate
+from pipeline.store import queries, statestore
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.messages import one_record_messages as single_record_messages
@@ -30,7 +30,7 @@ def test_a_state_cache_smaller_than_the_accounts_keeps_bills_exact(client) -> No
     msgs = single_record_messages(lines)
     sizes = []
     for i in range(0, len(msgs), 20):
-        processor.process(msgs[i:i + 20])
+        processor.process(msgs[i : i + 20])
         sizes.append(len(processor.states))
     assert max(sizes[1:]) < 40  # evicted: never all the accounts in memory after a batch
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
@@ -40,8 +40,9 @@ def test_account_ids_that_need_escaping_load_their_snapshots(client) -> None:
     """Bound arrays are rendered in one string join; ids with a quote or a backslash take
     clickhouse-connect's own escaping and still find their rows."""
     odd = [f"o'brien-{uuid.uuid4().hex[:6]}", f"back\\slash-{uuid.uuid4().hex[:6]}", f"plain-{uuid.uuid4().hex[:6]}"]
-    client.insert("account_state", [[acc, 3, AccountState(acc, seq=3).to_json().decode()] for acc in odd],
-                  column_names=["account_id", "seq", "state"])
+    client.insert(
+        "account_state", [[acc, 3, AccountState(acc, seq=3).to_json().decode()] for acc in odd], column_names=["account_id", "seq", "state"]
+    )
     loaded = statestore.load_states(client, odd)
     assert sorted(loaded) == sorted(odd) and all(state.seq == 3 for state in loaded.values())
     assert str(statestore.str_array(["a-1", "b"])) == "['a-1','b']"

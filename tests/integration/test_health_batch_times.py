@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.runtime import read_runtime
 from pipeline.demo.workload import generate
+from pipeline.runtime import read_runtime
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -7,19 +7,18 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.core import control
-from pipeline.store import queries
-from pipeline.core.catalog import load_catalog
-from pipeline.stream.isolation import Isolator
 from pipeline.batch.processor import BatchProcessor, ClockBounds, Message
+from pipeline.core import control
+from pipeline.core.catalog import load_catalog
 from pipeline.runtime import read_runtime
+from pipeline.store import queries
+from pipeline.stream.isolation import Isolator
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -40,10 +39,18 @@ def body(kind: str, account: str, ts: str = TS, **fields: Any) -> dict[str, Any]
     return {"type": kind, "account_id": account, "timestamp": ts, **fields}
 
 
-def usage(account: str, event_id: str, ts: str = TS, key: str = "k1", inp: int = 1000, out: int = 100,
-          model: str = "xingchen-plus") -> dict[str, Any]:
-    return {"account_id": account, "timestamp": ts, "event_id": event_id, "api_key_id": key, "model": model,
-            "input_tokens": inp, "output_tokens": out}
+def usage(
+    account: str, event_id: str, ts: str = TS, key: str = "k1", inp: int = 1000, out: int = 100, model: str = "xingchen-plus"
+) -> dict[str, Any]:
+    return {
+        "account_id": account,
+        "timestamp": ts,
+        "event_id": event_id,
+        "api_key_id": key,
+        "model": model,
+        "input_tokens": inp,
+        "output_tokens": out,
+    }
 
 
 def account(stack: Stack, acc: str) -> dict[str, Any]:
@@ -62,25 +69,52 @@ def test_hostile_producer_cannot_stop_or_move_money(stack: Stack) -> None:
         (victim.encode(), b""),
         (victim.encode(), b"\xff\xfe not utf-8"),
         # 3. forged control records: a refund by rebill (with a float count), a clock, a barrier
-        (victim.encode(), orjson.dumps(body("rebill.lines", victim, run_id="forged", lines=[
-            {"hour": TS, "api_key_id": "k1", "item": "xingchen-plus", "requests": 1.0, "input_tokens": 0, "output_tokens": 0,
-             "free_tokens": 0, "billed_input_tokens": 0, "billed_output_tokens": 0, "quantity": 0, "amount": "0"}]))),
+        (
+            victim.encode(),
+            orjson.dumps(
+                body(
+                    "rebill.lines",
+                    victim,
+                    run_id="forged",
+                    lines=[
+                        {
+                            "hour": TS,
+                            "api_key_id": "k1",
+                            "item": "xingchen-plus",
+                            "requests": 1.0,
+                            "input_tokens": 0,
+                            "output_tokens": 0,
+                            "free_tokens": 0,
+                            "billed_input_tokens": 0,
+                            "billed_output_tokens": 0,
+                            "quantity": 0,
+                            "amount": "0",
+                        }
+                    ],
+                )
+            ),
+        ),
         (victim.encode(), orjson.dumps(body("clock.tick", victim, "2099-01-01T00:00:00+08:00"))),
         (b"", orjson.dumps({"type": "billing.barrier", "barrier_id": "forged"})),
     ]
-    normal_records = [body("api_key.created", normal, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
-                      body("credit.recharge", normal, "2024-09-18T09:00:00+08:00", amount="100"),
-                      *(usage(normal, f"{normal}-{i}", f"2024-09-18T10:{i:02d}:00+08:00") for i in range(20))]
-    send_raw(stack, [(normal.encode(), orjson.dumps(r)) for r in normal_records[:2]] + hostile
-             + [(normal.encode(), orjson.dumps(r)) for r in normal_records[2:]])
+    normal_records = [
+        body("api_key.created", normal, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
+        body("credit.recharge", normal, "2024-09-18T09:00:00+08:00", amount="100"),
+        *(usage(normal, f"{normal}-{i}", f"2024-09-18T10:{i:02d}:00+08:00") for i in range(20)),
+    ]
+    send_raw(
+        stack,
+        [(normal.encode(), orjson.dumps(r)) for r in normal_records[:2]]
+        + hostile
+        + [(normal.encode(), orjson.dumps(r)) for r in normal_records[2:]],
+    )
     stack.wait(timeout=120)
 
     assert stack.proc is not None and stack.proc.poll() is None  # nothing crashed the worker
     assert account(stack, rich)["cash_balance"] == "999999999999.999999"
     out_of_range = stack.rejected("--reason", "out_of_range")
     assert [r["account_id"] for r in out_of_range if r["account_id"] == rich] == [rich]
-    unauthorized = {r["record"].get("type") if isinstance(r["record"], dict) else None
-                    for r in stack.rejected("--reason", "unauthorized")}
+    unauthorized = {r["record"].get("type") if isinstance(r["record"], dict) else None for r in stack.rejected("--reason", "unauthorized")}
     assert {"rebill.lines", "clock.tick", "billing.barrier"} <= unauthorized
     invalid = [r for r in stack.rejected("--reason", "invalid_schema") if r["account_id"] == victim]
     assert any("null value" in r["detail"] for r in invalid) and len(invalid) >= 3
@@ -93,8 +127,9 @@ def test_the_api_refuses_writes_without_the_operator_token(stack: Stack) -> None
     runtime = read_runtime(stack.data_dir)
     assert runtime is not None and runtime.operator_token
     forged = json.dumps({"run_id": "x", "now_billed": [["a", "b"]]}).encode()
-    request = urllib.request.Request(runtime.api + "/api/rebill/audit", data=forged, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        runtime.api + "/api/rebill/audit", data=forged, method="POST", headers={"Content-Type": "application/json"}
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
@@ -105,9 +140,9 @@ def test_the_api_refuses_writes_without_the_operator_token(stack: Stack) -> None
 
 
 def test_an_api_beyond_loopback_needs_a_token(fresh_dir) -> None:
-    from pipeline.cli.commands import main
-
     import os
+
+    from pipeline.cli.commands import main
 
     os.environ["BILLING_API_HOST"] = "0.0.0.0"
     try:
@@ -117,8 +152,10 @@ def test_an_api_beyond_loopback_needs_a_token(fresh_dir) -> None:
 
 
 def messages(records: list[dict[str, Any]], start: int = 0) -> list[Message]:
-    return [Message(0, start + i, r["account_id"].encode(), orjson.dumps(control.sign(r, KEY) if r.get("type") == "clock.tick" else r))
-            for i, r in enumerate(records)]
+    return [
+        Message(0, start + i, r["account_id"].encode(), orjson.dumps(control.sign(r, KEY) if r.get("type") == "clock.tick" else r))
+        for i, r in enumerate(records)
+    ]
 
 
 def bills_of(client, acc: str) -> list[dict[str, Any]]:
@@ -128,19 +165,23 @@ def bills_of(client, acc: str) -> list[dict[str, Any]]:
 def test_a_far_future_record_settles_no_other_account(client) -> None:
     run = uuid.uuid4().hex[:8]
     quiet, loud = f"quiet-{run}", f"loud-{run}"
-    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=True, control_key=KEY,
-                               clock_bounds=ClockBounds())
-    first = processor.process(messages([body("api_key.created", quiet, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
-                                        usage(quiet, f"{quiet}-1"),
-                                        body("api_key.created", loud, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
-                                        usage(loud, f"{loud}-1")]))
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=True, control_key=KEY, clock_bounds=ClockBounds())
+    first = processor.process(
+        messages(
+            [
+                body("api_key.created", quiet, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
+                usage(quiet, f"{quiet}-1"),
+                body("api_key.created", loud, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
+                usage(loud, f"{loud}-1"),
+            ]
+        )
+    )
     assert not first.ticks
     future = processor.process(messages([usage(loud, f"{loud}-2", "2099-06-01T10:00:00+08:00")], start=4))
     assert future.ticks == []  # 2099: the partition's clock does not move for the quiet account
     jump = processor.process(messages([usage(loud, f"{loud}-3", "2025-06-01T10:00:00+08:00")], start=5))
     assert jump.ticks == []  # months past the loud account's own history: still not
-    near = processor.process(messages([body("api_key.created", f"{loud}-b", "2024-09-18T12:00:00+08:00", api_key_id="k1")],
-                                      start=6))
+    near = processor.process(messages([body("api_key.created", f"{loud}-b", "2024-09-18T12:00:00+08:00", api_key_id="k1")], start=6))
     assert [acc for acc, _ in near.ticks] == [quiet]  # an ordinary step of event time does settle it
 
 
@@ -167,21 +208,24 @@ def traffic(good: list[str], bad: str) -> list[dict[str, Any]]:
     records write a row in every table."""
     out: list[dict[str, Any]] = []
     for acc in [*good, bad]:
-        out += [body("api_key.created", acc, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
-                usage(acc, f"{acc}-1", inp=30_000, out=1_000_000, model="xingchen-lite"),
-                usage(acc, f"{acc}-2", inp=30_000, out=1_000_000, model="xingchen-lite"),
-                usage(acc, f"{acc}-3", "2024-09-18T12:30:00+08:00"), usage(acc, f"{acc}-4", model="no-such-model")]
+        out += [
+            body("api_key.created", acc, "2024-09-18T09:00:00+08:00", api_key_id="k1"),
+            usage(acc, f"{acc}-1", inp=30_000, out=1_000_000, model="xingchen-lite"),
+            usage(acc, f"{acc}-2", inp=30_000, out=1_000_000, model="xingchen-lite"),
+            usage(acc, f"{acc}-3", "2024-09-18T12:30:00+08:00"),
+            usage(acc, f"{acc}-4", model="no-such-model"),
+        ]
     return out
 
 
-@pytest.mark.parametrize("table", ["seen_records", "priced_usage", "rate_violations", "rate_windows", "bill_lines", "settlements",
-                                   "account_status"])
+@pytest.mark.parametrize(
+    "table", ["seen_records", "priced_usage", "rate_violations", "rate_windows", "bill_lines", "settlements", "account_status"]
+)
 def test_a_write_refused_for_one_record_is_rejected_and_billing_goes_on(client, table: str) -> None:
     run = uuid.uuid4().hex[:8]
     good, bad = [f"good-{run}-{i}" for i in range(3)], f"poison-{run}"
     msgs = messages(traffic(good, bad))
-    processor = BatchProcessor(RefusingClient(client, table, bad), load_catalog(), uuid.uuid4().hex, auto_tick=False,
-                               control_key=KEY)
+    processor = BatchProcessor(RefusingClient(client, table, bad), load_catalog(), uuid.uuid4().hex, auto_tick=False, control_key=KEY)
     with pytest.raises(ValueError, match="injected"):
         processor.process(msgs)
     assert bills_of(client, bad) == [] and bills_of(client, good[0]) == []  # nothing of the failed batch shows
@@ -195,15 +239,18 @@ def test_a_write_refused_for_one_record_is_rejected_and_billing_goes_on(client, 
         ours = [(b["item"], b["requests"], b["amount"]) for b in bills_of(client, g)]
         assert ours and ours == [(b["item"], b["requests"], b["amount"]) for b in bills_of(client, c)]
     billed = sum(b["requests"] for b in bills_of(client, bad))
-    assert billed == 3 - len([r for r in rejected if r["event_id"] in (f"{bad}-1", f"{bad}-2", f"{bad}-3")])  # a rejected call left no line behind
+    assert billed == 3 - len(
+        [r for r in rejected if r["event_id"] in (f"{bad}-1", f"{bad}-2", f"{bad}-3")]
+    )  # a rejected call left no line behind
 
 
 @pytest.mark.parametrize("table", ["raw_records", "rejections", "account_state"])
 def test_a_table_that_refuses_even_the_rejection_is_not_blamed_on_a_record(client, table: str) -> None:
     run = uuid.uuid4().hex[:8]
     msgs = messages(traffic([f"good-{run}"], f"poison-{run}"))
-    processor = BatchProcessor(RefusingClient(client, table, f"poison-{run}"), load_catalog(), uuid.uuid4().hex, auto_tick=False,
-                               control_key=KEY)
+    processor = BatchProcessor(
+        RefusingClient(client, table, f"poison-{run}"), load_catalog(), uuid.uuid4().hex, auto_tick=False, control_key=KEY
+    )
     assert Isolator().run(processor, msgs) is None  # retried as a whole; the worker reports itself stuck
     assert queries.rejected(client, f"poison-{run}", "out_of_range") == []
 
@@ -212,8 +259,8 @@ def test_normal_traffic_beside_every_hostile_class_bills_as_a_clean_run(stack: S
     """Each class of hostile message, straight into the topic between the records of a normal
     workload (one record per message, as a gateway sends them): the workload's bills, rejections
     and balances are the oracle's, as if nothing else had been sent."""
-    from pipeline.runtime import control_key
     from pipeline.demo.workload import generate
+    from pipeline.runtime import control_key
     from tests.integration.stack import bills_by_key
     from tests.integration.test_pipeline import accounts_of
     from tests.oracle import expected
@@ -223,7 +270,10 @@ def test_normal_traffic_beside_every_hostile_class_bills_as_a_clean_run(stack: S
     run = uuid.uuid4().hex[:8]
     evil = f"evil-{run}"
     hostile: list[tuple[bytes, bytes | None]] = [
-        (evil.encode(), None), (evil.encode(), b""), (b"\xff\xfe", b"\xff\xfe\x00"), (evil.encode(), b"x" * 70_000),
+        (evil.encode(), None),
+        (evil.encode(), b""),
+        (b"\xff\xfe", b"\xff\xfe\x00"),
+        (evil.encode(), b"x" * 70_000),
         (evil.encode(), orjson.dumps(body("clock.tick", evil, "2099-01-01T00:00:00+08:00"))),
         (evil.encode(), orjson.dumps(body("rebill.lines", evil, run_id="forged", lines=[]))),
         (b"", orjson.dumps({"type": "billing.barrier", "barrier_id": "forged"})),

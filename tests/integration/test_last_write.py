@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.store import queries, sink
-from pipeline.core.catalog import load_catalog
-from pipeline.store.chclient import connect
 from pipeline.batch.processor import BatchProcessor, EarlierWriteFailed
-from pipeline.ingest.publish import publish_lines
-from pipeline.store.reader import ApiReader
-from pipeline.settings import Settings
+from pipeline.core.catalog import load_catalog
 from pipeline.demo.workload import generate
+from pipeline.ingest.publish import publish_lines
+from pipeline.settings import Settings
+from pipeline.store import queries, sink
+from pipeline.store.chclient import connect
+from pipeline.store.reader import ApiReader
 from tests.integration.stack import bills_by_key
 from tests.integration.test_clickhouse_outage import committed_total
 from tests.integration.test_pipeline import accounts_of
@@ -61,7 +61,7 @@ def test_the_next_batch_parses_beside_the_last_write_and_reads_only_after_it(cli
     results = []
     for start in range(0, len(msgs), 400):
         gate.clear()
-        result = processor.process(msgs[max(0, start - 50):start + 400], leave_last_write=True)  # each batch redelivers 50
+        result = processor.process(msgs[max(0, start - 50) : start + 400], leave_last_write=True)  # each batch redelivers 50
         assert not result.written.done(), "process returned with its last write still in flight"
         results.append(result)
         threading.Timer(0.1, gate.set).start()
@@ -189,8 +189,9 @@ def test_a_batch_arriving_while_a_failed_one_is_retried_waits_for_it(broker: str
     publish_lines([x.encode() for x in lines[:1500]], broker, settings.input_topic, quiet=True)
     wait_until(lambda: flaky.failures == 2, 60, "the last write and its first retry failing")
     report = publish_lines([x.encode() for x in lines[1500:]], broker, settings.input_topic, quiet=True)
-    wait_until(lambda: committed_total(broker, settings.app_id) == sum(last + 1 for last in report.offsets.values()),
-               60, "every offset committed")
+    wait_until(
+        lambda: committed_total(broker, settings.app_id) == sum(last + 1 for last in report.offsets.values()), 60, "every offset committed"
+    )
     assert bills_by_key(queries.bills(reader), accounts_of(lines)) == expected(lines).bills
     assert worker.worker.stats["batch_failures"] == 2
 
@@ -201,8 +202,9 @@ def test_the_api_answers_while_a_batch_is_being_folded(broker: str, flaky_worker
     _, worker, settings = flaky_worker
     lines = generate(600, seed=6565)
     report = publish_lines([x.encode() for x in lines], broker, settings.input_topic, quiet=True)
-    wait_until(lambda: committed_total(broker, settings.app_id) == sum(last + 1 for last in report.offsets.values()),
-               60, "every offset committed")
+    wait_until(
+        lambda: committed_total(broker, settings.app_id) == sum(last + 1 for last in report.offsets.values()), 60, "every offset committed"
+    )
     wait_until(lambda: worker.worker.api_url is not None, 30, "the worker's API")
     folding = threading.Event()
     worker.worker._db.submit(folding.wait, 60)  # the ClickHouse thread is busy with a batch

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.runtime import read_runtime
 from pipeline.demo.workload import generate
+from pipeline.runtime import read_runtime
 from tests.integration.stack import Stack
 from tests.unit.serve.test_metrics import FAMILIES, parse
 
@@ -56,9 +56,11 @@ def test_metrics_parse_and_a_republished_file_counts_once(stack: Stack, tmp_path
     assert total(second["billing_records"], "billing_records_total", status="rejected") == rejected
     assert total(second["billing_rejected"], "billing_rejected_total") == rejected
     assert total(second["billing_records"], "billing_records_total", status="billed") == billed
+
     def delta(after: dict, since: dict, status: str) -> float:
-        return total(after["billing_records"], "billing_records_total", status=status) - \
-            total(since["billing_records"], "billing_records_total", status=status)
+        return total(after["billing_records"], "billing_records_total", status=status) - total(
+            since["billing_records"], "billing_records_total", status=status
+        )
 
     # every record of the file that was billed or applied comes back as a duplicate
     taken = delta(first, before, "billed") + delta(first, before, "applied")

@@ -59,8 +59,16 @@ def test_workload_bills_and_rejections_match_the_oracle(stack: Stack, tmp_path: 
     assert got_rejections == listed, (got_rejections - listed, listed - got_rejections)
     # every reason of the rule book is exercised by this workload
     assert {reason for _, _, reason in want.rejections} >= {
-        "invalid_schema", "conflicting_duplicate", "unknown_model", "unknown_plugin", "no_price_in_force",
-        "input_limit_exceeded", "context_limit_exceeded", "not_whitelisted", "invalid_api_key", "api_key_limit",
+        "invalid_schema",
+        "conflicting_duplicate",
+        "unknown_model",
+        "unknown_plugin",
+        "no_price_in_force",
+        "input_limit_exceeded",
+        "context_limit_exceeded",
+        "not_whitelisted",
+        "invalid_api_key",
+        "api_key_limit",
     }
     assert want.duplicates > 0
 
@@ -75,8 +83,15 @@ def test_workload_bills_and_rejections_match_the_oracle(stack: Stack, tmp_path: 
 
 def test_bad_lines_are_named_and_kept_and_the_rest_is_sent(stack: Stack, tmp_path: Path) -> None:
     good = {"type": "api_key.created", "account_id": "acct-bad-input", "timestamp": "2024-07-01T10:00:00+08:00", "api_key_id": "k1"}
-    call = {"account_id": "acct-bad-input", "timestamp": "2024-07-01T10:00:01+08:00", "event_id": "bad-e1",
-            "api_key_id": "k1", "model": "xingchen-lite", "input_tokens": 100, "output_tokens": 50}
+    call = {
+        "account_id": "acct-bad-input",
+        "timestamp": "2024-07-01T10:00:01+08:00",
+        "event_id": "bad-e1",
+        "api_key_id": "k1",
+        "model": "xingchen-lite",
+        "input_tokens": 100,
+        "output_tokens": 50,
+    }
     import json
 
     broken = [
@@ -95,8 +110,11 @@ def test_bad_lines_are_named_and_kept_and_the_rest_is_sent(stack: Stack, tmp_pat
     assert "line 2" in result.stderr and "line 5" in result.stderr and f"line {len(lines)}" in result.stderr
     assert "published 11 records" in result.stdout  # 2 good + 6 schema-breaking + 3 not JSON, all sent
     stack.wait()
-    unreadable = {r["detail"].rsplit("(line ", 1)[1]: r["record"] for r in stack.rejected("--reason", "invalid_schema")
-                  if r["detail"].endswith(" of bad.jsonl)")}
+    unreadable = {
+        r["detail"].rsplit("(line ", 1)[1]: r["record"]
+        for r in stack.rejected("--reason", "invalid_schema")
+        if r["detail"].endswith(" of bad.jsonl)")
+    }
     assert unreadable == {"2 of bad.jsonl)": "{not json", "5 of bad.jsonl)": "[1, 2", f"{len(lines)} of bad.jsonl)": "\x00\x01 garbage"}
     rejected = {r["event_id"]: r for r in stack.rejected("--account", "acct-bad-input")}
     for body, reason in broken:
@@ -114,13 +132,24 @@ def test_a_live_stream_on_stdin_is_billed_while_it_is_still_open(stack: Stack) -
     import time
 
     account = "acct-live-stdin"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "publish", "-", "--data-dir", str(stack.data_dir)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "publish", "-", "--data-dir", str(stack.data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdin is not None
     for record in (
         {"type": "api_key.created", "account_id": account, "timestamp": "2024-10-01T10:00:00+08:00", "api_key_id": "k"},
-        {"account_id": account, "timestamp": "2024-10-01T10:00:05+08:00", "event_id": "live-1", "api_key_id": "k",
-         "model": "xingchen-lite", "input_tokens": 10, "output_tokens": 5},
+        {
+            "account_id": account,
+            "timestamp": "2024-10-01T10:00:05+08:00",
+            "event_id": "live-1",
+            "api_key_id": "k",
+            "model": "xingchen-lite",
+            "input_tokens": 10,
+            "output_tokens": 5,
+        },
     ):
         proc.stdin.write((json.dumps(record) + "\n").encode())
     proc.stdin.flush()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import queries
-from pipeline.core.control import sign_line
-from pipeline.core.catalog import load_catalog
 from pipeline.batch.processor import BatchProcessor, Message, OffsetGap
+from pipeline.core.catalog import load_catalog
+from pipeline.core.control import sign_line
 from pipeline.demo.workload import generate
+from pipeline.store import queries
 from tests.integration.stack import assert_hour_totals_exact, bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.messages import one_record_messages as messages
@@ -64,7 +64,7 @@ def test_restarts_and_redeliveries_in_any_batch_shape_bill_exactly(client) -> No
     while position < len(msgs):
         size = rng.randint(1, 700)
         start = max(0, position - rng.randint(0, 50))  # redeliver a little of what went before
-        processor.process(msgs[start:position + size])
+        processor.process(msgs[start : position + size])
         position += size
         if rng.random() < 0.3:
             processor = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)  # a restart
@@ -110,8 +110,8 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
     A late call for a rebilled line that the worker applies in between must not be overwritten:
     the account's rebill is refused (stale_rebill, listed with the reason), the other accounts'
     are applied, and the same rebill run again bills the late call under the new catalog."""
-    from pipeline.stream.rebill import plan_rebill
     from pipeline.core.timestamps import parse_ts
+    from pipeline.stream.rebill import plan_rebill
     from tests.integration.test_rebill import CATALOG, END, START, in_range
 
     lines = generate(2500, seed=4343, start="2024-06-06T22:00:00+08:00")
@@ -129,8 +129,10 @@ def test_a_rebill_racing_a_late_call_is_refused_and_running_it_again_bills_both(
     late = _late_copy_of_a_billed_call(lines, plan)
     offset = len(msgs)
     assert worker.process([Message(0, offset, late["account_id"].encode(), json.dumps(late).encode())]).statuses["billed"] == 1
-    rebill_msgs = [Message(0, offset + 1 + i, json.loads(r)["account_id"].encode(), sign_line(r, key))  # as `billing rebill` signs them
-                   for i, r in enumerate(plan.records())]
+    rebill_msgs = [
+        Message(0, offset + 1 + i, json.loads(r)["account_id"].encode(), sign_line(r, key))  # as `billing rebill` signs them
+        for i, r in enumerate(plan.records())
+    ]
     result = worker.process(rebill_msgs)
     assert result.reasons["stale_rebill"] == 1 and result.statuses["applied"] == len(rebill_msgs) - 1
     listed = [r for r in queries.rejected(client, late["account_id"]) if r["reason"] == "stale_rebill"]
@@ -176,11 +178,13 @@ def test_working_sets_load_in_chunks_with_the_same_bills(client, monkeypatch) ->
     msgs = messages(lines)
     epoch = uuid.uuid4().hex
     for start in range(0, len(msgs), 300):
-        BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(msgs[start:start + 300])
-        BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(msgs[start:start + 300])  # redelivered
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(msgs[start : start + 300])
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False).process(msgs[start : start + 300])  # redelivered
     want = expected(lines)
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == want.bills
-    got_rejections = {(r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)}
+    got_rejections = {
+        (r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)
+    }
     assert got_rejections == {(acc, event_id, reason) for acc, event_id, reason in want.rejections}
 
 
@@ -265,7 +269,7 @@ def test_no_read_overtakes_the_write_in_flight_and_bills_stay_exact(client, monk
     processor = BatchProcessor(guard, load_catalog(), epoch, auto_tick=False, write_records=200)
     waited = 0.0
     for start in range(0, len(msgs), 700):
-        waited += processor.process(msgs[max(0, start - 100):start + 700]).write_wait_s  # each batch redelivers 100
+        waited += processor.process(msgs[max(0, start - 100) : start + 700]).write_wait_s  # each batch redelivers 100
     assert len(sends) > 15 and all(name.startswith("billing-sink") for name in sends)
     assert guard.reads > 0 and guard.reads_in_flight == 0
     assert waited > 0.025 * len(sends)  # the 50 ms writes outlast parsing a unit: the wait is reported (worker /metrics)
@@ -327,15 +331,19 @@ def test_a_write_failing_halfway_is_taken_back_and_the_hour_totals_stay_exact(cl
     beyond = client.query(
         "SELECT count() FROM bill_hour_totals AS t INNER JOIN (SELECT account_id, max(seq) AS committed FROM account_state "
         "GROUP BY account_id) AS c ON c.account_id = t.account_id WHERE t.revision > c.committed AND t.account_id IN {a:Array(String)}",
-        parameters={"a": sorted(accounts_of(lines))}).result_rows[0][0]
+        parameters={"a": sorted(accounts_of(lines))},
+    ).result_rows[0][0]
     assert beyond == 0
     processor.process(msgs)
     assert_hour_totals_exact(client, accounts_of(lines))
 
 
-@pytest.mark.xfail(strict=True, reason="found in issue 19: roll_back deletes the revisions past the commit point, and a merge "
-                                        "that ran before it had already dropped the older revision of a line the failed unit "
-                                        "changed, so the line loses what the committed units billed into it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="found in issue 19: roll_back deletes the revisions past the commit point, and a merge "
+    "that ran before it had already dropped the older revision of a line the failed unit "
+    "changed, so the line loses what the committed units billed into it",
+)
 def test_a_merge_before_the_roll_back_loses_no_line(client, monkeypatch) -> None:
     lines = generate(2000, seed=5757)
     msgs = messages(lines)
@@ -352,8 +360,8 @@ def test_a_rebill_reads_the_archive_in_pages_and_trims_as_it_replays(client, mon
     no longer needs while it replays, so that its memory does not grow with an account's history.
     With pages of 7 records across two log epochs and two partitions, and a trim every 5 records,
     the plan is the one read in one page: no record lost, repeated or out of order."""
-    from pipeline.stream import rebill
     from pipeline.core.timestamps import parse_ts
+    from pipeline.stream import rebill
     from tests.integration.test_rebill import CATALOG, END, START
 
     lines = generate(2000, seed=5151, start="2024-06-06T22:00:00+08:00")
@@ -384,8 +392,11 @@ def test_later_units_of_a_batch_see_what_earlier_units_claimed_before_it_is_writ
     against the earlier units (kept in memory until the batch is written)."""
     lines = generate(1500, seed=5454)
     refused = {event_id for _, event_id, _ in expected(lines).rejections}
-    usages = [body for body in map(json.loads, lines[:300]) if body.get("type", "usage") == "usage"
-              and body.get("event_id") not in refused | {None} and body["model"] == "xingchen-base"][:30]  # billed calls
+    usages = [
+        body
+        for body in map(json.loads, lines[:300])
+        if body.get("type", "usage") == "usage" and body.get("event_id") not in refused | {None} and body["model"] == "xingchen-base"
+    ][:30]  # billed calls
     late = [json.dumps({**usages[0], "event_id": f"late-{i}"}) for i in range(50)]  # new calls of one account in its first hour
     again = [json.dumps(body) for body in usages]  # the same calls again: duplicate deliveries
     changed = [json.dumps({**body, "output_tokens": body.get("output_tokens", 0) + 1}) for body in usages]  # same ids, other payloads
@@ -397,7 +408,9 @@ def test_later_units_of_a_batch_see_what_earlier_units_claimed_before_it_is_writ
     assert sum(result.statuses.values()) == len(lines)
     want = expected(lines)
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == want.bills
-    got_rejections = {(r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)}
+    got_rejections = {
+        (r["account_id"], r["event_id"], r["reason"]) for r in queries.rejected(client) if r["account_id"] in accounts_of(lines)
+    }
     assert got_rejections == {(acc, event_id, reason) for acc, event_id, reason in want.rejections}
     assert result.statuses["duplicate"] >= len(usages)
     late_refused = [r for r in want.rejections if r[1].startswith("late-")]

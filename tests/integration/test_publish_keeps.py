@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import pytest
 
-from pipeline.ingest.broker import EmbeddedBroker
 from pipeline.batch.framing import split_message
 from pipeline.cli.progress import Progress
-from pipeline.ingest.publish import publish_lines
 from pipeline.core.records import MAX_RECORD_BYTES
+from pipeline.ingest.broker import EmbeddedBroker
+from pipeline.ingest.publish import publish_lines
 from pipeline.runtime import read_runtime
 from tests.integration.stack import Stack, bills_by_key, read_topic
 from tests.oracle import expected
@@ -34,8 +34,16 @@ def key_created(account: str) -> dict[str, Any]:
 
 def call(account: str, event_id: str, second: int = 1, **over: Any) -> dict[str, Any]:
     """A call `second` seconds after 10:00 (one a second: no rate limit is near)."""
-    return {"account_id": account, "timestamp": f"2024-08-01T10:{second // 60:02d}:{second % 60:02d}+08:00", "event_id": event_id,
-            "api_key_id": "k1", "model": "xingchen-lite", "input_tokens": 2000, "output_tokens": 500, **over}
+    return {
+        "account_id": account,
+        "timestamp": f"2024-08-01T10:{second // 60:02d}:{second % 60:02d}+08:00",
+        "event_id": event_id,
+        "api_key_id": "k1",
+        "model": "xingchen-lite",
+        "input_tokens": 2000,
+        "output_tokens": 500,
+        **over,
+    }
 
 
 def dumps(body: dict[str, Any]) -> bytes:
@@ -54,8 +62,7 @@ def run_publish(stack_dir: Path, args: list[str], stderr_gone: str | None, stdin
         finally:
             os.close(write_end)
     if stderr_gone == "closed":
-        return subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                preexec_fn=lambda: os.close(2))
+        return subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.close(2))
     return subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -77,16 +84,16 @@ def test_oversize_and_unreadable_lines_are_kept_as_rejected_with_their_line_and_
     huge = dumps(call(account, "keep-huge", 5, model="x" * 2_000_000))  # over any broker's default message size (1 MiB)
     smuggled = b"\x1e" + dumps(call(account, "keep-smuggled", 6)) + b"\n"  # not JSON: must not be billed as a record
     lines = [
-        dumps(good[0]),                       # 1
-        dumps(good[1]),                       # 2
-        b"{not json",                         # 3
-        padded,                               # 4
-        dumps(good[2]),                       # 5
+        dumps(good[0]),  # 1
+        dumps(good[1]),  # 2
+        b"{not json",  # 3
+        padded,  # 4
+        dumps(good[2]),  # 5
         b'{"account_id": "\xff\xfe bad utf-8"}',  # 6
-        huge,                                 # 7
-        b"",                                  # 8: empty, not a record
-        smuggled,                             # 9
-        dumps(good[3]),                       # 10
+        huge,  # 7
+        b"",  # 8: empty, not a record
+        smuggled,  # 9
+        dumps(good[3]),  # 10
     ]
     source = "keeps-lines.jsonl"
     path = tmp_path / source
@@ -160,8 +167,11 @@ def test_records_larger_than_a_request_may_be_are_counted_as_not_sent_with_their
     """A message Kafka refuses to take (here: the producer's max request size made small) fails
     its records, counted, with the line to publish again from; nothing after it is sent (it could
     overtake the lost records of its account), and what was sent before it stays sent."""
-    lines = [dumps(call("acct-small", "small-1"))] + [dumps(call("acct-big", f"big-{i}", i)) for i in range(20)] + \
-            [dumps(call("acct-small", "small-2", 30))]
+    lines = (
+        [dumps(call("acct-small", "small-1"))]
+        + [dumps(call("acct-big", f"big-{i}", i)) for i in range(20)]
+        + [dumps(call("acct-small", "small-2", 30))]
+    )
     report = publish_lines(lines, broker, "small-requests", quiet=True, producer_config={"max_request_size": 1200})
     assert "MessageSizeTooLarge" in report.failures[0]
     sent = [json.loads(record)["event_id"] for _, value in read_topic(broker, "small-requests") for record in split_message(value)]
@@ -173,7 +183,7 @@ def test_records_larger_than_a_request_may_be_are_counted_as_not_sent_with_their
     # it, which the event id deduplicates, but never skips a record that is missing from the topic
     ids = [json.loads(line)["event_id"] for line in lines]
     assert report.unsent >= len(lines) - len(sent) and report.unsent >= 20  # the big ones never went
-    assert set(ids[:report.resume_line - 1]) <= set(sent)
+    assert set(ids[: report.resume_line - 1]) <= set(sent)
 
 
 def records_on(bootstrap: str, topic: str) -> int:

@@ -45,9 +45,12 @@ def test_rebill_range_with_corrected_catalog(stack: Stack, tmp_path: Path) -> No
     before = bills_by_key(stack.bills(), accounts)
     catalog = corrected_catalog(tmp_path)
     base_unpriced = {
-        (r["account_id"], r["event_id"]) for r in stack.rejected()
-        if r["reason"] == "no_price_in_force" and r["record"]["model"] == "xingchen-base"
-        and START <= r["timestamp"] < END and r["account_id"] in accounts
+        (r["account_id"], r["event_id"])
+        for r in stack.rejected()
+        if r["reason"] == "no_price_in_force"
+        and r["record"]["model"] == "xingchen-base"
+        and START <= r["timestamp"] < END
+        and r["account_id"] in accounts
     }
 
     dry = stack.cli("rebill", "--from", START, "--to", END, "--catalog", str(catalog), "--dry-run", "--format", "json")

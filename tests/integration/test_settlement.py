@@ -30,8 +30,9 @@ def test_multi_hour_arrears_and_recovery(stack: Stack, tmp_path: Path) -> None:
     for account, summary in want.account_rows().items():
         got = stack.json_lines("account", account)[0]
         assert {k: got[k] for k in ACCOUNT_FIELDS} == {k: summary[k] for k in ACCOUNT_FIELDS}, account
-        assert [(v["voucher_id"], v["remaining"]) for v in got["vouchers"]] == \
-            [(v["voucher_id"], v["remaining"]) for v in summary["vouchers"]]
+        assert [(v["voucher_id"], v["remaining"]) for v in got["vouchers"]] == [
+            (v["voucher_id"], v["remaining"]) for v in summary["vouchers"]
+        ]
 
     # the status topic, as an API gateway reads it: every change in order, the latest wins
     seen = defaultdict(list)

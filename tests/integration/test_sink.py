@@ -13,24 +13,47 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.store import sink
 from pipeline.core.facts import PricedUsage, Settlement, StatusChange
 from pipeline.core.records import EARLIEST_US, LATEST_US
-from pipeline.store.sink import BatchRows, RawRow
 from pipeline.core.state import AccountState, Line
 from pipeline.core.timestamps import US_PER_HOUR, parse_ts
+from pipeline.store import sink
+from pipeline.store.sink import BatchRows, RawRow
 
 pytestmark = pytest.mark.integration
 
 EDGE_TIMES = [EARLIEST_US, EARLIEST_US + 1, parse_ts("2024-06-06T20:00:44.240+08:00") + 7, LATEST_US - 1]
-EDGE_MONEY = [Decimal("0"), Decimal("0.000001"), Decimal("-0.000001"), Decimal("999999999999.999999"),
-              Decimal("-999999999999.999999"), Decimal("12.5")]
+EDGE_MONEY = [
+    Decimal("0"),
+    Decimal("0.000001"),
+    Decimal("-0.000001"),
+    Decimal("999999999999.999999"),
+    Decimal("-999999999999.999999"),
+    Decimal("12.5"),
+]
 AWKWARD_TEXT = ['{"a": "quote \\" backslash \\\\ tab \t"}', "line\nbreak and NUL \x00", "星辰 emoji 🙂 \u2028"]
 
 
 def _priced(acc: str, i: int, ts_us: int, money: Decimal) -> PricedUsage:
-    return PricedUsage(acc, f"evt-{i}", ts_us, ts_us - ts_us % US_PER_HOUR, "sk-1", "xingchen-plus", "api", 10, 20, 5, 5, 20,
-                       money, -money, (("search", 2), ("draw", 1)) if i % 2 else (), ("late",) if i % 3 else (), i + 1)
+    return PricedUsage(
+        acc,
+        f"evt-{i}",
+        ts_us,
+        ts_us - ts_us % US_PER_HOUR,
+        "sk-1",
+        "xingchen-plus",
+        "api",
+        10,
+        20,
+        5,
+        5,
+        20,
+        money,
+        -money,
+        (("search", 2), ("draw", 1)) if i % 2 else (),
+        ("late",) if i % 3 else (),
+        i + 1,
+    )
 
 
 def test_times_money_and_text_land_exactly(client) -> None:
@@ -48,21 +71,32 @@ def test_times_money_and_text_land_exactly(client) -> None:
     rows.states[acc] = AccountState(acc)
     sink.send(client, sink.encode(rows))
 
-    raw = client.query("SELECT offset, toUnixTimestamp64Micro(event_ts), payload FROM raw_records WHERE account_id = {a:String} "
-                       "ORDER BY offset", parameters={"a": acc}).result_rows
+    raw = client.query(
+        "SELECT offset, toUnixTimestamp64Micro(event_ts), payload FROM raw_records WHERE account_id = {a:String} ORDER BY offset",
+        parameters={"a": acc},
+    ).result_rows
     assert raw == [(r.offset, r.ts_us or 0, r.payload) for r in rows.raw]
-    priced = client.query("SELECT event_id, toUnixTimestamp64Micro(ts), toUnixTimestamp(hour), token_amount, plugin_amount, "
-                          "plugins, flags FROM priced_usage WHERE account_id = {a:String} ORDER BY seq",
-                          parameters={"a": acc}).result_rows
-    assert priced == [(p.event_id, p.ts_us, p.hour_us // 1_000_000, p.token_amount, p.plugin_amount, dict(p.plugins), list(p.flags))
-                      for p in rows.priced]
-    settled = client.query("SELECT toString(amount), toString(balance_after) FROM settlements WHERE account_id = {a:String} "
-                           "ORDER BY seq", parameters={"a": acc}).result_rows
+    priced = client.query(
+        "SELECT event_id, toUnixTimestamp64Micro(ts), toUnixTimestamp(hour), token_amount, plugin_amount, "
+        "plugins, flags FROM priced_usage WHERE account_id = {a:String} ORDER BY seq",
+        parameters={"a": acc},
+    ).result_rows
+    assert priced == [
+        (p.event_id, p.ts_us, p.hour_us // 1_000_000, p.token_amount, p.plugin_amount, dict(p.plugins), list(p.flags)) for p in rows.priced
+    ]
+    settled = client.query(
+        "SELECT toString(amount), toString(balance_after) FROM settlements WHERE account_id = {a:String} ORDER BY seq",
+        parameters={"a": acc},
+    ).result_rows
     assert [Decimal(a) for a, _ in settled] == EDGE_MONEY
-    status = client.query("SELECT toUnixTimestamp64Micro(clock), debt, cash_balance FROM account_status WHERE account_id = {a:String} "
-                          "ORDER BY seq", parameters={"a": acc}).result_rows
+    status = client.query(
+        "SELECT toUnixTimestamp64Micro(clock), debt, cash_balance FROM account_status WHERE account_id = {a:String} ORDER BY seq",
+        parameters={"a": acc},
+    ).result_rows
     assert status == [(c.ts_us, c.debt, c.cash_balance) for c in rows.status_changes]
-    lines = client.query("SELECT requests, amount, revision FROM bill_lines WHERE account_id = {a:String}", parameters={"a": acc}).result_rows
+    lines = client.query(
+        "SELECT requests, amount, revision FROM bill_lines WHERE account_id = {a:String}", parameters={"a": acc}
+    ).result_rows
     assert lines == [(3, Decimal("123.456789"), 7)]
 
 

@@ -84,8 +84,9 @@ def loaded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Loaded:
     accounts = accounts_of(lines)
     diffs = []
     for account in sorted(accounts):  # this workload's accounts only: the session's stack has others
-        out = stack.cli("rebill", "--from", WHOLE_RANGE[0], "--to", WHOLE_RANGE[1], "--catalog", str(catalog),
-                        "--account", account, "--format", "json").stdout
+        out = stack.cli(
+            "rebill", "--from", WHOLE_RANGE[0], "--to", WHOLE_RANGE[1], "--catalog", str(catalog), "--account", account, "--format", "json"
+        ).stdout
         diffs += [json.loads(x) for x in out.splitlines() if x.strip()]
     return Loaded(lines, accounts, catalog, diffs, before)
 
@@ -93,14 +94,25 @@ def loaded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Loaded:
 def test_rejections_show_the_reason_of_the_catalog_now_in_force(stack: Stack, loaded: Loaded) -> None:
     """Issue 19 item 6: after the rebill, each record still rejected shows the new catalog's reason."""
     fresh = expected(loaded.lines, catalog_path=loaded.catalog)
-    want = {(acc, event_id): reason for acc, event_id, reason in fresh.rejections
-            if event_id and reason not in ("conflicting_duplicate", "invalid_schema")}
-    was_unpriced = {(r["account_id"], r["event_id"]) for r in loaded.before_rebill
-                    if r["account_id"] in loaded.accounts and r["reason"] == "no_price_in_force"
-                    and isinstance(r["record"], dict) and r["record"].get("model") == "xingchen-plus-v2"}
+    want = {
+        (acc, event_id): reason
+        for acc, event_id, reason in fresh.rejections
+        if event_id and reason not in ("conflicting_duplicate", "invalid_schema")
+    }
+    was_unpriced = {
+        (r["account_id"], r["event_id"])
+        for r in loaded.before_rebill
+        if r["account_id"] in loaded.accounts
+        and r["reason"] == "no_price_in_force"
+        and isinstance(r["record"], dict)
+        and r["record"].get("model") == "xingchen-plus-v2"
+    }
     # (an event_id can also name an invalid_schema record or a conflicting duplicate: those keep their reasons)
-    now = {(r["account_id"], r["event_id"]): r["reason"] for r in stack.rejected()
-           if r["account_id"] in loaded.accounts and r["reason"] not in ("conflicting_duplicate", "invalid_schema")}
+    now = {
+        (r["account_id"], r["event_id"]): r["reason"]
+        for r in stack.rejected()
+        if r["account_id"] in loaded.accounts and r["reason"] not in ("conflicting_duplicate", "invalid_schema")
+    }
     changed = {k: now[k] for k in was_unpriced if k in now}
     # the workload has such records: the new catalog prices them, and then finds other faults
     assert changed and set(changed.values()) - {"no_price_in_force"}, changed
@@ -117,6 +129,7 @@ def test_rejections_show_the_reason_of_the_catalog_now_in_force(stack: Stack, lo
 
 
 # ---- every example of docs/sql.md against the CLI ------------------------------------------------
+
 
 def cli_bills(stack: Stack, *args: str) -> list[Row]:
     return stack.bills(*args)
@@ -148,7 +161,7 @@ def _by_day(ctx: Row, plugins: bool) -> dict[tuple[str, str], list[Any]]:
     want: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, Decimal(0)])
     for b in ctx["bills"]:
         if b["item"].startswith("plugin:") == plugins:
-            name = b["item"][len("plugin:"):] if plugins else b["item"]
+            name = b["item"][len("plugin:") :] if plugins else b["item"]
             want[(b["hour"][:10], name)][0] += b["quantity"] if plugins else b["requests"]
             want[(b["hour"][:10], name)][1] += money(b["amount"])
     return dict(want)
@@ -166,8 +179,9 @@ def check_revenue_per_hour(stack: Stack, rows: list[Row], ctx: Row) -> None:
         w[1] += 0 if b["item"].startswith("plugin:") else b["requests"]
         w[2] += b["input_tokens"] + b["output_tokens"]
         w[3].add(b["account_id"])
-    assert {r["hour"]: [money(r["revenue"]), r["calls"], r["tokens"], r["accounts"]] for r in rows} == \
-        {h: [w[0], w[1], w[2], len(w[3])] for h, w in want.items()}
+    assert {r["hour"]: [money(r["revenue"]), r["calls"], r["tokens"], r["accounts"]] for r in rows} == {
+        h: [w[0], w[1], w[2], len(w[3])] for h, w in want.items()
+    }
     assert_hour_totals_equal_bills(stack.json_lines)  # and row for row, after the fixture's rebills
 
 
@@ -191,8 +205,9 @@ def check_arrears(stack: Stack, rows: list[Row], ctx: Row) -> None:
 def check_vouchers(stack: Stack, rows: list[Row], ctx: Row) -> None:
     summary = ctx["summaries"][ctx["voucher_account"]]
     assert rows and all(money(r["cash_balance"]) == money(summary["cash_balance"]) for r in rows)
-    assert sorted((r["voucher_id"], money(r["remaining"]), r["expires_at"]) for r in rows) == \
-        sorted((v["voucher_id"], money(v["remaining"]), v["expires_at"]) for v in summary["vouchers"])
+    assert sorted((r["voucher_id"], money(r["remaining"]), r["expires_at"]) for r in rows) == sorted(
+        (v["voucher_id"], money(v["remaining"]), v["expires_at"]) for v in summary["vouchers"]
+    )
 
 
 def check_calls_per_key_per_hour(stack: Stack, rows: list[Row], ctx: Row) -> None:
@@ -209,8 +224,9 @@ def check_calls_per_key_per_hour(stack: Stack, rows: list[Row], ctx: Row) -> Non
 def check_lines_in_range(stack: Stack, rows: list[Row], ctx: Row) -> None:
     want = cli_bills(stack, "--account", ctx["account"], "--from", ctx["from_rfc"], "--to", ctx["to_rfc"])
     assert want, "the range has lines"
-    assert [{**r, "amount": money(r["amount"])} for r in rows] == \
-        [{k: (money(v) if k == "amount" else v) for k, v in b.items() if k != "account_id"} for b in want]
+    assert [{**r, "amount": money(r["amount"])} for r in rows] == [
+        {k: (money(v) if k == "amount" else v) for k, v in b.items() if k != "account_id"} for b in want
+    ]
 
 
 def check_rejections_by_reason(stack: Stack, rows: list[Row], ctx: Row) -> None:
@@ -219,8 +235,9 @@ def check_rejections_by_reason(stack: Stack, rows: list[Row], ctx: Row) -> None:
 
 def check_violations_per_account(stack: Stack, rows: list[Row], ctx: Row) -> None:
     internal = sql(stack, "SELECT account_id, limit_name, count() AS n FROM rate_violations FINAL GROUP BY account_id, limit_name")
-    assert rows and {(r["account_id"], r["limit_name"]): r["violations"] for r in rows} == \
-        {(r["account_id"], r["limit_name"]): r["n"] for r in internal}
+    assert rows and {(r["account_id"], r["limit_name"]): r["violations"] for r in rows} == {
+        (r["account_id"], r["limit_name"]): r["n"] for r in internal
+    }
     naive = sql(stack, "SELECT count() AS n FROM rate_violations")[0]["n"]
     assert sum(r["violations"] for r in rows) <= naive
 
@@ -236,25 +253,37 @@ def check_rebill_effect(stack: Stack, rows: list[Row], ctx: Row) -> None:
     for d in ctx["rebill_diffs"]:
         want[d["account_id"]][0] += 1
         want[d["account_id"]][1] += money(d["delta"])
-    got = {r["account_id"]: [r["hours_changed"], money(r["delta"])] for r in rows
-           if r["catalog"] == "2024-09-18.1-plus-v2-earlier" and r["account_id"] in ctx["summaries"]}
+    got = {
+        r["account_id"]: [r["hours_changed"], money(r["delta"])]
+        for r in rows
+        if r["catalog"] == "2024-09-18.1-plus-v2-earlier" and r["account_id"] in ctx["summaries"]
+    }
     assert want and got == dict(want)
 
 
 def check_keys(stack: Stack, rows: list[Row], ctx: Row) -> None:
     keys = ctx["summaries"][ctx["account"]]["keys"]
-    assert {r["api_key_id"]: (r["revoked_at"], r["key_state"]) for r in rows} == \
-        {k: (v["revoked_at"], "revoked" if v["revoked_at"] else "active") for k, v in keys.items()}
+    assert {r["api_key_id"]: (r["revoked_at"], r["key_state"]) for r in rows} == {
+        k: (v["revoked_at"], "revoked" if v["revoked_at"] else "active") for k, v in keys.items()
+    }
 
 
 CHECKS: dict[str, Callable[[Stack, list[Row], Row], None]] = {
-    "month-per-account": check_month_per_account, "statement": check_statement,
-    "revenue-per-model-per-day": check_revenue_per_model_per_day, "plugins-per-day": check_plugins_per_day,
+    "month-per-account": check_month_per_account,
+    "statement": check_statement,
+    "revenue-per-model-per-day": check_revenue_per_model_per_day,
+    "plugins-per-day": check_plugins_per_day,
     "revenue-per-hour": check_revenue_per_hour,
-    "free-quota": check_free_quota, "arrears": check_arrears, "vouchers": check_vouchers,
-    "calls-per-key-per-hour": check_calls_per_key_per_hour, "lines-in-range": check_lines_in_range,
-    "rejections-by-reason": check_rejections_by_reason, "violations-per-account": check_violations_per_account,
-    "settlements": check_settlements, "rebill-effect": check_rebill_effect, "keys": check_keys,
+    "free-quota": check_free_quota,
+    "arrears": check_arrears,
+    "vouchers": check_vouchers,
+    "calls-per-key-per-hour": check_calls_per_key_per_hour,
+    "lines-in-range": check_lines_in_range,
+    "rejections-by-reason": check_rejections_by_reason,
+    "violations-per-account": check_violations_per_account,
+    "settlements": check_settlements,
+    "rebill-effect": check_rebill_effect,
+    "keys": check_keys,
 }
 
 
@@ -273,8 +302,13 @@ def test_doc_examples_equal_the_cli(stack: Stack, loaded: Loaded) -> None:
     hours = sorted({b["hour"] for b in mine if b["account_id"] == account})
     month = hours[-1][:7] + "-01"
     ctx = {
-        "bills": bills, "summaries": summaries, "account": account, "voucher_account": account, "month": month,
-        "from_rfc": hours[-4], "to_rfc": hours[-1],
+        "bills": bills,
+        "summaries": summaries,
+        "account": account,
+        "voucher_account": account,
+        "month": month,
+        "from_rfc": hours[-4],
+        "to_rfc": hours[-1],
         "rebill_diffs": loaded.rebill_diffs,
     }
     params = {"account": account, "month": month, "from": hours[-4][:19].replace("T", " "), "to": hours[-1][:19].replace("T", " ")}
@@ -286,18 +320,22 @@ def test_doc_examples_equal_the_cli(stack: Stack, loaded: Loaded) -> None:
 
 # ---- billing sql: read-only, limits, formats --------------------------------------------------
 
-@pytest.mark.parametrize("statement", [
-    "INSERT INTO bill_lines (account_id) VALUES ('x')",
-    "ALTER TABLE bill_lines DELETE WHERE 1",
-    "DROP TABLE bill_lines",
-    "CREATE TABLE evil (a Int8) ENGINE = Memory",
-    "SYSTEM FLUSH LOGS",
-    "SELECT 1; DROP TABLE bill_lines",
-    "SET readonly = 0",
-    "OPTIMIZE TABLE bill_lines FINAL",
-    "SELECT * FROM file('/etc/hostname', 'LineAsString')",
-    "SELECT 1 INTO OUTFILE '/tmp/billing-sql-outfile'",
-])
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO bill_lines (account_id) VALUES ('x')",
+        "ALTER TABLE bill_lines DELETE WHERE 1",
+        "DROP TABLE bill_lines",
+        "CREATE TABLE evil (a Int8) ENGINE = Memory",
+        "SYSTEM FLUSH LOGS",
+        "SELECT 1; DROP TABLE bill_lines",
+        "SET readonly = 0",
+        "OPTIMIZE TABLE bill_lines FINAL",
+        "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+        "SELECT 1 INTO OUTFILE '/tmp/billing-sql-outfile'",
+    ],
+)
 def test_sql_refuses_what_is_not_a_read(stack: Stack, statement: str) -> None:
     result = stack.cli("sql", statement, check=False)
     assert result.returncode == 2, result.stderr
@@ -340,8 +378,12 @@ def test_sql_opens_the_engine_itself_when_nothing_runs(tmp_path: Path) -> None:
     data_dir = tmp_path / "idle"
     run = [sys.executable, "-m", "pipeline"]
     subprocess.run([*run, "migrate", "--data-dir", str(data_dir)], check=True, capture_output=True)
-    out = subprocess.run([*run, "sql", "SELECT count() AS n FROM hourly_bills", "--format", "json", "--data-dir", str(data_dir)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [*run, "sql", "SELECT count() AS n FROM hourly_bills", "--format", "json", "--data-dir", str(data_dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert json.loads(out) == {"n": 0}
 
 
@@ -361,7 +403,7 @@ def test_billing_console_serves_the_pages_against_clickhouse_itself(tmp_path: Pa
         assert match, line
         base = match.group(1)
         with urllib.request.urlopen(base + "/console", timeout=30) as response:
-            assert "data-page=\"operator\"" in response.read().decode()
+            assert 'data-page="operator"' in response.read().decode()
         with urllib.request.urlopen(base + "/console/static/echarts.min.js", timeout=30) as response:
             assert response.status == 200 and b"echarts" in response.read(2000)
         with urllib.request.urlopen(base + "/api/console/health", timeout=30) as response:
@@ -374,13 +416,19 @@ def test_billing_console_serves_the_pages_against_clickhouse_itself(tmp_path: Pa
 
 
 def listed_usage_reasons(stack: Stack, account: str) -> dict[str, str]:
-    return {r["event_id"]: r["reason"] for r in stack.rejected("--account", account)
-            if r["event_id"] and r["reason"] not in ("conflicting_duplicate", "invalid_schema")}
+    return {
+        r["event_id"]: r["reason"]
+        for r in stack.rejected("--account", account)
+        if r["event_id"] and r["reason"] not in ("conflicting_duplicate", "invalid_schema")
+    }
 
 
 def fresh_usage_reasons(lines: list[str], catalog: Path, account: str) -> dict[str, str]:
-    return {event_id: reason for acc, event_id, reason in expected(lines, catalog_path=catalog).rejections
-            if acc == account and event_id and reason not in ("conflicting_duplicate", "invalid_schema")}
+    return {
+        event_id: reason
+        for acc, event_id, reason in expected(lines, catalog_path=catalog).rejections
+        if acc == account and event_id and reason not in ("conflicting_duplicate", "invalid_schema")
+    }
 
 
 def test_calls_a_rebill_rejects_are_listed_and_a_later_rebill_bills_them_again(stack: Stack, loaded: Loaded, tmp_path: Path) -> None:
@@ -399,8 +447,12 @@ def test_calls_a_rebill_rejects_are_listed_and_a_later_rebill_bills_them_again(s
     assert after == fresh_usage_reasons(loaded.lines, late, account)
     newly = set(after) - set(before)
     assert newly and {after[e] for e in newly} == {"no_price_in_force"}
-    view = {r["event_id"]: r for r in sql(stack, "SELECT event_id, first_reason, record, event_ts FROM rejected_records "
-                                                 "WHERE account_id = {a:String}", {"a": account})}
+    view = {
+        r["event_id"]: r
+        for r in sql(
+            stack, "SELECT event_id, first_reason, record, event_ts FROM rejected_records WHERE account_id = {a:String}", {"a": account}
+        )
+    }
     for event_id in newly:
         assert view[event_id]["first_reason"] == "" and json.loads(view[event_id]["record"])["event_id"] == event_id
         assert view[event_id]["event_ts"].endswith("+08:00")
@@ -422,12 +474,21 @@ def test_console_and_sql_beyond_loopback_need_the_api_token(tmp_path: Path) -> N
     run = [sys.executable, "-m", "pipeline"]
     subprocess.run([*run, "migrate", "--data-dir", str(data_dir)], check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k != "BILLING_API_TOKEN"}
-    refused = subprocess.run([*run, "console", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data_dir)],
-                             capture_output=True, text=True, env=env, timeout=60)
+    refused = subprocess.run(
+        [*run, "console", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert refused.returncode != 0 and "BILLING_API_TOKEN" in refused.stderr
     token = "console-token-19"
-    proc = subprocess.Popen([*run, "console", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data_dir)],
-                            stderr=subprocess.PIPE, text=True, env={**env, "BILLING_API_TOKEN": token})
+    proc = subprocess.Popen(
+        [*run, "console", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(data_dir)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "BILLING_API_TOKEN": token},
+    )
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -445,8 +506,14 @@ def test_console_and_sql_beyond_loopback_need_the_api_token(tmp_path: Path) -> N
 
         query = json.dumps({"sql": "SELECT count() FROM hourly_account_totals"}).encode()
         bearer = {"Authorization": f"Bearer {token}"}
-        for path in ("/console", "/console/account/a", "/api/console/overview", "/api/console/accounts",
-                     "/api/console/accounts/a/usage", "/api/console/health"):
+        for path in (
+            "/console",
+            "/console/account/a",
+            "/api/console/overview",
+            "/api/console/accounts",
+            "/api/console/accounts/a/usage",
+            "/api/console/health",
+        ):
             assert status(path)[0] == 401, path
             assert status(path, {"Authorization": "Bearer wrong"})[0] == 401, path
             assert status(path, bearer)[0] in (200, 404), path  # 404: no such account, once let in

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.integration
 
 # Loaded by the worker's Python at start (PYTHONPATH): every ClickHouse write of a batch fails, as
 # with a table that refuses its inserts. sink.py stays uncompiled, so the processor sees the patch.
-FAILING_WRITES = '''
+FAILING_WRITES = """
 from pipeline.store import sink
 
 def _refuse(client, encoded):
     raise RuntimeError("Code: 999. DB::Exception: this table refuses every insert (injected)")
 
 sink.send = _refuse
-'''
+"""
 
 
 def status(url: str) -> tuple[int, dict]:
@@ -56,8 +56,10 @@ def test_a_stuck_worker_is_unhealthy_and_stops_on_a_signal(broker: str, tmp_path
         code, health = status(runtime.api + "/healthz")
         assert code == 503 and health["status"] == "stuck" and "refuses every insert" in health["problem"]
         with urllib.request.urlopen(runtime.api + "/metrics", timeout=10) as response:
-            assert any(line.startswith("billing_batch_consecutive_failures ") and float(line.split()[1]) >= 3
-                       for line in response.read().decode().splitlines())
+            assert any(
+                line.startswith("billing_batch_consecutive_failures ") and float(line.split()[1]) >= 3
+                for line in response.read().decode().splitlines()
+            )
         assert worker.proc is not None
         started = time.monotonic()
         worker.proc.send_signal(sig)

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store import queries
-from pipeline.stream.app import Worker
-from pipeline.store.chclient import connect
 from pipeline.batch.processor import barrier_message
-from pipeline.runtime import control_key
-from pipeline.ingest.publish import publish_lines
-from pipeline.settings import Settings
 from pipeline.demo.workload import generate
+from pipeline.ingest.publish import publish_lines
+from pipeline.runtime import control_key
+from pipeline.settings import Settings
+from pipeline.store import queries
+from pipeline.store.chclient import connect
+from pipeline.stream.app import Worker
 from tests.integration.stack import bills_by_key
 from tests.integration.test_pipeline import accounts_of
 from tests.oracle import expected
@@ -82,8 +82,9 @@ def barrier(bootstrap: str, settings: Settings, client) -> None:
     wait_until(lambda: queries.barrier_partitions(client, barrier_id) == settings.partitions, 120, "the barrier")
 
 
-def test_two_workers_split_partitions_and_hand_over(broker: str, inprocess_dir: Path, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_workers_split_partitions_and_hand_over(
+    broker: str, inprocess_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)  # a worker keeps everything in its data dir, nothing in the cwd
@@ -124,7 +125,7 @@ def test_workers_stopping_and_starting_repeatedly_keep_bills_exact(broker: str, 
     committed; every rebalance hands accounts over through ClickHouse."""
     settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-churn", log_epoch="churn")
     lines = generate(9000, seed=78)
-    chunks = [lines[i:i + 1500] for i in range(0, len(lines), 1500)]
+    chunks = [lines[i : i + 1500] for i in range(0, len(lines), 1500)]
     reader = connect(settings.clickhouse_url)
     steady = Replica(settings, broker, "steady")
     publish_lines([x.encode() for x in chunks[0]], broker, settings.input_topic, quiet=True)

@@ -9,11 +9,11 @@ from typing import Any
 
 from pipeline.core import control, records
 from pipeline.core.catalog import DEFAULT_CATALOG, Catalog, load_catalog, parse_catalog
-from pipeline.core.fold import apply
 from pipeline.core.facts import Outcome
+from pipeline.core.fold import apply
 from pipeline.core.state import AccountState, LineKey
-from pipeline.core.windows import WindowKey
 from pipeline.core.timestamps import hour_start, parse_ts
+from pipeline.core.windows import WindowKey
 
 ACCOUNT = "acct-1"
 KEY = "key-1"
@@ -134,5 +134,7 @@ class Account:
 def touched(state: AccountState) -> tuple[list[LineKey], list[WindowKey]]:
     """The bill lines and rate windows the record applied last changed: they carry its seq as
     their revision (how the processor finds what to write)."""
-    return ([key for key, line in state.lines.items() if line.revision == state.seq],
-            [key for key, window in state.windows.items() if window.revision == state.seq])
+    return (
+        [key for key, line in state.lines.items() if line.revision == state.seq],
+        [key for key, window in state.windows.items() if window.revision == state.seq],
+    )

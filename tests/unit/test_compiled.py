@@ -136,9 +136,23 @@ def test_the_python_sources_pass_the_unit_tests_too():
     Runs this directory again on the sources; the oracle and property tests are in it."""
     env = {**os.environ, "BILLING_PURE_PYTHON": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__).parent), "-q", "-x", "-p", "no:cacheprovider",
-         "--deselect", f"{__file__}::test_the_python_sources_pass_the_unit_tests_too"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(Path(__file__).parent),
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "--deselect",
+            f"{__file__}::test_the_python_sources_pass_the_unit_tests_too",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout

@@ -54,7 +54,9 @@ def test_vv_shows_the_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [json.loads(line) for line in emitted(monkeypatch, 0, long_running=True, fmt="json").splitlines()]
     assert [(r["level"], r["logger"], r["message"]) for r in lines] == [
-        ("INFO", "billing.worker", "batch: 10 records"), ("WARNING", "kafka.conn", "connection refused")]
+        ("INFO", "billing.worker", "batch: 10 records"),
+        ("WARNING", "kafka.conn", "connection refused"),
+    ]
     assert all("time" in r for r in lines)
 
 

@@ -41,8 +41,14 @@ def _default_limits() -> tuple[int, int, int]:
     return limits.qps, limits.qpm, limits.tpm
 
 
-def add_routes(app: web.Application, client_of: Callable[[], Any], free_quota: int, health: Callable[[], dict[str, Any]],
-               on_db: OnDb, metrics: Callable[[], str] | None = None) -> None:
+def add_routes(
+    app: web.Application,
+    client_of: Callable[[], Any],
+    free_quota: int,
+    health: Callable[[], dict[str, Any]],
+    on_db: OnDb,
+    metrics: Callable[[], str] | None = None,
+) -> None:
     """Register the pages, assets and JSON endpoints on the API's app (inside build_app, so that
     whatever guards the API guards these too)."""
 
@@ -51,8 +57,8 @@ def add_routes(app: web.Application, client_of: Callable[[], Any], free_quota: i
 
     def html(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
-            return web.Response(text=page(name), content_type="text/html", charset="utf-8",
-                                headers={"Cache-Control": "no-cache"})
+            return web.Response(text=page(name), content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"})
+
         return handler
 
     async def root(request: web.Request) -> web.Response:
@@ -76,20 +82,33 @@ def add_routes(app: web.Application, client_of: Callable[[], Any], free_quota: i
         return web.json_response(row)
 
     async def usage(request: web.Request) -> web.Response:
-        return web.json_response(await on_db(data.usage, client_of(), request.match_info["account_id"], arg(request, "from"),
-                                             arg(request, "to"), arg(request, "by") or "model"))
+        return web.json_response(
+            await on_db(
+                data.usage,
+                client_of(),
+                request.match_info["account_id"],
+                arg(request, "from"),
+                arg(request, "to"),
+                arg(request, "by") or "model",
+            )
+        )
 
     async def details(request: web.Request) -> web.Response:
-        return web.json_response(await on_db(data.details, client_of(), request.match_info["account_id"], arg(request, "from"),
-                                             arg(request, "to")))
+        return web.json_response(
+            await on_db(data.details, client_of(), request.match_info["account_id"], arg(request, "from"), arg(request, "to"))
+        )
 
     async def statement(request: web.Request) -> web.Response:
         month = arg(request, "month") or ""
         result = await on_db(data.statement, client_of(), request.match_info["account_id"], month)
         if request.match_info.get("ext") == ".csv":
             name = f"statement-{result['account_id']}-{result['month']}.csv".replace('"', "")
-            return web.Response(text=data.statement_csv(result), content_type="text/csv", charset="utf-8",
-                                headers={"Content-Disposition": f'attachment; filename="{name}"'})
+            return web.Response(
+                text=data.statement_csv(result),
+                content_type="text/csv",
+                charset="utf-8",
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
         return web.json_response(result)
 
     app.router.add_get("/", root)

@@ -18,10 +18,10 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.store import queries
-from pipeline.store.sqlquery import jsonable
 from pipeline.core.state import AccountState
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_SECOND, format_ts, parse_ts
+from pipeline.store import queries
+from pipeline.store.sqlquery import jsonable
 
 Row = dict[str, Any]
 DEFAULT_HOURS = 48  # a range not given: the last 48 hours that have bills
@@ -71,7 +71,9 @@ def _default_bounds(client: Client, end_us: int | None, account: str | None) -> 
         last = "{e:Int64}"
     (end_s, first) = client.query(
         f"WITH {last} AS e SELECT e, toUnixTimestamp(min(hour)) FROM {table} "
-        f"WHERE toUnixTimestamp(hour) >= e - {{back:Int64}} AND toUnixTimestamp(hour) < e{where}", parameters=params).result_rows[0]
+        f"WHERE toUnixTimestamp(hour) >= e - {{back:Int64}} AND toUnixTimestamp(hour) < e{where}",
+        parameters=params,
+    ).result_rows[0]
     e = end_us if end_us is not None else end_s * US_PER_SECOND
     return e, max(e - DEFAULT_HOURS * US_PER_HOUR, (first or 0) * US_PER_SECOND)
 
@@ -104,43 +106,68 @@ def overview(client: Client, start: str | None, end: str | None) -> Row:
     s, e = time_range(client, start, end)
     p = {**_range_params(s, e), "top": TOP_ACCOUNTS}
     hourly, top, accounts_in_range = {}, [], 0
-    for r in _rows(client, (
+    for r in _rows(
+        client,
+        (
             "SELECT hour, account_id, g, calls, tokens, amount, groups FROM ("
             "SELECT hour, account_id, grouping(hour, account_id) AS g, sum(calls) AS calls, "
             "sum(input_tokens + output_tokens) AS tokens, sum(amount) AS amount, count() OVER (PARTITION BY g) AS groups, "
             "row_number() OVER (PARTITION BY g ORDER BY amount DESC, account_id) AS place "
             f"FROM bill_hour_totals FINAL WHERE {RANGE} GROUP BY GROUPING SETS ((hour), (account_id))) "
-            "WHERE g = 1 OR place <= {top:UInt32} ORDER BY g, place"), p):
+            "WHERE g = 1 OR place <= {top:UInt32} ORDER BY g, place"
+        ),
+        p,
+    ):
         if r["g"] == 1:  # grouped by hour (account_id aggregated away)
             hourly[r["hour"]] = r
         else:
             accounts_in_range = r["groups"]
             top.append({"account_id": r["account_id"], "amount": r["amount"], "calls": r["calls"], "tokens": r["tokens"]})
     hours = _hours(s, e)
-    totals = {"calls": sum(r["calls"] for r in hourly.values()), "tokens": sum(r["tokens"] for r in hourly.values()),
-              "amount": sum((Decimal(r["amount"]) for r in hourly.values()), ZERO), "accounts": accounts_in_range}
+    totals = {
+        "calls": sum(r["calls"] for r in hourly.values()),
+        "tokens": sum(r["tokens"] for r in hourly.values()),
+        "amount": sum((Decimal(r["amount"]) for r in hourly.values()), ZERO),
+        "accounts": accounts_in_range,
+    }
     # the accounts in arrears and how many (the view's status is the account state's: debt > 0)
-    arrears = _rows(client, (
-        "SELECT account_id, debt, cash_balance, status_since, count() OVER () AS in_arrears FROM account_balances "
-        "WHERE status = 'arrears' ORDER BY debt DESC, account_id LIMIT 100"), {})
+    arrears = _rows(
+        client,
+        (
+            "SELECT account_id, debt, cash_balance, status_since, count() OVER () AS in_arrears FROM account_balances "
+            "WHERE status = 'arrears' ORDER BY debt DESC, account_id LIMIT 100"
+        ),
+        {},
+    )
     (all_accounts,) = client.query("SELECT uniqExact(account_id) FROM account_state").result_rows[0]
     reasons = _rows(client, "SELECT reason, count() AS records FROM rejected_records GROUP BY reason ORDER BY records DESC, reason", {})
     rebills = _rows(client, "SELECT * FROM rebills ORDER BY run_at DESC, run_id LIMIT 20", {})
     return {
-        "from": format_ts(s), "to": format_ts(e), "hours": hours,
+        "from": format_ts(s),
+        "to": format_ts(e),
+        "hours": hours,
         "calls": [hourly[h]["calls"] if h in hourly else 0 for h in hours],
         "tokens": [hourly[h]["tokens"] if h in hourly else 0 for h in hours],
         "amount": [hourly[h]["amount"] if h in hourly else "0.000000" for h in hours],
         "totals": {**totals, "amount": _money(totals["amount"])},
-        "top_accounts": top, "arrears": [{k: v for k, v in r.items() if k != "in_arrears"} for r in arrears],
-        "accounts": all_accounts, "in_arrears": arrears[0]["in_arrears"] if arrears else 0,
-        "rejections_by_reason": reasons, "rebills": rebills,
+        "top_accounts": top,
+        "arrears": [{k: v for k, v in r.items() if k != "in_arrears"} for r in arrears],
+        "accounts": all_accounts,
+        "in_arrears": arrears[0]["in_arrears"] if arrears else 0,
+        "rejections_by_reason": reasons,
+        "rebills": rebills,
     }
 
 
 # What the overview reads: any write to these changes a count or a latest time (OverviewCache).
-OVERVIEW_SOURCES = (("bill_hour_totals", "updated_at"), ("account_state", "updated_at"), ("account_status", "changed_at"),
-                    ("rejections", "rejected_at"), ("rejection_revisions", "revised_at"), ("rebill_runs", "run_at"))
+OVERVIEW_SOURCES = (
+    ("bill_hour_totals", "updated_at"),
+    ("account_state", "updated_at"),
+    ("account_status", "changed_at"),
+    ("rejections", "rejected_at"),
+    ("rejection_revisions", "revised_at"),
+    ("rebill_runs", "run_at"),
+)
 
 
 class OverviewCache:
@@ -179,10 +206,15 @@ def accounts(client: Client, prefix: str | None, limit: int = 200) -> list[Row]:
         params["p"] = prefix
         where = " WHERE startsWith(account_id, {p:String})"
     # the page of ids first: the view's balances are then computed for those accounts only
-    return _rows(client, (
-        "SELECT account_id, status, cash_balance, debt, voucher_balance, free_tokens_used, status_since, last_event_at "
-        f"FROM account_balances WHERE account_id IN (SELECT DISTINCT account_id FROM account_state{where} "
-        "ORDER BY account_id LIMIT {limit:UInt32}) ORDER BY account_id"), params)
+    return _rows(
+        client,
+        (
+            "SELECT account_id, status, cash_balance, debt, voucher_balance, free_tokens_used, status_since, last_event_at "
+            f"FROM account_balances WHERE account_id IN (SELECT DISTINCT account_id FROM account_state{where} "
+            "ORDER BY account_id LIMIT {limit:UInt32}) ORDER BY account_id"
+        ),
+        params,
+    )
 
 
 def account(client: Client, account_id: str, free_quota: int, default_limits: tuple[int, int, int]) -> Row | None:
@@ -191,13 +223,18 @@ def account(client: Client, account_id: str, free_quota: int, default_limits: tu
     if row is None:
         return None
     (state_json,) = client.query(
-        "SELECT argMax(state, seq) FROM account_state WHERE account_id = {a:String} GROUP BY account_id", parameters={"a": account_id},
+        "SELECT argMax(state, seq) FROM account_state WHERE account_id = {a:String} GROUP BY account_id",
+        parameters={"a": account_id},
     ).result_rows[0]
     state = AccountState.from_json(state_json)
     clock = state.max_ts_us
     row["key_states"] = [
-        {"api_key_id": k, "created_at": format_ts(v.created_us), "revoked_at": format_ts(v.revoked_us) if v.revoked_us else None,
-         "state": "revoked" if v.revoked_us is not None and v.revoked_us <= clock else "active"}
+        {
+            "api_key_id": k,
+            "created_at": format_ts(v.created_us),
+            "revoked_at": format_ts(v.revoked_us) if v.revoked_us else None,
+            "state": "revoked" if v.revoked_us is not None and v.revoked_us <= clock else "active",
+        }
         for k, v in sorted(state.keys.items())
     ]
     own = state.limits
@@ -222,11 +259,16 @@ def usage(client: Client, account_id: str, start: str | None, end: str | None, b
     }[by]
     # one pass over the account's lines of the range: the series' groups, and the range's totals
     # (every line: calls of the models, tokens and amount of all) as the empty grouping set
-    rows = _rows(client, (
-        f"SELECT hour, {group} AS grp, {where} AS in_series, grouping(hour, grp, in_series) AS g, {calls} AS calls, "
-        "sumIf(requests, NOT is_plugin) AS api_calls, sum(input_tokens + output_tokens) AS tokens, sum(quantity) AS quantity, "
-        f"sum(amount) AS amount FROM hourly_bills WHERE account_id = {{a:String}} AND {RANGE} "
-        "GROUP BY GROUPING SETS ((hour, grp, in_series), ()) ORDER BY g, grp, hour"), params)
+    rows = _rows(
+        client,
+        (
+            f"SELECT hour, {group} AS grp, {where} AS in_series, grouping(hour, grp, in_series) AS g, {calls} AS calls, "
+            "sumIf(requests, NOT is_plugin) AS api_calls, sum(input_tokens + output_tokens) AS tokens, sum(quantity) AS quantity, "
+            f"sum(amount) AS amount FROM hourly_bills WHERE account_id = {{a:String}} AND {RANGE} "
+            "GROUP BY GROUPING SETS ((hour, grp, in_series), ()) ORDER BY g, grp, hour"
+        ),
+        params,
+    )
     hours = _hours(s, e)
     index = {h: i for i, h in enumerate(hours)}
     series: dict[str, Row] = {}
@@ -238,14 +280,22 @@ def usage(client: Client, account_id: str, start: str | None, end: str | None, b
         if not r["in_series"]:
             continue
         name = r["grp"] or "(none)"
-        entry = series.setdefault(name, {"calls": [0] * len(hours), "tokens": [0] * len(hours), "quantity": [0] * len(hours),
-                                         "amount": ["0.000000"] * len(hours)})
+        entry = series.setdefault(
+            name, {"calls": [0] * len(hours), "tokens": [0] * len(hours), "quantity": [0] * len(hours), "amount": ["0.000000"] * len(hours)}
+        )
         i = index[r["hour"]]
         for metric in ("calls", "tokens", "quantity"):
             entry[metric][i] = r[metric]
         entry["amount"][i] = r["amount"]
-    return {"account_id": account_id, "by": by, "from": format_ts(s), "to": format_ts(e), "hours": hours, "series": series,
-            "totals": {**totals, "amount": _money(totals["amount"])}}
+    return {
+        "account_id": account_id,
+        "by": by,
+        "from": format_ts(s),
+        "to": format_ts(e),
+        "hours": hours,
+        "series": series,
+        "totals": {**totals, "amount": _money(totals["amount"])},
+    }
 
 
 def details(client: Client, account_id: str, start: str | None, end: str | None) -> Row:
@@ -254,21 +304,40 @@ def details(client: Client, account_id: str, start: str | None, end: str | None)
     s, e = time_range(client, start, end, account_id)
     lines = queries.bills(client, account_id, format_ts(s), format_ts(e))
     params = {**_range_params(s, e), "a": account_id, "n": MAX_ROWS + 1}
-    settlements = _rows(client, (
-        "SELECT hour, kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, settled_at FROM account_settlements "
-        f"WHERE account_id = {{a:String}} AND {RANGE} ORDER BY seq, hour LIMIT {{n:UInt32}}"), params)
-    rejections = [r for r in map(queries.with_record, queries.rejected(client, account_id))  # as `billing rejected` shows them
-                  if not r["timestamp"] or s <= parse_ts(r["timestamp"]) < e]
-    violations = _rows(client, (
-        "SELECT ts, event_id, limit_name, window_start, observed, allowed FROM rate_limit_violations "
-        f"WHERE account_id = {{a:String}} AND {RANGE} ORDER BY ts, limit_name LIMIT {{n:UInt32}}"), params)
+    settlements = _rows(
+        client,
+        (
+            "SELECT hour, kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after, settled_at FROM account_settlements "
+            f"WHERE account_id = {{a:String}} AND {RANGE} ORDER BY seq, hour LIMIT {{n:UInt32}}"
+        ),
+        params,
+    )
+    rejections = [
+        r
+        for r in map(queries.with_record, queries.rejected(client, account_id))  # as `billing rejected` shows them
+        if not r["timestamp"] or s <= parse_ts(r["timestamp"]) < e
+    ]
+    violations = _rows(
+        client,
+        (
+            "SELECT ts, event_id, limit_name, window_start, observed, allowed FROM rate_limit_violations "
+            f"WHERE account_id = {{a:String}} AND {RANGE} ORDER BY ts, limit_name LIMIT {{n:UInt32}}"
+        ),
+        params,
+    )
     return {
-        "account_id": account_id, "from": format_ts(s), "to": format_ts(e),
-        "bills": lines[:MAX_ROWS], "bills_cut": len(lines) > MAX_ROWS,
+        "account_id": account_id,
+        "from": format_ts(s),
+        "to": format_ts(e),
+        "bills": lines[:MAX_ROWS],
+        "bills_cut": len(lines) > MAX_ROWS,
         "bills_total": _money(sum((Decimal(r["amount"]) for r in lines), ZERO)),
-        "settlements": settlements[:MAX_ROWS], "settlements_cut": len(settlements) > MAX_ROWS,
-        "rejections": rejections[:MAX_ROWS], "rejections_cut": len(rejections) > MAX_ROWS,
-        "violations": violations[:MAX_ROWS], "violations_cut": len(violations) > MAX_ROWS,
+        "settlements": settlements[:MAX_ROWS],
+        "settlements_cut": len(settlements) > MAX_ROWS,
+        "rejections": rejections[:MAX_ROWS],
+        "rejections_cut": len(rejections) > MAX_ROWS,
+        "violations": violations[:MAX_ROWS],
+        "violations_cut": len(violations) > MAX_ROWS,
     }
 
 
@@ -281,22 +350,49 @@ def statement(client: Client, account_id: str, month: str) -> Row:
     year, mon = int(month[:4]), int(month[5:7])
     e = parse_ts(f"{year + mon // 12:04d}-{mon % 12 + 1:02d}-01T00:00:00+08:00")
     params = {**_range_params(s, e), "a": account_id}
-    lines = _rows(client, (
-        "SELECT item, api_key_id, sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
-        "sum(free_tokens) AS free_tokens, sum(billed_input_tokens) AS billed_input_tokens, sum(billed_output_tokens) AS billed_output_tokens, "
-        f"sum(quantity) AS quantity, sum(amount) AS amount FROM hourly_bills WHERE account_id = {{a:String}} AND {RANGE} "
-        "GROUP BY item, api_key_id ORDER BY item, api_key_id"), params)
-    paid = _rows(client, (
-        "SELECT sum(amount) AS settled, sum(voucher_part) AS vouchers, sum(cash_part) AS cash, sum(debt_added) AS debt_added "
-        f"FROM account_settlements WHERE account_id = {{a:String}} AND {RANGE}"), params)[0]
+    lines = _rows(
+        client,
+        (
+            "SELECT item, api_key_id, sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
+            "sum(free_tokens) AS free_tokens, sum(billed_input_tokens) AS billed_input_tokens, sum(billed_output_tokens) AS billed_output_tokens, "
+            f"sum(quantity) AS quantity, sum(amount) AS amount FROM hourly_bills WHERE account_id = {{a:String}} AND {RANGE} "
+            "GROUP BY item, api_key_id ORDER BY item, api_key_id"
+        ),
+        params,
+    )
+    paid = _rows(
+        client,
+        (
+            "SELECT sum(amount) AS settled, sum(voucher_part) AS vouchers, sum(cash_part) AS cash, sum(debt_added) AS debt_added "
+            f"FROM account_settlements WHERE account_id = {{a:String}} AND {RANGE}"
+        ),
+        params,
+    )[0]
     total = sum((Decimal(r["amount"]) for r in lines), ZERO)
-    return {"account_id": account_id, "month": f"{year:04d}-{mon:02d}", "from": format_ts(s), "to": format_ts(e),
-            "lines": lines, "total": _money(total), "currency": "CNY",
-            "payments": {k: _money(v) for k, v in paid.items()}}
+    return {
+        "account_id": account_id,
+        "month": f"{year:04d}-{mon:02d}",
+        "from": format_ts(s),
+        "to": format_ts(e),
+        "lines": lines,
+        "total": _money(total),
+        "currency": "CNY",
+        "payments": {k: _money(v) for k, v in paid.items()},
+    }
 
 
-STATEMENT_COLUMNS = ("item", "api_key_id", "requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens",
-                     "billed_output_tokens", "quantity", "amount")
+STATEMENT_COLUMNS = (
+    "item",
+    "api_key_id",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "free_tokens",
+    "billed_input_tokens",
+    "billed_output_tokens",
+    "quantity",
+    "amount",
+)
 
 
 def statement_csv(data: Row) -> str:
@@ -327,14 +423,16 @@ def pipeline_health(health: Row, metrics_text: str) -> Row:
             if sample.name == "billing_records_total":
                 records += sample.value
             elif partition is not None and sample.name.startswith("billing_partition_"):
-                key = sample.name[len("billing_partition_"):]
+                key = sample.name[len("billing_partition_") :]
                 partitions.setdefault(partition, {"partition": int(partition)})[key] = int(sample.value)
     stats = health.get("stats", {})
     batches = int(stats.get("batches", 0))
     seconds = float(health.get("batch_seconds", 0.0))
     return {
         "available": bool(health.get("stats") is not None and metrics_text),
-        "records": int(records), "batches": batches, "batch_seconds": seconds,
+        "records": int(records),
+        "batches": batches,
+        "batch_seconds": seconds,
         "mean_batch_ms": round(seconds / batches * 1000, 1) if batches else None,
         "batch_failures": int(stats.get("batch_failures", 0)),
         "partitions": sorted(partitions.values(), key=lambda p: p["partition"]),

@@ -20,15 +20,16 @@ T = TypeVar("T")
 
 
 def serve_console(settings: Settings, host: str, port: int) -> int:
-    from pipeline.serve import api
     from pipeline.core.catalog import load_catalog
+    from pipeline.runtime import read_runtime
+    from pipeline.serve import api
     from pipeline.store.chclient import connect, migrate
 
-    from pipeline.runtime import read_runtime
-
     if not api.is_loopback(host) and not settings.api_token:
-        raise ValueError(f"--host {host} serves bills beyond this machine: set BILLING_API_TOKEN (visitors open "
-                         "/console?token=<token> once; the browser keeps it in a cookie)")
+        raise ValueError(
+            f"--host {host} serves bills beyond this machine: set BILLING_API_TOKEN (visitors open "
+            "/console?token=<token> once; the browser keeps it in a cookie)"
+        )
     running = read_runtime(settings.data_dir)
     if settings.clickhouse_url.startswith("chdb:") and running is not None:
         raise ValueError(f"`billing up` runs on data dir {settings.data_dir} and serves the console itself: {running.api}/console")

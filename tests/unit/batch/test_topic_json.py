@@ -26,8 +26,14 @@ def test_violations_go_per_account_in_messages_of_at_most_500_in_log_order() -> 
     sent_a = [v["event_id"] for b in bodies[:3] for v in b["violations"]]
     assert sent_a == [f"acc-a-evt-{n}" for n in range(1201)]  # none lost or repeated across the split
     first = bodies[0]["violations"][0]
-    assert first == {"event_id": "acc-a-evt-0", "timestamp": "2024-06-07T10:00:00+08:00", "limit": "qps",
-                     "window_start": "2024-06-07T10:00:00+08:00", "observed": 7, "allowed": 5}
+    assert first == {
+        "event_id": "acc-a-evt-0",
+        "timestamp": "2024-06-07T10:00:00+08:00",
+        "limit": "qps",
+        "window_start": "2024-06-07T10:00:00+08:00",
+        "observed": 7,
+        "allowed": 5,
+    }
 
 
 def test_status_changes_and_ticks_become_one_message_each() -> None:
@@ -35,8 +41,14 @@ def test_status_changes_and_ticks_become_one_message_each() -> None:
     key = b"k" * 32
     out = topic_json.messages([change], [], [("acc-b", topic_json.tick("acc-b", T0 + 3_600_000_000, key))])
     assert [(m.destination, m.account_id) for m in out] == [("status", "acc-a"), ("input", "acc-b")]
-    assert orjson.loads(out[0].value) == {"account_id": "acc-a", "status": "arrears", "debt": "1.500000",
-                                          "cash_balance": "0.000000", "as_of": "2024-06-07T10:00:00+08:00", "seq": 9}
+    assert orjson.loads(out[0].value) == {
+        "account_id": "acc-a",
+        "status": "arrears",
+        "debt": "1.500000",
+        "cash_balance": "0.000000",
+        "as_of": "2024-06-07T10:00:00+08:00",
+        "seq": 9,
+    }
     tick = orjson.loads(out[1].value)
     assert tick.pop("signature") and tick == {"type": "clock.tick", "account_id": "acc-b", "timestamp": "2024-06-07T11:00:00+08:00"}
     assert control.verify(orjson.loads(out[1].value), key) and not control.verify(orjson.loads(out[1].value), b"x" * 32)

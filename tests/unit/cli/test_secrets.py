@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from pipeline.store.chclient import ClickHouseUnavailable, connect
 from pipeline.cli.commands import main
 from pipeline.settings import load_settings, redact
+from pipeline.store.chclient import ClickHouseUnavailable, connect
 
 URL = "http://billing:s3cret-pw@127.0.0.1:9/billing"  # port 9 (discard): nothing answers
 

@@ -20,22 +20,24 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize("name, value, accepted", [
-    ("BILLING_PARTITIONS", "abc", "a whole number from 1 to 10000"),
-    ("BILLING_PARTITIONS", "0", "a whole number from 1 to 10000"),
-    ("BILLING_BATCH_SIZE", "-5", "a whole number from 1 up"),
-    ("BILLING_WRITE_RECORDS", "0", "a whole number from 1 up"),
-    ("BILLING_API_PORT", "70000", "a whole number from 0 to 65535"),
-    ("BILLING_AUTO_TICK", "maybe", "one of 1, true, yes, on, 0, false, no, off"),
-    ("BILLING_CLICKHOUSE", "foo://bar", "chdb://PATH or http(s)://"),
-    ("BILLING_CLICKHOUSE", "http:///db", "chdb://PATH or http(s)://"),
-    ("BILLING_KAFKA", "kafka://broker:9092", "host:port"),
-    ("BILLING_KAFKA", "broker:abc", "host:port"),
-    ("BILLING_TOPIC_PREFIX", "bad prefix", "letters, digits"),
-    ("BILLING_LOG_FORMAT", "xml", "one of text, json"),
-])
-def test_a_bad_value_names_the_setting_and_what_it_accepts(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                                           accepted: str) -> None:
+@pytest.mark.parametrize(
+    "name, value, accepted",
+    [
+        ("BILLING_PARTITIONS", "abc", "a whole number from 1 to 10000"),
+        ("BILLING_PARTITIONS", "0", "a whole number from 1 to 10000"),
+        ("BILLING_BATCH_SIZE", "-5", "a whole number from 1 up"),
+        ("BILLING_WRITE_RECORDS", "0", "a whole number from 1 up"),
+        ("BILLING_API_PORT", "70000", "a whole number from 0 to 65535"),
+        ("BILLING_AUTO_TICK", "maybe", "one of 1, true, yes, on, 0, false, no, off"),
+        ("BILLING_CLICKHOUSE", "foo://bar", "chdb://PATH or http(s)://"),
+        ("BILLING_CLICKHOUSE", "http:///db", "chdb://PATH or http(s)://"),
+        ("BILLING_KAFKA", "kafka://broker:9092", "host:port"),
+        ("BILLING_KAFKA", "broker:abc", "host:port"),
+        ("BILLING_TOPIC_PREFIX", "bad prefix", "letters, digits"),
+        ("BILLING_LOG_FORMAT", "xml", "one of text, json"),
+    ],
+)
+def test_a_bad_value_names_the_setting_and_what_it_accepts(monkeypatch: pytest.MonkeyPatch, name: str, value: str, accepted: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError) as err:
         load_settings()

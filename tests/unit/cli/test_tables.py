@@ -23,9 +23,20 @@ class Terminal(io.StringIO):
 
 
 def bill(account: str, item: str, requests: int, amount: str) -> dict[str, object]:
-    return {"account_id": account, "hour": "2024-09-18T03:00:00+08:00", "api_key_id": KEY, "item": item, "requests": requests,
-            "input_tokens": 133200, "output_tokens": 3047, "free_tokens": 4379, "billed_input_tokens": 128821,
-            "billed_output_tokens": 0, "quantity": 0, "amount": amount}
+    return {
+        "account_id": account,
+        "hour": "2024-09-18T03:00:00+08:00",
+        "api_key_id": KEY,
+        "item": item,
+        "requests": requests,
+        "input_tokens": 133200,
+        "output_tokens": 3047,
+        "free_tokens": 4379,
+        "billed_input_tokens": 128821,
+        "billed_output_tokens": 0,
+        "quantity": 0,
+        "amount": amount,
+    }
 
 
 ROWS = [bill("9922177186219009", "xingchen-plus", 3, "0.000000"), bill("99", "plugin:digital_human_voice", 13, "1234.500000")]
@@ -85,8 +96,17 @@ def test_csv_with_no_rows_still_has_its_header() -> None:
 
 def test_rejected_rows_carry_the_record_as_an_object_and_its_timestamp() -> None:
     record = {"account_id": "a", "timestamp": "2024-07-01T02:00:01Z", "event_id": "e1", "model": 5}
-    row = queries.with_record({"event_id": "e1", "account_id": "a", "reason": "invalid_schema", "detail": "model", "kind": "usage",
-                            "timestamp": "", "record": json.dumps(record)})
+    row = queries.with_record(
+        {
+            "event_id": "e1",
+            "account_id": "a",
+            "reason": "invalid_schema",
+            "detail": "model",
+            "kind": "usage",
+            "timestamp": "",
+            "record": json.dumps(record),
+        }
+    )
     assert row["record"] == record and json.loads(row["record_text"]) == record
     assert row["timestamp"] == "2024-07-01T10:00:01+08:00"
     naive = queries.with_record({"timestamp": "", "record": json.dumps({**record, "timestamp": "2024-07-01T10:00:01"})})
@@ -104,8 +124,14 @@ def test_rejected_rows_carry_the_record_as_an_object_and_its_timestamp() -> None
 def test_time_order_and_the_limit_keeps_the_latest(capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"hour": f"2024-07-01T{h:02d}:00:00+08:00", "account_id": a} for h in (1, 3, 2) for a in ("b", "a")]
     ordered = commands.in_time_order(rows, "hour", "account_id")
-    assert [(r["hour"][11:13], r["account_id"]) for r in ordered] == [("01", "a"), ("01", "b"), ("02", "a"), ("02", "b"),
-                                                                     ("03", "a"), ("03", "b")]
+    assert [(r["hour"][11:13], r["account_id"]) for r in ordered] == [
+        ("01", "a"),
+        ("01", "b"),
+        ("02", "a"),
+        ("02", "b"),
+        ("03", "a"),
+        ("03", "b"),
+    ]
     args = commands.build_parser().parse_args(["bills", "--format", "json", "--limit", "2"])
     commands.emit_limited(ordered, args, None)
     captured = capsys.readouterr()

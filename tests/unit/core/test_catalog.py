@@ -4,9 +4,9 @@ import json
 from decimal import Decimal
 
 import pytest
-
 from helpers import CATALOG, catalog_data, us
-from pipeline.core.catalog import CatalogError, Catalog, load_catalog, parse_catalog
+
+from pipeline.core.catalog import Catalog, CatalogError, load_catalog, parse_catalog
 from pipeline.core.windows import Limits
 
 FREE_PLUGINS = (
@@ -54,7 +54,12 @@ def test_models_of_the_rule_book(name, inp, out, since, context, max_input, whit
 
 def test_exactly_the_six_models():
     assert set(CATALOG.models) == {
-        "xingchen-lite", "xingchen-base", "xingchen-plus", "xingchen-plus-v2", "xingchen-max", "xingchen-longcontext",
+        "xingchen-lite",
+        "xingchen-base",
+        "xingchen-plus",
+        "xingchen-plus-v2",
+        "xingchen-max",
+        "xingchen-longcontext",
     }
 
 

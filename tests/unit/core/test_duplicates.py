@@ -4,24 +4,34 @@ import copy
 import json
 
 from helpers import (
-    touched,
     NO_QUOTA,
     Account,
     D,
     key_created,
     limits,
     recharge,
+    touched,
     usage,
     voucher,
     whitelist_add,
 )
+
 from pipeline.core.facts import BILLED, DUPLICATE, REJECTED
 
 
 def snapshot(acct):
     s = acct.state
-    return (copy.deepcopy(s.lines), copy.deepcopy(s.windows), s.free_used, s.cash_balance, s.debt,
-            copy.deepcopy(s.keys), s.limits, set(s.whitelist), copy.deepcopy(s.vouchers))
+    return (
+        copy.deepcopy(s.lines),
+        copy.deepcopy(s.windows),
+        s.free_used,
+        s.cash_balance,
+        s.debt,
+        copy.deepcopy(s.keys),
+        s.limits,
+        set(s.whitelist),
+        copy.deepcopy(s.vouchers),
+    )
 
 
 def test_identical_redelivery_is_a_counted_duplicate():

@@ -61,6 +61,10 @@ def test_a_builder_takes_every_field_by_name_and_nothing_else(builder: Callable[
 
 def test_every_fact_and_record_has_a_builder() -> None:
     kinds = {kind for _, kind in BUILDERS}
-    named = {v for module in (facts, records) for v in vars(module).values()
-             if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, "_fields") and v.__module__ == module.__name__}
+    named = {
+        v
+        for module in (facts, records)
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, "_fields") and v.__module__ == module.__name__
+    }
     assert named == kinds

@@ -9,10 +9,13 @@ from pipeline.core.tuples import namedtuple_of
 from pipeline.store.sink import SeenRow
 
 
-@pytest.mark.parametrize("kind, values", [
-    (PricedUsage, ("a", "e", 1, 0, "k", "m", "api", 10, 5, 0, 10, 5, Decimal("0.1"), Decimal("0"), (("p", 1),), ("qps",), 7)),
-    (Violation, ("a", "e", 1, "qps", 0, 3, 2, 7)),
-])
+@pytest.mark.parametrize(
+    "kind, values",
+    [
+        (PricedUsage, ("a", "e", 1, 0, "k", "m", "api", 10, 5, 0, 10, 5, Decimal("0.1"), Decimal("0"), (("p", 1),), ("qps",), 7)),
+        (Violation, ("a", "e", 1, "qps", 0, 3, 2, 7)),
+    ],
+)
 def test_fact_is_the_namedtuple(kind, values):
     built = namedtuple_of(kind, *values)
     assert built == kind(*values) and type(built) is kind

@@ -3,9 +3,7 @@
 from decimal import Decimal
 
 import pytest
-
 from helpers import (
-    touched,
     KEY,
     NO_QUOTA,
     Account,
@@ -13,10 +11,12 @@ from helpers import (
     catalog_data,
     make_catalog,
     recharge,
+    touched,
     us,
     usage,
     whitelist_add,
 )
+
 from pipeline.core.catalog import parse_catalog
 from pipeline.core.facts import BILLED, REJECTED
 from pipeline.core.state import Line
@@ -117,8 +117,7 @@ def test_plugins_are_not_covered_by_the_token_quota():
 
 def test_console_call_is_free_uses_no_quota_but_is_counted():
     acct = Account(make_catalog(free_quota_tokens=100))
-    out = acct.feed(usage("c1", channel="console", input_tokens=60, output_tokens=80,
-                          plugins={"text_to_image": 3, "web_search": 1}))
+    out = acct.feed(usage("c1", channel="console", input_tokens=60, output_tokens=80, plugins={"text_to_image": 3, "web_search": 1}))
     assert out.status == BILLED
     p = out.priced
     assert p.channel == "console"
@@ -180,8 +179,7 @@ def test_plus_v2_priced_from_september_18():
     acct = Account(NO_QUOTA)
     before = acct.feed(usage("e1", model="xingchen-plus-v2", ts="2024-09-17T23:59:59+08:00"))
     assert before.status == REJECTED and before.rejection.reason == "no_price_in_force"
-    at = acct.feed(usage("e2", model="xingchen-plus-v2", ts="2024-09-18T00:00:00+08:00",
-                         input_tokens=30_000, output_tokens=2_000))
+    at = acct.feed(usage("e2", model="xingchen-plus-v2", ts="2024-09-18T00:00:00+08:00", input_tokens=30_000, output_tokens=2_000))
     assert at.status == BILLED
     assert amount_str(at) == "0.144000"
 
@@ -189,8 +187,7 @@ def test_plus_v2_priced_from_september_18():
 def test_longcontext_priced_at_any_time_when_whitelisted():
     acct = Account(NO_QUOTA)
     acct.feed(whitelist_add())
-    out = acct.feed(usage("e1", model="xingchen-longcontext", ts="2023-01-01T00:00:00+08:00",
-                          input_tokens=20_000, output_tokens=12_000))
+    out = acct.feed(usage("e1", model="xingchen-longcontext", ts="2023-01-01T00:00:00+08:00", input_tokens=20_000, output_tokens=12_000))
     assert out.status == BILLED
     assert amount_str(out) == "0.640000"
 
@@ -249,10 +246,12 @@ def test_two_price_versions_each_side_of_the_boundary():
 
 def test_plugin_price_versions():
     acct = Account(_two_version_catalog())
-    before = acct.feed(usage("b", ts="2024-09-30T23:59:59+08:00", input_tokens=0, output_tokens=0,
-                             plugins={"text_to_image": 1, "web_search": 2}))
-    after = acct.feed(usage("a", ts="2024-10-01T00:00:00+08:00", input_tokens=0, output_tokens=0,
-                            plugins={"text_to_image": 1, "web_search": 2}))
+    before = acct.feed(
+        usage("b", ts="2024-09-30T23:59:59+08:00", input_tokens=0, output_tokens=0, plugins={"text_to_image": 1, "web_search": 2})
+    )
+    after = acct.feed(
+        usage("a", ts="2024-10-01T00:00:00+08:00", input_tokens=0, output_tokens=0, plugins={"text_to_image": 1, "web_search": 2})
+    )
     assert before.priced.plugin_amount == D("0.16")
     assert after.priced.plugin_amount == D("0.22")
     assert acct.line("2024-10-01T00:00:00+08:00", "plugin:web_search").amount == D("0.020000")
@@ -295,13 +294,16 @@ def test_free_plugins_cost_nothing_but_are_metered(name):
 
 def test_plugin_lines_accumulate_requests_and_quantity_with_zero_tokens():
     acct = Account(NO_QUOTA)
-    first = acct.feed(usage("e1", ts="2024-06-07T10:05:00+08:00", input_tokens=1000, output_tokens=1000,
-                            plugins={"text_to_image": 2, "web_search": 1}))
-    assert first.status == BILLED and sorted(touched(acct.state)[0]) == sorted([
-        (us("2024-06-07T10:00:00+08:00"), KEY, "xingchen-base"),
-        (us("2024-06-07T10:00:00+08:00"), KEY, "plugin:text_to_image"),
-        (us("2024-06-07T10:00:00+08:00"), KEY, "plugin:web_search"),
-    ])
+    first = acct.feed(
+        usage("e1", ts="2024-06-07T10:05:00+08:00", input_tokens=1000, output_tokens=1000, plugins={"text_to_image": 2, "web_search": 1})
+    )
+    assert first.status == BILLED and sorted(touched(acct.state)[0]) == sorted(
+        [
+            (us("2024-06-07T10:00:00+08:00"), KEY, "xingchen-base"),
+            (us("2024-06-07T10:00:00+08:00"), KEY, "plugin:text_to_image"),
+            (us("2024-06-07T10:00:00+08:00"), KEY, "plugin:web_search"),
+        ]
+    )
     assert first.priced.token_amount == D("0.016000")
     assert first.priced.plugin_amount == D("0.32")
     assert first.priced.plugins == (("text_to_image", 2), ("web_search", 1))
@@ -378,8 +380,9 @@ def test_priced_usage_carries_the_call():
 def test_amounts_are_exact_decimals_over_many_calls():
     acct = Account(NO_QUOTA)
     for i in range(300):
-        acct.feed(usage(f"e{i}", ts=f"2024-06-07T10:{i // 60:02d}:{i % 60:02d}+08:00", model="xingchen-lite",
-                        input_tokens=1, output_tokens=1))
+        acct.feed(
+            usage(f"e{i}", ts=f"2024-06-07T10:{i // 60:02d}:{i % 60:02d}+08:00", model="xingchen-lite", input_tokens=1, output_tokens=1)
+        )
     line = acct.line("2024-06-07T10:00:00+08:00", "xingchen-lite")
     assert line.requests == 300
     assert isinstance(line.amount, Decimal)

@@ -15,13 +15,13 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from helpers import catalog_data, make_catalog, touched
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import catalog_data, make_catalog, touched
 from pipeline.core.catalog import Catalog
-from pipeline.core.fold import apply
 from pipeline.core.facts import APPLIED, BILLED, DUPLICATE, Outcome
+from pipeline.core.fold import apply
 from pipeline.core.records import parse_record
 from pipeline.core.state import AccountState
 
@@ -129,8 +129,7 @@ def account_events(draw, account: str) -> bytes:
     if kind == "recharge":
         return encode({**base, "type": "credit.recharge", "amount": f"{n % 1000}.{n % 7}"})
     if kind == "voucher":
-        return encode({**base, "type": "credit.voucher", "voucher_id": f"v{n % 5}", "amount": str(n % 500),
-                       "expires_at": rfc3339(SPAN_US)})
+        return encode({**base, "type": "credit.voucher", "voucher_id": f"v{n % 5}", "amount": str(n % 500), "expires_at": rfc3339(SPAN_US)})
     call = draw(calls(channels=("api", "console")))
     call["model"] = draw(st.sampled_from((call["model"], "xingchen-nope", "xingchen-longcontext")))
     call["input_tokens"] += draw(st.sampled_from((0, 40_000)))
@@ -138,10 +137,12 @@ def account_events(draw, account: str) -> bytes:
 
 
 @st.composite
-def sequences(draw, account: str, min_size: int = 1, max_size: int = 25, channels: tuple[str, ...] = ("api",),
-              mixed: bool = False) -> list[bytes]:
-    items = draw(st.lists(st.one_of(calls(channels), account_events(account)) if mixed else calls(channels),
-                          min_size=min_size, max_size=max_size))
+def sequences(
+    draw, account: str, min_size: int = 1, max_size: int = 25, channels: tuple[str, ...] = ("api",), mixed: bool = False
+) -> list[bytes]:
+    items = draw(
+        st.lists(st.one_of(calls(channels), account_events(account)) if mixed else calls(channels), min_size=min_size, max_size=max_size)
+    )
     return [item if isinstance(item, bytes) else usage_record(account, i, item) for i, item in enumerate(items)]
 
 
@@ -218,8 +219,19 @@ def test_valid_api_calls_are_all_billed_and_lines_match_the_rule_book(quota, dat
 
     want, want_free = expected_lines(items, quota)
     assert want_free == free_used
-    got = {k: [line.requests, line.input_tokens, line.output_tokens, line.free_tokens, line.billed_input_tokens,
-               line.billed_output_tokens, line.quantity, line.amount] for k, line in state.lines.items()}
+    got = {
+        k: [
+            line.requests,
+            line.input_tokens,
+            line.output_tokens,
+            line.free_tokens,
+            line.billed_input_tokens,
+            line.billed_output_tokens,
+            line.quantity,
+            line.amount,
+        ]
+        for k, line in state.lines.items()
+    }
     assert got == want
     for line in state.lines.values():
         assert line.amount.as_tuple().exponent == -6 and line.amount >= 0
@@ -284,8 +296,7 @@ def test_replaying_a_prefix_changes_no_line(quota, data):
 @given(quota=st.sampled_from(QUOTAS), data=st.data())
 def test_interleaving_accounts_differently_changes_no_account(quota, data):
     accounts = ("acct-a", "acct-b", "acct-c")[: data.draw(st.integers(2, 3))]
-    per_account = {a: prelude(a) + data.draw(sequences(a, max_size=12, mixed=True, channels=("api", "console")))
-                   for a in accounts}
+    per_account = {a: prelude(a) + data.draw(sequences(a, max_size=12, mixed=True, channels=("api", "console"))) for a in accounts}
     cat = catalog(quota)
 
     def run(order: list[str]) -> dict[str, Any]:
@@ -309,8 +320,15 @@ def test_interleaving_accounts_differently_changes_no_account(quota, data):
 
 def summary(fed: list[tuple[Outcome, tuple[list, list]]]) -> list[tuple]:
     return [
-        (o.status, o.claimed, o.rejection and (o.rejection.reason, o.rejection.seq), o.priced, tuple(o.violations),
-         tuple(lines), tuple(windows))
+        (
+            o.status,
+            o.claimed,
+            o.rejection and (o.rejection.reason, o.rejection.seq),
+            o.priced,
+            tuple(o.violations),
+            tuple(lines),
+            tuple(windows),
+        )
         for o, (lines, windows) in fed
     ]
 

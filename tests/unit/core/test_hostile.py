@@ -23,8 +23,9 @@ if str(TESTS) not in sys.path:
 
 from helpers import CATALOG, touched  # noqa: E402
 from hostile import MUST_BE_INVALID, MUST_PARSE, hostile_corpus  # noqa: E402
-from pipeline.core.fold import apply  # noqa: E402
+
 from pipeline.core.facts import APPLIED, BILLED, DUPLICATE, REASONS, REJECTED, Outcome  # noqa: E402
+from pipeline.core.fold import apply  # noqa: E402
 from pipeline.core.records import AccountRecord, Invalid, Usage, parse_record  # noqa: E402
 from pipeline.core.state import AccountState  # noqa: E402
 
@@ -226,7 +227,9 @@ def test_named_hostile_record_is_invalid_schema(raw):
     assert isinstance(record, Invalid), record
     assert record.detail
     outcome = apply(AccountState(record.account_id), record, CATALOG)
-    expected = "unauthorized" if b'"type":"clock.tick"' in raw or b'"rebill.lines"' in raw or b'"billing.barrier"' in raw else "invalid_schema"
+    expected = (
+        "unauthorized" if b'"type":"clock.tick"' in raw or b'"rebill.lines"' in raw or b'"billing.barrier"' in raw else "invalid_schema"
+    )
     assert outcome.status == REJECTED and outcome.rejection.reason == expected
     assert not outcome.claimed
 
@@ -283,8 +286,17 @@ def test_non_ascii_digits_do_not_match_schema_patterns():
 
 
 _REBILL_LINE = {
-    "hour": "2024-09-18T10:00:00+08:00", "api_key_id": "k", "item": "xingchen-lite", "requests": 1, "input_tokens": 1,
-    "output_tokens": 1, "free_tokens": 0, "billed_input_tokens": 1, "billed_output_tokens": 1, "quantity": 0, "amount": "1",
+    "hour": "2024-09-18T10:00:00+08:00",
+    "api_key_id": "k",
+    "item": "xingchen-lite",
+    "requests": 1,
+    "input_tokens": 1,
+    "output_tokens": 1,
+    "free_tokens": 0,
+    "billed_input_tokens": 1,
+    "billed_output_tokens": 1,
+    "quantity": 0,
+    "amount": "1",
 }
 _REBILL_HOSTILE = {
     "hour-not-a-timestamp": b'"hour":"garbage"',
@@ -302,8 +314,7 @@ def test_hostile_rebill_lines_are_invalid_schema(case):
     start = line.index(field + b":")
     end = line.index(b",", start)
     line = line[:start] + _REBILL_HOSTILE[case] + line[end:]
-    raw = (b'{"type":"rebill.lines","account_id":"a","timestamp":"2024-09-18T10:00:00+08:00","run_id":"r","lines":['
-           + line + b"]}")
+    raw = b'{"type":"rebill.lines","account_id":"a","timestamp":"2024-09-18T10:00:00+08:00","run_id":"r","lines":[' + line + b"]}"
     record = parse_record(raw)
     outcome = apply(AccountState("a"), record, CATALOG)  # must not raise
     assert isinstance(record, Invalid) and outcome.rejection.reason == "invalid_schema"

@@ -1,8 +1,9 @@
 """API keys (BILLING_RULES §7): log-order creation, revocation time, the 3-active-key limit."""
 
 from helpers import ACCOUNT, NO_QUOTA, Account, D, key_created, key_revoked, us, usage
-from pipeline.core.keys import key_valid_for_call, keys_not_revoked_by
+
 from pipeline.core.facts import APPLIED, BILLED, REJECTED
+from pipeline.core.keys import key_valid_for_call, keys_not_revoked_by
 from pipeline.core.state import AccountState, KeyState
 
 
@@ -31,9 +32,14 @@ def test_key_valid_for_call_ignores_creation_time():
 
 
 def test_keys_not_revoked_by():
-    state = AccountState(ACCOUNT, keys={
-        "a": KeyState(0), "b": KeyState(0, revoked_us=100), "c": KeyState(0, revoked_us=200),
-    })
+    state = AccountState(
+        ACCOUNT,
+        keys={
+            "a": KeyState(0),
+            "b": KeyState(0, revoked_us=100),
+            "c": KeyState(0, revoked_us=200),
+        },
+    )
     assert keys_not_revoked_by(state, 99) == 3
     assert keys_not_revoked_by(state, 100) == 2
     assert keys_not_revoked_by(state, 200) == 1

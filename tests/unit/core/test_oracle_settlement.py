@@ -22,6 +22,7 @@ for path in (TESTS, TESTS.parent):
         sys.path.insert(0, str(path))
 
 from oracle import ALL_KINDS, KINDS, assert_settlement_totals, expected, parse_rfc3339_ns  # noqa: E402
+
 from pipeline.demo.workload import generate_settlement  # noqa: E402
 
 A = "acct-s"
@@ -51,8 +52,16 @@ def created(ts: str = t("08:00"), account: str = A) -> str:
 
 def img(event_id: str, ts: str, images: int, account: str = A, **extra) -> str:
     """A lite call with no tokens and `images` text_to_image units: 0.16 x images."""
-    body = {"account_id": account, "timestamp": ts, "event_id": event_id, "api_key_id": K,
-            "model": "xingchen-lite", "input_tokens": 0, "output_tokens": 0, "plugins": {"text_to_image": images}}
+    body = {
+        "account_id": account,
+        "timestamp": ts,
+        "event_id": event_id,
+        "api_key_id": K,
+        "model": "xingchen-lite",
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "plugins": {"text_to_image": images},
+    }
     body.update(extra)
     return json.dumps(body)
 
@@ -75,8 +84,7 @@ def tick(ts: str, account: str = A) -> str:
 def brief(exp, account: str = A) -> list[tuple]:
     """(hour HH, kind, amount, voucher_part, cash_part, debt_added, debt_after, balance_after)."""
     return [
-        (s["hour"][11:13], s["kind"], s["amount"], s["voucher_part"], s["cash_part"], s["debt_added"],
-         s["debt_after"], s["balance_after"])
+        (s["hour"][11:13], s["kind"], s["amount"], s["voucher_part"], s["cash_part"], s["debt_added"], s["debt_after"], s["balance_after"])
         for s in exp.settlements
         if s["account_id"] == account
     ]
@@ -140,8 +148,15 @@ def test_voucher_order_and_expiry():
     rows = exp.account_rows()[A]
     assert rows["cash_balance"] == "8.000000" and rows["vouchers"][1]["remaining"] == "0.160000"
     assert exp.settlement_rows()[2] == {
-        "account_id": A, "hour": h("11"), "kind": "regular", "amount": "6.400000", "voucher_part": "4.400000",
-        "cash_part": "2.000000", "debt_added": "0.000000", "debt_after": "0.000000", "balance_after": "8.000000",
+        "account_id": A,
+        "hour": h("11"),
+        "kind": "regular",
+        "amount": "6.400000",
+        "voucher_part": "4.400000",
+        "cash_part": "2.000000",
+        "debt_added": "0.000000",
+        "debt_after": "0.000000",
+        "balance_after": "8.000000",
     }
 
 
@@ -280,10 +295,28 @@ def test_zero_amount_hours_still_close():
     lines = [
         created(),
         img("console", t("09:10"), 3, channel="console"),  # console: free
-        json.dumps({"account_id": A, "timestamp": t("10:10"), "event_id": "free", "api_key_id": K,
-                    "model": "xingchen-lite", "input_tokens": 1000, "output_tokens": 500}),  # in the free quota
-        json.dumps({"account_id": A, "timestamp": t("11:15"), "event_id": "nope", "api_key_id": K,
-                    "model": "xingchen-nope", "input_tokens": 1, "output_tokens": 1}),  # rejected: moves the clock
+        json.dumps(
+            {
+                "account_id": A,
+                "timestamp": t("10:10"),
+                "event_id": "free",
+                "api_key_id": K,
+                "model": "xingchen-lite",
+                "input_tokens": 1000,
+                "output_tokens": 500,
+            }
+        ),  # in the free quota
+        json.dumps(
+            {
+                "account_id": A,
+                "timestamp": t("11:15"),
+                "event_id": "nope",
+                "api_key_id": K,
+                "model": "xingchen-nope",
+                "input_tokens": 1,
+                "output_tokens": 1,
+            }
+        ),  # rejected: moves the clock
     ]
     exp = expected(lines)
     check(exp)
@@ -291,8 +324,13 @@ def test_zero_amount_hours_still_close():
     assert brief(exp) == [("09", "regular", 0, 0, 0, 0, 0, 0), ("10", "regular", 0, 0, 0, 0, 0, 0)]
     assert [s["at"] for s in exp.settlements] == [parse_rfc3339_ns(t("10:10")), parse_rfc3339_ns(t("11:15"))]
     assert exp.accounts[A] == {
-        "account_id": A, "status": "active", "cash_balance": 0, "debt": 0, "vouchers": [],
-        "free_tokens_left": 1_000_000 - 1_500, "last_settled_hour": h("10"),
+        "account_id": A,
+        "status": "active",
+        "cash_balance": 0,
+        "debt": 0,
+        "vouchers": [],
+        "free_tokens_left": 1_000_000 - 1_500,
+        "last_settled_hour": h("10"),
     }
     # an hour with only rejected calls has no activity: nothing to settle
     only_rejected = expected([created(), lines[3], tick(t("13:00"))])
@@ -313,8 +351,9 @@ def test_what_moves_the_clock():
         assert exp.clocks[A] == parse_rfc3339_ns(t("09:10")), name
     moving = {
         "refused key": rec("api_key.revoked", late, api_key_id="unknown"),  # rejected, claims its identity
-        "unknown model": json.dumps({"account_id": A, "timestamp": late, "event_id": "m", "api_key_id": K,
-                                     "model": "nope", "input_tokens": 1, "output_tokens": 1}),
+        "unknown model": json.dumps(
+            {"account_id": A, "timestamp": late, "event_id": "m", "api_key_id": K, "model": "nope", "input_tokens": 1, "output_tokens": 1}
+        ),
         "limits": rec("limits.set", late, qps=5),
         "voucher": voucher(late, "v", "1"),
         "tick": tick(late),
@@ -328,8 +367,13 @@ def test_what_moves_the_clock():
     exp = expected(base + [tick(late), tick(late), tick(late, account="other")])
     assert exp.duplicates == 1 and exp.kinds["clock.tick"] == 3
     assert exp.accounts["other"] == {
-        "account_id": "other", "status": "active", "cash_balance": 0, "debt": 0, "vouchers": [],
-        "free_tokens_left": 1_000_000, "last_settled_hour": None,
+        "account_id": "other",
+        "status": "active",
+        "cash_balance": 0,
+        "debt": 0,
+        "vouchers": [],
+        "free_tokens_left": 1_000_000,
+        "last_settled_hour": None,
     }
     # a tick with anything else in it is invalid
     bad = rec("clock.tick", late, amount="1")
@@ -356,8 +400,17 @@ def test_grace_from_catalog_and_override(tmp_path):
 
 def test_token_amounts_after_the_free_quota():
     # 31 x 32,000 + 8,000 = 1,000,000 free tokens in hour 09; hour 10 is billed
-    use = lambda eid, ts, tin, tout: json.dumps({"account_id": A, "timestamp": ts, "event_id": eid, "api_key_id": K,  # noqa: E731
-                                                 "model": "xingchen-lite", "input_tokens": tin, "output_tokens": tout})
+    use = lambda eid, ts, tin, tout: json.dumps(
+        {
+            "account_id": A,
+            "timestamp": ts,
+            "event_id": eid,
+            "api_key_id": K,  # noqa: E731
+            "model": "xingchen-lite",
+            "input_tokens": tin,
+            "output_tokens": tout,
+        }
+    )
     lines = [created(), recharge(t("08:00:01"), "0.01")]
     lines += [use(f"q{i}", t(f"09:{i:02d}"), 32_000, 0) for i in range(31)]
     lines += [use("q-last", t("09:40"), 8_000, 0), use("paid", t("10:00"), 1_000, 1_000), tick(t("11:10"))]
@@ -414,8 +467,11 @@ def test_workload_shape(workload):
     tail = bodies[-6:]
     assert all(b["type"] == "clock.tick" for b in tail) and {b["account_id"] for b in tail} == accounts
     for t_body in tail:
-        latest = max(parse_rfc3339_ns(b["timestamp"]) for b in bodies[:-6] if b["account_id"] == t_body["account_id"]
-                     and parse_rfc3339_ns(b.get("timestamp")) is not None)
+        latest = max(
+            parse_rfc3339_ns(b["timestamp"])
+            for b in bodies[:-6]
+            if b["account_id"] == t_body["account_id"] and parse_rfc3339_ns(b.get("timestamp")) is not None
+        )
         assert parse_rfc3339_ns(t_body["timestamp"]) - latest == 2 * 3600 * 10**9
     # a few late calls, 20 to 90 minutes behind the account's latest record
     latest_by: dict = {}

@@ -53,8 +53,16 @@ def line(exp, hour: str, item: str, key: str = K1, account: str = A) -> dict:
 def test_timestamps_and_hours():
     assert parse_rfc3339_ns("2024-06-07T00:00:00+08:00") == parse_rfc3339_ns("2024-06-06T16:00:00Z")
     assert parse_rfc3339_ns("2024-06-07T00:00:00.000000001+08:00") - parse_rfc3339_ns("2024-06-07T00:00:00+08:00") == 1
-    for bad in ("2024-06-07T10:00:00", "2024-06-31T10:00:00+08:00", "2024-06-07T24:00:00+08:00",
-                "2024-13-07T10:00:00+08:00", "2024-06-07T10:00:60+08:00", "2024-06-07T10:00:00+24:00", None, 5):
+    for bad in (
+        "2024-06-07T10:00:00",
+        "2024-06-31T10:00:00+08:00",
+        "2024-06-07T24:00:00+08:00",
+        "2024-13-07T10:00:00+08:00",
+        "2024-06-07T10:00:60+08:00",
+        "2024-06-07T10:00:00+24:00",
+        None,
+        5,
+    ):
         assert parse_rfc3339_ns(bad) is None, bad
     assert hour_str(parse_rfc3339_ns("2024-06-07T02:59:59.999Z")) == "2024-06-07T10:00:00+08:00"
     assert hour_str(parse_rfc3339_ns("2024-06-06T23:30:00-08:00")) == "2024-06-07T15:00:00+08:00"
@@ -235,10 +243,15 @@ def test_whitelist_console_and_plugins():
         created(K1),
         use("w0", "2024-06-07T10:00:00.000+08:00", "xingchen-longcontext", 100, 100),
         rec("whitelist.add", "2024-06-07T10:00:01.000+08:00", model="xingchen-longcontext"),
-        use("w1", "2024-06-07T10:00:02.000+08:00", "xingchen-longcontext", 100, 100,
-            plugins={"text_to_image": 2, "web_search": 3, "function_call": 0}),
-        use("w2", "2024-06-07T10:00:03.000+08:00", "xingchen-longcontext", 100, 100, channel="console",
-            plugins={"text_to_image": 4}),
+        use(
+            "w1",
+            "2024-06-07T10:00:02.000+08:00",
+            "xingchen-longcontext",
+            100,
+            100,
+            plugins={"text_to_image": 2, "web_search": 3, "function_call": 0},
+        ),
+        use("w2", "2024-06-07T10:00:03.000+08:00", "xingchen-longcontext", 100, 100, channel="console", plugins={"text_to_image": 4}),
         rec("whitelist.remove", "2024-06-07T10:00:04.000+08:00", model="xingchen-longcontext"),
         use("w3", "2024-06-07T10:00:05.000+08:00", "xingchen-longcontext", 100, 100),
     ]
@@ -248,8 +261,16 @@ def test_whitelist_console_and_plugins():
     lc = line(exp, h, "xingchen-longcontext")
     assert (lc["requests"], lc["input_tokens"], lc["free_tokens"], lc["billed_input_tokens"], lc["amount"]) == (2, 200, 200, 0, 0)
     t2i = line(exp, h, "plugin:text_to_image")
-    assert t2i == {"requests": 2, "input_tokens": 0, "output_tokens": 0, "free_tokens": 0, "billed_input_tokens": 0,
-                   "billed_output_tokens": 0, "quantity": 6, "amount": Decimal("0.32")}  # console images are free
+    assert t2i == {
+        "requests": 2,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "free_tokens": 0,
+        "billed_input_tokens": 0,
+        "billed_output_tokens": 0,
+        "quantity": 6,
+        "amount": Decimal("0.32"),
+    }  # console images are free
     ws = line(exp, h, "plugin:web_search")
     assert (ws["requests"], ws["quantity"], ws["amount"]) == (1, 3, 0)
     assert (A, h, K1, "plugin:function_call") not in exp.bills

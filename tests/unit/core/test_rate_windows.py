@@ -1,6 +1,7 @@
 """Rate windows through the fold (BILLING_RULES §6): flagged, still billed, reported as violations."""
 
 from helpers import NO_QUOTA, Account, D, limits, touched, us, usage
+
 from pipeline.core.facts import BILLED, Violation
 from pipeline.core.windows import MINUTE, SECOND
 

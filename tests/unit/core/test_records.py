@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import ACCOUNT, KEY, T0, key_created, limits, parse, recharge, us, usage, voucher
+
 from pipeline.core import records
 from pipeline.core.records import MAX_RECORD_BYTES, AccountRecord, Invalid, Usage, parse_record
 
@@ -180,8 +180,11 @@ def test_oversized_record_is_invalid():
         (key_created("k9"), "api_key.created", {"api_key_id": "k9"}),
         ({"type": "api_key.revoked", "account_id": ACCOUNT, "timestamp": T0, "api_key_id": "k9"}, "api_key.revoked", {"api_key_id": "k9"}),
         (recharge("12.5"), "credit.recharge", {"amount": "12.5"}),
-        (voucher("v1", "3", expires_at="2024-07-01T00:00:00+08:00"), "credit.voucher",
-         {"voucher_id": "v1", "amount": "3", "expires_at": "2024-07-01T00:00:00+08:00"}),
+        (
+            voucher("v1", "3", expires_at="2024-07-01T00:00:00+08:00"),
+            "credit.voucher",
+            {"voucher_id": "v1", "amount": "3", "expires_at": "2024-07-01T00:00:00+08:00"},
+        ),
         (limits(qps=3, tpm=5000), "limits.set", {"qps": 3, "tpm": 5000}),
         (limits(), "limits.set", {}),
         ({"type": "whitelist.add", "account_id": ACCOUNT, "timestamp": T0, "model": "m"}, "whitelist.add", {"model": "m"}),

@@ -3,19 +3,19 @@
 import json
 
 import pytest
-
 from helpers import (
-    touched,
     ACCOUNT,
     NO_QUOTA,
+    T0,
     Account,
     D,
-    T0,
+    touched,
     us,
     usage,
     whitelist_add,
     whitelist_remove,
 )
+
 from pipeline.core.facts import BILLED, REASONS, REJECTED
 
 OLD = "2024-06-06T23:59:59+08:00"  # base has no price in force yet
@@ -28,8 +28,18 @@ def reason(outcome):
 
 def test_reason_codes_in_rule_book_order():
     assert REASONS == (
-        "invalid_schema", "unauthorized", "out_of_range", "conflicting_duplicate", "unknown_model", "unknown_plugin",
-        "no_price_in_force", "input_limit_exceeded", "context_limit_exceeded", "not_whitelisted", "invalid_api_key", "api_key_limit",
+        "invalid_schema",
+        "unauthorized",
+        "out_of_range",
+        "conflicting_duplicate",
+        "unknown_model",
+        "unknown_plugin",
+        "no_price_in_force",
+        "input_limit_exceeded",
+        "context_limit_exceeded",
+        "not_whitelisted",
+        "invalid_api_key",
+        "api_key_limit",
     )
 
 
@@ -70,8 +80,17 @@ PRECEDENCE = [
     # no price (model) + input + context + unknown key
     ("no_price_in_force", usage("p", ts=OLD, input_tokens=7_000, output_tokens=2_000, key="ghost")),
     # no price (plugin) on a model priced then, + input limit + not whitelisted + unknown key
-    ("no_price_in_force", usage("p", model="xingchen-longcontext", ts="2024-04-01T00:00:00+08:00",
-                                input_tokens=40_000, plugins={"text_to_image": 1}, key="ghost")),
+    (
+        "no_price_in_force",
+        usage(
+            "p",
+            model="xingchen-longcontext",
+            ts="2024-04-01T00:00:00+08:00",
+            input_tokens=40_000,
+            plugins={"text_to_image": 1},
+            key="ghost",
+        ),
+    ),
     # input limit + context + unknown key
     ("input_limit_exceeded", usage("p", input_tokens=6_501, output_tokens=2_000, key="ghost")),
     # input limit + not whitelisted + unknown key

@@ -11,13 +11,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from helpers import ACCOUNT, CATALOG, KEY, Account, D, touched, us
 
 from pipeline.core.facts import Settlement, StatusChange
-from pipeline.core.settlement import close_hours, grace_us, recharge as recharge_state, settle_amount, status_of
+from pipeline.core.settlement import close_hours, grace_us, settle_amount, status_of
+from pipeline.core.settlement import recharge as recharge_state
 from pipeline.core.state import AccountState, Voucher
 from pipeline.core.timestamps import US_PER_HOUR, hour_start
-
-from helpers import ACCOUNT, CATALOG, KEY, Account, D, touched, us
 
 DAY = "2024-10-08"
 GRACE = grace_us(10)
@@ -54,8 +54,15 @@ class Acct(Account):
 
     def call(self, ts: str, model: str = "xingchen-max", inp: int = 1234, out: int = 567, **extra):
         self._n += 1
-        body = {"account_id": ACCOUNT, "timestamp": ts, "event_id": f"ev-{self._n}", "api_key_id": KEY,
-                "model": model, "input_tokens": inp, "output_tokens": out}
+        body = {
+            "account_id": ACCOUNT,
+            "timestamp": ts,
+            "event_id": f"ev-{self._n}",
+            "api_key_id": KEY,
+            "model": model,
+            "input_tokens": inp,
+            "output_tokens": out,
+        }
         body.update(extra)
         return self.feed(body)
 
@@ -72,9 +79,19 @@ class Acct(Account):
         return self.feed(body)
 
     def rebill(self, ts: str, hour: str, amount: str, item: str = "xingchen-max", run_id: str = "run-1", **counts):
-        line = {"hour": hour, "api_key_id": KEY, "item": item, "requests": 1, "input_tokens": 1234,
-                "output_tokens": 567, "free_tokens": 0, "billed_input_tokens": 1234, "billed_output_tokens": 567,
-                "quantity": 0, "amount": amount}
+        line = {
+            "hour": hour,
+            "api_key_id": KEY,
+            "item": item,
+            "requests": 1,
+            "input_tokens": 1234,
+            "output_tokens": 567,
+            "free_tokens": 0,
+            "billed_input_tokens": 1234,
+            "billed_output_tokens": 567,
+            "quantity": 0,
+            "amount": amount,
+        }
         line.update(counts)
         return self.feed({"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": ts, "run_id": run_id, "lines": [line]})
 
@@ -503,8 +520,16 @@ def test_rebill_whose_line_changed_after_it_was_read_is_refused_whole_and_change
     read = a.state.lines[key].revision  # what a rebill reads from bill_lines
     a.call(t("09:40"))  # a late call for 09:00 lands before the rebill's lines do
     before = (a.state.lines[key].amount, a.state.cash_balance, a.state.debt, dict(a.state.open_hours))
-    out = Account.feed(a, {"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": t("12:00"),
-                                           "run_id": "run-1", "lines": [rebill_line(t("09:00"), "0.100000", base_revision=read)]})
+    out = Account.feed(
+        a,
+        {
+            "type": "rebill.lines",
+            "account_id": ACCOUNT,
+            "timestamp": t("12:00"),
+            "run_id": "run-1",
+            "lines": [rebill_line(t("09:00"), "0.100000", base_revision=read)],
+        },
+    )
     assert out.status == "rejected" and out.rejection.reason == "stale_rebill"
     assert "run the same `billing rebill` again" in out.rejection.detail
     assert (a.state.lines[key].amount, a.state.cash_balance, a.state.debt, dict(a.state.open_hours)) == before
@@ -519,14 +544,32 @@ def test_rebill_line_that_did_not_exist_when_read_must_still_not_exist():
     a = Acct()
     a.call(t("09:15"))
     a.tick(t("10:10"))
-    out = Account.feed(a, {"type": "rebill.lines", "account_id": ACCOUNT, "timestamp": t("12:00"), "run_id": "run-1",
-                      "lines": [rebill_line(t("09:00"), "0.100000", base_revision=0)]})
+    out = Account.feed(
+        a,
+        {
+            "type": "rebill.lines",
+            "account_id": ACCOUNT,
+            "timestamp": t("12:00"),
+            "run_id": "run-1",
+            "lines": [rebill_line(t("09:00"), "0.100000", base_revision=0)],
+        },
+    )
     assert out.rejection is not None and out.rejection.reason == "stale_rebill"
 
 
 def rebill_line(hour: str, amount: str, **extra) -> dict:
-    line = {"hour": hour, "api_key_id": KEY, "item": "xingchen-max", "requests": 1, "input_tokens": 1234,
-            "output_tokens": 567, "free_tokens": 0, "billed_input_tokens": 1234, "billed_output_tokens": 567,
-            "quantity": 0, "amount": amount}
+    line = {
+        "hour": hour,
+        "api_key_id": KEY,
+        "item": "xingchen-max",
+        "requests": 1,
+        "input_tokens": 1234,
+        "output_tokens": 567,
+        "free_tokens": 0,
+        "billed_input_tokens": 1234,
+        "billed_output_tokens": 567,
+        "quantity": 0,
+        "amount": amount,
+    }
     line.update(extra)
     return line

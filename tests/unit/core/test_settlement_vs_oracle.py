@@ -7,16 +7,16 @@ from collections import defaultdict
 import pytest
 
 from pipeline.core.catalog import load_catalog
-from pipeline.core.fold import apply
-from pipeline.store.queries import money
 from pipeline.core.control import sign_line
-from tests.unit.helpers import CONTROL_KEY
+from pipeline.core.fold import apply
 from pipeline.core.records import parse_record
 from pipeline.core.settlement import status_of
 from pipeline.core.state import AccountState
 from pipeline.core.timestamps import format_ts
 from pipeline.demo.workload import generate_settlement
+from pipeline.store.queries import money
 from tests.oracle import assert_settlement_totals, expected
+from tests.unit.helpers import CONTROL_KEY
 
 SETTLEMENT_FIELDS = ("amount", "voucher_part", "cash_part", "debt_added", "debt_after", "balance_after")
 
@@ -51,6 +51,7 @@ def test_settlements_statuses_and_accounts_match_the_oracle(seed: int) -> None:
     for row in want.settlement_rows():
         want_by_account[row["account_id"]].append({k: row[k] for k in ("account_id", "hour", "kind", *SETTLEMENT_FIELDS)})
     assert dict(by_account) == dict(want_by_account)
+
     def per_account(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
         grouped = defaultdict(list)
         for account, status in pairs:
@@ -64,6 +65,7 @@ def test_settlements_statuses_and_accounts_match_the_oracle(seed: int) -> None:
         assert money(state.cash_balance) == summary["cash_balance"]
         assert money(state.debt) == summary["debt"]
         assert (format_ts(state.last_settled_hour) if state.last_settled_hour is not None else None) == summary["last_settled_hour"]
-        assert [(v.voucher_id, money(v.remaining)) for v in state.vouchers.values()] == \
-            [(v["voucher_id"], v["remaining"]) for v in summary["vouchers"]]
+        assert [(v.voucher_id, money(v.remaining)) for v in state.vouchers.values()] == [
+            (v["voucher_id"], v["remaining"]) for v in summary["vouchers"]
+        ]
     assert any(kind == "arrears" for _, kind in changes) and any(r["kind"] == "adjustment" for r in settlements)

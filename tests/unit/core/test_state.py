@@ -3,6 +3,7 @@
 from decimal import Decimal
 
 from helpers import NO_QUOTA, Account, D, key_revoked, limits, recharge, us, usage, voucher, whitelist_add
+
 from pipeline.core.state import ZERO, AccountState, KeyState, Voucher
 from pipeline.core.windows import Limits
 
@@ -85,8 +86,10 @@ def test_durable_state_round_trip():
     assert back.account_id == s.account_id
     assert back.seq == s.seq == 11
     assert back.free_used == 12_345
-    assert back.keys == {"k1": KeyState(us("2024-06-07T00:00:00+08:00")),
-                         "k2": KeyState(us("2024-06-07T00:00:00+08:00"), us("2024-06-07T12:00:00+08:00"))}
+    assert back.keys == {
+        "k1": KeyState(us("2024-06-07T00:00:00+08:00")),
+        "k2": KeyState(us("2024-06-07T00:00:00+08:00"), us("2024-06-07T12:00:00+08:00")),
+    }
     assert back.limits == Limits(7, 60, 5000)
     assert back.whitelist == {"xingchen-longcontext", "xingchen-max"}
     assert back.cash_balance == D("12.34") and isinstance(back.cash_balance, Decimal)

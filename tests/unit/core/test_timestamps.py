@@ -112,8 +112,14 @@ def test_format_ts_shows_billing_zone():
 # -- quick_us: parse_ts's answer in integer arithmetic, or -1 ------------------------------------
 
 TIMESTAMP_PARTS = st.tuples(
-    st.integers(0, 2200), st.integers(0, 13), st.integers(0, 32), st.sampled_from("Tt -"), st.integers(0, 25), st.integers(0, 61),
-    st.integers(0, 61), st.sampled_from(["", ".", ".5", ".123", ".000001", ".999999", ".1234567", ".123456789", ".1234567890"]),
+    st.integers(0, 2200),
+    st.integers(0, 13),
+    st.integers(0, 32),
+    st.sampled_from("Tt -"),
+    st.integers(0, 25),
+    st.integers(0, 61),
+    st.integers(0, 61),
+    st.sampled_from(["", ".", ".5", ".123", ".000001", ".999999", ".1234567", ".123456789", ".1234567890"]),
     st.sampled_from(["Z", "z", "+08:00", "-03:30", "+00:00", "-00:00", "+23:59", "+24:00", "+08:60", "+0800", "", "Z ", "UTC"]),
 )
 
@@ -132,21 +138,42 @@ def test_quick_us_gives_parse_ts_answer_or_leaves_it_to_parse_ts(parts):
     assert quick in (expected, -1), text
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2024-06-07T00:00:00+08:00", JUNE7_0800), ("2024-06-06t16:00:00z", JUNE7_0800), ("2024-06-06 11:00:00-05:00", JUNE7_0800),
-    ("2024-06-06T16:00:00.5Z", JUNE7_0800 + 500_000), ("2024-06-06T16:00:00.123456789Z", JUNE7_0800 + 123_456),
-    ("2024-02-29T00:00:00Z", 1_709_164_800_000_000), ("2000-02-29T00:00:00Z", 951_782_400_000_000),
-    ("1970-01-01T00:00:00Z", 0), ("2099-12-31T23:59:59.999999Z", 4_102_444_799_999_999),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2024-06-07T00:00:00+08:00", JUNE7_0800),
+        ("2024-06-06t16:00:00z", JUNE7_0800),
+        ("2024-06-06 11:00:00-05:00", JUNE7_0800),
+        ("2024-06-06T16:00:00.5Z", JUNE7_0800 + 500_000),
+        ("2024-06-06T16:00:00.123456789Z", JUNE7_0800 + 123_456),
+        ("2024-02-29T00:00:00Z", 1_709_164_800_000_000),
+        ("2000-02-29T00:00:00Z", 951_782_400_000_000),
+        ("1970-01-01T00:00:00Z", 0),
+        ("2099-12-31T23:59:59.999999Z", 4_102_444_799_999_999),
+    ],
+)
 def test_quick_us_answers_the_shapes_producers_send(text, expected):
     assert quick_us(text) == expected == parse_ts(text)
 
 
-@pytest.mark.parametrize("text", [
-    "2023-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2024-04-31T00:00:00Z", "2024-06-06T24:00:00Z", "2024-06-06T16:00:60Z",
-    "2024-06-06T16:00:00+24:00", "2024-06-06T16:00:00+08:60", "2024-06-06T16:00:00", " 2024-06-06T16:00:00Z",
-    "２０２４-06-06T16:00:00Z", "2024-06-06T16:00:00.Z", "2024-06-06T16:00:00.1234567890Z", "2024-06-06T16:00Z",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2023-02-29T00:00:00Z",
+        "2100-02-29T00:00:00Z",
+        "2024-04-31T00:00:00Z",
+        "2024-06-06T24:00:00Z",
+        "2024-06-06T16:00:60Z",
+        "2024-06-06T16:00:00+24:00",
+        "2024-06-06T16:00:00+08:60",
+        "2024-06-06T16:00:00",
+        " 2024-06-06T16:00:00Z",
+        "２０２４-06-06T16:00:00Z",
+        "2024-06-06T16:00:00.Z",
+        "2024-06-06T16:00:00.1234567890Z",
+        "2024-06-06T16:00Z",
+    ],
+)
 def test_quick_us_leaves_everything_else_to_parse_ts(text):
     assert quick_us(text) == -1
 
@@ -157,17 +184,33 @@ def _format_by_datetime(us):
 
 
 @settings(max_examples=5000, deadline=None)
-@given(st.one_of(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999 - 8 * 3_600_000_000),  # datetime's range in +08:00
-                 st.integers(946_684_800_000_000, 4_102_444_800_000_000),
-                 st.integers(946_684_800, 4_102_444_800).map(lambda s: s * 1_000_000)))
+@given(
+    st.one_of(
+        st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999 - 8 * 3_600_000_000),  # datetime's range in +08:00
+        st.integers(946_684_800_000_000, 4_102_444_800_000_000),
+        st.integers(946_684_800, 4_102_444_800).map(lambda s: s * 1_000_000),
+    )
+)
 def test_format_ts_is_what_datetime_writes(us):
     """Bills, statuses and violations on the wire carry format_ts: its integer arithmetic must
     give datetime's text for every instant datetime can hold (whole seconds without a fraction)."""
     assert format_ts(us) == _format_by_datetime(us)
 
 
-@pytest.mark.parametrize("us", [0, -1, 1, JUNE7_0800, JUNE7_0800 - 1, 951_782_400_000_000, 4_102_444_799_999_999,
-                                -62_135_596_800_000_000, 253_402_300_799_999_999 - 8 * 3_600_000_000])
+@pytest.mark.parametrize(
+    "us",
+    [
+        0,
+        -1,
+        1,
+        JUNE7_0800,
+        JUNE7_0800 - 1,
+        951_782_400_000_000,
+        4_102_444_799_999_999,
+        -62_135_596_800_000_000,
+        253_402_300_799_999_999 - 8 * 3_600_000_000,
+    ],
+)
 def test_format_ts_edges(us):
     assert format_ts(us) == _format_by_datetime(us)
     assert parse_ts(format_ts(us)) == us

@@ -24,17 +24,45 @@ from pipeline.demo.workload import generate
 from tests.hostile import hostile_corpus
 
 BASE: dict[str, Any] = {
-    "account_id": "acct-1", "timestamp": "2024-09-18T10:00:00+08:00", "event_id": "ev-1", "api_key_id": "k-1",
-    "model": "xingchen-plus", "input_tokens": 10, "output_tokens": 5,
+    "account_id": "acct-1",
+    "timestamp": "2024-09-18T10:00:00+08:00",
+    "event_id": "ev-1",
+    "api_key_id": "k-1",
+    "model": "xingchen-plus",
+    "input_tokens": 10,
+    "output_tokens": 5,
 }
 ODD_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(-2, 2), st.sampled_from([10**9, 10**9 + 1, 10**6, 10**6 + 1, 2.0, 2.5, -0.0, 2**64 - 1]),
-    st.text(max_size=3), st.sampled_from(["", "#x", "a" * 128, "a" * 129, "p" * 64, "p" * 65, "usage", "api", "console",
-                                          "2024-09-18T10:00:00Z\n", "2024-09-18 10:00:00z", "２０２４-09-18T10:00:00Z",
-                                          "2024-02-30T10:00:00Z", "2024-09-18T10:00:00+08:60", "1999-12-31T23:59:59Z"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([10**9, 10**9 + 1, 10**6, 10**6 + 1, 2.0, 2.5, -0.0, 2**64 - 1]),
+    st.text(max_size=3),
+    st.sampled_from(
+        [
+            "",
+            "#x",
+            "a" * 128,
+            "a" * 129,
+            "p" * 64,
+            "p" * 65,
+            "usage",
+            "api",
+            "console",
+            "2024-09-18T10:00:00Z\n",
+            "2024-09-18 10:00:00z",
+            "２０２４-09-18T10:00:00Z",
+            "2024-02-30T10:00:00Z",
+            "2024-09-18T10:00:00+08:60",
+            "1999-12-31T23:59:59Z",
+        ]
+    ),
     st.lists(st.integers(0, 3), max_size=2),
-    st.dictionaries(st.sampled_from(["history", "web_search", "x", "", "p" * 65]),
-                    st.sampled_from([0, 1, 2.0, True, -1, 10**6 + 1, 10**9 + 1]), max_size=3),
+    st.dictionaries(
+        st.sampled_from(["history", "web_search", "x", "", "p" * 65]),
+        st.sampled_from([0, 1, 2.0, True, -1, 10**6 + 1, 10**9 + 1]),
+        max_size=3,
+    ),
 )
 FIELDS = st.sampled_from([*BASE, "type", "channel", "plugins", "input_breakdown", "extra"])
 
@@ -94,13 +122,27 @@ def test_generated_usage_takes_the_native_path_and_builds_the_same_record() -> N
     assert [parse_record(raw) for raw in lines] == [generic(raw) for raw in lines]
 
 
-@pytest.mark.parametrize("change", [
-    {}, {"type": "usage"}, {"channel": "console"}, {"channel": "api"}, {"plugins": {}}, {"plugins": {"web_search": 0}},
-    {"plugins": {"web_search": 2, "image": 0, "角色": 1}}, {"input_breakdown": {}}, {"input_breakdown": {"web_search": 3, "history": 1}},
-    {"event_id": "引号\"反斜杠\\制表\t换行\n\u2028\U0001F600\x00\x7f"}, {"model": "x" * 128},
-    {"timestamp": "2024-09-18T02:00:00Z"}, {"timestamp": "2024-09-18t02:00:00.500z"}, {"timestamp": "2024-09-18T10:00:00.5+08:00"},
-    {"timestamp": "2024-09-18T10:00:00.000+08:00"}, {"timestamp": "2024-09-17T21:30:00.000001-04:30"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {"type": "usage"},
+        {"channel": "console"},
+        {"channel": "api"},
+        {"plugins": {}},
+        {"plugins": {"web_search": 0}},
+        {"plugins": {"web_search": 2, "image": 0, "角色": 1}},
+        {"input_breakdown": {}},
+        {"input_breakdown": {"web_search": 3, "history": 1}},
+        {"event_id": '引号"反斜杠\\制表\t换行\n\u2028\U0001f600\x00\x7f'},
+        {"model": "x" * 128},
+        {"timestamp": "2024-09-18T02:00:00Z"},
+        {"timestamp": "2024-09-18t02:00:00.500z"},
+        {"timestamp": "2024-09-18T10:00:00.5+08:00"},
+        {"timestamp": "2024-09-18T10:00:00.000+08:00"},
+        {"timestamp": "2024-09-17T21:30:00.000001-04:30"},
+    ],
+)
 def test_digest_is_the_canonical_digest_of_the_normal_payload(change: dict[str, Any]) -> None:
     """Digests are stored (seen_records) and compared with later deliveries of the same event:
     the native path must give the digest of the same normal form as before, byte for byte:
@@ -110,8 +152,13 @@ def test_digest_is_the_canonical_digest_of_the_normal_payload(change: dict[str, 
     body = {**BASE, **change}
     usage = native(orjson.dumps(body))
     assert usage is not None
-    normal = dict(body, type="usage", channel=body.get("channel", "api"),
-                  plugins={k: v for k, v in body.get("plugins", {}).items() if v}, timestamp=format_ts(usage.ts_us).replace("000+", "+"))
+    normal = dict(
+        body,
+        type="usage",
+        channel=body.get("channel", "api"),
+        plugins={k: v for k, v in body.get("plugins", {}).items() if v},
+        timestamp=format_ts(usage.ts_us).replace("000+", "+"),
+    )
     assert usage.digest == canonical_digest(normal)
     assert usage.plugins == tuple(sorted(normal["plugins"].items()))
     assert usage.channel == normal["channel"]
@@ -124,9 +171,14 @@ def test_digest_of_a_fixed_record_never_changes() -> None:
     assert usage is not None and usage.digest == "7e6b297e7ba2324e9967ed33863dc941"
 
 
-@pytest.mark.parametrize("change", [
-    {"input_tokens": 2.0}, {"plugins": {"web_search": 1.0}}, {"input_breakdown": {"history": 3.0}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"input_tokens": 2.0},
+        {"plugins": {"web_search": 1.0}},
+        {"input_breakdown": {"history": 3.0}},
+    ],
+)
 def test_whole_floats_are_valid_by_the_generic_path(change: dict[str, Any]) -> None:
     raw = orjson.dumps({**BASE, **change})
     assert native(raw) is None
@@ -149,6 +201,7 @@ def _ints(value: Any) -> Any:
 
 # -- the generator: the rules come from the schema file ------------------------------------------
 
+
 def _schema() -> dict[str, Any]:
     return json.loads(usage_decoder.SCHEMA_PATH.read_text(encoding="utf-8"))
 
@@ -162,12 +215,15 @@ def test_a_limit_changed_in_the_schema_changes_the_decoder() -> None:
     assert decoder.decode(orjson.dumps({**BASE, "model": "lite"})).model == "lite"
 
 
-@pytest.mark.parametrize("path, keyword", [
-    (("properties", "model"), {"format": "uri"}),
-    (("properties", "input_tokens"), {"multipleOf": 2}),
-    ((), {"minProperties": 1}),
-    (("properties", "plugins"), {"patternProperties": {"^x": {"type": "integer"}}}),
-])
+@pytest.mark.parametrize(
+    "path, keyword",
+    [
+        (("properties", "model"), {"format": "uri"}),
+        (("properties", "input_tokens"), {"multipleOf": 2}),
+        ((), {"minProperties": 1}),
+        (("properties", "plugins"), {"patternProperties": {"^x": {"type": "integer"}}}),
+    ],
+)
 def test_a_schema_keyword_it_cannot_check_is_an_error_not_a_skipped_rule(path: tuple[str, ...], keyword: dict[str, Any]) -> None:
     schema = _schema()
     node = schema
@@ -186,6 +242,7 @@ def test_patterns_read_digits_as_ascii_and_dollar_as_the_very_end() -> None:
 
 # -- the two patterns the native path checks itself ----------------------------------------------
 
+
 def _pattern(field: str) -> re.Pattern[str]:
     return re.compile(usage_decoder.python_pattern(_schema()["properties"][field]["pattern"]))
 
@@ -194,8 +251,14 @@ TIMESTAMPISH = st.text(alphabet="0123456789-:.+TtZz \\n٢", min_size=18, max_siz
 
 
 @settings(max_examples=5000, deadline=None)
-@given(st.one_of(TIMESTAMPISH, st.sampled_from(["2024-09-18T10:00:00Z", "2024-09-18t10:00:00.123456789+08:00",
-                                                "2024-09-18 10:00:00-03:30", "2024-09-18T10:00:00Z\\n"])))
+@given(
+    st.one_of(
+        TIMESTAMPISH,
+        st.sampled_from(
+            ["2024-09-18T10:00:00Z", "2024-09-18t10:00:00.123456789+08:00", "2024-09-18 10:00:00-03:30", "2024-09-18T10:00:00Z\\n"]
+        ),
+    )
+)
 def test_quick_us_accepts_no_timestamp_the_schema_pattern_refuses(text: str) -> None:
     if quick_us(text) != -1:
         assert _pattern("timestamp").search(text), text
@@ -215,10 +278,18 @@ def test_the_patterns_left_out_of_the_decoder_are_exactly_those_checked_after() 
     assert types["account_id"].max_length == 128  # the other constraints are still the decoder's
 
 
-@pytest.mark.parametrize("change", [
-    {"event_id": "#usage:1"}, {"event_id": "#"}, {"timestamp": "2024-09-18T10:00Z"}, {"timestamp": "2024-09-18T10:00:00"},
-    {"timestamp": "2024-09-18T10:00:00+0800"}, {"timestamp": " 2024-09-18T10:00:00Z"}, {"timestamp": "2024-09-18T10:00:00.Z"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"event_id": "#usage:1"},
+        {"event_id": "#"},
+        {"timestamp": "2024-09-18T10:00Z"},
+        {"timestamp": "2024-09-18T10:00:00"},
+        {"timestamp": "2024-09-18T10:00:00+0800"},
+        {"timestamp": " 2024-09-18T10:00:00Z"},
+        {"timestamp": "2024-09-18T10:00:00.Z"},
+    ],
+)
 def test_what_the_patterns_refuse_is_refused_with_the_reason(change: dict[str, Any]) -> None:
     raw = orjson.dumps({**BASE, **change})
     assert native(raw) is None

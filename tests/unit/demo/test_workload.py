@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -18,6 +17,7 @@ for path in (TESTS, TESTS.parent):
         sys.path.insert(0, str(path))
 
 from oracle import KINDS, REASONS, expected, parse_rfc3339_ns  # noqa: E402
+
 from pipeline.demo.workload import generate, write_jsonl  # noqa: E402
 
 N = 5000
@@ -102,8 +102,9 @@ def test_models_plugins_and_price_dates(bodies, exp):
     assert any(isinstance(b.get("plugins"), dict) and 0 in b["plugins"].values() for b in usage)
     assert any("input_breakdown" in b for b in usage)
     # no_price_in_force for calls before 2024-06-07 on base/plus/max/lite, and plus-v2 before 2024-09-18
-    early = {b.get("model") for b in usage
-             if isinstance(b.get("timestamp"), str) and b["timestamp"] < "2024-06-07" and b.get("model") in MODELS}
+    early = {
+        b.get("model") for b in usage if isinstance(b.get("timestamp"), str) and b["timestamp"] < "2024-06-07" and b.get("model") in MODELS
+    }
     assert {"xingchen-base", "xingchen-plus", "xingchen-max", "xingchen-lite"} <= early
 
 
@@ -159,4 +160,3 @@ def test_write_jsonl(tmp_path, lines):
     path = tmp_path / "w.jsonl"
     assert write_jsonl(path, lines[:100]) == 100
     assert path.read_text(encoding="utf-8").splitlines() == lines[:100]
-

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from pipeline.cli import commands
 from pipeline.batch.framing import split_message
 from pipeline.batch.processor import _origin, message_headers
+from pipeline.cli import commands
 from pipeline.cli.progress import Progress, write_or_drop
 from pipeline.ingest.publish import Batcher, PublishReport, origin_headers, tell
 
@@ -23,7 +23,9 @@ def test_a_group_carries_its_first_line_and_how_many_records_it_holds() -> None:
     batcher.add(b"a", b'{"n":3}', 4)
     batcher.flush()
     assert [(k, split_message(v), first, n) for k, v, first, n, _ in sent] == [
-        (b"a", [b'{"n":1}', b'{"n":3}'], 1, 2), (b"b", [b'{"n":2}'], 2, 1)]
+        (b"a", [b'{"n":1}', b'{"n":3}'], 1, 2),
+        (b"b", [b'{"n":2}'], 2, 1),
+    ]
 
 
 def test_a_line_sent_alone_follows_the_records_of_its_account_read_before_it() -> None:
@@ -114,10 +116,16 @@ def test_progress_goes_on_without_its_stream() -> None:
     assert progress.count == 2 and progress.stream is None
 
 
-@pytest.mark.parametrize("argv", [
-    ["bills", "--account", ""], ["rejected", "--account", ""], ["settlements", "--account", ""], ["account", ""],
-    ["rebill", "--from", "2024-06-07T00:00:00+08:00", "--to", "2024-06-08T00:00:00+08:00", "--account", ""],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bills", "--account", ""],
+        ["rejected", "--account", ""],
+        ["settlements", "--account", ""],
+        ["account", ""],
+        ["rebill", "--from", "2024-06-07T00:00:00+08:00", "--to", "2024-06-08T00:00:00+08:00", "--account", ""],
+    ],
+)
 def test_an_empty_account_is_bad_usage_not_every_account(argv: list[str], capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     assert commands.main([*argv, "--data-dir", str(tmp_path)]) == 2
     captured = capsys.readouterr()

@@ -8,12 +8,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.serve.metrics import WorkerMetrics
 
 FAMILIES = {
-    "billing_records": "counter", "billing_rejected": "counter", "billing_redeliveries_skipped": "counter",
-    "billing_batches": "counter", "billing_batch_failures": "counter", "billing_batch_consecutive_failures": "gauge",
-    "billing_sink_batch_seconds": "histogram", "billing_write_seconds": "histogram", "billing_write_wait_seconds": "counter",
-    "billing_publish_to_queryable_seconds": "histogram", "billing_last_batch_timestamp_seconds": "gauge",
-    "billing_partition_offset": "gauge", "billing_partition_committed_offset": "gauge", "billing_partition_lag": "gauge",
-    "process_cpu_seconds": "counter", "process_resident_memory_bytes": "gauge", "python_info": "gauge",
+    "billing_records": "counter",
+    "billing_rejected": "counter",
+    "billing_redeliveries_skipped": "counter",
+    "billing_batches": "counter",
+    "billing_batch_failures": "counter",
+    "billing_batch_consecutive_failures": "gauge",
+    "billing_sink_batch_seconds": "histogram",
+    "billing_write_seconds": "histogram",
+    "billing_write_wait_seconds": "counter",
+    "billing_publish_to_queryable_seconds": "histogram",
+    "billing_last_batch_timestamp_seconds": "gauge",
+    "billing_partition_offset": "gauge",
+    "billing_partition_committed_offset": "gauge",
+    "billing_partition_lag": "gauge",
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "python_info": "gauge",
 }
 
 
@@ -32,8 +43,16 @@ def worker_metrics(rows: list[tuple[int, int, int | None, int | None]]) -> Worke
 
 def test_every_family_parses_with_its_samples() -> None:
     m = worker_metrics([(0, 10, 8, 20), (1, 5, None, None), (2, 7, 7, 8)])
-    m.batch_done({"billed": 7, "rejected": 2}, {"unknown_model": 2}, skipped=4, seconds=1.25, write_seconds=0.75, write_wait=0.5,
-                 message_timestamps=[99.0, 98.0], now=100.0)
+    m.batch_done(
+        {"billed": 7, "rejected": 2},
+        {"unknown_model": 2},
+        skipped=4,
+        seconds=1.25,
+        write_seconds=0.75,
+        write_wait=0.5,
+        message_timestamps=[99.0, 98.0],
+        now=100.0,
+    )
     m.batch_failed()
     families = parse(m.render().decode())
     for name, kind in FAMILIES.items():

@@ -4,33 +4,56 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from pipeline.core.state import AccountState, Line
 from pipeline.store import sink
 from pipeline.store.sink import HOUR_TOTAL_FIELDS, BatchRows
-from pipeline.core.state import AccountState, Line
 
 H1, H2 = 1_726_588_800_000_000, 1_726_592_400_000_000
 
 
 def line(requests: int, amount: str, revision: int, inp: int = 0, out: int = 0, quantity: int = 0) -> Line:
-    return Line(requests=requests, input_tokens=inp, output_tokens=out, free_tokens=inp // 2, billed_input_tokens=inp - inp // 2,
-                billed_output_tokens=out, quantity=quantity, amount=Decimal(amount), revision=revision)
+    return Line(
+        requests=requests,
+        input_tokens=inp,
+        output_tokens=out,
+        free_tokens=inp // 2,
+        billed_input_tokens=inp - inp // 2,
+        billed_output_tokens=out,
+        quantity=quantity,
+        amount=Decimal(amount),
+        revision=revision,
+    )
 
 
 def test_a_changed_hour_is_summed_over_all_its_lines_and_an_unchanged_hour_is_not_written() -> None:
     state = AccountState("acc")
-    state.add_lines({
-        (H1, "k1", "xingchen-plus"): line(3, "0.300000", 4, inp=100, out=50),  # written by an earlier unit
-        (H1, "k2", "xingchen-max"): line(2, "1.000001", 7, inp=10, out=5),  # changed by this unit
-        (H1, "k1", "plugin:text_to_image"): line(2, "0.400000", 6, quantity=5),
-        (H2, "k1", "xingchen-plus"): line(1, "0.100000", 5, inp=1, out=1),  # an hour this unit did not touch
-    })
+    state.add_lines(
+        {
+            (H1, "k1", "xingchen-plus"): line(3, "0.300000", 4, inp=100, out=50),  # written by an earlier unit
+            (H1, "k2", "xingchen-max"): line(2, "1.000001", 7, inp=10, out=5),  # changed by this unit
+            (H1, "k1", "plugin:text_to_image"): line(2, "0.400000", 6, quantity=5),
+            (H2, "k1", "xingchen-plus"): line(1, "0.100000", 5, inp=1, out=1),  # an hour this unit did not touch
+        }
+    )
     rows = BatchRows()
     sink.add_hour_totals(rows, state, seq_before=5)
-    assert [dict(zip(HOUR_TOTAL_FIELDS, r)) for r in rows.hour_totals] == [{
-        "account_id": "acc", "hour": H1, "lines": 3, "calls": 5, "plugin_calls": 2, "input_tokens": 110, "output_tokens": 55,
-        "free_tokens": 55, "billed_input_tokens": 55, "billed_output_tokens": 55, "plugin_units": 5,
-        "amount": Decimal("1.700001"), "revision": 7,
-    }]
+    assert [dict(zip(HOUR_TOTAL_FIELDS, r)) for r in rows.hour_totals] == [
+        {
+            "account_id": "acc",
+            "hour": H1,
+            "lines": 3,
+            "calls": 5,
+            "plugin_calls": 2,
+            "input_tokens": 110,
+            "output_tokens": 55,
+            "free_tokens": 55,
+            "billed_input_tokens": 55,
+            "billed_output_tokens": 55,
+            "plugin_units": 5,
+            "amount": Decimal("1.700001"),
+            "revision": 7,
+        }
+    ]
     again = BatchRows()
     sink.add_hour_totals(again, state, seq_before=7)  # nothing changed since: nothing to write
     assert again.hour_totals == []

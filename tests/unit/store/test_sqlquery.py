@@ -13,15 +13,22 @@ from pipeline.store.sqlquery import SqlRefused, as_dicts, check_statement, jsona
 
 def test_split_keeps_semicolons_inside_quotes_and_drops_comments() -> None:
     assert split_statements("SELECT ';' AS a; ") == ["SELECT ';' AS a"]
-    assert split_statements("SELECT `a;b`, \"c;d\" FROM t -- x; y\n") == ['SELECT `a;b`, "c;d" FROM t']
+    assert split_statements('SELECT `a;b`, "c;d" FROM t -- x; y\n') == ['SELECT `a;b`, "c;d" FROM t']
     assert split_statements("SELECT 1 /* ; */ + 1") == ["SELECT 1   + 1"]
     assert split_statements("SELECT 'it\\'s;' ; SELECT 2") == ["SELECT 'it\\'s;'", "SELECT 2"]
 
 
-@pytest.mark.parametrize("text, word", [
-    ("INSERT INTO t VALUES (1)", "INSERT"), ("drop table t", "DROP"), ("SYSTEM FLUSH LOGS", "SYSTEM"),
-    ("-- comment\nALTER TABLE t DELETE WHERE 1", "ALTER"), ("EXPLAIN SELECT 1", "EXPLAIN"), ("SET readonly = 0", "SET"),
-])
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("INSERT INTO t VALUES (1)", "INSERT"),
+        ("drop table t", "DROP"),
+        ("SYSTEM FLUSH LOGS", "SYSTEM"),
+        ("-- comment\nALTER TABLE t DELETE WHERE 1", "ALTER"),
+        ("EXPLAIN SELECT 1", "EXPLAIN"),
+        ("SET readonly = 0", "SET"),
+    ],
+)
 def test_statements_that_are_not_reads_are_refused_by_name(text: str, word: str) -> None:
     with pytest.raises(SqlRefused, match=f"read-only.*not {word}"):
         check_statement(text)
@@ -41,7 +48,7 @@ def test_values_as_json_show_without_loss() -> None:
     assert jsonable(Decimal("12.300000")) == "12.300000"
     assert jsonable(dt.datetime(2024, 6, 7, 1, tzinfo=shanghai)) == "2024-06-07T01:00:00+08:00"
     assert jsonable(dt.date(2024, 6, 1)) == "2024-06-01"
-    assert jsonable(2 ** 64 - 1) == str(2 ** 64 - 1) and jsonable(7) == 7
+    assert jsonable(2**64 - 1) == str(2**64 - 1) and jsonable(7) == 7
     assert jsonable(float("nan")) == "nan"
     assert jsonable({"text_to_image": 2}) == {"text_to_image": 2} and jsonable(("a", 1)) == ["a", 1]
     assert as_dicts({"columns": ["a", "b"], "rows": [[1, "x"]]}) == [{"a": 1, "b": "x"}]
@@ -70,8 +77,11 @@ class ServerClient:
         self.sent.append((sql, dict(parameters or {})))
         if sql.startswith("EXPLAIN AST"):
             return SimpleNamespace(result_rows=[(self.kind,), (" ExpressionList (children 1)",)])
-        return SimpleNamespace(result_rows=[(i, Decimal("1.500000")) for i in range(self.rows)], column_names=("n", "amount"),
-                               column_types=[SimpleNamespace(name="UInt64"), SimpleNamespace(name="Decimal(18, 6)")])
+        return SimpleNamespace(
+            result_rows=[(i, Decimal("1.500000")) for i in range(self.rows)],
+            column_names=("n", "amount"),
+            column_types=[SimpleNamespace(name="UInt64"), SimpleNamespace(name="Decimal(18, 6)")],
+        )
 
     def command(self, *args: object, **kwargs: object) -> None:
         raise AssertionError("billing sql sends no SET or other command to a server")
@@ -81,8 +91,8 @@ def test_against_a_server_billing_sql_reads_with_the_limits_in_the_statement(mon
     """`billing sql` with BILLING_CLICKHOUSE=https://... goes straight to the server (DirectReader):
     the parse first, then the statement wrapped as a subquery with readonly=1 and the limits in its
     own SETTINGS clause, the parameters bound by the server, one row more than shown."""
-    from pipeline.store import reader as reader_module
     from pipeline.settings import Settings
+    from pipeline.store import reader as reader_module
 
     server = ServerClient(rows=3)
     monkeypatch.setattr(reader_module, "connect", lambda url, options: server)

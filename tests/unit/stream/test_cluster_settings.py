@@ -10,12 +10,12 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner as AioPartitioner
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
+from pipeline.batch.processor import Message
 from pipeline.ingest import kafka_security, topics
+from pipeline.settings import Settings
 from pipeline.store import chcluster
 from pipeline.stream import delivery
 from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment, partition_for
-from pipeline.batch.processor import Message
-from pipeline.settings import Settings
 
 
 def test_partition_for_is_what_kafka_python_and_aiokafka_pick() -> None:
@@ -50,21 +50,33 @@ def test_a_partition_beyond_the_configured_count_is_refused_on_assignment_and_in
 
 def test_kafka_python_kwargs_for_each_protocol() -> None:
     assert kafka_security.kafka_python_kwargs(Settings()) == {"security_protocol": "PLAINTEXT"}
-    scram = Settings(kafka_security_protocol="sasl_ssl", kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="billing",
-                     kafka_sasl_password="s3cret", kafka_ssl_cafile="/etc/ca.pem")
+    scram = Settings(
+        kafka_security_protocol="sasl_ssl",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="billing",
+        kafka_sasl_password="s3cret",
+        kafka_ssl_cafile="/etc/ca.pem",
+    )
     assert kafka_security.kafka_python_kwargs(scram) == {
-        "security_protocol": "SASL_SSL", "ssl_cafile": "/etc/ca.pem", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "billing", "sasl_plain_password": "s3cret"}
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/etc/ca.pem",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "billing",
+        "sasl_plain_password": "s3cret",
+    }
     assert kafka_security.kafka_python_kwargs(Settings(kafka_security_protocol="SSL")) == {"security_protocol": "SSL"}
 
 
-@pytest.mark.parametrize("settings, message", [
-    (Settings(kafka_security_protocol="TLS"), "is not one of"),
-    (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN"), "needs BILLING_KAFKA_SASL_USERNAME"),
-    (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="p"), "MECHANISM must be one of"),
-    (Settings(kafka_sasl_mechanism="PLAIN"), "needs a SASL_"),
-    (Settings(kafka_ssl_cafile="/ca.pem"), "needs BILLING_KAFKA_SECURITY_PROTOCOL=SSL"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (Settings(kafka_security_protocol="TLS"), "is not one of"),
+        (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN"), "needs BILLING_KAFKA_SASL_USERNAME"),
+        (Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="p"), "MECHANISM must be one of"),
+        (Settings(kafka_sasl_mechanism="PLAIN"), "needs a SASL_"),
+        (Settings(kafka_ssl_cafile="/ca.pem"), "needs BILLING_KAFKA_SECURITY_PROTOCOL=SSL"),
+    ],
+)
 def test_security_settings_that_cannot_work_are_refused(settings: Settings, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         kafka_security.kafka_python_kwargs(settings)
@@ -74,13 +86,15 @@ def test_faust_gets_credentials_and_the_configured_timeouts() -> None:
     import faust
 
     assert kafka_security.faust_credentials(Settings()) is None
-    creds = kafka_security.faust_credentials(Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-256",
-                                                       kafka_sasl_username="u", kafka_sasl_password="p"))
+    creds = kafka_security.faust_credentials(
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="u", kafka_sasl_password="p")
+    )
     assert isinstance(creds, faust.SASLCredentials) and creds.mechanism.value == "SCRAM-SHA-256"
     assert creds.protocol.value == "SASL_SSL" and isinstance(creds.ssl_context, ssl.SSLContext)
     assert creds.ssl_context.verify_mode == ssl.CERT_REQUIRED and creds.ssl_context.check_hostname
-    prod = kafka_security.faust_settings(Settings(kafka_session_timeout_s=45, kafka_heartbeat_s=3, kafka_rebalance_timeout_s=60,
-                                                  kafka_request_timeout_s=30))
+    prod = kafka_security.faust_settings(
+        Settings(kafka_session_timeout_s=45, kafka_heartbeat_s=3, kafka_rebalance_timeout_s=60, kafka_request_timeout_s=30)
+    )
     assert (prod["broker_session_timeout"], prod["broker_heartbeat_interval"], prod["broker_rebalance_timeout"]) == (45, 3, 60)
     assert prod["producer_request_timeout"] == 30 and prod["producer_acks"] == -1
     assert prod["broker_request_timeout"] == 65  # outlasts a JoinGroup that takes the whole rebalance timeout
@@ -94,10 +108,19 @@ def test_weaker_topics_are_named() -> None:
     want = topics.specs(settings)["billing.input"]
     good = {"min.insync.replicas": "2", "unclean.leader.election.enable": "false", "retention.ms": "-1", "retention.bytes": "-1"}
     assert topics.weaker("billing.input", want, good, 3, settings) == []
-    problems = topics.weaker("billing.input", want, {**good, "min.insync.replicas": "1", "retention.ms": "604800000",
-                                                     "unclean.leader.election.enable": "true"}, 1, settings)
-    assert problems == ["billing.input: replication factor 1, need 3", "billing.input: retention.ms=604800000, need -1 (kept forever)",
-                        "billing.input: min.insync.replicas=1, need >= 2", "billing.input: unclean.leader.election.enable=true, need false"]
+    problems = topics.weaker(
+        "billing.input",
+        want,
+        {**good, "min.insync.replicas": "1", "retention.ms": "604800000", "unclean.leader.election.enable": "true"},
+        1,
+        settings,
+    )
+    assert problems == [
+        "billing.input: replication factor 1, need 3",
+        "billing.input: retention.ms=604800000, need -1 (kept forever)",
+        "billing.input: min.insync.replicas=1, need >= 2",
+        "billing.input: unclean.leader.election.enable=true, need false",
+    ]
     # a broker that reports no configs (Tansu) is not taken as durable
     assert len(topics.weaker("billing.input", want, {}, 3, settings)) == 4
 

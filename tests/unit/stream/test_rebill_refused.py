@@ -18,8 +18,11 @@ def test_only_this_runs_refusals_count() -> None:
 
 
 def test_audit_keeps_what_was_applied_only() -> None:
-    audit = {"lines_changed": 5, "diffs": [{"account_id": "a", "hour": "h1"}, {"account_id": "b", "hour": "h1"}],
-             "now_billed": [["a", "ev-1"], ["b", "ev-2"]]}
+    audit = {
+        "lines_changed": 5,
+        "diffs": [{"account_id": "a", "hour": "h1"}, {"account_id": "b", "hour": "h1"}],
+        "now_billed": [["a", "ev-1"], ["b", "ev-2"]],
+    }
     records = [json.dumps({"account_id": "a", "lines": [{}, {}]}), json.dumps({"account_id": "b", "lines": [{}, {}, {}]})]
     kept = without_accounts(audit, {"a"}, records)
     assert kept["lines_changed"] == 3
