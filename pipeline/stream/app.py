@@ -41,7 +41,7 @@ from pipeline.settings import Settings, redact
 from pipeline.store import chcluster, migrations
 from pipeline.store.chclient import ClickHouseUnavailable, connect, preload_insert_support
 from pipeline.store.storage import ClickHouseStorage
-from pipeline.stream import delivery, logidentity
+from pipeline.stream import backoff, delivery, logidentity
 from pipeline.stream.batching import take_batches
 from pipeline.stream.isolation import LOG_INCONSISTENT, Isolator, transient
 from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment
@@ -49,7 +49,6 @@ from pipeline.stream.rawbatches import RawBatch, RawBatches, raw_batches_enabled
 
 log = logging.getLogger("billing.worker")
 T = TypeVar("T")
-MAX_BACKOFF_S = 30.0
 ISOLATE_AFTER = 2  # failures of one batch before its messages are tried one by one
 STUCK_AFTER = 3  # failures of one batch after which the worker reports itself unhealthy
 
@@ -139,8 +138,8 @@ class Worker:
     def _open_clickhouse(self) -> Any:
         """A server that is not up yet is waited for (backoff, logged); the embedded engine fails
         fast, since its only failure is another process holding it."""
-        url, delay = self.settings.clickhouse_url, 0.5
-        while True:
+        url = self.settings.clickhouse_url
+        for delay in backoff.delays():
             try:
                 client = connect(url, chcluster.client_options(self.settings, url))
                 migrations.prepare(client, self.settings)
@@ -153,7 +152,7 @@ class Worker:
                     raise
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+        raise AssertionError("unreachable: the delays never end")
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ClickHouse call on the ClickHouse thread."""
@@ -267,7 +266,7 @@ class Worker:
     async def process(self, messages: list[Message], leave_last_write: bool = False) -> BatchResult:
         """Process a batch, retrying with backoff until it is applied (ClickHouse down, disk full:
         money is never skipped). An offset gap stops the worker."""
-        delay = 0.5
+        delays = backoff.delays()
         while True:
             if self.stopping and self.consecutive_failures:
                 raise asyncio.CancelledError("stopping: the failing batch stays unacknowledged and is read again at the next start")
@@ -284,6 +283,7 @@ class Worker:
                     await asyncio.shield(self._completing)
                 continue  # (or a completion processing its own batch again: the failure is cleared now)
             except Exception as exc:  # ClickHouse down, disk full...: retry, never skip money
+                delay = next(delays)
                 self._failed(len(messages), exc, delay)
                 if self.consecutive_failures >= ISOLATE_AFTER and not transient(exc):
                     isolated = await self.on_db(self.isolator.run, self.processor, messages)
@@ -291,7 +291,6 @@ class Worker:
                         self._succeeded()
                         return isolated
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             self.sink_seconds += time.perf_counter() - started
             self.write_wait_seconds += result.write_wait_s
@@ -336,8 +335,8 @@ class Worker:
             except Exception as exc:
                 self._nothing_owed.clear()
                 try:
-                    self._failed(len(messages), exc, 0.5)
-                    await asyncio.sleep(0.5)
+                    self._failed(len(messages), exc, backoff.FIRST_S)
+                    await asyncio.sleep(backoff.FIRST_S)
                     result = await self.process(messages)
                     if timing is not None:
                         timing[1] = timing[2] = time.perf_counter()

@@ -15,9 +15,10 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
+from pipeline.stream import backoff
+
 log = logging.getLogger(__name__)
 M = TypeVar("M")
-MAX_BACKOFF_S = 30.0
 
 
 async def _first_failure(futures: Sequence[Awaitable[Any]]) -> tuple[int, BaseException] | None:
@@ -39,7 +40,8 @@ async def deliver(
     """Send `messages` in order and wait until the broker acknowledged every one. `send(m)`
     returns (after queueing) the delivery future. On a failure, back off and go again from the
     first unacknowledged message. Returns how many rounds failed."""
-    start, delay, failures = 0, first_delay, 0
+    start, failures = 0, 0
+    waits = backoff.delays(first_delay)
     while start < len(messages):
         futures: list[Awaitable[Any]] = []
         error: BaseException | None = None
@@ -55,8 +57,8 @@ async def deliver(
         if error is None:
             return failures
         failures += 1
+        delay = next(waits)
         log.warning("output %s not delivered (%s); sending again from it in %.1fs", describe(messages[failed_at]), str(error)[:200], delay)
         await sleep(delay)
-        delay = min(delay * 2, MAX_BACKOFF_S)
         start = failed_at
     return failures
