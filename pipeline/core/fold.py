@@ -36,6 +36,13 @@ from pipeline.core.timestamps import hour_start, parse_ts
 from pipeline.core.validation import usage_rejection
 from pipeline.core.windows import WindowKey, violated, window_keys
 
+PLUGIN_ITEM_PREFIX = "plugin:"  # the SQL views and bill_hour_totals' backfill test the same prefix (schemas/clickhouse)
+
+
+def plugin_item(name: str) -> str:
+    """A plugin's bill line item: its calls are metered on a line of their own beside the tokens."""
+    return PLUGIN_ITEM_PREFIX + name
+
 
 def apply(state: AccountState, record: Record, catalog: Catalog) -> Outcome:
     state.seq += 1
@@ -125,7 +132,7 @@ def _apply_usage(state: AccountState, usage: Usage, catalog: Catalog) -> Outcome
     line.billed_output_tokens += billed_out
     line.amount += amount
     for name, units, charge in charges:
-        pline = _line(state, (hour, usage.api_key_id, f"plugin:{name}"))
+        pline = _line(state, (hour, usage.api_key_id, plugin_item(name)))
         pline.requests += 1
         pline.quantity += units
         pline.amount += charge
@@ -175,7 +182,7 @@ def _usage_out_of_range(
             count_problem("the bill line's output tokens", line.output_tokens + usage.output_tokens),
         ]
     for name, units, charge in charges:
-        pline = state.lines.get((hour, usage.api_key_id, f"plugin:{name}"))
+        pline = state.lines.get((hour, usage.api_key_id, plugin_item(name)))
         if pline is not None:
             problems += [
                 money_problem(f"the plugin:{name} line's amount", pline.amount + charge),

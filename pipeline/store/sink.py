@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
@@ -22,6 +23,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.batch.columns import decimal_texts, json_objects, seconds_from_micros, whole_seconds
 from pipeline.core.facts import PricedUsage, Rejection, Settlement, StatusChange, Violation
+from pipeline.core.fold import PLUGIN_ITEM_PREFIX
 from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.core.windows import WindowKey
 
@@ -154,7 +156,6 @@ HOUR_TOTAL_FIELDS = (
     "amount",
     "revision",
 )
-PLUGIN_PREFIX = "plugin:"  # a plugin line's item (fold.py names them); its requests are not API calls
 
 
 def add_hour_totals(rows: BatchRows, state: AccountState, seq_before: int) -> None:
@@ -167,28 +168,42 @@ def add_hour_totals(rows: BatchRows, state: AccountState, seq_before: int) -> No
     rebill's lines replace it like any record's, and a rolled-back unit's row goes with its lines
     (statestore.SEQ_COLUMNS). So `bill_hour_totals FINAL` always equals `bill_lines FINAL` summed
     per account-hour, and the pages that sum over every account read it instead of every line."""
-    totals: dict[int, list[Any]] = {}
+    totals: dict[int, _HourTotal] = {}
     for (hour, _, item), line in state.lines.items():  # one pass; a working set holds few hours
         total = totals.get(hour)
         if total is None:
-            total = totals[hour] = [0, 0, 0, 0, 0, 0, 0, 0, 0, line.amount, line.revision]
+            total = totals[hour] = _HourTotal()
+        total.add(line, item.startswith(PLUGIN_ITEM_PREFIX))
+    rows.hour_totals.extend(total.row(state.account_id, hour) for hour, total in totals.items() if total.revision > seq_before)
+
+
+class _HourTotal:
+    """One account-hour's sums over its lines, by name (the row's order is HOUR_TOTAL_FIELDS')."""
+
+    __slots__ = HOUR_TOTAL_FIELDS[2:]
+
+    def __init__(self) -> None:
+        self.lines = self.calls = self.plugin_calls = self.input_tokens = self.output_tokens = 0
+        self.free_tokens = self.billed_input_tokens = self.billed_output_tokens = self.plugin_units = self.revision = 0
+        self.amount = Decimal(0)
+
+    def add(self, line: Line, plugin: bool) -> None:
+        self.lines += 1
+        if plugin:
+            self.plugin_calls += line.requests
+            self.plugin_units += line.quantity
         else:
-            total[9] += line.amount
-            if line.revision > total[10]:
-                total[10] = line.revision
-        total[0] += 1
-        if item.startswith(PLUGIN_PREFIX):
-            total[2] += line.requests
-            total[8] += line.quantity
-        else:
-            total[1] += line.requests
-        total[3] += line.input_tokens
-        total[4] += line.output_tokens
-        total[5] += line.free_tokens
-        total[6] += line.billed_input_tokens
-        total[7] += line.billed_output_tokens
-    acc = state.account_id
-    rows.hour_totals.extend([(acc, hour, *total) for hour, total in totals.items() if total[10] > seq_before])
+            self.calls += line.requests
+        self.input_tokens += line.input_tokens
+        self.output_tokens += line.output_tokens
+        self.free_tokens += line.free_tokens
+        self.billed_input_tokens += line.billed_input_tokens
+        self.billed_output_tokens += line.billed_output_tokens
+        self.amount += line.amount
+        self.revision = max(self.revision, line.revision)
+
+    def row(self, account_id: str, hour: int) -> tuple[Any, ...]:
+        return (account_id, hour, *(getattr(self, name) for name in _HourTotal.__slots__))
 
 
 class StateRow(NamedTuple):
