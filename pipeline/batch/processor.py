@@ -23,6 +23,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.batch import topic_json
 from pipeline.batch.framing import RS, split_message
+from pipeline.batch.rows import raw_row, seen_row
 from pipeline.core import control
 from pipeline.core.catalog import Catalog
 from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
@@ -581,14 +582,26 @@ class BatchProcessor:
     def _collect(
         self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome, result: BatchResult
     ) -> None:
-        """One record's rows (plain tuples in RawRow's and SeenRow's field order: built several times
-        faster than the NamedTuples) and facts. Lines and windows are taken per account after its
+        """One record's rows (plain tuples built by name: batch/rows.py) and facts. Lines and windows are taken per account after its
         records, by `_collect_changed`."""
         acc = state.account_id
-        rows.raw.append((msg.partition, msg.offset, idx, acc, record.kind, record.identity, record.ts_us, record.raw))
+        rows.raw.append(
+            raw_row(
+                partition=msg.partition,
+                offset=msg.offset,
+                idx=idx,
+                account_id=acc,
+                kind=record.kind,
+                record_id=record.identity,
+                ts_us=record.ts_us,
+                payload=record.raw,
+            )
+        )
         result.statuses[outcome.status] += 1
         if outcome.claimed and not isinstance(record, Invalid):
-            rows.seen.append((acc, record.identity, record.digest, state.seq, record.identity_hash))
+            rows.seen.append(
+                seen_row(account_id=acc, record_id=record.identity, digest=record.digest, seq=state.seq, rid_hash=record.identity_hash)
+            )
         if outcome.rejection is not None:
             rows.rejections.append(outcome.rejection)
             result.reasons[outcome.rejection.reason] += 1

@@ -29,8 +29,8 @@ from pipeline.core.windows import WindowKey
 
 
 class RawRow(NamedTuple):
-    """A raw_records row. The worker appends plain tuples in this field order (a NamedTuple's
-    constructor costs several times more, once per record); this names the fields."""
+    """A raw_records row. The worker appends plain tuples in this field order, built by name by
+    batch/rows.raw_row (a NamedTuple's constructor costs several times more, once per record)."""
 
     partition: int
     offset: int
@@ -116,7 +116,7 @@ def millis_as_seconds(ms: int) -> float:
 
 
 class SeenRow(NamedTuple):
-    """A seen_records row (plain tuples in this field order, as RawRow)."""
+    """A seen_records row (plain tuples in this field order, built by batch/rows.seen_row)."""
 
     account_id: str
     record_id: str
