@@ -27,20 +27,7 @@ from pipeline.settings import Settings, SettingsError, load_settings
 from pipeline.store import queries
 from pipeline.store.reader import QueryError, Reader, WorkerBusy, open_reader
 
-BILL_COLUMNS = (
-    "account_id",
-    "hour",
-    "api_key_id",
-    "item",
-    "requests",
-    "input_tokens",
-    "output_tokens",
-    "free_tokens",
-    "billed_input_tokens",
-    "billed_output_tokens",
-    "quantity",
-    "amount",
-)
+BILL_COLUMNS = queries.BILL_FIELDS  # the columns of `billing bills`, in the order queries.bills returns them
 REBILL_ACCOUNTS_PER_CALL = 50  # accounts replayed per call to the worker: progress between calls
 REJECTED_COLUMNS = ("event_id", "account_id", "reason", "detail", "timestamp", "record")
 SETTLEMENT_COLUMNS = (
