@@ -76,6 +76,30 @@ def leave_group_at_generation_zero() -> None:
     gc.GroupCoordinator._billing_patched = True
 
 
+FETCH_MAX_WAIT_MS = 100
+
+
+def short_fetch_wait() -> None:
+    """Faust builds its consumer with fetch_max_wait_ms=1500 (hard-coded). Apache Kafka answers a
+    fetch as soon as one byte is there (fetch_min_bytes=1), so the wait only bounds an idle poll;
+    Tansu, measured, held each fetch about 0.75 s under a steady 2,000 messages/s, so records sat
+    in the broker for most of their publish-to-queryable time (p50 0.8 s, every batch one fetch).
+    A 100 ms bound costs an idle worker ten empty fetches a second."""
+    from faust.transport.drivers import aiokafka as driver
+
+    if getattr(driver.AIOKafkaConsumerThread, "_billing_fetch_patched", False):
+        return
+    original = driver.AIOKafkaConsumerThread._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
+        return consumer
+
+    driver.AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer
+    driver.AIOKafkaConsumerThread._billing_fetch_patched = True
+
+
 async def _ack_events(stream: faust.StreamT, events: list[Any]) -> None:
     for event in events:
         await stream.ack(event)
@@ -133,6 +157,7 @@ class Worker:
         self.last_failure = ""
         self.isolator = Isolator(on_poisoned=self.prom.poisoned.inc)
         leave_group_at_generation_zero()
+        short_fetch_wait()
         self.app = self._build_app(bootstrap)
 
     def _open_clickhouse(self) -> Any:

@@ -26,7 +26,7 @@ from typing import Iterator
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
-FULL_EVERY_S = 60.0
+FULL_EVERY_S = 300.0  # a full collection walks every state (0.4 s at 100,000 accounts, measured)
 _last_full = time.monotonic()
 
 
