@@ -677,7 +677,8 @@ class BatchProcessor:
             self._hours.pop(acc, None)
             self._minutes.pop(acc, None)
             self._ticked.pop(acc, None)
-            if state.open_hours and state.log_epoch == self.epoch:
+            # only the auto ticks read it: without them it would only grow, an entry per account seen
+            if self.auto_tick and state.open_hours and state.log_epoch == self.epoch:
                 self._sleeping[acc] = (state.log_partition, min(state.open_hours), state.max_ts_us)
 
     def _prune(self, touched: Iterable[str]) -> None:

@@ -92,3 +92,17 @@ def test_an_offset_gap_stops_the_processor(lines) -> None:
     processor(storage).process(msgs[:50])
     with pytest.raises(OffsetGap, match="offsets from 50 were never applied"):
         processor(storage).process(msgs[60:80])
+
+
+@pytest.mark.parametrize("auto_tick", [False, True])
+def test_evicted_accounts_are_remembered_for_the_auto_ticks_only(lines, uninterrupted, auto_tick: bool) -> None:
+    """An evicted account with open hours is remembered so that the partition's event time still
+    settles it; without the auto ticks nothing reads that index, and it grew by an account seen."""
+    storage = InMemoryStorage()
+    worker = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=auto_tick, max_cached_accounts=2, storage=storage)  # type: ignore[arg-type]
+    msgs = messages(lines)
+    for i in range(0, len(msgs), 100):
+        worker.process(msgs[i : i + 100])
+    assert len(worker.states) == 2
+    assert bool(worker._sleeping) is auto_tick
+    assert billed(storage) == billed(uninterrupted)  # evicting and reloading changes no bill
