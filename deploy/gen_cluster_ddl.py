@@ -14,6 +14,8 @@ this writes ``schemas/clickhouse/cluster/NNN_name.sql`` in which
 - each ``CREATE VIEW v AS SELECT ...`` gets ``ON CLUSTER '{cluster}'`` and reads the Distributed
   tables (same SELECT text);
 - each ``ALTER TABLE t MODIFY TTL ...`` becomes ``ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY TTL ...``;
+- each ``ALTER TABLE t ADD COLUMN ...`` becomes the same ALTER ``ON CLUSTER '{cluster}'`` on ``t_local``
+  and on ``t`` (a Distributed table has its own column list, which must name the new columns);
 - each ``INSERT INTO t SELECT ...`` (a migration's backfill) is kept as it is: it runs once, on the
   node `billing migrate` talks to, and reads and writes the Distributed tables (every revision of
   an account is on one shard, so FINAL and GROUP BY account_id in it stay exact).
@@ -113,6 +115,7 @@ TABLE_RE = re.compile(
     re.S,
 )
 ALTER_TTL_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>MODIFY TTL\s.*)$", re.S)
+ALTER_ADD_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>ADD COLUMN\s.*)$", re.S)
 INSERT_SELECT_RE = re.compile(r"^INSERT INTO\s+\w+\s+SELECT\s", re.S)
 VIEW_RE = re.compile(r"^CREATE VIEW IF NOT EXISTS\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s+AS\s+(?P<select>.*)$", re.S)
 
@@ -170,6 +173,10 @@ def cluster_statements(statement: str, source: Path) -> list[str]:
     alter = ALTER_TTL_RE.match(statement)
     if alter is not None:  # TTLs live on the shards' local tables
         return [f"ALTER TABLE {alter.group('name')}_local ON CLUSTER {CLUSTER} {alter.group('action')}"]
+    added = ALTER_ADD_RE.match(statement)
+    if added is not None:  # the shards' tables first, then the Distributed table that reads them
+        name, action = added.group("name"), added.group("action")
+        return [f"ALTER TABLE {name}_local ON CLUSTER {CLUSTER} {action}", f"ALTER TABLE {name} ON CLUSTER {CLUSTER} {action}"]
     view = parse_view(statement)
     if view is not None:
         name, select = view

@@ -917,6 +917,7 @@ def test_cluster_engines_paths_and_sharding():
         assert (
             re.match(r"CREATE (TABLE|VIEW|DATABASE) IF NOT EXISTS \w+ ON CLUSTER '\{cluster\}'", s)
             or re.match(r"ALTER TABLE \w+_local ON CLUSTER '\{cluster\}' MODIFY TTL ", s)
+            or re.match(r"ALTER TABLE \w+ ON CLUSTER '\{cluster\}' ADD COLUMN ", s)
             or re.match(r"INSERT INTO \w+\s+SELECT\s", s)
         ), f"not ON CLUSTER: {s[:80]}"
     # a backfill runs once through the Distributed tables: the same statement as on one server
@@ -925,10 +926,16 @@ def test_cluster_engines_paths_and_sharding():
     for s in single_inserts:
         target = re.match(r"INSERT INTO (\w+)\s", s)
         assert target and target.group(1) in single and "_local" not in s, f"a backfill writes a Distributed table: {s[:80]}"
-    # a TTL set on a single-server table is set on the cluster's local tables, with the same expression
+    # a TTL set on a single-server table is set on the cluster's local tables, with the same expression;
+    # a column added to one is added to both twins (the Distributed table has its own column list)
     single_alters = [s for p in sorted(SINGLE_DDL_DIR.glob("*.sql")) for s in gen_cluster_ddl.ddl_statements(p) if s.startswith("ALTER")]
     cluster_alters = [s for s in statements if s.startswith("ALTER")]
-    assert [re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1_local ON CLUSTER '{cluster}' ", s) for s in single_alters] == cluster_alters
+    expected_alters = []
+    for s in single_alters:
+        expected_alters.append(re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1_local ON CLUSTER '{cluster}' ", s))
+        if re.match(r"ALTER TABLE \w+ ADD COLUMN ", s):
+            expected_alters.append(re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1 ON CLUSTER '{cluster}' ", s))
+    assert expected_alters == cluster_alters
     for name, table in single.items():
         local, dist = cluster[f"{name}_local"], cluster[name]
         assert local.engine == "Replicated" + table.engine, f"{name}_local: {local.engine}"
