@@ -169,8 +169,8 @@ class InMemoryStorage:
     them, and read as of the snapshot seq the caller gives. For unit tests: `failing_sends` names
     the sends (1 for the first) that raise as a lost server would, `halfway_sends` the ones that
     raise after the snapshots and before the aggregates, `failing_roll_forwards` how many of the
-    next roll_forward calls raise; `merge` does what a background merge would; the lists show
-    what was written."""
+    next roll_forward calls raise (roll_forward_partitions never does); `merge` does what a
+    background merge would; the lists show what was written."""
 
     states: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)  # account -> (seq, snapshot)
     seen: list[tuple[Any, ...]] = field(default_factory=list)  # SeenRow order
@@ -264,7 +264,6 @@ class InMemoryStorage:
 
     def roll_forward_partitions(self, partitions: list[int]) -> int:
         with self._lock:
-            self._roll_forward_may_fail()
             in_doubt = set()
             for acc, snapshots in self.states.items():
                 for seq, text in snapshots:
