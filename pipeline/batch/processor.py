@@ -335,7 +335,12 @@ class BatchProcessor:
         4. A crash (or a worker losing the partition) leaves no memory of this: a worker taking
            a partition (`check_contiguous`, first sight) rolls forward every snapshot written past
            the partition's progress row, which a unit writes after its aggregates.
-        5. The retry folds only what no committed snapshot holds (`_drop_applied`)."""
+        5. The retry folds only what no committed snapshot holds (`_drop_applied`).
+        6. If ClickHouse refuses the redo's values themselves (a value the fold's range checks did
+           not foresee), the accounts stay in doubt and every retry fails: the worker reports itself
+           stuck. The commit cannot be taken back: the snapshot before it, and the aggregates' older
+           revisions, may already be merged away. (Before this protocol such a refusal came before
+           the commit, and the worker's isolation rejected the record.)"""
         if not accounts:
             return
         try:
@@ -343,16 +348,20 @@ class BatchProcessor:
         except Exception as exc:  # ClickHouse away: the retry rewrites the same rows anyway
             log.warning("could not roll back the failed batch's rows (%r); its retry overwrites them", exc)
         try:
-            self.storage.roll_forward(accounts)
+            self._roll_forward(accounts)
         except Exception as exc:  # rolled forward before the accounts are read again
             log.warning("could not roll forward the failed batch's accounts (%r); they will be before they are next loaded", exc)
             self._in_doubt |= accounts
+
+    def _roll_forward(self, accounts: Iterable[str]) -> None:
+        """Step 2 of `_recover`; raises if it fails (the accounts stay in doubt)."""
+        self.storage.roll_forward(sorted(accounts))
 
     def _roll_forward_in_doubt(self, accounts: list[str]) -> None:
         """Step 3 of `_recover`: before these accounts' states and lines are read; raises if it fails."""
         doubtful = [acc for acc in accounts if acc in self._in_doubt]
         if doubtful:
-            self.storage.roll_forward(doubtful)
+            self._roll_forward(doubtful)
             self._in_doubt.difference_update(doubtful)
 
     def reset_positions(self) -> None:

@@ -312,21 +312,31 @@ def roll_forward(client: Client, accounts: Iterable[str]) -> int:
     return len(rows)
 
 
+def _progress_params(client: Client, partitions: list[int]) -> dict[str, Any]:
+    """The processed offset of every (epoch, partition) of these partitions, as the keys and values
+    of `PAST_PROGRESS`'s transform() (an account_state row written past its partition's progress row)."""
+    done = client.query(
+        "SELECT epoch, partition, max(offset) FROM partition_progress WHERE partition IN {p:Array(UInt32)} GROUP BY epoch, partition",
+        parameters={"p": partitions},
+    ).result_rows
+    return {"k": [f"{epoch}/{partition}" for epoch, partition, _ in done], "o": [int(o) for _, _, o in done]}
+
+
+# (client-side parameters: the offsets' array is typed from its values)
+PAST_PROGRESS = "log_epoch != '' AND log_offset > transform(concat(log_epoch, '/', toString(log_partition)), %(k)s, %(o)s, toInt64(-1))"
+
+
 def roll_forward_partitions(client: Client, partitions: list[int]) -> int:
     """Write again the aggregates of every snapshot of these partitions that is in doubt: written
     past its partition's progress row (of its own log epoch), by a unit whose progress row, written
     after the unit's aggregates, never landed (a crash, or a worker that lost the partition after a
     failed write). Run when a worker first takes a partition, before it loads any state of it;
     one scan of account_state's position columns. Returns the snapshots rolled forward."""
-    done = client.query(
-        "SELECT epoch, partition, max(offset) FROM partition_progress WHERE partition IN {p:Array(UInt32)} GROUP BY epoch, partition",
-        parameters={"p": partitions},
-    ).result_rows
     rows = client.query(
-        "SELECT account_id, argMax(redo, seq) FROM account_state WHERE log_epoch != '' AND log_partition IN {p:Array(Int32)} "
-        "AND log_offset > transform(concat(log_epoch, '/', toString(log_partition)), {k:Array(String)}, {o:Array(Int64)}, toInt64(-1)) "
-        "GROUP BY account_id",
-        parameters={"p": partitions, "k": [f"{epoch}/{partition}" for epoch, partition, _ in done], "o": [int(o) for _, _, o in done]},
+        "SELECT account_id, argMax(redo, seq) FROM account_state WHERE log_partition IN %(p)s AND "
+        + PAST_PROGRESS
+        + " GROUP BY account_id",
+        parameters={"p": partitions, **_progress_params(client, partitions)},
     ).result_rows
     sink.insert_all(client, sink.redo_inserts([redo for _, redo in rows]))
     return len(rows)

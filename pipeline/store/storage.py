@@ -267,9 +267,7 @@ class InMemoryStorage:
             in_doubt = set()
             for acc, snapshots in self.states.items():
                 for seq, text in snapshots:
-                    state = AccountState.from_json(text)
-                    done = self.progress.get((state.log_epoch, state.log_partition), -1)
-                    if state.log_epoch and state.log_partition in partitions and state.log_offset > done:
+                    if AccountState.from_json(text).log_partition in partitions and self._past_progress(text):
                         self._write_redo(acc, seq)
                         in_doubt.add(acc)
             return len(in_doubt)
@@ -292,6 +290,10 @@ class InMemoryStorage:
             self.violations = [r for r in self.violations if kept(r.account_id, r.seq)]
             self.settlements = [r for r in self.settlements if kept(r.account_id, r.seq)]
             self.status_changes = [r for r in self.status_changes if kept(r.account_id, r.seq)]
+
+    def _past_progress(self, text: bytes) -> bool:
+        state = AccountState.from_json(text)
+        return bool(state.log_epoch) and state.log_offset > self.progress.get((state.log_epoch, state.log_partition), -1)
 
     def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]:
         return {p: o for (e, p), o in self.progress.items() if e == epoch and p in partitions}
