@@ -115,6 +115,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
     for name, fn in originals.items():
         setattr(statestore, name, _timed(reads, name, fn))
     statuses: Counter[str] = Counter()
+    outbound: Counter[str] = Counter()  # messages the worker would publish after each batch, by topic
     per_batch: list[dict[str, Any]] = []
     try:
         started = time.perf_counter()
@@ -122,6 +123,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
             batch_started = time.perf_counter()
             result = processor.process(traffic[i : i + size])
             statuses.update(result.statuses)
+            outbound.update(message.destination for message in result.outbound)
             per_batch.append(
                 {
                     "records": len(traffic[i : i + size]),
@@ -148,6 +150,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         "rps": round(len(traffic) / seconds),
         "reads_s": {k: round(v, 2) for k, v in reads.items()},
         "outcomes": dict(statuses),
+        "outbound": dict(outbound),
         **heap,
         "rss_mib_max": max(b["rss_mib"] for b in per_batch),
         "batches": per_batch,

@@ -9,7 +9,6 @@ next unit's fold. States that ran ahead of a write that failed are dropped and r
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ import orjson
 from clickhouse_connect.driver.client import Client
 
 from pipeline.batch import topic_json
+from pipeline.batch.changes import collect_changed
 from pipeline.batch.framing import RS, split_message
 from pipeline.batch.rows import raw_row, seen_row
 from pipeline.core import control
@@ -33,9 +33,9 @@ from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
 from pipeline.core.windows import minute_start
-from pipeline.store.sink import BatchRows, add_hour_totals
+from pipeline.store.sink import BatchRows
 from pipeline.store.storage import ClickHouseStorage, Storage
-from pipeline.stream.gcpause import gc_paused
+from pipeline.stream.gcpause import gc_paused, park_survivors
 
 log = logging.getLogger(__name__)
 BARRIER_TYPE = control.BARRIER
@@ -64,13 +64,24 @@ class EarlierWriteFailed(Exception):
     failure, which is how its owner learns it)."""
 
 
-@dataclass(frozen=True, slots=True)
+# __init__ by hand, as state.Line's: compiled, a dataclass's generated __init__ stays interpreted
+# (a frozen one sets each field through object.__setattr__), and the worker makes one per message.
+@dataclass(slots=True, init=False)
 class Message:
     partition: int
     offset: int
     key: bytes | None
     value: bytes | None  # None: a tombstone, which any producer can send (rejected, never a crash)
-    headers: tuple[tuple[str, bytes], ...] = ()  # Kafka headers; `billing publish` names a line it could not read
+    headers: tuple[tuple[str, bytes], ...]  # Kafka headers; `billing publish` names a line it could not read
+
+    def __init__(
+        self, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()
+    ) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = headers
 
 
 def message_headers(headers: Any) -> tuple[tuple[str, bytes], ...]:
@@ -439,9 +450,9 @@ class BatchProcessor:
                 else:
                     behind.settle()  # an empty batch still waits for the previous batch's write
                 # while the last write runs (this thread would only wait): the outgoing messages,
-                # and the batch's young objects
+                # and the batch's survivors parked out of the collector's way
                 result.outbound = topic_json.messages(result.status_changes, result.violations, self._signed_ticks(result.ticks))
-                gc.collect(0)
+                park_survivors()
                 if not leave_last_write:
                     behind.settle()
         except BaseException:
@@ -490,8 +501,8 @@ class BatchProcessor:
                 if ts_us is not None and ts_us > self.watermarks.get(msg.partition, 0):
                     self._advance_watermark(msg.partition, ts_us, clock_before)
                 clock_before = state.max_ts_us
-            self._collect_changed(rows, state, seq_before)
-            add_hour_totals(rows, state, seq_before)  # the console's per account-hour totals (bill_hour_totals)
+            # its changed lines and windows, and the console's per account-hour totals (bill_hour_totals)
+            collect_changed(rows, state, seq_before, self._hours[acc], self._minutes[acc])
             rows.states[acc] = state
         rows.progress = sorted(result.last_offsets.items())
         result.states = rows.states
@@ -633,7 +644,7 @@ class BatchProcessor:
         self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome, result: BatchResult
     ) -> None:
         """One record's rows (plain tuples built by name: batch/rows.py) and facts. Lines and windows are taken per account after its
-        records, by `_collect_changed`."""
+        records, by `changes.collect_changed`."""
         acc = state.account_id
         rows.raw.append(
             raw_row(
@@ -664,23 +675,6 @@ class BatchProcessor:
             rows.settlements.extend(outcome.settlements)
         if outcome.status_changes:
             rows.status_changes.extend(outcome.status_changes)
-
-    def _collect_changed(self, rows: BatchRows, state: AccountState, seq_before: int) -> None:
-        """The lines and windows this unit's records changed: a line or window carries the seq of
-        the last record that touched it, so they are the ones above the account's seq before the
-        unit. One pass over the account's working set instead of two dict writes per record; the
-        working set holds no more than the hours and minutes the batch touched, and a window's
-        or line's hour and minute are now in memory."""
-        acc = state.account_id
-        hours, minutes = self._hours[acc], self._minutes[acc]
-        for line_key, line in state.lines.items():
-            if line.revision > seq_before:
-                rows.lines[(acc, line_key)] = line
-                hours.add(line_key[0])
-        for window_key, window in state.windows.items():
-            if window.revision > seq_before:
-                rows.windows[(acc, window_key)] = window
-                minutes.add(minute_start(window_key[1]))
 
     def _advance_watermark(self, partition: int, ts_us: int, account_clock: int) -> None:
         """The partition's event time moves to `ts_us` unless the record is far ahead of the wall

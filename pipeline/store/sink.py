@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import orjson
@@ -28,7 +27,6 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.batch.columns import decimal_texts, json_objects, seconds_from_micros, whole_seconds
 from pipeline.core.facts import PricedUsage, Rejection, Settlement, StatusChange, Violation
-from pipeline.core.fold import PLUGIN_ITEM_PREFIX
 from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.core.windows import WindowKey
 
@@ -58,7 +56,7 @@ class BatchRows:
     rejections: list[Rejection] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     lines: dict[tuple[str, LineKey], Line] = field(default_factory=dict)
-    hour_totals: list[tuple[Any, ...]] = field(default_factory=list)  # in HOUR_TOTAL_FIELDS order (add_hour_totals)
+    hour_totals: list[tuple[Any, ...]] = field(default_factory=list)  # in HOUR_TOTAL_FIELDS order (batch/changes.py)
     windows: dict[tuple[str, WindowKey], Window] = field(default_factory=dict)
     settlements: list[Settlement] = field(default_factory=list)
     status_changes: list[StatusChange] = field(default_factory=list)
@@ -161,54 +159,6 @@ HOUR_TOTAL_FIELDS = (
     "amount",
     "revision",
 )
-
-
-def add_hour_totals(rows: BatchRows, state: AccountState, seq_before: int) -> None:
-    """The totals of every account-hour in which the unit changed a line, over all the hour's lines.
-
-    The processor calls it after an account's records of the unit, when the account's working set
-    holds every line of each hour it changed (an hour is loaded whole before a record touches it,
-    and pruned whole). A total is the whole hour's, never a difference, and its revision is the
-    hour's highest line revision: a redelivered or replayed unit writes the same row again, a
-    rebill's lines replace it like any record's, and a rolled-back unit's row goes with its lines
-    (statestore.SEQ_COLUMNS). So `bill_hour_totals FINAL` always equals `bill_lines FINAL` summed
-    per account-hour, and the pages that sum over every account read it instead of every line."""
-    totals: dict[int, _HourTotal] = {}
-    for (hour, _, item), line in state.lines.items():  # one pass; a working set holds few hours
-        total = totals.get(hour)
-        if total is None:
-            total = totals[hour] = _HourTotal()
-        total.add(line, item.startswith(PLUGIN_ITEM_PREFIX))
-    rows.hour_totals.extend(total.row(state.account_id, hour) for hour, total in totals.items() if total.revision > seq_before)
-
-
-class _HourTotal:
-    """One account-hour's sums over its lines, by name (the row's order is HOUR_TOTAL_FIELDS')."""
-
-    __slots__ = HOUR_TOTAL_FIELDS[2:]
-
-    def __init__(self) -> None:
-        self.lines = self.calls = self.plugin_calls = self.input_tokens = self.output_tokens = 0
-        self.free_tokens = self.billed_input_tokens = self.billed_output_tokens = self.plugin_units = self.revision = 0
-        self.amount = Decimal(0)
-
-    def add(self, line: Line, plugin: bool) -> None:
-        self.lines += 1
-        if plugin:
-            self.plugin_calls += line.requests
-            self.plugin_units += line.quantity
-        else:
-            self.calls += line.requests
-        self.input_tokens += line.input_tokens
-        self.output_tokens += line.output_tokens
-        self.free_tokens += line.free_tokens
-        self.billed_input_tokens += line.billed_input_tokens
-        self.billed_output_tokens += line.billed_output_tokens
-        self.amount += line.amount
-        self.revision = max(self.revision, line.revision)
-
-    def row(self, account_id: str, hour: int) -> tuple[Any, ...]:
-        return (account_id, hour, *(getattr(self, name) for name in _HourTotal.__slots__))
 
 
 class StateRow(NamedTuple):

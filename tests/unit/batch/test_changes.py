@@ -1,4 +1,4 @@
-"""sink.add_hour_totals: an account-hour's totals are over all its lines, for the hours a unit changed."""
+"""changes.collect_changed: a unit's changed lines and windows, and an account-hour's totals over all its lines for the hours it changed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import orjson
 
-from pipeline.core.state import AccountState, Line
+from pipeline.batch.changes import collect_changed
+from pipeline.core.state import AccountState, Line, Window
 from pipeline.store import sink
 from pipeline.store.sink import HOUR_TOTAL_FIELDS, BatchRows
 
@@ -38,7 +39,8 @@ def test_a_changed_hour_is_summed_over_all_its_lines_and_an_unchanged_hour_is_no
         }
     )
     rows = BatchRows()
-    sink.add_hour_totals(rows, state, seq_before=5)
+    hours: set[int] = set()
+    collect_changed(rows, state, 5, hours, set())
     assert [dict(zip(HOUR_TOTAL_FIELDS, r)) for r in rows.hour_totals] == [
         {
             "account_id": "acc",
@@ -56,9 +58,22 @@ def test_a_changed_hour_is_summed_over_all_its_lines_and_an_unchanged_hour_is_no
             "revision": 7,
         }
     ]
+    assert sorted(key for _, key in rows.lines) == [(H1, "k1", "plugin:text_to_image"), (H1, "k2", "xingchen-max")]
+    assert hours == {H1}
     again = BatchRows()
-    sink.add_hour_totals(again, state, seq_before=7)  # nothing changed since: nothing to write
-    assert again.hour_totals == []
+    collect_changed(again, state, 7, set(), set())  # nothing changed since: nothing to write
+    assert again.hour_totals == [] and again.lines == {}
+
+
+def test_the_windows_a_unit_changed_are_taken_with_their_minutes() -> None:
+    state = AccountState("acc")
+    second = H1 + 61_000_000  # 00:01:01 of H1
+    state.windows.update({("qps", second): Window(1, 10, 3), ("qpm", H1 + 60_000_000): Window(4, 40, 6), ("tpm", H1): Window(2, 5, 2)})
+    rows, minutes = BatchRows(), set()
+    collect_changed(rows, state, 2, set(), minutes)
+    assert sorted(key for _, key in rows.windows) == [("qpm", H1 + 60_000_000), ("qps", second)]
+    assert minutes == {H1 + 60_000_000}
+    assert rows.lines == {} and rows.hour_totals == []
 
 
 def test_the_totals_are_encoded_with_the_lines_after_the_commit_point_which_carries_them() -> None:
@@ -68,7 +83,7 @@ def test_the_totals_are_encoded_with_the_lines_after_the_commit_point_which_carr
     key = (H1, "k1", "xingchen-plus")
     state.add_lines({key: line(1, "0.000001", 1)})
     rows = BatchRows(states={"acc": state}, lines={("acc", key): state.lines[key]})
-    sink.add_hour_totals(rows, state, seq_before=0)
+    collect_changed(rows, state, 0, set(), set())
     inserts = sink.encode(rows).inserts
     tables = [insert.table for insert in inserts]
     assert tables.index("account_state") < tables.index("bill_lines") < tables.index("bill_hour_totals")
