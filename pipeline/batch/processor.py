@@ -347,11 +347,14 @@ class BatchProcessor:
            a partition (`check_contiguous`, first sight) rolls forward every snapshot written past
            the partition's progress row, which a unit writes after its aggregates.
         5. The retry folds only what no committed snapshot holds (`_drop_applied`).
-        6. If ClickHouse refuses the redo's values themselves (a value the fold's range checks did
-           not foresee), the accounts stay in doubt and every retry fails: the worker reports itself
-           stuck. The commit cannot be taken back: the snapshot before it, and the aggregates' older
-           revisions, may already be merged away. (Before this protocol such a refusal came before
-           the commit, and the worker's isolation rejected the record.)"""
+        6. The commit cannot be taken back (the snapshot before it, and the aggregates' older
+           revisions, may already be merged away), so a value ClickHouse refuses must never reach
+           the aggregates after it: the unit inserts their bodies into their Null-engine twins
+           (sink.CHECK_TABLES, the same column types) before the snapshots. A refused value fails
+           the unit before its commit (step 1 deletes what it wrote), and the worker's isolation
+           pins it on its record and rejects it, so billing goes on. What can still fail after the
+           commit is transient (ClickHouse away), and steps 2-4 repair it; if a redo were refused
+           all the same, the accounts would stay in doubt and the worker would report itself stuck."""
         if not accounts:
             return
         try:

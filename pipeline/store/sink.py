@@ -8,6 +8,9 @@ exists at an uncommitted revision (a background merge would otherwise collapse a
 committed revision into it, and the roll-back of the failed unit would then delete both). Each
 snapshot carries its unit's aggregate rows of that account as a redo (`REDO_TABLES`), which
 `redo_inserts` writes again when the aggregates may not all have landed (statestore.roll_forward).
+The aggregate bodies are first inserted into their Null-engine twins (`CHECK_TABLES`, migration
+006), before the commit point: a value their columns refuse is refused there, and the worker's
+isolation rejects its record (stream/isolation.py) instead of being stuck after the commit.
 
 Two steps, so that the worker can overlap them: `encode` turns the batch into insert bodies in
 the processor's thread (it reads the live account states, which the next unit will change), and
@@ -267,6 +270,18 @@ REDO_TABLES: dict[str, tuple[list[Column], tuple[str, ...], bool]] = {
 }
 
 
+# Each aggregate table's check twin (migration 006): `CREATE TABLE t_check AS t ENGINE = Null`, the
+# exact column types of `t`, storing nothing. A unit inserts the same body into it before its commit
+# point, so a value the columns of `t` would refuse is refused before anything is committed. On a
+# cluster the twins are plain local tables on every node (an insert is parsed where it is sent).
+CHECK_TABLES: dict[str, str] = {table: f"{table}_check" for table in REDO_TABLES}
+
+
+def _checks(inserts: Sequence[Insert]) -> list[Insert]:
+    """The aggregate inserts again, into their check twins: the same columns and the same bytes."""
+    return [Insert(CHECK_TABLES[insert.table], insert.columns, insert.body, insert.rows) for insert in inserts]
+
+
 def _redo_texts(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, str]:
     """Each account's rows of the aggregate tables, grouped and written as one JSON text per
     account: the redo its snapshot carries. Money goes as its exact decimal text (str of the
@@ -305,9 +320,14 @@ def encode(rows: BatchRows) -> Encoded:
        account_status by (account, seq[, hour]), different for every unit; rejections by record id,
        where a repeat of an already rejected record is rejected again by the retry, which writes
        the same row back;
-    2. the account snapshots with their redo: the commit point;
-    3. the aggregates (bill lines, hour totals, rate windows), all at committed revisions;
-    4. the partition progress rows, then the barriers: their presence says that everything of the
+    2. the aggregates' bodies into their Null twins (`CHECK_TABLES`): nothing is stored, but a value
+       the aggregates' columns refuse is refused here, before the commit, so that the worker's
+       isolation still pins it on its record, rejects it and billing goes on. After the commit
+       only a transient failure can stop the unit, and the roll forward repairs that;
+    3. the account snapshots with their redo: the commit point;
+    4. the aggregates (bill lines, hour totals, rate windows), all at committed revisions: the same
+       bodies as in 2;
+    5. the partition progress rows, then the barriers: their presence says that everything of the
        unit before them is in (a snapshot past its partition's progress row is in doubt: its
        aggregates are written again from its redo, statestore.roll_forward_partitions)."""
     now = millis_as_seconds(int(time.time() * 1000))
@@ -317,6 +337,7 @@ def encode(rows: BatchRows) -> Encoded:
         "rate_windows": _window_rows(rows.windows),
     }
     redo = _redo_texts(aggregates)
+    aggregate_inserts = _aggregate_inserts(aggregates, now)
     # plain tuples in StateRow's field order: one snapshot per account the unit touched, which on
     # gateway traffic (one record per message, 100,000 accounts) is nearly one per record
     states = [
@@ -331,8 +352,9 @@ def encode(rows: BatchRows) -> Encoded:
         + _encode("rate_violations", rows.violations, VIOLATIONS)
         + _encode("settlements", rows.settlements, SETTLEMENTS, {"settled_at": now})
         + _encode("account_status", rows.status_changes, STATUS, {"changed_at": now})
+        + _checks(aggregate_inserts)  # a value the aggregates refuse is refused here, before the commit
         + _encode("account_state", states, STATES, {"updated_at": now}, StateRow._fields)  # the commit point
-        + _aggregate_inserts(aggregates, now)  # at committed revisions only: a merge can lose nothing
+        + aggregate_inserts  # at committed revisions only: a merge can lose nothing
         + _encode("partition_progress", [ProgressRow(*p) for p in rows.progress], PROGRESS, {"epoch": rows.epoch})
         + _encode("barriers", [BarrierRow(*b) for b in rows.barriers], BARRIERS, {"processed_at": now})
     )
@@ -358,6 +380,7 @@ def insert_all(client: Client, inserts: Sequence[Insert]) -> None:
 
 
 def send(client: Client, encoded: Encoded) -> None:
-    """A unit's inserts in order; a failure before the snapshots leaves nothing committed, one after
-    them leaves accounts in doubt that the processor rolls forward."""
+    """A unit's inserts in order; a failure before the snapshots (a value refused by the aggregates'
+    check twins among them) leaves nothing committed, one after them (transient: the values passed
+    the checks) leaves accounts in doubt that the processor rolls forward."""
     insert_all(client, encoded.inserts)

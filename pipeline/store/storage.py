@@ -212,7 +212,9 @@ class InMemoryStorage:
 
     def send(self, encoded: Snapshot) -> None:
         """In sink.encode's order: the facts, the snapshots with their redo (the commit point), the
-        aggregates, the positions and barriers."""
+        aggregates, the positions and barriers. sink.encode's Null-twin checks before the snapshots
+        store nothing and no value is refused here: a send failing before the commit is
+        `failing_sends`, one failing after it (transient only, since the checks) `halfway_sends`."""
         with self._lock:
             self.sends += 1
             if self.sends in self.failing_sends:

@@ -876,6 +876,17 @@ def parse_ddl(directory: Path) -> tuple[dict[str, gen_cluster_ddl.Table], dict[s
     return tables, views, statements
 
 
+def null_twins(directory: Path) -> dict[str, str]:
+    """twin -> table, for each `CREATE TABLE twin [ON CLUSTER ...] AS table ENGINE = Null`."""
+    out = {}
+    for path in sorted(directory.glob("*.sql")):
+        for statement in gen_cluster_ddl.ddl_statements(path):
+            twin = gen_cluster_ddl.parse_null_twin(re.sub(r"\s+ON CLUSTER '\{cluster\}'", "", statement))
+            if twin:
+                out[twin[0]] = twin[1]
+    return out
+
+
 def test_ddl_split_agrees_with_the_migrate_code():
     from pipeline.store.chclient import ddl_statements
 
@@ -908,6 +919,10 @@ def test_cluster_tables_have_the_single_server_columns():
     assert set(cluster_views) == set(single_views)
     for name, select in single_views.items():
         assert " ".join(cluster_views[name].split()) == " ".join(select.split()), f"view {name} differs"
+    # the Null check twins (sink.CHECK_TABLES): the same on a cluster, a local table on every node
+    single_twins, cluster_twins = null_twins(SINGLE_DDL_DIR), null_twins(CLUSTER_DDL_DIR)
+    assert single_twins and cluster_twins == single_twins
+    assert all(table in single for table in single_twins.values())
 
 
 def test_cluster_engines_paths_and_sharding():
@@ -1029,5 +1044,8 @@ def test_cluster_ddl_runs_in_the_clickhouse_engine(tmp_path):
         if engines.get(name) == "Distributed":
             assert cluster.get(f"{name}_local") == columns, f"{name}_local: columns differ in ClickHouse"
             assert engines[f"{name}_local"].endswith("MergeTree")
+        elif engines.get(name) == "Null":  # a check twin (sink.CHECK_TABLES): the columns of its table, exactly
+            table = name.removesuffix("_check")
+            assert name.endswith("_check") and columns == single[table] == cluster[table], f"{name}: columns differ from {table}"
         else:
             assert engines.get(name) == "View", f"{name}: engine {engines.get(name)}"
