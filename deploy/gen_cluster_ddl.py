@@ -14,6 +14,12 @@ this writes ``schemas/clickhouse/cluster/NNN_name.sql`` in which
 - each ``CREATE VIEW v AS SELECT ...`` gets ``ON CLUSTER '{cluster}'`` and reads the Distributed
   tables (same SELECT text);
 - each ``ALTER TABLE t MODIFY TTL ...`` becomes ``ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY TTL ...``;
+- each ``ALTER TABLE t ADD COLUMN ...`` becomes the same ALTER ``ON CLUSTER '{cluster}'`` on ``t_local``
+  and on ``t`` (a Distributed table has its own column list, which must name the new columns);
+- each ``CREATE TABLE x AS t ENGINE = Null`` (a check twin: same columns as ``t``, stores nothing)
+  gets ``ON CLUSTER '{cluster}'`` and stays a local table on every node: an insert into it only
+  has its values parsed by the columns, on the node it is sent to, so no Distributed table and no
+  replication are needed (``AS t`` takes the Distributed table's columns, which are ``t_local``'s);
 - each ``INSERT INTO t SELECT ...`` (a migration's backfill) is kept as it is: it runs once, on the
   node `billing migrate` talks to, and reads and writes the Distributed tables (every revision of
   an account is on one shard, so FINAL and GROUP BY account_id in it stay exact).
@@ -113,7 +119,9 @@ TABLE_RE = re.compile(
     re.S,
 )
 ALTER_TTL_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>MODIFY TTL\s.*)$", re.S)
+ALTER_ADD_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>ADD COLUMN\s.*)$", re.S)
 INSERT_SELECT_RE = re.compile(r"^INSERT INTO\s+\w+\s+SELECT\s", re.S)
+NULL_TWIN_RE = re.compile(r"^CREATE TABLE IF NOT EXISTS\s+(?P<name>\w+)\s+AS\s+(?P<source>\w+)\s+ENGINE\s*=\s*Null$", re.S)
 VIEW_RE = re.compile(r"^CREATE VIEW IF NOT EXISTS\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s+AS\s+(?P<select>.*)$", re.S)
 
 
@@ -144,6 +152,12 @@ def engine_arguments(tail: str) -> tuple[str | None, str]:
     raise SystemExit(f"unbalanced parentheses in engine clause: {tail[:80]}")
 
 
+def parse_null_twin(statement: str) -> tuple[str, str] | None:
+    """(twin, table) of a `CREATE TABLE IF NOT EXISTS twin AS table ENGINE = Null`."""
+    match = NULL_TWIN_RE.match(statement)
+    return (match.group("name"), match.group("source")) if match else None
+
+
 def parse_view(statement: str) -> tuple[str, str] | None:
     match = VIEW_RE.match(statement)
     return (match.group("name"), match.group("select").strip()) if match else None
@@ -167,9 +181,16 @@ def cluster_statements(statement: str, source: Path) -> list[str]:
             f"ENGINE = Distributed({CLUSTER}, currentDatabase(), {table.name}_local, cityHash64({key}))"
         )
         return [local, distributed]
+    twin = parse_null_twin(statement)
+    if twin is not None:  # a local Null table on every node, with the columns of the table it checks
+        return [f"CREATE TABLE IF NOT EXISTS {twin[0]} ON CLUSTER {CLUSTER} AS {twin[1]} ENGINE = Null"]
     alter = ALTER_TTL_RE.match(statement)
     if alter is not None:  # TTLs live on the shards' local tables
         return [f"ALTER TABLE {alter.group('name')}_local ON CLUSTER {CLUSTER} {alter.group('action')}"]
+    added = ALTER_ADD_RE.match(statement)
+    if added is not None:  # the shards' tables first, then the Distributed table that reads them
+        name, action = added.group("name"), added.group("action")
+        return [f"ALTER TABLE {name}_local ON CLUSTER {CLUSTER} {action}", f"ALTER TABLE {name} ON CLUSTER {CLUSTER} {action}"]
     view = parse_view(statement)
     if view is not None:
         name, select = view

@@ -301,6 +301,9 @@ class BatchProcessor:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-reader")
         self._last_write: Future[None] | None = None  # left in flight by the previous batch
         self._last_touched: set[str] = set()  # that batch's accounts, reloaded if the write fails
+        # accounts whose committed snapshot may lack its aggregates and whose roll forward failed
+        # (ClickHouse away): rolled forward before they are loaded again (`_recover`)
+        self._in_doubt: set[str] = set()
         self.placement: Any = None  # a partitioning.PlacementCheck: records on their key's partition, or stop
 
     def wait_for_writes(self) -> None:
@@ -323,25 +326,73 @@ class BatchProcessor:
         self._sink.shutdown(wait=True)
         self._reader.shutdown(wait=True)
 
-    def _roll_back(self, accounts: set[str]) -> None:
+    def _recover(self, accounts: set[str]) -> None:
+        """Repair what a failed batch left in ClickHouse, before its retry reads anything.
+
+        A unit's write (store/sink.py encode) puts the account snapshots, the commit point, before
+        the mutable aggregates (bill lines, hour totals, rate windows), and each snapshot carries
+        its unit's aggregate rows of that account as a redo. So a write that stopped anywhere
+        leaves each account either uncommitted (rows past its snapshot: roll back) or committed
+        but "in doubt" (the snapshot in, its aggregates maybe not: roll forward). The rule:
+
+        1. Roll back: delete every row past each touched account's committed snapshot seq. No
+           aggregate row is ever written past it, so a merge can have collapsed nothing committed.
+        2. Roll forward: write each touched account's committed snapshot's redo again (same keys,
+           revisions and values; a row already in changes nothing).
+        3. If the roll forward fails (ClickHouse away), remember the accounts in `_in_doubt`; the
+           next read of any of them rolls them forward first (`_load_states`, before `_hydrate`
+           loads their lines), and raises if it fails again: the batch then fails and is retried,
+           and nothing is ever folded on top of an account whose aggregates may be missing.
+        4. A crash (or a worker losing the partition) leaves no memory of this: a worker taking
+           a partition (`check_contiguous`, first sight) rolls forward every snapshot written past
+           the partition's progress row, which a unit writes after its aggregates.
+        5. The retry folds only what no committed snapshot holds (`_drop_applied`).
+        6. The commit cannot be taken back (the snapshot before it, and the aggregates' older
+           revisions, may already be merged away), so a value ClickHouse refuses must never reach
+           the aggregates after it: the unit inserts their bodies into their Null-engine twins
+           (sink.CHECK_TABLES, the same column types) before the snapshots. A refused value fails
+           the unit before its commit (step 1 deletes what it wrote), and the worker's isolation
+           pins it on its record and rejects it, so billing goes on. What can still fail after the
+           commit is transient (ClickHouse away), and steps 2-4 repair it; if a redo were refused
+           all the same, the accounts would stay in doubt and the worker would report itself stuck."""
         if not accounts:
             return
         try:
             self.storage.roll_back(accounts)
         except Exception as exc:  # ClickHouse away: the retry rewrites the same rows anyway
             log.warning("could not roll back the failed batch's rows (%r); its retry overwrites them", exc)
+        try:
+            self._roll_forward(accounts)
+        except Exception as exc:  # rolled forward before the accounts are read again
+            log.warning("could not roll forward the failed batch's accounts (%r); they will be before they are next loaded", exc)
+            self._in_doubt |= accounts
+
+    def _roll_forward(self, accounts: Iterable[str]) -> None:
+        """Step 2 of `_recover`; raises if it fails (the accounts stay in doubt)."""
+        self.storage.roll_forward(sorted(accounts))
+
+    def _roll_forward_in_doubt(self, accounts: list[str]) -> None:
+        """Step 3 of `_recover`: before these accounts' states and lines are read; raises if it fails."""
+        doubtful = [acc for acc in accounts if acc in self._in_doubt]
+        if doubtful:
+            self._roll_forward(doubtful)
+            self._in_doubt.difference_update(doubtful)
 
     def reset_positions(self) -> None:
         """After a rebalance: the next batch of each partition is checked against partition_progress again."""
         self._next_offset.clear()
 
     def check_contiguous(self, messages: list[Message]) -> None:
-        """Each partition's offsets must continue where this log's records were applied up to."""
+        """Each partition's offsets must continue where this log's records were applied up to. A
+        partition seen for the first time is first rolled forward (`_recover`, step 4)."""
         firsts: dict[int, int] = {}
         for msg in messages:
             firsts.setdefault(msg.partition, msg.offset)
         unknown = [p for p in firsts if p not in self._next_offset]
-        if unknown:
+        if unknown:  # first sight (a start, a rebalance): first finish what a crashed unit left in doubt (`_recover`, step 4)
+            rolled = self.storage.roll_forward_partitions(sorted(unknown))
+            if rolled:
+                log.info("partitions %s: rolled forward %d account snapshots written past their progress rows", sorted(unknown), rolled)
             applied = self.storage.processed_offsets(self.epoch, unknown)
             for p in unknown:
                 self._next_offset[p] = applied.get(p, -1) + 1
@@ -413,7 +464,7 @@ class BatchProcessor:
             # back what the failed units wrote past the commit points (no query sees it after this)
             failed = touched | earlier_touched
             self.forget(failed)
-            self._roll_back(failed)
+            self._recover(failed)
             raise
         self._prune(touched)
         self._evict()
@@ -511,6 +562,8 @@ class BatchProcessor:
         missing = [acc for acc in by_account if acc not in self.states]
         if not missing:
             return
+        if self._in_doubt:
+            self._roll_forward_in_doubt(missing)
         loaded = self.storage.load_states(missing)
         for acc in missing:
             self._sleeping.pop(acc, None)

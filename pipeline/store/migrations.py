@@ -169,6 +169,7 @@ CLUSTER_TABLES = [
     "raw_records",
     "seen_records",
     "bill_lines",
+    "bill_hour_totals",
     "priced_usage",
     "rejections",
     "rate_windows",

@@ -1,8 +1,16 @@
-"""Writes one batch's facts to ClickHouse: columnar inserts, deterministic rows, snapshot last.
+"""Writes one batch's facts to ClickHouse: columnar inserts, deterministic rows, the snapshot as commit point.
 
 Every row is keyed by identity and carries a revision taken from the account's sequence, so a
 batch written twice (redelivery, replay, a retried insert) leaves the same current values. The
-account snapshots go last: they are the commit point that a restart resumes from.
+account snapshots are the commit point that a restart resumes from; the mutable aggregates
+(bill lines, hour totals, rate windows) are written after them, so that no aggregate row ever
+exists at an uncommitted revision (a background merge would otherwise collapse a line's
+committed revision into it, and the roll-back of the failed unit would then delete both). Each
+snapshot carries its unit's aggregate rows of that account as a redo (`REDO_TABLES`), which
+`redo_inserts` writes again when the aggregates may not all have landed (statestore.roll_forward).
+The aggregate bodies are first inserted into their Null-engine twins (`CHECK_TABLES`, migration
+006), before the commit point: a value their columns refuse is refused there, and the worker's
+isolation rejects its record (stream/isolation.py) instead of being stuck after the commit.
 
 Two steps, so that the worker can overlap them: `encode` turns the batch into insert bodies in
 the processor's thread (it reads the live account states, which the next unit will change), and
@@ -15,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import orjson
 from clickhouse_connect.driver.client import Client
@@ -78,7 +86,7 @@ class Insert(NamedTuple):
 
 @dataclass
 class Encoded:
-    """One batch's inserts, in the order they must reach ClickHouse (the snapshots last)."""
+    """One batch's inserts, in the order they must reach ClickHouse (`encode` says why)."""
 
     inserts: list[Insert]
     records: int  # raw records in the batch
@@ -157,9 +165,17 @@ HOUR_TOTAL_FIELDS = (
 
 
 class StateRow(NamedTuple):
+    """An account_state row (plain tuples in this field order): the snapshot, its redo, and its log
+    position as columns, so that a worker taking a partition over finds the snapshots written past
+    the partition's progress row without parsing every snapshot (statestore.roll_forward_partitions)."""
+
     account_id: str
     seq: int
     state: str
+    redo: str  # JSON: {table: [row values in that table's field order]} for each table of REDO_TABLES; "" if none
+    log_epoch: str
+    log_partition: int
+    log_offset: int
 
 
 class ProgressRow(NamedTuple):
@@ -244,31 +260,127 @@ def _line_rows(lines: dict[tuple[str, LineKey], Line]) -> list[tuple[Any, ...]]:
     ]
 
 
+# The mutable aggregates: keyed by account and line (hour, window), revision = the account seq of
+# the last record that changed them, cumulative. A unit writes them after its snapshots, and each
+# snapshot carries them as its redo: table -> (columns, field order of the rows, constants).
+REDO_TABLES: dict[str, tuple[list[Column], tuple[str, ...], bool]] = {
+    "bill_lines": (LINES, LINE_ROW_FIELDS, True),  # True: an `updated_at` column
+    "bill_hour_totals": (HOUR_TOTALS, HOUR_TOTAL_FIELDS, True),
+    "rate_windows": (WINDOWS, WindowRow._fields, False),
+}
+
+
+# Each aggregate table's check twin (migration 006): `CREATE TABLE t_check AS t ENGINE = Null`, the
+# exact column types of `t`, storing nothing. A unit inserts the same body into it before its commit
+# point, so a value the columns of `t` would refuse is refused before anything is committed. On a
+# cluster the twins are plain local tables on every node (an insert is parsed where it is sent).
+CHECK_TABLES: dict[str, str] = {table: f"{table}_check" for table in REDO_TABLES}
+
+
+def _checks(inserts: Sequence[Insert]) -> list[Insert]:
+    """The aggregate inserts again, into their check twins: the same columns and the same bytes."""
+    return [Insert(CHECK_TABLES[insert.table], insert.columns, insert.body, insert.rows) for insert in inserts]
+
+
+def _redo_texts(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, str]:
+    """Each account's rows of the aggregate tables, grouped and written as one JSON text per
+    account: the redo its snapshot carries. Money goes as its exact decimal text (str of the
+    Decimal, as decimal_texts writes it in the insert), never as a float."""
+    grouped: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+    for table, table_rows in tables.items():
+        for row in table_rows:
+            redo = grouped.get(row[0])  # every row starts with its account
+            if redo is None:
+                redo = grouped[row[0]] = {}
+            found = redo.get(table)
+            if found is None:
+                redo[table] = [row]
+            else:
+                found.append(row)
+    return {acc: orjson.dumps(redo, default=str).decode() for acc, redo in grouped.items()}
+
+
+def _aggregate_inserts(tables: dict[str, list[tuple[Any, ...]]], now: float) -> list[Insert]:
+    inserts: list[Insert] = []
+    for table, table_rows in tables.items():
+        columns, fields, stamped = REDO_TABLES[table]
+        inserts += _encode(table, table_rows, columns, {"updated_at": now} if stamped else None, fields)
+    return inserts
+
+
 def encode(rows: BatchRows) -> Encoded:
-    """Every insert of the batch, taken from the live states now (the next unit changes them)."""
+    """Every insert of the batch, taken from the live states now (the next unit changes them).
+
+    The order is the commit protocol (docs/architecture.md, step 5):
+    1. the rows keyed by a record's identity, and the rows keyed by seq (raw records, seen ids,
+       priced usage, rejections, violations, settlements, status changes). A row of one of them
+       above its account's snapshot is removed by statestore.roll_back. A merge cannot collapse a
+       committed row into one of a failed unit: raw_records is keyed by log position; seen_records,
+       priced_usage and rate_violations by an identity the fold claims once; settlements and
+       account_status by (account, seq[, hour]), different for every unit; rejections by record id,
+       where a repeat of an already rejected record is rejected again by the retry, which writes
+       the same row back;
+    2. the aggregates' bodies into their Null twins (`CHECK_TABLES`): nothing is stored, but a value
+       the aggregates' columns refuse is refused here, before the commit, so that the worker's
+       isolation still pins it on its record, rejects it and billing goes on. After the commit
+       only a transient failure can stop the unit, and the roll forward repairs that;
+    3. the account snapshots with their redo: the commit point;
+    4. the aggregates (bill lines, hour totals, rate windows), all at committed revisions: the same
+       bodies as in 2;
+    5. the partition progress rows, then the barriers: their presence says that everything of the
+       unit before them is in (a snapshot past its partition's progress row is in doubt: its
+       aggregates are written again from its redo, statestore.roll_forward_partitions)."""
     now = millis_as_seconds(int(time.time() * 1000))
+    aggregates = {
+        "bill_lines": _line_rows(rows.lines),
+        "bill_hour_totals": rows.hour_totals,
+        "rate_windows": _window_rows(rows.windows),
+    }
+    redo = _redo_texts(aggregates)
+    aggregate_inserts = _aggregate_inserts(aggregates, now)
     # plain tuples in StateRow's field order: one snapshot per account the unit touched, which on
     # gateway traffic (one record per message, 100,000 accounts) is nearly one per record
-    states = [(acc, state.seq, state.to_json().decode()) for acc, state in rows.states.items()]
+    states = [
+        (acc, state.seq, state.to_json().decode(), redo.get(acc, ""), state.log_epoch, state.log_partition, state.log_offset)
+        for acc, state in rows.states.items()
+    ]
     inserts = (
         _encode("raw_records", rows.raw, RAW, {"epoch": rows.epoch, "received_at": now}, RawRow._fields)
         + _encode("seen_records", rows.seen, SEEN, None, SeenRow._fields)
         + _encode("priced_usage", rows.priced, PRICED)
         + _encode("rejections", rows.rejections, REJECTIONS, {"rejected_at": now})
         + _encode("rate_violations", rows.violations, VIOLATIONS)
-        + _encode("rate_windows", _window_rows(rows.windows), WINDOWS, None, WindowRow._fields)
-        + _encode("bill_lines", _line_rows(rows.lines), LINES, {"updated_at": now}, LINE_ROW_FIELDS)
-        + _encode("bill_hour_totals", rows.hour_totals, HOUR_TOTALS, {"updated_at": now}, HOUR_TOTAL_FIELDS)
         + _encode("settlements", rows.settlements, SETTLEMENTS, {"settled_at": now})
         + _encode("account_status", rows.status_changes, STATUS, {"changed_at": now})
-        + _encode("account_state", states, STATES, {"updated_at": now}, StateRow._fields)  # the commit point: last of the facts
+        + _checks(aggregate_inserts)  # a value the aggregates refuse is refused here, before the commit
+        + _encode("account_state", states, STATES, {"updated_at": now}, StateRow._fields)  # the commit point
+        + aggregate_inserts  # at committed revisions only: a merge can lose nothing
         + _encode("partition_progress", [ProgressRow(*p) for p in rows.progress], PROGRESS, {"epoch": rows.epoch})
         + _encode("barriers", [BarrierRow(*b) for b in rows.barriers], BARRIERS, {"processed_at": now})
     )
     return Encoded(inserts, len(rows.raw))
 
 
-def send(client: Client, encoded: Encoded) -> None:
-    """The inserts in order; any failure stops here, before the snapshots that would commit them."""
-    for insert in encoded.inserts:
+def redo_inserts(redos: Iterable[str]) -> list[Insert]:
+    """The aggregate rows of committed snapshots' redos, as inserts: the same rows at the same
+    revisions as their units wrote (or meant to), so writing them again changes no current value."""
+    tables: dict[str, list[tuple[Any, ...]]] = {table: [] for table in REDO_TABLES}
+    for text in redos:
+        if not text:  # a unit that changed no aggregate of the account, or a snapshot from before migration 005
+            continue
+        for table, table_rows in orjson.loads(text).items():
+            tables[table] += [tuple(row) for row in table_rows]
+    return _aggregate_inserts(tables, millis_as_seconds(int(time.time() * 1000)))
+
+
+def insert_all(client: Client, inserts: Sequence[Insert]) -> None:
+    """The inserts in order; any failure stops there."""
+    for insert in inserts:
         client.raw_insert(insert.table, insert.columns, insert.body, settings=INSERT_SETTINGS, fmt=INSERT_FORMAT)
+
+
+def send(client: Client, encoded: Encoded) -> None:
+    """A unit's inserts in order; a failure before the snapshots (a value refused by the aggregates'
+    check twins among them) leaves nothing committed, one after them (transient: the values passed
+    the checks) leaves accounts in doubt that the processor rolls forward."""
+    insert_all(client, encoded.inserts)

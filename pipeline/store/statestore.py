@@ -1,8 +1,11 @@
-"""Reads what the fold needs from ClickHouse: account snapshots and the working sets.
+"""Reads what the fold needs from ClickHouse: account snapshots and the working sets; and the two
+repairs of a unit's write that stopped halfway: roll_back and roll_forward.
 
 Rows newer than an account's snapshot (revision above its seq) come from a batch whose snapshot
 never landed (a crash mid-write); they are ignored here and rewritten when that batch is
-processed again, so a restart resumes from one consistent point.
+processed again, so a restart resumes from one consistent point. The aggregates (lines, hour
+totals, windows) are written after the snapshot (store/sink.py encode), so a snapshot can land
+without them: its redo writes them again (roll_forward, roll_forward_partitions).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pipeline.core.facts import StatusChange, Violation
 from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
 from pipeline.core.timestamps import US_PER_MINUTE, US_PER_SECOND
 from pipeline.core.windows import LIMIT_ORDER, WindowKey
+from pipeline.store import sink
 
 # Values bound into one query, all its arrays together. The engine takes about 1,000 times longer
 # past some size (measured with chdb 4.4: one array of 125,000 hashes 0.2 s, of 140,000 119 s; two
@@ -289,3 +293,50 @@ def roll_back(client: Client, accounts: Iterable[str]) -> None:
                 f"DELETE FROM {table} WHERE account_id IN %(accs)s AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))",
                 parameters=params,
             )
+
+
+def roll_forward(client: Client, accounts: Iterable[str]) -> int:
+    """Write again the aggregate rows of each account's committed snapshot (its redo): after a
+    failed unit, whose snapshot may have landed without its lines, hour totals and windows. Same
+    keys, revisions and values as the unit wrote, so rows already in change nothing. Returns the
+    snapshots rolled forward. Not through `sink.send`: that is one unit's write (and what tests
+    wrap to fail a unit's write)."""
+    rows = _query_chunked(
+        client,
+        "SELECT account_id, argMax(redo, seq) FROM account_state WHERE account_id IN {a:Array(String)} GROUP BY account_id",
+        "a",
+        sorted(set(accounts)),
+        render=str_array,
+    )
+    sink.insert_all(client, sink.redo_inserts([redo for _, redo in rows]))
+    return len(rows)
+
+
+def _progress_params(client: Client, partitions: list[int]) -> dict[str, Any]:
+    """The processed offset of every (epoch, partition) of these partitions, as the keys and values
+    of `PAST_PROGRESS`'s transform() (an account_state row written past its partition's progress row)."""
+    done = client.query(
+        "SELECT epoch, partition, max(offset) FROM partition_progress WHERE partition IN {p:Array(UInt32)} GROUP BY epoch, partition",
+        parameters={"p": partitions},
+    ).result_rows
+    return {"k": [f"{epoch}/{partition}" for epoch, partition, _ in done], "o": [int(o) for _, _, o in done]}
+
+
+# (client-side parameters: the offsets' array is typed from its values)
+PAST_PROGRESS = "log_epoch != '' AND log_offset > transform(concat(log_epoch, '/', toString(log_partition)), %(k)s, %(o)s, toInt64(-1))"
+
+
+def roll_forward_partitions(client: Client, partitions: list[int]) -> int:
+    """Write again the aggregates of every snapshot of these partitions that is in doubt: written
+    past its partition's progress row (of its own log epoch), by a unit whose progress row, written
+    after the unit's aggregates, never landed (a crash, or a worker that lost the partition after a
+    failed write). Run when a worker first takes a partition, before it loads any state of it;
+    one scan of account_state's position columns. Returns the snapshots rolled forward."""
+    rows = client.query(
+        "SELECT account_id, argMax(redo, seq) FROM account_state WHERE log_partition IN %(p)s AND "
+        + PAST_PROGRESS
+        + " GROUP BY account_id",
+        parameters={"p": partitions, **_progress_params(client, partitions)},
+    ).result_rows
+    sink.insert_all(client, sink.redo_inserts([redo for _, redo in rows]))
+    return len(rows)

@@ -9,13 +9,19 @@ store/statestore.py, unchanged); `InMemoryStorage` keeps the same rows in dicts 
 of the processor, with the same rule for what a snapshot commits: a row counts only up to its
 account's snapshot seq.
 
-The write protocol, in order (store/sink.py):
-1. a unit's facts and rows (raw records, identities, priced usage, rejections, windows, lines,
-   settlements, status changes),
-2. the account snapshots: the commit point of every row above at their seq,
-3. the partition positions and barriers; the Kafka offsets are committed only after.
-A failure anywhere stops the unit before its snapshots; roll_back deletes what it left beyond
-the accounts' snapshots, and the batch is retried.
+The write protocol, in order (store/sink.py encode):
+1. a unit's facts keyed by record identity or seq (raw records, identities, priced usage,
+   rejections, violations, settlements, status changes),
+2. the account snapshots, each with its redo (the lines, hour totals and windows its unit
+   changed for that account): the commit point of every row above and below at their seq,
+3. the aggregates themselves (lines, hour totals, windows): never at an uncommitted revision,
+4. the partition positions and barriers; the Kafka offsets are committed only after.
+A failure before the snapshots leaves rows beyond the accounts' snapshots, which roll_back
+deletes. A failure after them leaves the accounts "in doubt": committed, aggregates maybe
+missing. roll_forward writes their redo again (after a failed batch, or before an account the
+processor could not roll forward then is loaded again); roll_forward_partitions does it for every
+snapshot past its partition's progress row, when a worker first takes a partition (after a
+crash, or another worker's failure). Then the batch is retried.
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ class Storage(Protocol):
     def send(self, encoded: Any) -> None: ...
 
     def roll_back(self, accounts: Iterable[str]) -> None: ...
+
+    def roll_forward(self, accounts: Iterable[str]) -> int: ...
+
+    def roll_forward_partitions(self, partitions: list[int]) -> int: ...
 
     def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]: ...
 
@@ -76,6 +86,12 @@ class ClickHouseStorage:
 
     def roll_back(self, accounts: Iterable[str]) -> None:
         statestore.roll_back(self.client, accounts)
+
+    def roll_forward(self, accounts: Iterable[str]) -> int:
+        return statestore.roll_forward(self.client, accounts)
+
+    def roll_forward_partitions(self, partitions: list[int]) -> int:
+        return statestore.roll_forward_partitions(self.client, partitions)
 
     def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]:
         return statestore.processed_offsets(self.client, epoch, partitions)
@@ -113,17 +129,48 @@ class Snapshot:
     settlements: list[Settlement]
     status_changes: list[StatusChange]
     states: dict[str, bytes]
+    redo: dict[str, "Redo"]  # per account: the lines and windows of `lines` and `windows`, as its snapshot carries them
     progress: list[tuple[int, int]]
     barriers: list[tuple[str, int]]
     raw: int
 
 
 @dataclass
+class Redo:
+    """The aggregates one unit changed for one account, kept with its snapshot (sink.StateRow.redo)."""
+
+    lines: list[tuple[LineKey, Line]] = field(default_factory=list)
+    windows: list[tuple[WindowKey, Window]] = field(default_factory=list)
+
+
+def _redos(lines: dict[tuple[str, LineKey], Line], windows: dict[tuple[str, WindowKey], Window]) -> dict[str, Redo]:
+    redos: dict[str, Redo] = {}
+    for (acc, line_key), line in lines.items():
+        redos.setdefault(acc, Redo()).lines.append((line_key, line))
+    for (acc, window_key), window in windows.items():
+        redos.setdefault(acc, Redo()).windows.append((window_key, window))
+    return redos
+
+
+def _newest(rows: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
+    """One row per key, the highest revision (the last written among equals): what a background
+    merge of a ReplacingMergeTree(revision) table leaves."""
+    kept: dict[tuple[str, Any], tuple[str, Any, Any]] = {}
+    for row in rows:
+        key = (row[0], row[1])
+        if key not in kept or kept[key][2].revision <= row[2].revision:
+            kept[key] = row
+    return list(kept.values())
+
+
+@dataclass
 class InMemoryStorage:
     """The tables the processor reads back, in dicts; rows kept at every seq as ClickHouse keeps
     them, and read as of the snapshot seq the caller gives. For unit tests: `failing_sends` names
-    the sends (1 for the first) that raise as a lost server would, and the lists show what was
-    written."""
+    the sends (1 for the first) that raise as a lost server would, `halfway_sends` the ones that
+    raise after the snapshots and before the aggregates, `failing_roll_forwards` how many of the
+    next roll_forward calls raise (roll_forward_partitions never does); `merge` does what a
+    background merge would; the lists show what was written."""
 
     states: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)  # account -> (seq, snapshot)
     seen: list[tuple[Any, ...]] = field(default_factory=list)  # SeenRow order
@@ -137,8 +184,12 @@ class InMemoryStorage:
     progress: dict[tuple[str, int], int] = field(default_factory=dict)  # (epoch, partition) -> highest offset
     barriers: list[tuple[str, int]] = field(default_factory=list)
     raw_records: int = 0
+    redo: dict[tuple[str, int], Redo] = field(default_factory=dict)  # (account, snapshot seq) -> its unit's aggregates
     failing_sends: set[int] = field(default_factory=set)
+    halfway_sends: set[int] = field(default_factory=set)
+    failing_roll_forwards: int = 0
     sends: int = 0  # every send, failed or not
+    rolled_forward: int = 0  # snapshots whose redo was written again
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def encode(self, rows: BatchRows) -> Snapshot:
@@ -153,12 +204,17 @@ class InMemoryStorage:
             list(rows.settlements),
             list(rows.status_changes),
             {acc: s.to_json() for acc, s in rows.states.items()},
+            _redos({k: copy.copy(v) for k, v in rows.lines.items()}, {k: copy.copy(w) for k, w in rows.windows.items()}),
             list(rows.progress),
             list(rows.barriers),
             len(rows.raw),
         )
 
     def send(self, encoded: Snapshot) -> None:
+        """In sink.encode's order: the facts, the snapshots with their redo (the commit point), the
+        aggregates, the positions and barriers. sink.encode's Null-twin checks before the snapshots
+        store nothing and no value is refused here: a send failing before the commit is
+        `failing_sends`, one failing after it (transient only, since the checks) `halfway_sends`."""
         with self._lock:
             self.sends += 1
             if self.sends in self.failing_sends:
@@ -168,16 +224,55 @@ class InMemoryStorage:
             self.priced += encoded.priced
             self.rejections += encoded.rejections
             self.violations += encoded.violations
-            self.windows += [(acc, key, w) for (acc, key), w in encoded.windows.items()]
-            self.lines += [(acc, key, line) for (acc, key), line in encoded.lines.items()]
             self.settlements += encoded.settlements
             self.status_changes += encoded.status_changes
-            for acc, text in encoded.states.items():  # the commit point, after the rows above
-                self.states.setdefault(acc, []).append((AccountState.from_json(text).seq, text))
+            for acc, text in encoded.states.items():  # the commit point, before the aggregates
+                seq = AccountState.from_json(text).seq
+                self.states.setdefault(acc, []).append((seq, text))
+                self.redo[(acc, seq)] = encoded.redo.get(acc, Redo())
+            if self.sends in self.halfway_sends:
+                raise ConnectionError(f"in-memory storage: send {self.sends} stops after the snapshots (halfway_sends)")
+            self.windows += [(acc, key, w) for (acc, key), w in encoded.windows.items()]
+            self.lines += [(acc, key, line) for (acc, key), line in encoded.lines.items()]
             for partition, offset in encoded.progress:
                 key = (encoded.epoch, partition)
                 self.progress[key] = max(offset, self.progress.get(key, -1))
             self.barriers += encoded.barriers
+
+    def merge(self) -> None:
+        """What a background merge of the aggregate tables can do at any moment."""
+        with self._lock:
+            self.lines = _newest(self.lines)
+            self.windows = _newest(self.windows)
+
+    def _write_redo(self, account: str, seq: int) -> None:
+        redo = self.redo.get((account, seq), Redo())
+        self.lines += [(account, key, copy.copy(line)) for key, line in redo.lines]
+        self.windows += [(account, key, copy.copy(w)) for key, w in redo.windows]
+        self.rolled_forward += 1
+
+    def _roll_forward_may_fail(self) -> None:
+        if self.failing_roll_forwards > 0:
+            self.failing_roll_forwards -= 1
+            raise ConnectionError("in-memory storage: roll forward fails (failing_roll_forwards)")
+
+    def roll_forward(self, accounts: Iterable[str]) -> int:
+        with self._lock:
+            self._roll_forward_may_fail()
+            found = [acc for acc in set(accounts) if acc in self.states]
+            for acc in found:
+                self._write_redo(acc, self.committed_seq(acc))
+            return len(found)
+
+    def roll_forward_partitions(self, partitions: list[int]) -> int:
+        with self._lock:
+            in_doubt = set()
+            for acc, snapshots in self.states.items():
+                for seq, text in snapshots:
+                    if AccountState.from_json(text).log_partition in partitions and self._past_progress(text):
+                        self._write_redo(acc, seq)
+                        in_doubt.add(acc)
+            return len(in_doubt)
 
     def committed_seq(self, account: str) -> int:
         return max((seq for seq, _ in self.states.get(account, [])), default=0)
@@ -197,6 +292,10 @@ class InMemoryStorage:
             self.violations = [r for r in self.violations if kept(r.account_id, r.seq)]
             self.settlements = [r for r in self.settlements if kept(r.account_id, r.seq)]
             self.status_changes = [r for r in self.status_changes if kept(r.account_id, r.seq)]
+
+    def _past_progress(self, text: bytes) -> bool:
+        state = AccountState.from_json(text)
+        return bool(state.log_epoch) and state.log_offset > self.progress.get((state.log_epoch, state.log_partition), -1)
 
     def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]:
         return {p: o for (e, p), o in self.progress.items() if e == epoch and p in partitions}

@@ -876,6 +876,17 @@ def parse_ddl(directory: Path) -> tuple[dict[str, gen_cluster_ddl.Table], dict[s
     return tables, views, statements
 
 
+def null_twins(directory: Path) -> dict[str, str]:
+    """twin -> table, for each `CREATE TABLE twin [ON CLUSTER ...] AS table ENGINE = Null`."""
+    out = {}
+    for path in sorted(directory.glob("*.sql")):
+        for statement in gen_cluster_ddl.ddl_statements(path):
+            twin = gen_cluster_ddl.parse_null_twin(re.sub(r"\s+ON CLUSTER '\{cluster\}'", "", statement))
+            if twin:
+                out[twin[0]] = twin[1]
+    return out
+
+
 def test_ddl_split_agrees_with_the_migrate_code():
     from pipeline.store.chclient import ddl_statements
 
@@ -908,6 +919,10 @@ def test_cluster_tables_have_the_single_server_columns():
     assert set(cluster_views) == set(single_views)
     for name, select in single_views.items():
         assert " ".join(cluster_views[name].split()) == " ".join(select.split()), f"view {name} differs"
+    # the Null check twins (sink.CHECK_TABLES): the same on a cluster, a local table on every node
+    single_twins, cluster_twins = null_twins(SINGLE_DDL_DIR), null_twins(CLUSTER_DDL_DIR)
+    assert single_twins and cluster_twins == single_twins
+    assert all(table in single for table in single_twins.values())
 
 
 def test_cluster_engines_paths_and_sharding():
@@ -917,6 +932,7 @@ def test_cluster_engines_paths_and_sharding():
         assert (
             re.match(r"CREATE (TABLE|VIEW|DATABASE) IF NOT EXISTS \w+ ON CLUSTER '\{cluster\}'", s)
             or re.match(r"ALTER TABLE \w+_local ON CLUSTER '\{cluster\}' MODIFY TTL ", s)
+            or re.match(r"ALTER TABLE \w+ ON CLUSTER '\{cluster\}' ADD COLUMN ", s)
             or re.match(r"INSERT INTO \w+\s+SELECT\s", s)
         ), f"not ON CLUSTER: {s[:80]}"
     # a backfill runs once through the Distributed tables: the same statement as on one server
@@ -925,10 +941,16 @@ def test_cluster_engines_paths_and_sharding():
     for s in single_inserts:
         target = re.match(r"INSERT INTO (\w+)\s", s)
         assert target and target.group(1) in single and "_local" not in s, f"a backfill writes a Distributed table: {s[:80]}"
-    # a TTL set on a single-server table is set on the cluster's local tables, with the same expression
+    # a TTL set on a single-server table is set on the cluster's local tables, with the same expression;
+    # a column added to one is added to both twins (the Distributed table has its own column list)
     single_alters = [s for p in sorted(SINGLE_DDL_DIR.glob("*.sql")) for s in gen_cluster_ddl.ddl_statements(p) if s.startswith("ALTER")]
     cluster_alters = [s for s in statements if s.startswith("ALTER")]
-    assert [re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1_local ON CLUSTER '{cluster}' ", s) for s in single_alters] == cluster_alters
+    expected_alters = []
+    for s in single_alters:
+        expected_alters.append(re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1_local ON CLUSTER '{cluster}' ", s))
+        if re.match(r"ALTER TABLE \w+ ADD COLUMN ", s):
+            expected_alters.append(re.sub(r"^ALTER TABLE (\w+) ", r"ALTER TABLE \1 ON CLUSTER '{cluster}' ", s))
+    assert expected_alters == cluster_alters
     for name, table in single.items():
         local, dist = cluster[f"{name}_local"], cluster[name]
         assert local.engine == "Replicated" + table.engine, f"{name}_local: {local.engine}"
@@ -1022,5 +1044,8 @@ def test_cluster_ddl_runs_in_the_clickhouse_engine(tmp_path):
         if engines.get(name) == "Distributed":
             assert cluster.get(f"{name}_local") == columns, f"{name}_local: columns differ in ClickHouse"
             assert engines[f"{name}_local"].endswith("MergeTree")
+        elif engines.get(name) == "Null":  # a check twin (sink.CHECK_TABLES): the columns of its table, exactly
+            table = name.removesuffix("_check")
+            assert name.endswith("_check") and columns == single[table] == cluster[table], f"{name}: columns differ from {table}"
         else:
             assert engines.get(name) == "View", f"{name}: engine {engines.get(name)}"

@@ -293,10 +293,14 @@ def test_a_failed_write_behind_the_next_unit_is_retried_on_the_same_worker(clien
     assert_hour_totals_exact(client, accounts_of(lines))
 
 
-def _fail_halfway(monkeypatch, nth: int, merge_first: bool = False) -> None:
-    """The sink's nth write stops before the account snapshots (the commit point) after its lines
-    and hour totals are in; with `merge_first`, after ClickHouse merged those rows with the
-    older revisions (a background merge can do that at any moment)."""
+AGGREGATES = ("bill_lines", "bill_hour_totals", "rate_windows")
+
+
+def _fail_halfway(monkeypatch, nth: int, merge_first: bool = False, at: str = "account_state") -> None:
+    """The sink's nth write stops at its insert into table `at`, after the inserts before it are
+    in: at the account snapshots (the commit point), nothing past them is in; at `bill_lines`, the
+    snapshots are in and the aggregates they carry are not. With `merge_first`, ClickHouse first
+    merges the aggregate tables (a background merge can do that at any moment)."""
     from pipeline.store import sink
 
     real_send = sink.send
@@ -307,13 +311,33 @@ def _fail_halfway(monkeypatch, nth: int, merge_first: bool = False) -> None:
         if len(sends) != nth:
             return real_send(client_, encoded)
         for insert in encoded.inserts:
-            if insert.table == "account_state":
+            if insert.table == at:
                 if merge_first:
-                    client_.command("OPTIMIZE TABLE bill_lines FINAL")
+                    for table in AGGREGATES:
+                        client_.command(f"OPTIMIZE TABLE {table} FINAL")
                 raise ConnectionError("ClickHouse went away halfway through a unit (injected)")
             client_.raw_insert(insert.table, insert.columns, insert.body, settings=sink.INSERT_SETTINGS, fmt=sink.INSERT_FORMAT)
 
     monkeypatch.setattr(sink, "send", half_send)
+
+
+def _roll_forward_fails(monkeypatch) -> list[bool]:
+    """statestore.roll_forward raises (ClickHouse away) while the returned flag's first item is
+    True; the partitions' roll forward (a worker taking a partition) still works."""
+    from pipeline.store import statestore
+
+    real = statestore.roll_forward
+    away = [True]
+    calls: list[bool] = []
+
+    def roll_forward(client_, accounts) -> int:
+        calls.append(away[0])
+        if away[0]:
+            raise ConnectionError("ClickHouse away during the roll forward (injected)")
+        return real(client_, accounts)
+
+    monkeypatch.setattr(statestore, "roll_forward", roll_forward)
+    return away
 
 
 def test_a_write_failing_halfway_is_taken_back_and_the_hour_totals_stay_exact(client, monkeypatch) -> None:
@@ -338,12 +362,6 @@ def test_a_write_failing_halfway_is_taken_back_and_the_hour_totals_stay_exact(cl
     assert_hour_totals_exact(client, accounts_of(lines))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found in issue 19: roll_back deletes the revisions past the commit point, and a merge "
-    "that ran before it had already dropped the older revision of a line the failed unit "
-    "changed, so the line loses what the committed units billed into it",
-)
 def test_a_merge_before_the_roll_back_loses_no_line(client, monkeypatch) -> None:
     lines = generate(2000, seed=5757)
     msgs = messages(lines)
@@ -353,6 +371,64 @@ def test_a_merge_before_the_roll_back_loses_no_line(client, monkeypatch) -> None
         processor.process(msgs[:1000])
     processor.process(msgs)
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+
+
+def test_a_write_failing_after_the_snapshots_is_rolled_forward_and_a_merge_loses_nothing(client, monkeypatch) -> None:
+    """The second unit's snapshots land, then its write fails before the lines, after a merge of
+    the aggregate tables. The accounts are committed at that unit (its records are not folded
+    again); the failed batch's roll forward writes the unit's lines, totals and windows from the
+    snapshots' redo, and the retry bills the rest: every line exact."""
+    lines = generate(2000, seed=5858)
+    msgs = messages(lines)
+    _fail_halfway(monkeypatch, 2, merge_first=True, at="bill_lines")
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=250)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor.process(msgs[:1000])
+    again = processor.process(msgs)
+    assert again.skipped == 500  # the second unit was committed by its snapshots: not folded again
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
+
+
+def test_accounts_left_in_doubt_are_rolled_forward_before_they_are_read_again(client, monkeypatch) -> None:
+    """As above, and the roll forward after the failure fails too (ClickHouse still away): the
+    worker remembers the accounts and rolls them forward before it loads them again; while that
+    fails the batch fails, and no record is folded on top of them."""
+    lines = generate(2000, seed=5959)
+    msgs = messages(lines)
+    _fail_halfway(monkeypatch, 2, merge_first=True, at="bill_lines")
+    away = _roll_forward_fails(monkeypatch)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=250)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor.process(msgs[:1000])
+    with pytest.raises(ConnectionError, match="roll forward"):
+        processor.process(msgs)  # still away: the retry stops before loading the accounts
+    away[0] = False
+    again = processor.process(msgs)
+    assert again.skipped == 500
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
+
+
+def test_a_restart_after_a_write_failing_after_the_snapshots_rolls_the_partitions_forward(client, monkeypatch) -> None:
+    """The second unit's snapshots land, its aggregates do not, a merge runs, the roll forward
+    fails and the worker dies (its memory of the accounts in doubt with it). A new worker on the
+    same log epoch, given the same messages again, first rolls forward every snapshot written past
+    its partition's progress row, and bills exactly."""
+    lines = generate(2000, seed=6060)
+    msgs = messages(lines)
+    epoch = uuid.uuid4().hex
+    _fail_halfway(monkeypatch, 2, merge_first=True, at="bill_lines")
+    away = _roll_forward_fails(monkeypatch)
+    with pytest.raises(ConnectionError, match="halfway"):
+        BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=250).process(msgs[:1000])
+    client.command("OPTIMIZE TABLE bill_lines FINAL")
+    away[0] = False
+    restarted = BatchProcessor(client, load_catalog(), epoch, auto_tick=False, write_records=250)
+    again = restarted.process(msgs)
+    assert again.skipped == 500
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
 
 
 def test_a_rebill_reads_the_archive_in_pages_and_trims_as_it_replays(client, monkeypatch, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.batch.processor import BatchProcessor, OffsetGap
 from pipeline.core.catalog import load_catalog
+from pipeline.core.state import LINE_COUNTS
 from pipeline.demo.workload import generate
 from pipeline.store.storage import InMemoryStorage
 from tests.messages import one_record_messages as messages
@@ -28,6 +29,16 @@ def snapshots(storage: InMemoryStorage) -> dict[str, dict]:
 
 def billed(storage: InMemoryStorage) -> list[tuple]:
     return sorted((p.account_id, p.event_id, p.token_amount, p.plugin_amount) for p in storage.priced)
+
+
+def bill_lines(storage: InMemoryStorage) -> dict[tuple, tuple]:
+    """Each bill line's current value as a reader sees it: the highest revision at or below its
+    account's committed snapshot."""
+    current: dict[tuple, tuple] = {}
+    for acc, key, line in storage.lines:
+        if line.revision <= storage.committed_seq(acc) and current.get((acc, key), (-1,))[0] < line.revision:
+            current[(acc, key)] = (line.revision, *(getattr(line, name) for name in LINE_COUNTS), line.amount)
+    return current
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +117,54 @@ def test_evicted_accounts_are_remembered_for_the_auto_ticks_only(lines, uninterr
     assert len(worker.states) == 2
     assert bool(worker._sleeping) is auto_tick
     assert billed(storage) == billed(uninterrupted)  # evicting and reloading changes no bill
+
+
+def test_a_write_stopping_after_the_snapshots_is_rolled_forward_and_a_merge_loses_nothing(lines, uninterrupted) -> None:
+    """The second unit's snapshots are in, its lines and windows are not, and a merge keeps only
+    each line's newest revision: the failed batch's roll forward writes the unit's lines from the
+    snapshots' redo, and the retry bills every line as one uninterrupted run."""
+    storage = InMemoryStorage(halfway_sends={2})
+    worker = processor(storage, write_records=300)
+    msgs = messages(lines)
+    with pytest.raises(ConnectionError, match="halfway"):
+        worker.process(msgs)
+    storage.merge()
+    again = worker.process(msgs)
+    assert again.skipped == 600  # the second unit is committed: its records are not folded again
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert billed(storage) == billed(uninterrupted)
+    assert bill_lines(storage) == bill_lines(uninterrupted)
+
+
+def test_accounts_left_in_doubt_are_rolled_forward_before_the_same_worker_reads_them(lines, uninterrupted) -> None:
+    """As above, with the roll forward failing twice (after the failed write, and again when the
+    retry first needs the accounts): the retry fails before folding anything on top of them, and
+    the next one rolls them forward first."""
+    storage = InMemoryStorage(halfway_sends={2}, failing_roll_forwards=2)
+    worker = processor(storage, write_records=300)
+    msgs = messages(lines)
+    with pytest.raises(ConnectionError, match="halfway"):
+        worker.process(msgs)
+    storage.merge()
+    with pytest.raises(ConnectionError, match="roll forward"):
+        worker.process(msgs)
+    worker.process(msgs)
+    assert storage.rolled_forward > 0
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert bill_lines(storage) == bill_lines(uninterrupted)
+
+
+def test_a_restart_after_a_write_stopping_after_the_snapshots_rolls_the_partitions_forward(lines, uninterrupted) -> None:
+    """The worker dies after such a write, without having rolled anything forward; a new one on the
+    same epoch rolls forward the snapshots written past their partitions' progress before it
+    reads any state, and bills every line as one uninterrupted run."""
+    storage = InMemoryStorage(halfway_sends={2}, failing_roll_forwards=1)
+    msgs = messages(lines)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor(storage, write_records=300).process(msgs)
+    storage.merge()
+    again = processor(storage, write_records=300).process(msgs)
+    assert again.skipped == 600 and storage.rolled_forward > 0
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert billed(storage) == billed(uninterrupted)
+    assert bill_lines(storage) == bill_lines(uninterrupted)
