@@ -410,18 +410,12 @@ def test_accounts_left_in_doubt_are_rolled_forward_before_they_are_read_again(cl
     assert_hour_totals_exact(client, accounts_of(lines))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (2026-12-03): passes alone and with its own file, but after test_last_write/test_faults/"
-    "test_clickhouse_outage in the same embedded engine a line lost its earlier requests after the restart's "
-    "roll forward (8 snapshots rolled forward in both cases); cause not found yet (docs/architecture.md step 5)",
-)
 def test_a_restart_after_a_write_failing_after_the_snapshots_rolls_the_partitions_forward(client, monkeypatch) -> None:
     """The second unit's snapshots land, its aggregates do not, a merge runs, the roll forward
     fails and the worker dies (its memory of the accounts in doubt with it). A new worker on the
     same log epoch, given the same messages again, first rolls forward every snapshot written past
     its partition's progress row, and bills exactly."""
-    lines = generate(2000, seed=6060)
+    lines = generate(2000, seed=9191)  # a seed no other test uses: the tests share one engine, and a seed names the accounts
     msgs = messages(lines)
     epoch = uuid.uuid4().hex
     _fail_halfway(monkeypatch, 2, merge_first=True, at="bill_lines")
