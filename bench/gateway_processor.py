@@ -5,7 +5,9 @@ shape, this does it for a gateway shape (bench/gateway.py): every account's key 
 (framed per account, not timed), then the shape's single-record messages through
 `BatchProcessor.process` in raw batches of `BILLING_WRITE_RECORDS` records, as the worker takes
 them. It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
-the per-account cost shows where it went, and reports the process's RSS after each batch.
+the per-account cost shows where it went, times the sink thread's inserts per table with their
+body sizes (`writes`: the engine parses them on the second core, beside the folding thread), and
+reports the process's RSS after each batch.
 
     python -m bench.gateway_processor --accounts 100000 --records 200000 [--profile FILE]
 """
@@ -114,6 +116,15 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
     originals = {name: getattr(statestore, name) for name in TIMED_READS}
     for name, fn in originals.items():
         setattr(statestore, name, _timed(reads, name, fn))
+    write_s: Counter[str] = Counter()
+    write_bytes: Counter[str] = Counter()
+    plain_insert = client.raw_insert
+
+    def timed_insert(table: str, columns: Any, body: bytes, **kwargs: Any) -> Any:
+        write_bytes[table] += len(body)
+        return _timed(write_s, table, plain_insert)(table, columns, body, **kwargs)
+
+    client.raw_insert = timed_insert  # type: ignore[method-assign]
     statuses: Counter[str] = Counter()
     outbound: Counter[str] = Counter()  # messages the worker would publish after each batch, by topic
     per_batch: list[dict[str, Any]] = []
@@ -149,6 +160,10 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         "seconds": round(seconds, 2),
         "rps": round(len(traffic) / seconds),
         "reads_s": {k: round(v, 2) for k, v in reads.items()},
+        "writes": {
+            table: {"s": round(write_s[table], 2), "mib": round(write_bytes[table] / 2**20, 1)} for table, _ in write_s.most_common()
+        },
+        "write_s_total": round(sum(write_s.values()), 2),
         "outcomes": dict(statuses),
         "outbound": dict(outbound),
         **heap,

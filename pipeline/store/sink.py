@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from pipeline.batch import aggregate_rows
 from pipeline.batch.columns import decimal_texts, json_objects, seconds_from_micros, whole_seconds
 from pipeline.core.facts import PricedUsage, Rejection, Settlement, StatusChange, Violation
 from pipeline.core.state import LINE_COUNTS, AccountState, Line, LineKey, Window
@@ -248,18 +249,6 @@ PROGRESS: list[Column] = _named_alike(*ProgressRow._fields)
 BARRIERS: list[Column] = _named_alike(*BarrierRow._fields)
 
 
-def _window_rows(windows: dict[tuple[str, WindowKey], Window]) -> list[tuple[Any, ...]]:
-    """Plain tuples in WindowRow's field order (a NamedTuple's constructor costs more, per window)."""
-    return [(acc, kind, start, w.requests, w.tokens, w.revision) for (acc, (kind, start)), w in windows.items()]
-
-
-def _line_rows(lines: dict[tuple[str, LineKey], Line]) -> list[tuple[Any, ...]]:
-    return [
-        (acc, hour, key, item, *(getattr(v, name) for name in LINE_COUNTS), v.amount, v.revision)
-        for (acc, (hour, key, item)), v in lines.items()
-    ]
-
-
 # The mutable aggregates: keyed by account and line (hour, window), revision = the account seq of
 # the last record that changed them, cumulative. A unit writes them after its snapshots, and each
 # snapshot carries them as its redo: table -> (columns, field order of the rows, constants).
@@ -280,24 +269,6 @@ CHECK_TABLES: dict[str, str] = {table: f"{table}_check" for table in REDO_TABLES
 def _checks(inserts: Sequence[Insert]) -> list[Insert]:
     """The aggregate inserts again, into their check twins: the same columns and the same bytes."""
     return [Insert(CHECK_TABLES[insert.table], insert.columns, insert.body, insert.rows) for insert in inserts]
-
-
-def _redo_texts(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, str]:
-    """Each account's rows of the aggregate tables, grouped and written as one JSON text per
-    account: the redo its snapshot carries. Money goes as its exact decimal text (str of the
-    Decimal, as decimal_texts writes it in the insert), never as a float."""
-    grouped: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
-    for table, table_rows in tables.items():
-        for row in table_rows:
-            redo = grouped.get(row[0])  # every row starts with its account
-            if redo is None:
-                redo = grouped[row[0]] = {}
-            found = redo.get(table)
-            if found is None:
-                redo[table] = [row]
-            else:
-                found.append(row)
-    return {acc: orjson.dumps(redo, default=str).decode() for acc, redo in grouped.items()}
 
 
 def _aggregate_inserts(tables: dict[str, list[tuple[Any, ...]]], now: float) -> list[Insert]:
@@ -332,18 +303,15 @@ def encode(rows: BatchRows) -> Encoded:
        aggregates are written again from its redo, statestore.roll_forward_partitions)."""
     now = millis_as_seconds(int(time.time() * 1000))
     aggregates = {
-        "bill_lines": _line_rows(rows.lines),
+        "bill_lines": aggregate_rows.line_rows(rows.lines),
         "bill_hour_totals": rows.hour_totals,
-        "rate_windows": _window_rows(rows.windows),
+        "rate_windows": aggregate_rows.window_rows(rows.windows),
     }
-    redo = _redo_texts(aggregates)
+    redo = aggregate_rows.redo_texts(aggregates)
     aggregate_inserts = _aggregate_inserts(aggregates, now)
-    # plain tuples in StateRow's field order: one snapshot per account the unit touched, which on
-    # gateway traffic (one record per message, 100,000 accounts) is nearly one per record
-    states = [
-        (acc, state.seq, state.to_json().decode(), redo.get(acc, ""), state.log_epoch, state.log_partition, state.log_offset)
-        for acc, state in rows.states.items()
-    ]
+    # one snapshot per account the unit touched, which on gateway traffic (one record per
+    # message, 100,000 accounts) is nearly one per record
+    states = aggregate_rows.state_rows(rows.states, redo)
     inserts = (
         _encode("raw_records", rows.raw, RAW, {"epoch": rows.epoch, "received_at": now}, RawRow._fields)
         + _encode("seen_records", rows.seen, SEEN, None, SeenRow._fields)
