@@ -31,7 +31,7 @@ from pipeline.core.pricing import MICRO, plugin_amount, token_amount
 from pipeline.core.quota import free_left, split_free
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage
 from pipeline.core.settlement import close_hours, owe, recharge, reopen
-from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
+from pipeline.core.state import LINE_COUNTS, NO_MODELS, ZERO, AccountState, KeyState, Line, LineKey, Voucher, Window
 from pipeline.core.timestamps import hour_start, parse_ts
 from pipeline.core.validation import usage_rejection
 from pipeline.core.windows import WindowKey, violated, window_keys
@@ -341,9 +341,9 @@ def _apply_account_record(state: AccountState, record: AccountRecord, catalog: C
     elif record.kind == "limits.set":
         state.limits = (state.limits or catalog.default_limits).updated(f.get("qps"), f.get("qpm"), f.get("tpm"))
     elif record.kind == "whitelist.add":
-        state.whitelist.add(f["model"])
+        state.whitelist = state.whitelist | {f["model"]}
     elif record.kind == "whitelist.remove":
-        state.whitelist.discard(f["model"])
+        state.whitelist = (state.whitelist - {f["model"]}) or NO_MODELS
     elif record.kind == "rebill.lines":
         stale = _stale_line(state, f["lines"])
         if stale is not None:

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Sequence
 
 from pipeline.core.facts import Settlement, StatusChange, new_settlement, new_status_change
-from pipeline.core.state import ZERO, AccountState, Voucher
+from pipeline.core.state import NO_HOURS, ZERO, AccountState, Voucher
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE
 
 ACTIVE = "active"
@@ -75,7 +75,7 @@ def reopen(state: AccountState, hour: int, grace: int) -> None:
     it settles next is an adjustment."""
     if hour not in state.open_hours:
         if hour in state.line_hours and hour_closed(hour, grace, state.max_ts_us):
-            state.adjusting.add(hour)
+            state.adjusting = state.adjusting | {hour}
         state.open_hours[hour] = ZERO
 
 
@@ -95,7 +95,8 @@ def close_hours(state: AccountState, grace_us: int, seq: int) -> tuple[Sequence[
     for hour in ready:
         amount = state.open_hours.pop(hour)
         adjustment = hour in state.adjusting
-        state.adjusting.discard(hour)
+        if adjustment:
+            state.adjusting = (state.adjusting - {hour}) or NO_HOURS
         voucher_part, cash_part, debt_added = settle_amount(state, amount, hour + US_PER_HOUR)
         if not adjustment and (state.last_settled_hour is None or hour > state.last_settled_hour):
             state.last_settled_hour = hour

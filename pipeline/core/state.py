@@ -17,10 +17,16 @@ import orjson
 from pipeline.core.windows import Limits, WindowKey, minute_start
 
 ZERO = Decimal("0.000000")
+ZERO_TEXT = str(ZERO)
 LineKey = tuple[int, str, str]  # (hour start us, api_key_id, item)
 LATEST_HOUR = 2**63 - 1  # beyond every hour
 # The counters of a bill line, in the bill tables' column order (amount and revision follow them).
 LINE_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "billed_input_tokens", "billed_output_tokens", "quantity")
+# Whitelists and adjusting hours are empty for nearly every account and change rarely: frozensets,
+# replaced on change, so that every empty one is this one object. An empty set costs 216 bytes,
+# and two per cached state were an eighth of a state's memory (docs/performance-log.md, session 12).
+NO_MODELS: frozenset[str] = frozenset()
+NO_HOURS: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -98,7 +104,7 @@ class AccountState:
     free_used: int = 0
     keys: dict[str, KeyState] = field(default_factory=dict)
     limits: Limits | None = None  # None: the catalog's defaults
-    whitelist: set[str] = field(default_factory=set)
+    whitelist: frozenset[str] = NO_MODELS
     cash_balance: Decimal = ZERO
     debt: Decimal = ZERO
     vouchers: dict[str, Voucher] = field(default_factory=dict)
@@ -106,7 +112,7 @@ class AccountState:
     max_ts_us: int = 0  # the account's event-time clock
     open_hours: dict[int, Decimal] = field(default_factory=dict)  # hour -> amount not yet settled
     last_settled_hour: int | None = None  # the latest hour with a regular settlement
-    adjusting: set[int] = field(default_factory=set)  # open hours that were settled before: adjustments
+    adjusting: frozenset[int] = NO_HOURS  # open hours that were settled before: adjustments
     # where in the input log this account last applied a record (edge bookkeeping)
     log_epoch: str = ""
     log_partition: int = -1
@@ -177,16 +183,22 @@ class AccountState:
             free_used=d["free_used"],
             keys={k: KeyState(c, r) for k, (c, r) in d["keys"].items()},
             limits=None if d["limits"] is None else Limits(*d["limits"]),
-            whitelist=set(d["whitelist"]),
-            cash_balance=Decimal(d["cash_balance"]),
-            debt=Decimal(d["debt"]),
+            whitelist=frozenset(d["whitelist"]) or NO_MODELS,
+            cash_balance=_money(d["cash_balance"]),
+            debt=_money(d["debt"]),
             vouchers={v[0]: Voucher(v[0], Decimal(v[1]), v[2]) for v in d["vouchers"]},
             duplicates=d["duplicates"],
             max_ts_us=d["max_ts_us"],
-            open_hours={h: Decimal(a) for h, a in d.get("open_hours", [])},
+            open_hours={h: _money(a) for h, a in d.get("open_hours", [])},
             last_settled_hour=d.get("last_settled_hour"),
-            adjusting=set(d.get("adjusting", [])),
+            adjusting=frozenset(d.get("adjusting", ())) or NO_HOURS,
             log_epoch=epoch,
             log_partition=partition,
             log_offset=offset,
         )
+
+
+def _money(text: str) -> Decimal:
+    """A snapshot's amount; zero (most debts) as the shared ZERO, one object for every state
+    instead of 104 bytes each. Exact: ZERO is Decimal("0.000000"), which str() writes back as is."""
+    return ZERO if text == ZERO_TEXT else Decimal(text)
