@@ -128,3 +128,15 @@ def test_restored_state_bills_on_exactly():
     q.state.free_used = 999_990
     p = q.feed(usage("e4", key="k1", ts="2024-06-07T14:00:00+08:00", input_tokens=5, output_tokens=10)).priced
     assert (p.free_tokens, p.billed_output_tokens) == (10, 5)
+
+
+def test_loaded_states_share_their_empty_sets_and_zero_amounts_and_keep_every_value():
+    """Memory per cached account (issue 18): an empty whitelist or set of adjusting hours and a zero
+    amount are one shared object across loaded states, and a change replaces, never mutates, it."""
+    text = AccountState("a", cash_balance=D("3.500000")).to_json()
+    first, second = AccountState.from_json(text), AccountState.from_json(text)
+    assert first.whitelist is second.whitelist and first.adjusting is second.adjusting
+    assert first.debt is second.debt and str(first.debt) == "0.000000"
+    assert first.cash_balance == D("3.500000") and str(first.cash_balance) == "3.500000"
+    first.whitelist = first.whitelist | {"xingchen-max"}
+    assert second.whitelist == set() and AccountState.from_json(first.to_json()).whitelist == {"xingchen-max"}
