@@ -50,14 +50,10 @@ def window_rows(windows: dict[tuple[str, WindowKey], Window]) -> list[tuple[Any,
     return rows
 
 
-def _default(value: object) -> str:
-    """Money in a redo is its exact decimal text (as columns.decimal_texts writes it), never a float."""
-    return str(value)
-
-
 def redo_texts(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, str]:
     """Each account's rows of the aggregate tables, grouped and written as one JSON text per
-    account: the redo its snapshot carries (sink.encode, statestore.roll_forward)."""
+    account: the redo its snapshot carries (sink.encode, statestore.roll_forward). Money goes as
+    its exact decimal text (str of the Decimal, as columns.decimal_texts writes it), never a float."""
     grouped: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
     for table, table_rows in tables.items():
         for row in table_rows:
@@ -72,7 +68,7 @@ def redo_texts(tables: dict[str, list[tuple[Any, ...]]]) -> dict[str, str]:
                 found.append(row)
     texts: dict[str, str] = {}
     for acc, redo in grouped.items():
-        texts[acc] = orjson.dumps(redo, default=_default).decode()
+        texts[acc] = orjson.dumps(redo, default=str).decode()
     return texts
 
 

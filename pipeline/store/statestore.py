@@ -30,7 +30,7 @@ MAX_BOUND_VALUES = 50_000
 # Over HTTP the bound values travel in the URL, which a ClickHouse server refuses past 1 MiB by
 # default (http_max_uri_size): 50,000 seen-id hashes are about 1.1 MB. 5,000 are about 110 KB.
 MAX_BOUND_VALUES_HTTP = 5_000
-# And at most this many per query whatever the engine: on gateway traffic over 300,000 accounts
+# And at most this many per query whatever the engine, for an IN set on a key column (load_seen binds hashes only): on gateway traffic over 300,000 accounts
 # (more than the LRU keeps, so nearly every account of a unit of 50,000 single-record messages is
 # cold) one load_states query of about 48,000 account ids kept two engine threads busy for
 # minutes, although the same query alone took 0.39 s; in chunks of 10,000 that run went through
@@ -150,12 +150,11 @@ def load_seen(client: Client, wanted: dict[tuple[str, str], int]) -> dict[tuple[
     """(account, record_id) -> (digest, seq) of identities already claimed. `wanted` maps each
     (account, record_id) to its record_hash (the caller has it: it writes the same hash)."""
     found: dict[tuple[str, str], tuple[str, int]] = {}
-    # By hash alone, read first (PREWHERE), and matched to its account here: the cost is one scan
-    # of the 8-byte hash column, where `account_id IN` (the key's first column) made the engine
-    # analyse the index per bound account and read every account's granules, once per chunk of
-    # 5,000 pairs. Measured on 10,000,000 seen ids in 10 parts, 50,000 wanted: 0.35-0.44 s as one
-    # query, 0.63-0.85 s in chunks of 10,000, against 1.2-1.8 s before (/tmp test, docs/performance-log.md).
-    # The history still costs the scan, about 35 ms per million seen ids per unit.
+    # By hash alone, read first (PREWHERE), and matched to its account here: one scan of the 8-byte
+    # hash column per query, where `account_id IN` (the key's first column) read nearly every
+    # account's granules once per chunk of pairs. One array bound, so up to the engine's whole
+    # limit per query, not MAX_BOUND_PER_QUERY (that one is for key-column IN sets). Figures:
+    # docs/performance-log.md, session 12 (about 35 ms per million stored ids per unit).
     for chunk in _chunks(list(set(wanted.values())), _bound_limit(client)):
         result = client.query(
             "SELECT account_id, record_id, digest, seq FROM seen_records PREWHERE rid_hash IN {h:Array(UInt64)}",
