@@ -518,6 +518,7 @@ class Bench:
                 "first_batch_to_queryable_s": t_wait - first,
                 "worker_startup_s": first - started.spawned_at,
                 "worker_rss_max_mib": rss / 2**20 if rss else None,
+                "worker_rss_mib_by_tenth": rss_by_tenth(sampler, len(messages)),
                 "worker_stats": health.get("stats", {}),
             }
         )
@@ -527,7 +528,8 @@ class Bench:
         }
         log(
             f"{name}: {len(messages):,} records queryable {t_wait - first:.1f}s after the worker's first batch: {rps:,.0f}/s "
-            f"(worker RSS up to {detail['worker_rss_max_mib'] or 0:,.0f} MiB)"
+            f"(worker RSS up to {detail['worker_rss_max_mib'] or 0:,.0f} MiB; by tenth of the records "
+            f"{detail['worker_rss_mib_by_tenth']})"
         )
         return detail
 
@@ -771,6 +773,17 @@ def _drain_rate(processed: list[tuple[float, int]], t_pub: float, at_pub_end: in
         return None
     t_end, r_end = next(((t, r) for t, r in after if r >= n), after[-1])
     return (r_end - at_pub_end) / max(t_end - t_pub, 1e-9)
+
+
+def rss_by_tenth(sampler: HealthSampler, records: int) -> list[int | None]:
+    """The worker's largest RSS (MiB) while it processed each tenth of a shape's records: whether
+    memory grows with the distinct accounts seen or stops at a plateau."""
+    tenths: list[int | None] = []
+    for k in range(1, 11):
+        start, end = sampler.first_reaching(records * (k - 1) // 10 + 1), sampler.first_reaching(records * k // 10)
+        inside = [b for t, b in sampler.rss if start is not None and end is not None and start <= t <= end]
+        tenths.append(round(max(inside) / 2**20) if inside else None)
+    return tenths
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

@@ -38,6 +38,7 @@ from typing import Iterable, Iterator
 import orjson
 
 from pipeline.batch.framing import encode_group
+from pipeline.batch.topic_json import kept
 
 TZ8 = timezone(timedelta(hours=8))
 START = datetime(2024, 9, 18, 8, 0, tzinfo=TZ8)  # every model has a price in force from 2024-09-18
@@ -109,7 +110,7 @@ def setup_messages(shape: Shape) -> Iterator[tuple[bytes, bytes]]:
                     {"type": "limits.set", "account_id": acc, "timestamp": at, "qps": 100_000, "qpm": 1_000_000, "tpm": 1_000_000_000}
                 )
             )
-        yield acc.encode(), encode_group(records)
+        yield acc.encode(), kept(encode_group(records))
 
 
 def activity(shape: Shape, rng: random.Random) -> list[int]:
@@ -141,7 +142,7 @@ def traffic(shape: Shape) -> Iterator[tuple[bytes, bytes]]:
             continue
         roll -= DUPLICATE_SHARE
         if roll < RECHARGE_SHARE:
-            yield key, orjson.dumps({"type": "credit.recharge", "account_id": acc, "timestamp": ts, "amount": "50"})
+            yield key, kept(orjson.dumps({"type": "credit.recharge", "account_id": acc, "timestamp": ts, "amount": "50"}))
             continue
         roll -= RECHARGE_SHARE
         call = {
@@ -157,7 +158,7 @@ def traffic(shape: Shape) -> Iterator[tuple[bytes, bytes]]:
             call["input_tokens"] = -1  # breaks the schema: a rejection
         elif roll < INVALID_SHARE + CONSOLE_SHARE:
             call["channel"] = "console"
-        value = orjson.dumps(call)
+        value = kept(orjson.dumps(call))  # held with millions of others: exact size
         message = (key, value)
         if len(recent) < 1000:
             recent.append(message)

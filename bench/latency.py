@@ -202,6 +202,7 @@ def run(
         "p50_s": percentile(latencies, 50),
         "p99_s": percentile(latencies, 99),
         "max_s": max(latencies) if latencies else None,
+        "latencies_s": [round(x, 3) for x in latencies],  # in marker order: where a spike fell
         "mean_s": statistics.fmean(latencies) if latencies else None,
         "poll_interval_s": poll_s,
         "api_polls": counts["polls"],

@@ -119,6 +119,34 @@ def test_evicted_accounts_are_remembered_for_the_auto_ticks_only(lines, uninterr
     assert billed(storage) == billed(uninterrupted)  # evicting and reloading changes no bill
 
 
+def test_the_cache_bound_holds_while_a_batch_loads_not_only_between_batches() -> None:
+    """Gateway traffic: one unit per batch, most of its accounts not in memory. Room is made before
+    a unit loads its states, so the cache holds at most its bound (or the unit's own accounts,
+    if more), where it held the bound plus the unit's new accounts until the batch ended."""
+    lines = generate(3000, seed=4950, accounts=60)
+    storage = InMemoryStorage()
+    worker = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, write_records=50, max_cached_accounts=10, storage=storage)  # type: ignore[arg-type]
+    held_at_loads: list[int] = []
+    load = storage.load_states
+
+    def load_counting(accounts: list[str]) -> dict:
+        held_at_loads.append(len(worker.states) + len(accounts))
+        return load(accounts)
+
+    storage.load_states = load_counting  # type: ignore[method-assign]
+    msgs = messages(lines)
+    bound = 10
+    for i in range(0, len(msgs), 50):
+        unit = msgs[i : i + 50]
+        worker.process(unit)
+        bound = max(bound, len({m.key for m in unit}))
+    assert held_at_loads and max(held_at_loads) <= bound
+    reference = InMemoryStorage()
+    processor(reference).process(msgs)
+    assert billed(storage) == billed(reference)
+    assert bill_lines(storage) == bill_lines(reference)
+
+
 def test_a_write_stopping_after_the_snapshots_is_rolled_forward_and_a_merge_loses_nothing(lines, uninterrupted) -> None:
     """The second unit's snapshots are in, its lines and windows are not, and a merge keeps only
     each line's newest revision: the failed batch's roll forward writes the unit's lines from the

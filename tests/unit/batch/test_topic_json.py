@@ -56,3 +56,21 @@ def test_status_changes_and_ticks_become_one_message_each() -> None:
 
 def test_a_quiet_batch_publishes_nothing() -> None:
     assert topic_json.messages([], [], []) == []
+
+
+def test_a_batch_of_outgoing_messages_holds_their_size_not_a_buffer_each() -> None:
+    """A batch keeps its outgoing messages until the broker acknowledges them, on gateway traffic
+    tens of thousands: each must hold about its own size, where orjson's output alone held a
+    4 KiB buffer per message (20,000 of them 80 MiB)."""
+    import tracemalloc
+
+    violated = [_violation(f"acc-{n}", n) for n in range(20_000)]
+    changes = [StatusChange(f"acc-{n}", "arrears", Decimal("1.5"), Decimal("0"), T0, n) for n in range(2_000)]
+    tracemalloc.start()
+    try:
+        out = topic_json.messages(changes, violated, [])
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(out) == 22_000
+    assert held < 22_000 * 600  # each value ~230 bytes, its tuple and key
