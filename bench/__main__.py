@@ -777,10 +777,13 @@ def _drain_rate(processed: list[tuple[float, int]], t_pub: float, at_pub_end: in
 
 def rss_by_tenth(sampler: HealthSampler, records: int) -> list[int | None]:
     """The worker's largest RSS (MiB) while it processed each tenth of a shape's records: whether
-    memory grows with the distinct accounts seen or stops at a plateau."""
+    memory grows with the distinct accounts seen or stops at a plateau. A tenth runs from the last
+    count below its start to the first count at its end (a batch can span several tenths)."""
     tenths: list[int | None] = []
     for k in range(1, 11):
-        start, end = sampler.first_reaching(records * (k - 1) // 10 + 1), sampler.first_reaching(records * k // 10)
+        low, high = records * (k - 1) // 10, records * k // 10
+        start = max((t for t, n in sampler.samples if n <= low), default=None)
+        end = next((t for t, n in sampler.samples if n >= high), None)
         inside = [b for t, b in sampler.rss if start is not None and end is not None and start <= t <= end]
         tenths.append(round(max(inside) / 2**20) if inside else None)
     return tenths
