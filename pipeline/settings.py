@@ -29,7 +29,9 @@ class Settings:
     control_key: str | None = None  # signs control records; None: <data_dir>/control.key (made by `billing up`)
     max_future_s: int = 3600  # a record further ahead of the wall clock moves only its own account's clock
     max_jump_s: int = 86_400  # ... and one further ahead of its own account's history (or the partition's)
-    max_cached_accounts: int = 100_000  # account states kept in a worker's memory between batches
+    # account states kept in a worker's memory, least recently used leaving first: about 3.6 KiB each;
+    # 50,000 keeps a worker under 1.5 GiB at 1,000,000 accounts (docs/performance.md, "Settings this touches")
+    max_cached_accounts: int = 50_000
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
     # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
@@ -184,7 +186,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         control_key=_control_key(env.get("BILLING_CONTROL_KEY") or None),
         max_future_s=_int("BILLING_MAX_FUTURE_S", env.get("BILLING_MAX_FUTURE_S"), 3600, 0),
         max_jump_s=_int("BILLING_MAX_JUMP_S", env.get("BILLING_MAX_JUMP_S"), 86_400, 0),
-        max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), 100_000, 1),
+        max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), 50_000, 1),
         api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), 0, 0, 65_535),
         auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), True),
         log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), "text", LOG_FORMATS),

@@ -269,7 +269,7 @@ class BatchProcessor:
         write_records: int = 50_000,
         control_key: bytes | None = None,
         clock_bounds: ClockBounds | None = None,
-        max_cached_accounts: int = 100_000,
+        max_cached_accounts: int = 50_000,  # as Settings.max_cached_accounts
         storage: Storage | None = None,
     ) -> None:
         self.client = client
