@@ -20,7 +20,9 @@ class Settings:
     app_id: str = "billing-worker"
     log_epoch: str = "auto"  # auto: the topic's cluster id and topic id (pipeline/stream/logidentity.py); `billing up` sets its own
     batch_size: int = 1000  # messages per batch (a message holds up to 200 records)
-    write_records: int = 50_000  # records folded and written to ClickHouse as one unit (bounds memory)
+    # records folded and written to ClickHouse as one unit, and the size of a raw batch (bounds memory):
+    # 25,000 kept gw_1m under 1.5 GiB at the same speed (docs/performance.md, "Settings this touches")
+    write_records: int = 25_000
     batch_within_s: float = 0.2
     auto_tick: bool = True  # settle idle accounts as their partition's event time moves on
     api_host: str = "127.0.0.1"
@@ -30,8 +32,8 @@ class Settings:
     max_future_s: int = 3600  # a record further ahead of the wall clock moves only its own account's clock
     max_jump_s: int = 86_400  # ... and one further ahead of its own account's history (or the partition's)
     # account states kept in a worker's memory, least recently used leaving first: about 3.6 KiB each;
-    # 50,000 keeps a worker under 1.5 GiB at 1,000,000 accounts (docs/performance.md, "Settings this touches")
-    max_cached_accounts: int = 50_000
+    # fewer than the accounts active within a minute puts their records on the cold path (slower, later)
+    max_cached_accounts: int = 100_000
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
     # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
@@ -180,13 +182,13 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         app_id=_name("BILLING_APP_ID", env.get("BILLING_APP_ID"), "billing-worker", _TOPIC_CHARS),
         log_epoch=_name("BILLING_LOG_EPOCH", env.get("BILLING_LOG_EPOCH"), "auto"),
         batch_size=_int("BILLING_BATCH_SIZE", env.get("BILLING_BATCH_SIZE"), 1000, 1),
-        write_records=_int("BILLING_WRITE_RECORDS", env.get("BILLING_WRITE_RECORDS"), 50_000, 1),
+        write_records=_int("BILLING_WRITE_RECORDS", env.get("BILLING_WRITE_RECORDS"), 25_000, 1),
         api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
         api_token=env.get("BILLING_API_TOKEN") or None,
         control_key=_control_key(env.get("BILLING_CONTROL_KEY") or None),
         max_future_s=_int("BILLING_MAX_FUTURE_S", env.get("BILLING_MAX_FUTURE_S"), 3600, 0),
         max_jump_s=_int("BILLING_MAX_JUMP_S", env.get("BILLING_MAX_JUMP_S"), 86_400, 0),
-        max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), 50_000, 1),
+        max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), 100_000, 1),
         api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), 0, 0, 65_535),
         auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), True),
         log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), "text", LOG_FORMATS),

@@ -266,10 +266,10 @@ class BatchProcessor:
         catalog: Catalog,
         epoch: str,
         auto_tick: bool = True,
-        write_records: int = 50_000,
+        write_records: int = 25_000,  # as Settings.write_records
         control_key: bytes | None = None,
         clock_bounds: ClockBounds | None = None,
-        max_cached_accounts: int = 50_000,  # as Settings.max_cached_accounts
+        max_cached_accounts: int = 100_000,  # as Settings.max_cached_accounts
         storage: Storage | None = None,
     ) -> None:
         self.client = client
