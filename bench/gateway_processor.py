@@ -27,8 +27,9 @@ from bench import gateway
 from pipeline.batch.processor import BatchProcessor, Message
 from pipeline.core.catalog import load_catalog
 from pipeline.settings import load_settings
-from pipeline.store import statestore
+from pipeline.store import sink, statestore
 from pipeline.store.chclient import connect, migrate
+from pipeline.store.storage import ClickHouseStorage
 
 TIMED_READS = ("load_states", "load_seen", "load_lines", "load_windows", "committed_statuses", "committed_violations", "processed_offsets")
 
@@ -91,11 +92,29 @@ def python_heap(processor: BatchProcessor) -> dict[str, Any]:
     return held
 
 
-def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -> dict[str, Any]:
+def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, insert_lanes: int = sink.INSERT_LANES) -> dict[str, Any]:
     settings = load_settings()
     size = batch_records or settings.write_records
-    client = connect(f"chdb://{workdir / 'gateway-processor-clickhouse'}")
+    url = f"chdb://{workdir / 'gateway-processor-clickhouse'}"
+    client = connect(url)
     migrate(client)
+    write_s: Counter[str] = Counter()
+    write_bytes: Counter[str] = Counter()
+
+    def timed(lane_client: Any) -> Any:
+        """A client whose inserts count into `write_s` and `write_bytes` (on every lane, so the
+        total can exceed the wall time when the lanes run side by side)."""
+        plain_insert = lane_client.raw_insert
+
+        def timed_insert(table: str, columns: Any, body: bytes, **kwargs: Any) -> Any:
+            write_bytes[table] += len(body)
+            return _timed(write_s, table, plain_insert)(table, columns, body, **kwargs)
+
+        lane_client.raw_insert = timed_insert
+        return lane_client
+
+    # as the worker (stream/app.py): a unit's inserts of one step side by side; 0: one after another
+    lanes = sink.InsertLanes(lambda: timed(connect(url)), insert_lanes) if insert_lanes > 0 else None
     processor = BatchProcessor(
         client,
         load_catalog(),
@@ -103,6 +122,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         auto_tick=False,
         write_records=settings.write_records,
         max_cached_accounts=settings.max_cached_accounts,
+        storage=ClickHouseStorage(client, lanes),
     )
     setup = [Message(0, i, key, value) for i, (key, value) in enumerate(gateway.setup_messages(shape))]
     traffic = [Message(0, len(setup) + i, key, value) for i, (key, value) in enumerate(gateway.traffic(shape))]
@@ -116,15 +136,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
     originals = {name: getattr(statestore, name) for name in TIMED_READS}
     for name, fn in originals.items():
         setattr(statestore, name, _timed(reads, name, fn))
-    write_s: Counter[str] = Counter()
-    write_bytes: Counter[str] = Counter()
-    plain_insert = client.raw_insert
-
-    def timed_insert(table: str, columns: Any, body: bytes, **kwargs: Any) -> Any:
-        write_bytes[table] += len(body)
-        return _timed(write_s, table, plain_insert)(table, columns, body, **kwargs)
-
-    client.raw_insert = timed_insert  # type: ignore[method-assign]
+    timed(client)
     statuses: Counter[str] = Counter()
     outbound: Counter[str] = Counter()  # messages the worker would publish after each batch, by topic
     per_batch: list[dict[str, Any]] = []
@@ -149,6 +161,8 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         for name, fn in originals.items():
             setattr(statestore, name, fn)
         processor.close()
+        if lanes is not None:
+            lanes.close()
     if sum(statuses.values()) != len(traffic):
         raise RuntimeError(f"the processor accounted for {sum(statuses.values())} of {len(traffic)} records")
     return {
@@ -156,6 +170,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None) -
         "accounts": shape.accounts,
         "records": len(traffic),
         "batch_records": size,
+        "insert_lanes": insert_lanes,
         "setup_s": round(setup_s, 2),
         "seconds": round(seconds, 2),
         "rps": round(len(traffic) / seconds),
@@ -184,6 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         help="values bound per query for this run "
         "(statestore.MAX_BOUND_VALUES and MAX_BOUND_PER_QUERY: the chunk size of the working-set loads)",
     )
+    parser.add_argument(
+        "--insert-lanes",
+        type=int,
+        default=sink.INSERT_LANES,
+        help=f"a unit's inserts of one step side by side on this many clients (default {sink.INSERT_LANES}, as the worker; 0: one after another)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
     parser.add_argument(
         "--tracemalloc",
@@ -199,17 +220,17 @@ def main(argv: list[str] | None = None) -> None:
         import tracemalloc
 
         tracemalloc.start(1)
-    with tempfile.TemporaryDirectory(prefix="gwproc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gwproc-", ignore_cleanup_errors=True) as tmp:  # the engine may still be merging
         if args.profile:
             import cProfile
 
             profiler = cProfile.Profile()
             profiler.enable()
-            result = run(shape, Path(tmp), args.batch_records)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes)
             profiler.disable()
             profiler.dump_stats(str(args.profile))
         else:
-            result = run(shape, Path(tmp), args.batch_records)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes)
     print(json.dumps(result), flush=True)
     print(f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}", file=sys.stderr)
 

@@ -78,6 +78,9 @@ class Settings:
         return replace(self, **changes)
 
 
+DEFAULTS = Settings()  # each default is written once, in the class above; load_settings falls back to these
+
+
 class SettingsError(ValueError):
     """A setting with a value the pipeline cannot use: the CLI exits 2 with this one line, which
     names the setting and the values it accepts."""
@@ -173,48 +176,54 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
     env = os.environ
     catalog = env.get("BILLING_CATALOG")
     settings = Settings(
-        data_dir=Path(data_dir or env.get("BILLING_DATA_DIR") or ".billing"),
+        data_dir=Path(data_dir or env.get("BILLING_DATA_DIR") or DEFAULTS.data_dir),
         kafka=_kafka("--kafka" if kafka else "BILLING_KAFKA", kafka or env.get("BILLING_KAFKA") or None),
         clickhouse=_clickhouse("--clickhouse" if clickhouse else "BILLING_CLICKHOUSE", clickhouse or env.get("BILLING_CLICKHOUSE") or None),
         catalog=Path(catalog) if catalog else None,
-        topic_prefix=_name("BILLING_TOPIC_PREFIX", env.get("BILLING_TOPIC_PREFIX"), "billing", _TOPIC_CHARS),
-        partitions=_int("BILLING_PARTITIONS", env.get("BILLING_PARTITIONS"), 4, 1, 10_000),
-        app_id=_name("BILLING_APP_ID", env.get("BILLING_APP_ID"), "billing-worker", _TOPIC_CHARS),
-        log_epoch=_name("BILLING_LOG_EPOCH", env.get("BILLING_LOG_EPOCH"), "auto"),
-        batch_size=_int("BILLING_BATCH_SIZE", env.get("BILLING_BATCH_SIZE"), 1000, 1),
-        write_records=_int("BILLING_WRITE_RECORDS", env.get("BILLING_WRITE_RECORDS"), 25_000, 1),
-        api_host=env.get("BILLING_API_HOST") or "127.0.0.1",
+        topic_prefix=_name("BILLING_TOPIC_PREFIX", env.get("BILLING_TOPIC_PREFIX"), DEFAULTS.topic_prefix, _TOPIC_CHARS),
+        partitions=_int("BILLING_PARTITIONS", env.get("BILLING_PARTITIONS"), DEFAULTS.partitions, 1, 10_000),
+        app_id=_name("BILLING_APP_ID", env.get("BILLING_APP_ID"), DEFAULTS.app_id, _TOPIC_CHARS),
+        log_epoch=_name("BILLING_LOG_EPOCH", env.get("BILLING_LOG_EPOCH"), DEFAULTS.log_epoch),
+        batch_size=_int("BILLING_BATCH_SIZE", env.get("BILLING_BATCH_SIZE"), DEFAULTS.batch_size, 1),
+        write_records=_int("BILLING_WRITE_RECORDS", env.get("BILLING_WRITE_RECORDS"), DEFAULTS.write_records, 1),
+        api_host=env.get("BILLING_API_HOST") or DEFAULTS.api_host,
         api_token=env.get("BILLING_API_TOKEN") or None,
         control_key=_control_key(env.get("BILLING_CONTROL_KEY") or None),
-        max_future_s=_int("BILLING_MAX_FUTURE_S", env.get("BILLING_MAX_FUTURE_S"), 3600, 0),
-        max_jump_s=_int("BILLING_MAX_JUMP_S", env.get("BILLING_MAX_JUMP_S"), 86_400, 0),
-        max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), 100_000, 1),
-        api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), 0, 0, 65_535),
-        auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), True),
-        log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), "text", LOG_FORMATS),
-        create_topics=_bool("BILLING_CREATE_TOPICS", env.get("BILLING_CREATE_TOPICS"), True),
-        topic_replication=_int("BILLING_TOPIC_REPLICATION", env.get("BILLING_TOPIC_REPLICATION"), 0, 0, 100),
-        topic_min_insync=_int("BILLING_TOPIC_MIN_INSYNC", env.get("BILLING_TOPIC_MIN_INSYNC"), 0, 0, 100),
-        migrate_on_start=_bool("BILLING_MIGRATE_ON_START", env.get("BILLING_MIGRATE_ON_START"), True),
-        clickhouse_cluster=_bool("BILLING_CLICKHOUSE_CLUSTER", env.get("BILLING_CLICKHOUSE_CLUSTER"), False),
+        max_future_s=_int("BILLING_MAX_FUTURE_S", env.get("BILLING_MAX_FUTURE_S"), DEFAULTS.max_future_s, 0),
+        max_jump_s=_int("BILLING_MAX_JUMP_S", env.get("BILLING_MAX_JUMP_S"), DEFAULTS.max_jump_s, 0),
+        max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), DEFAULTS.max_cached_accounts, 1),
+        api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), DEFAULTS.api_port, 0, 65_535),
+        auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), DEFAULTS.auto_tick),
+        log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), DEFAULTS.log_format, LOG_FORMATS),
+        create_topics=_bool("BILLING_CREATE_TOPICS", env.get("BILLING_CREATE_TOPICS"), DEFAULTS.create_topics),
+        topic_replication=_int("BILLING_TOPIC_REPLICATION", env.get("BILLING_TOPIC_REPLICATION"), DEFAULTS.topic_replication, 0, 100),
+        topic_min_insync=_int("BILLING_TOPIC_MIN_INSYNC", env.get("BILLING_TOPIC_MIN_INSYNC"), DEFAULTS.topic_min_insync, 0, 100),
+        migrate_on_start=_bool("BILLING_MIGRATE_ON_START", env.get("BILLING_MIGRATE_ON_START"), DEFAULTS.migrate_on_start),
+        clickhouse_cluster=_bool("BILLING_CLICKHOUSE_CLUSTER", env.get("BILLING_CLICKHOUSE_CLUSTER"), DEFAULTS.clickhouse_cluster),
         clickhouse_ca_file=env.get("BILLING_CLICKHOUSE_CA_FILE") or None,
-        clickhouse_verify=_bool("BILLING_CLICKHOUSE_VERIFY", env.get("BILLING_CLICKHOUSE_VERIFY"), True),
+        clickhouse_verify=_bool("BILLING_CLICKHOUSE_VERIFY", env.get("BILLING_CLICKHOUSE_VERIFY"), DEFAULTS.clickhouse_verify),
         kafka_security_protocol=_choice(
             "BILLING_KAFKA_SECURITY_PROTOCOL",
             env.get("BILLING_KAFKA_SECURITY_PROTOCOL"),
-            "PLAINTEXT",
+            DEFAULTS.kafka_security_protocol,
             ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         ),
         kafka_sasl_mechanism=env.get("BILLING_KAFKA_SASL_MECHANISM") or None,
         kafka_sasl_username=env.get("BILLING_KAFKA_SASL_USERNAME") or None,
         kafka_sasl_password=env.get("BILLING_KAFKA_SASL_PASSWORD"),
         kafka_ssl_cafile=env.get("BILLING_KAFKA_SSL_CAFILE") or None,
-        kafka_session_timeout_s=_int("BILLING_KAFKA_SESSION_TIMEOUT_S", env.get("BILLING_KAFKA_SESSION_TIMEOUT_S"), 6, 1),
-        kafka_heartbeat_s=_int("BILLING_KAFKA_HEARTBEAT_S", env.get("BILLING_KAFKA_HEARTBEAT_S"), 1, 1),
-        kafka_rebalance_timeout_s=_int("BILLING_KAFKA_REBALANCE_TIMEOUT_S", env.get("BILLING_KAFKA_REBALANCE_TIMEOUT_S"), 6, 1),
-        kafka_request_timeout_s=_int("BILLING_KAFKA_REQUEST_TIMEOUT_S", env.get("BILLING_KAFKA_REQUEST_TIMEOUT_S"), 30, 1),
+        kafka_session_timeout_s=_int(
+            "BILLING_KAFKA_SESSION_TIMEOUT_S", env.get("BILLING_KAFKA_SESSION_TIMEOUT_S"), DEFAULTS.kafka_session_timeout_s, 1
+        ),
+        kafka_heartbeat_s=_int("BILLING_KAFKA_HEARTBEAT_S", env.get("BILLING_KAFKA_HEARTBEAT_S"), DEFAULTS.kafka_heartbeat_s, 1),
+        kafka_rebalance_timeout_s=_int(
+            "BILLING_KAFKA_REBALANCE_TIMEOUT_S", env.get("BILLING_KAFKA_REBALANCE_TIMEOUT_S"), DEFAULTS.kafka_rebalance_timeout_s, 1
+        ),
+        kafka_request_timeout_s=_int(
+            "BILLING_KAFKA_REQUEST_TIMEOUT_S", env.get("BILLING_KAFKA_REQUEST_TIMEOUT_S"), DEFAULTS.kafka_request_timeout_s, 1
+        ),
         input_topic_name=env.get("BILLING_INPUT_TOPIC") or None,
-        kafka_idempotent=_bool("BILLING_KAFKA_IDEMPOTENT", env.get("BILLING_KAFKA_IDEMPOTENT"), False),
+        kafka_idempotent=_bool("BILLING_KAFKA_IDEMPOTENT", env.get("BILLING_KAFKA_IDEMPOTENT"), DEFAULTS.kafka_idempotent),
     )
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         name = "--data-dir" if data_dir else "BILLING_DATA_DIR"

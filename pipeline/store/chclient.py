@@ -44,7 +44,10 @@ def _connect_chdb(url: str) -> Client:
     path = urlsplit(url).path
     Path(path).mkdir(parents=True, exist_ok=True)
     bootstrap = clickhouse_connect.get_client(dsn=url)
-    bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    try:
+        bootstrap.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    finally:
+        bootstrap.close()  # its own engine handle (a worker opens one client per insert lane too)
     return clickhouse_connect.get_client(dsn=url, database=DATABASE)
 
 
@@ -52,9 +55,12 @@ def _connect_server(url: str, options: dict[str, Any]) -> Client:
     parts = urlsplit(url)
     database = parts.path.strip("/") or DATABASE
     admin = clickhouse_connect.get_client(dsn=parts._replace(path="").geturl(), **options)
-    if not admin.query("SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": database}).result_rows[0][0]:
-        # only then: a production worker's user has no DDL rights (`billing migrate`'s DDL user creates it first)
-        admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    try:
+        if not admin.query("SELECT count() FROM system.databases WHERE name = {d:String}", parameters={"d": database}).result_rows[0][0]:
+            # only then: a production worker's user has no DDL rights (`billing migrate`'s DDL user creates it first)
+            admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    finally:
+        admin.close()
     return clickhouse_connect.get_client(dsn=url, database=database, **options)
 
 

@@ -75,14 +75,18 @@ class ClickHouseStorage:
     looks the function up in its module when it runs, so a test that wraps `sink.send` (to fail or
     delay a write against the real engine) still reaches it."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, lanes: sink.InsertLanes | None = None) -> None:
         self.client = client
+        self.lanes = lanes  # a unit's inserts of one step side by side; None: one after another on `client`
 
     def encode(self, rows: BatchRows) -> sink.Encoded:
         return sink.encode(rows)
 
     def send(self, encoded: sink.Encoded) -> None:
-        sink.send(self.client, encoded)
+        if self.lanes is None:
+            sink.send(self.client, encoded)
+        else:
+            sink.send(self.client, encoded, self.lanes)
 
     def roll_back(self, accounts: Iterable[str]) -> None:
         statestore.roll_back(self.client, accounts)

@@ -38,7 +38,7 @@ from pipeline.ingest.topics import ensure_all
 from pipeline.runtime import control_key
 from pipeline.serve import api, metrics
 from pipeline.settings import Settings, redact
-from pipeline.store import chcluster, migrations
+from pipeline.store import chcluster, migrations, sink
 from pipeline.store.chclient import ClickHouseUnavailable, connect, preload_insert_support
 from pipeline.store.storage import ClickHouseStorage
 from pipeline.stream import backoff, delivery, logidentity
@@ -123,6 +123,8 @@ class Worker:
             epoch = self.epoch = self._db.submit(logidentity.resolve, self.client, epoch, identity).result()
         self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
+        url = settings.clickhouse_url
+        self.insert_lanes = sink.InsertLanes(functools.partial(connect, url, chcluster.client_options(settings, url)), sink.INSERT_LANES)
         self.processor = BatchProcessor(
             self.client,
             self.catalog,
@@ -132,7 +134,7 @@ class Worker:
             control_key=self.control_key,
             clock_bounds=bounds,
             max_cached_accounts=settings.max_cached_accounts,
-            storage=ClickHouseStorage(self.client),
+            storage=ClickHouseStorage(self.client, self.insert_lanes),
         )
         self.processor.placement = PlacementCheck(settings.partitions)
         self.on_api = on_api
@@ -178,6 +180,11 @@ class Worker:
                 log.warning("%s; retrying in %.1fs", exc, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable: the delays never end")
+
+    def _close_store(self) -> None:
+        """The processor's last write in, then its threads and the insert lanes' clients ended."""
+        self.processor.close()
+        self.insert_lanes.close()
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ClickHouse call on the ClickHouse thread."""
@@ -514,7 +521,7 @@ class Worker:
         finally:
             self.begin_stop()
             await self.app.stop()
-            await self.on_db(self.processor.close)
+            await self.on_db(self._close_store)
         if self.app.crash_reason is not None:
             raise self.app.crash_reason
 
@@ -531,7 +538,7 @@ class Worker:
         try:
             worker.execute_from_commandline()
         finally:
-            self._db.submit(self.processor.close).result()
+            self._db.submit(self._close_store).result()
             self._db.shutdown(wait=True)
 
 

@@ -33,11 +33,11 @@ class FlakySink:
         self.failures = 0
         self.real = sink.send
 
-    def send(self, client: Any, encoded: sink.Encoded) -> None:
+    def send(self, client: Any, encoded: sink.Encoded, *lanes: Any) -> None:
         if self.down.is_set():
             self.failures += 1
             raise ConnectionError("ClickHouse is unreachable (injected)")
-        self.real(client, encoded)
+        self.real(client, encoded, *lanes)
 
 
 def committed_total(bootstrap: str, group: str) -> int:

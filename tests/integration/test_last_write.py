@@ -35,12 +35,12 @@ def hold_writes(monkeypatch: pytest.MonkeyPatch, in_flight: threading.Event | No
     gate = threading.Event()
     real_send = sink.send
 
-    def gated_send(client_: Any, encoded: sink.Encoded) -> None:
+    def gated_send(client_: Any, encoded: sink.Encoded, *lanes: Any) -> None:
         if in_flight is not None:
             in_flight.set()
         try:
             gate.wait(10)
-            real_send(client_, encoded)
+            real_send(client_, encoded, *lanes)
         finally:
             if in_flight is not None:
                 in_flight.clear()
@@ -136,7 +136,7 @@ class FailWrites:
         with self._lock:
             self._remaining = n
 
-    def send(self, client_: Any, encoded: sink.Encoded) -> None:
+    def send(self, client_: Any, encoded: sink.Encoded, *lanes: Any) -> None:
         with self._lock:
             failing = self._remaining > 0
             if failing:
@@ -144,7 +144,7 @@ class FailWrites:
                 self.failures += 1
         if failing:
             raise ConnectionError("ClickHouse is unreachable (injected)")
-        self.real(client_, encoded)
+        self.real(client_, encoded, *lanes)
 
 
 @pytest.fixture

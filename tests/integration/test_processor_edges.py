@@ -30,11 +30,11 @@ def fail_nth_write(monkeypatch, n: int, message: str) -> list[int]:
     real_send = sink.send
     writes: list[int] = []
 
-    def send(client_, encoded) -> None:
+    def send(client_, encoded, *lanes) -> None:
         writes.append(encoded.records)
         if len(writes) == n:
             raise ConnectionError(message)
-        real_send(client_, encoded)
+        real_send(client_, encoded, *lanes)
 
     monkeypatch.setattr(sink, "send", send)
     return writes
@@ -255,11 +255,11 @@ def test_no_read_overtakes_the_write_in_flight_and_bills_stay_exact(client, monk
     real_send = sink.send
     sends = []
 
-    def slow_send(client_, encoded) -> None:
+    def slow_send(client_, encoded, *lanes) -> None:
         guard.in_flight.set()
         try:
             time.sleep(0.05)  # a slow server: gives a read the chance to overtake
-            real_send(client_, encoded)
+            real_send(client_, encoded, *lanes)
             sends.append(threading.current_thread().name)
         finally:
             guard.in_flight.clear()
@@ -306,10 +306,10 @@ def _fail_halfway(monkeypatch, nth: int, merge_first: bool = False, at: str = "a
     real_send = sink.send
     sends: list[int] = []
 
-    def half_send(client_, encoded) -> None:
+    def half_send(client_, encoded, *lanes) -> None:
         sends.append(encoded.records)
         if len(sends) != nth:
-            return real_send(client_, encoded)
+            return real_send(client_, encoded, *lanes)
         for insert in encoded.inserts:
             if insert.table == at:
                 if merge_first:

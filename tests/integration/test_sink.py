@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -17,10 +19,25 @@ from pipeline.core.facts import PricedUsage, Settlement, StatusChange
 from pipeline.core.records import EARLIEST_US, LATEST_US
 from pipeline.core.state import AccountState, Line
 from pipeline.core.timestamps import US_PER_HOUR, parse_ts
+from pipeline.settings import Settings
 from pipeline.store import sink
+from pipeline.store.chclient import connect
 from pipeline.store.sink import BatchRows, RawRow
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["one client", "lanes"])
+def lanes(request: pytest.FixtureRequest, inprocess_dir: Path) -> Iterator[sink.InsertLanes | None]:
+    """A unit written one insert after another on the test's client, or as the worker writes it:
+    each step's inserts side by side on clients of their own (the same engine)."""
+    if request.param == "one client":
+        yield None
+        return
+    lanes = sink.InsertLanes(lambda: connect(Settings(data_dir=inprocess_dir).clickhouse_url), sink.INSERT_LANES)
+    yield lanes
+    lanes.close()
+
 
 EDGE_TIMES = [EARLIEST_US, EARLIEST_US + 1, parse_ts("2024-06-06T20:00:44.240+08:00") + 7, LATEST_US - 1]
 EDGE_MONEY = [
@@ -56,7 +73,7 @@ def _priced(acc: str, i: int, ts_us: int, money: Decimal) -> PricedUsage:
     )
 
 
-def test_times_money_and_text_land_exactly(client) -> None:
+def test_times_money_and_text_land_exactly(client, lanes: sink.InsertLanes | None) -> None:
     acc = f"sink-{uuid.uuid4().hex[:12]}"
     rows = BatchRows(epoch="sink-test")
     for i, (ts_us, money, text) in enumerate(zip(EDGE_TIMES * 2, EDGE_MONEY, AWKWARD_TEXT * 2)):
@@ -69,7 +86,7 @@ def test_times_money_and_text_land_exactly(client) -> None:
     line.requests, line.amount, line.revision = 3, Decimal("123.456789"), 7
     rows.lines[(acc, (EDGE_TIMES[2] - EDGE_TIMES[2] % US_PER_HOUR, "sk-1", "tokens"))] = line
     rows.states[acc] = AccountState(acc)
-    sink.send(client, sink.encode(rows))
+    sink.send(client, sink.encode(rows), lanes)
 
     raw = client.query(
         "SELECT offset, toUnixTimestamp64Micro(event_ts), payload FROM raw_records WHERE account_id = {a:String} ORDER BY offset",
@@ -100,15 +117,15 @@ def test_times_money_and_text_land_exactly(client) -> None:
     assert lines == [(3, Decimal("123.456789"), 7)]
 
 
-def test_an_empty_batch_writes_nothing_and_a_refused_value_stops_before_the_snapshot(client) -> None:
+def test_an_empty_batch_writes_nothing_and_a_refused_value_stops_before_the_snapshot(client, lanes: sink.InsertLanes | None) -> None:
     """A body ClickHouse refuses fails the whole write before the account snapshot, the commit
     point, so a restart re-applies the batch instead of trusting half of it."""
     acc = f"sink-{uuid.uuid4().hex[:12]}"
-    sink.send(client, sink.encode(BatchRows(epoch="sink-test")))  # nothing to insert: no error
+    sink.send(client, sink.encode(BatchRows(epoch="sink-test")), lanes)  # nothing to insert: no error
     rows = BatchRows(epoch="sink-test")
     rows.priced.append(_priced(acc, 1, EDGE_TIMES[2], Decimal("10") ** 13))  # beyond Decimal(18, 6)
     rows.states[acc] = AccountState(acc)
     with pytest.raises(Exception, match="(?i)decimal|overflow|out of range|too large"):
-        sink.send(client, sink.encode(rows))
+        sink.send(client, sink.encode(rows), lanes)
     snapshots = client.query("SELECT count() FROM account_state WHERE account_id = {a:String}", parameters={"a": acc}).result_rows
     assert snapshots == [(0,)]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 FAILING_WRITES = """
 from pipeline.store import sink
 
-def _refuse(client, encoded):
+def _refuse(client, encoded, *lanes):
     raise RuntimeError("Code: 999. DB::Exception: this table refuses every insert (injected)")
 
 sink.send = _refuse
