@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -74,7 +75,7 @@ class Settings:
         """Compacted, keyed by account: the latest status is what an API gateway reads."""
         return f"{self.topic_prefix}.account-status"
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
 
 

@@ -33,6 +33,7 @@ from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
 from pipeline.core.windows import minute_start
+from pipeline.settings import DEFAULTS
 from pipeline.store.sink import BatchRows
 from pipeline.store.storage import ClickHouseStorage, Storage
 from pipeline.stream.gcpause import gc_paused, park_survivors
@@ -266,10 +267,10 @@ class BatchProcessor:
         catalog: Catalog,
         epoch: str,
         auto_tick: bool = True,
-        write_records: int = 25_000,  # as Settings.write_records
+        write_records: int = DEFAULTS.write_records,
         control_key: bytes | None = None,
         clock_bounds: ClockBounds | None = None,
-        max_cached_accounts: int = 100_000,  # as Settings.max_cached_accounts
+        max_cached_accounts: int = DEFAULTS.max_cached_accounts,
         storage: Storage | None = None,
     ) -> None:
         self.client = client
