@@ -92,7 +92,7 @@ def python_heap(processor: BatchProcessor) -> dict[str, Any]:
     return held
 
 
-def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, insert_lanes: int = sink.INSERT_LANES) -> dict[str, Any]:
+def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, insert_lanes: int | None = None) -> dict[str, Any]:
     settings = load_settings()
     size = batch_records or settings.write_records
     url = f"chdb://{workdir / 'gateway-processor-clickhouse'}"
@@ -113,8 +113,9 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
         lane_client.raw_insert = timed_insert
         return lane_client
 
-    # as the worker (stream/app.py): a unit's inserts of one step side by side; 0: one after another
-    lanes = sink.InsertLanes(lambda: timed(connect(url)), insert_lanes) if insert_lanes > 0 else None
+    # as the worker (stream/app.py): a unit's inserts of one step side by side; 1: one after another
+    insert_lanes = insert_lanes or settings.insert_lanes
+    lanes = sink.InsertLanes(lambda: timed(connect(url)), insert_lanes) if insert_lanes > 1 else None
     processor = BatchProcessor(
         client,
         load_catalog(),
@@ -202,8 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--insert-lanes",
         type=int,
-        default=sink.INSERT_LANES,
-        help=f"a unit's inserts of one step side by side on this many clients (default {sink.INSERT_LANES}, as the worker; 0: one after another)",
+        default=None,
+        help="a unit's inserts of one step side by side on this many clients (default BILLING_INSERT_LANES, as the worker; 1: one after another)",
     )
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
     parser.add_argument(

@@ -35,6 +35,9 @@ class Settings:
     # account states kept in a worker's memory, least recently used leaving first: about 3.6 KiB each;
     # fewer than the accounts active within a minute puts their records on the cold path (slower, later)
     max_cached_accounts: int = 100_000
+    # a unit's inserts of one commit step side by side on this many clients (sink.InsertLanes); 1: one after
+    # another. Measured no faster end to end with the embedded engine on 2 cores (docs/performance-log.md, session 15)
+    insert_lanes: int = 1
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
     # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
@@ -193,6 +196,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         max_future_s=_int("BILLING_MAX_FUTURE_S", env.get("BILLING_MAX_FUTURE_S"), DEFAULTS.max_future_s, 0),
         max_jump_s=_int("BILLING_MAX_JUMP_S", env.get("BILLING_MAX_JUMP_S"), DEFAULTS.max_jump_s, 0),
         max_cached_accounts=_int("BILLING_MAX_CACHED_ACCOUNTS", env.get("BILLING_MAX_CACHED_ACCOUNTS"), DEFAULTS.max_cached_accounts, 1),
+        insert_lanes=_int("BILLING_INSERT_LANES", env.get("BILLING_INSERT_LANES"), DEFAULTS.insert_lanes, 1, 16),
         api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), DEFAULTS.api_port, 0, 65_535),
         auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), DEFAULTS.auto_tick),
         log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), DEFAULTS.log_format, LOG_FORMATS),

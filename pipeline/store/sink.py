@@ -78,8 +78,6 @@ INSERT_FORMAT = "JSONCompactColumns"  # one JSON array per column: [[c1 values],
 # written by other inserts hold the same keys until a merge anyway. Skipping it measured 236-253
 # against 293-326 ms for a 50,000-record unit's inserts on the embedded engine.
 INSERT_SETTINGS = {"optimize_on_insert": 0}
-# A worker's inserts of one step side by side (InsertLanes: why, and what it measured).
-INSERT_LANES = 3
 
 
 class Insert(NamedTuple):
@@ -379,9 +377,12 @@ class InsertLanes:
     number of sessions). An insert's cost is mostly fixed (the engine's query and part set-up:
     measured 6.5 ms for a one-row insert into an idle embedded engine, against 2.4 ms into a
     Null table), and a unit makes up to 14 of them, so a small unit's write is mostly that fixed
-    cost paid in series. Measured in the worker (latency phase after gw_100k, units of about 600
-    records): a unit's write 0.111 s in series, 0.095 s on 3 lanes; over gw_100k's 25,000-record
-    units 8.5 s of writes against 5.8 s."""
+    cost paid in series. Measured on this 2-core machine with the embedded engine (3 lanes against
+    none): the engine's wait per batch a quarter to a third shorter, the processor alone 19-42%
+    faster on gw_100k, but the worker end to end no faster (gw_1m 9,413 against 10,928 records/s
+    in one pair): the lanes' CPU comes out of the folding thread's. So they are off by default
+    (`BILLING_INSERT_LANES`, docs/operations.md): worth it where inserts wait rather than compute,
+    as round trips to a ClickHouse server do."""
 
     def __init__(self, connect: Callable[[], Client], lanes: int) -> None:
         self._connect = connect

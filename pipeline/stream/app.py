@@ -124,7 +124,11 @@ class Worker:
         self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
         url = settings.clickhouse_url
-        self.insert_lanes = sink.InsertLanes(functools.partial(connect, url, chcluster.client_options(settings, url)), sink.INSERT_LANES)
+        self.insert_lanes = (
+            sink.InsertLanes(functools.partial(connect, url, chcluster.client_options(settings, url)), settings.insert_lanes)
+            if settings.insert_lanes > 1
+            else None
+        )
         self.processor = BatchProcessor(
             self.client,
             self.catalog,
@@ -184,7 +188,8 @@ class Worker:
     def _close_store(self) -> None:
         """The processor's last write in, then its threads and the insert lanes' clients ended."""
         self.processor.close()
-        self.insert_lanes.close()
+        if self.insert_lanes is not None:
+            self.insert_lanes.close()
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ClickHouse call on the ClickHouse thread."""

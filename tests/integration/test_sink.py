@@ -34,7 +34,7 @@ def lanes(request: pytest.FixtureRequest, inprocess_dir: Path) -> Iterator[sink.
     if request.param == "one client":
         yield None
         return
-    lanes = sink.InsertLanes(lambda: connect(Settings(data_dir=inprocess_dir).clickhouse_url), sink.INSERT_LANES)
+    lanes = sink.InsertLanes(lambda: connect(Settings(data_dir=inprocess_dir).clickhouse_url), 3)
     yield lanes
     lanes.close()
 
