@@ -27,6 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BILLING_PARTITIONS", "0", "a whole number from 1 to 10000"),
         ("BILLING_BATCH_SIZE", "-5", "a whole number from 1 up"),
         ("BILLING_WRITE_RECORDS", "0", "a whole number from 1 up"),
+        ("BILLING_INSERT_LANES", "0", "a whole number from 1 to 16"),
         ("BILLING_API_PORT", "70000", "a whole number from 0 to 65535"),
         ("BILLING_AUTO_TICK", "maybe", "one of 1, true, yes, on, 0, false, no, off"),
         ("BILLING_CLICKHOUSE", "foo://bar", "chdb://PATH or http(s)://"),
