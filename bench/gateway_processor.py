@@ -115,7 +115,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
 
     # as the worker (stream/app.py): a unit's inserts of one step side by side; 1: one after another
     insert_lanes = insert_lanes or settings.insert_lanes
-    lanes = sink.InsertLanes(lambda: timed(connect(url)), insert_lanes) if insert_lanes > 1 else None
+    lanes = sink.insert_lanes(lambda: timed(connect(url)), insert_lanes)
     processor = BatchProcessor(
         client,
         load_catalog(),

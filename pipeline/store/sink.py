@@ -371,6 +371,12 @@ def send(client: Client, encoded: Encoded, lanes: "InsertLanes | None" = None) -
             insert_all(client, step)
 
 
+def insert_lanes(connect: Callable[[], Client], lanes: int) -> "InsertLanes | None":
+    """The lanes `BILLING_INSERT_LANES` asks for: None for 1 (one after another on the caller's
+    client: no thread, no other client)."""
+    return InsertLanes(connect, lanes) if lanes > 1 else None
+
+
 class InsertLanes:
     """Side-by-side inserts, each lane a thread with a client of its own (a client serializes its
     calls; chdb allows any number of handles to the one engine of a process, and a server any

@@ -83,10 +83,7 @@ class ClickHouseStorage:
         return sink.encode(rows)
 
     def send(self, encoded: sink.Encoded) -> None:
-        if self.lanes is None:
-            sink.send(self.client, encoded)
-        else:
-            sink.send(self.client, encoded, self.lanes)
+        sink.send(self.client, encoded, self.lanes)
 
     def roll_back(self, accounts: Iterable[str]) -> None:
         statestore.roll_back(self.client, accounts)

@@ -124,10 +124,8 @@ class Worker:
         self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
         url = settings.clickhouse_url
-        self.insert_lanes = (
-            sink.InsertLanes(functools.partial(connect, url, chcluster.client_options(settings, url)), settings.insert_lanes)
-            if settings.insert_lanes > 1
-            else None
+        self.insert_lanes = sink.insert_lanes(
+            functools.partial(connect, url, chcluster.client_options(settings, url)), settings.insert_lanes
         )
         self.processor = BatchProcessor(
             self.client,
