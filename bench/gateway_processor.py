@@ -6,8 +6,9 @@ shape, this does it for a gateway shape (bench/gateway.py): every account's key 
 `BatchProcessor.process` in raw batches of `BILLING_WRITE_RECORDS` records, as the worker takes
 them. It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
 the per-account cost shows where it went, times the sink thread's inserts per table with their
-body sizes (`writes`: the engine parses them on the second core, beside the folding thread), and
-reports the process's RSS after each batch.
+body sizes (`writes`: the engine parses them on the second core, beside the folding thread),
+reports the folding thread's seconds by phase (`phases_s`, processor.PHASES, and the wait for
+writes), and the process's RSS after each batch.
 
     python -m bench.gateway_processor --accounts 100000 --records 200000 [--profile FILE]
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import gateway
-from pipeline.batch.processor import BatchProcessor, Message
+from pipeline.batch.processor import PHASES, BatchProcessor, Message
 from pipeline.core.catalog import load_catalog
 from pipeline.settings import load_settings
 from pipeline.store import sink, statestore
@@ -141,12 +142,15 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
     statuses: Counter[str] = Counter()
     outbound: Counter[str] = Counter()  # messages the worker would publish after each batch, by topic
     per_batch: list[dict[str, Any]] = []
+    phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)  # the folding thread's seconds by phase
     try:
         started = time.perf_counter()
         for i in range(0, len(traffic), size):
             batch_started = time.perf_counter()
             result = processor.process(traffic[i : i + size])
             statuses.update(result.statuses)
+            for phase, phase_seconds in result.phase_s.items():
+                phases[phase] += phase_seconds
             outbound.update(message.destination for message in result.outbound)
             per_batch.append(
                 {
@@ -176,6 +180,8 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
         "seconds": round(seconds, 2),
         "rps": round(len(traffic) / seconds),
         "reads_s": {k: round(v, 2) for k, v in reads.items()},
+        "phases_s": {phase: round(phases[phase], 2) for phase in PHASES}
+        | {"write_wait": round(sum(b["write_wait_s"] for b in per_batch), 2)},
         "writes": {
             table: {"s": round(write_s[table], 2), "mib": round(write_bytes[table] / 2**20, 1)} for table, _ in write_s.most_common()
         },
@@ -233,7 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             result = run(shape, Path(tmp), args.batch_records, args.insert_lanes)
     print(json.dumps(result), flush=True)
-    print(f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}", file=sys.stderr)
+    print(
+        f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}, folding thread {result['phases_s']}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

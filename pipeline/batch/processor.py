@@ -117,6 +117,8 @@ class BatchResult:
     ticks: list[tuple[str, int]] = field(default_factory=list)  # (account, clock) to publish for idle accounts
     outbound: list[topic_json.Outbound] = field(default_factory=list)  # the three above as messages, once the batch is done
     write_wait_s: float = 0.0  # time the folding thread waited for ClickHouse to finish a unit's write
+    # the folding thread's seconds by phase (PHASES): where a batch's time goes, for the benches
+    phase_s: dict[str, float] = field(default_factory=dict)
     written: "Future[None]" = field(default_factory=lambda: _done())  # resolves once every row of the batch is in ClickHouse
 
     def merge(self, other: "BatchResult") -> None:
@@ -134,12 +136,25 @@ class BatchResult:
         self.ticks += other.ticks
         self.outbound += other.outbound
         self.write_wait_s += other.write_wait_s
+        for phase, seconds in other.phase_s.items():
+            _add(self.phase_s, phase, seconds)
 
 
 def _done() -> "Future[None]":
     future: Future[None] = Future()
     future.set_result(None)
     return future
+
+
+# The folding thread's phases (BatchResult.phase_s): parsing the messages, waiting for the unit's
+# reads, encoding the unit before (store/sink.py), folding and collecting the rows, then once per
+# batch the outgoing messages and the prune of the working sets. What is left of a batch's time
+# is the wait for its writes (write_wait_s).
+PHASES = ("parse", "read_wait", "encode", "fold", "outbound", "prune")
+
+
+def _add(phases: dict[str, float], phase: str, seconds: float) -> None:
+    phases[phase] = phases.get(phase, 0.0) + seconds
 
 
 def _units(messages: list[Message], max_records: int) -> Iterator[list[Message]]:
@@ -449,13 +464,18 @@ class BatchProcessor:
                 for unit in _units(messages, self.write_records):
                     held = self._process(unit, behind, held, result, touched)
                 if held is not None:
-                    behind.submit(self.storage.encode(held))  # (after the write in flight)
+                    started = time.perf_counter()
+                    encoded = self.storage.encode(held)
+                    _add(result.phase_s, "encode", time.perf_counter() - started)
+                    behind.submit(encoded)  # (after the write in flight)
                     held = None
                 else:
                     behind.settle()  # an empty batch still waits for the previous batch's write
                 # while the last write runs (this thread would only wait): the outgoing messages,
                 # and the batch's survivors parked out of the collector's way
+                started = time.perf_counter()
                 result.outbound = topic_json.messages(result.status_changes, result.violations, self._signed_ticks(result.ticks))
+                _add(result.phase_s, "outbound", time.perf_counter() - started)
                 park_survivors()
                 if not leave_last_write:
                     behind.settle()
@@ -467,8 +487,10 @@ class BatchProcessor:
             self.forget(failed)
             self._recover(failed)
             raise
+        started = time.perf_counter()
         self._prune(touched)
         self._evict()
+        _add(result.phase_s, "prune", time.perf_counter() - started)
         result.write_wait_s = behind.waited_s
         if leave_last_write:
             result.written = self._last_write = behind.detach()
@@ -482,16 +504,24 @@ class BatchProcessor:
         rows; then that unit's write handed over, and this unit's fold beside it. Returns this
         unit's rows, held for the next unit (or the batch's end)."""
         result = BatchResult()
+        phases = result.phase_s
         rows = BatchRows(epoch=self.epoch)
+        started = time.perf_counter()
         by_account = self._parse(messages, rows, result)  # overlaps the write of the unit before the held one
+        _add(phases, "parse", time.perf_counter() - started)
         behind.settle()  # no read ever runs beside a write
         self._make_room(by_account, touched)
         reads = self._reader.submit(self._read, messages, by_account, result)
+        started = time.perf_counter()
         try:
             encoded = self.storage.encode(held) if held is not None else None
         finally:
+            encoded_at = time.perf_counter()
             wait([reads])  # never leave a read running behind a failure
         pending, republished = reads.result()
+        folding = time.perf_counter()
+        _add(phases, "encode", encoded_at - started)
+        _add(phases, "read_wait", folding - encoded_at)
         touched.update(pending)
         if encoded is not None:
             behind.submit(encoded)
@@ -509,6 +539,7 @@ class BatchProcessor:
             # its changed lines and windows, and the console's per account-hour totals (bill_hour_totals)
             collect_changed(rows, state, seq_before, self._hours[acc], self._minutes[acc])
             rows.states[acc] = state
+        _add(phases, "fold", time.perf_counter() - folding)
         rows.progress = sorted(result.last_offsets.items())
         result.states = rows.states
         result.status_changes = republished[0] + rows.status_changes

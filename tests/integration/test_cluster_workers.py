@@ -128,7 +128,7 @@ def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inproce
     """Violations that the broker does not acknowledge: the batch's offsets are not committed
     until they are; then every violation is on its topic. (Not with the idempotent producer:
     Tansu answers aiokafka's InitProducerId with UnknownError, measured.)"""
-    from faust.transport.drivers import aiokafka as driver
+    from aiokafka import AIOKafkaProducer
     from kafka.errors import KafkaConnectionError
 
     prefix = f"out{uuid.uuid4().hex[:6]}"
@@ -141,18 +141,19 @@ def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inproce
         log_epoch=f"outputs-{prefix}",
     )
     failing = threading.Event()
-    refused: list[bytes] = []
-    real_send = driver.Producer.send
+    refused: list[str] = []
+    real_send_batch = AIOKafkaProducer.send_batch
 
-    async def send(self: Any, topic: str, key: Any, value: Any, partition: Any, timestamp: Any, headers: Any, **kw: Any) -> Any:
+    async def send_batch(self: Any, batch: Any, topic: str, *, partition: int) -> Any:
+        """The worker publishes its outputs as record batches (stream/record_batches.py)."""
         if failing.is_set() and topic == settings.violations_topic:
-            refused.append(value)
+            refused.append(topic)
             future = asyncio.get_running_loop().create_future()
             future.set_exception(KafkaConnectionError("broker unreachable (injected)"))
             return future
-        return await real_send(self, topic, key, value, partition, timestamp, headers, **kw)
+        return await real_send_batch(self, batch, topic, partition=partition)
 
-    monkeypatch.setattr(driver.Producer, "send", send)
+    monkeypatch.setattr(AIOKafkaProducer, "send_batch", send_batch)
     account = f"acct-out-{uuid.uuid4().hex[:6]}"
     home = partition_for(account.encode(), settings.partitions)
     ts = "2026-03-01T10:00:00+08:00"

@@ -196,3 +196,19 @@ def test_a_restart_after_a_write_stopping_after_the_snapshots_rolls_the_partitio
     assert snapshots(storage) == snapshots(uninterrupted)
     assert billed(storage) == billed(uninterrupted)
     assert bill_lines(storage) == bill_lines(uninterrupted)
+
+
+def test_a_batch_reports_its_folding_threads_time_by_phase(lines) -> None:
+    """Every phase of processor.PHASES is timed, in every unit (the bench adds them up to show
+    where a batch's time goes); none is negative and together they fit in the batch's time."""
+    import time
+
+    from pipeline.batch.processor import PHASES
+
+    started = time.perf_counter()
+    result = processor(InMemoryStorage(), write_records=300).process(messages(lines))
+    elapsed = time.perf_counter() - started
+    assert set(result.phase_s) == set(PHASES)
+    assert all(seconds >= 0 for seconds in result.phase_s.values())
+    assert result.phase_s["fold"] > 0 and result.phase_s["parse"] > 0 and result.phase_s["encode"] > 0
+    assert sum(result.phase_s.values()) + result.write_wait_s <= elapsed

@@ -116,3 +116,25 @@ def test_two_workers_in_one_process_have_their_own_registries() -> None:
     a, b = worker_metrics([]), worker_metrics([])
     a.batch_failed()
     assert parse(b.render().decode())["billing_batch_failures"][1] == {("billing_batch_failures_total", ()): 0}
+
+
+def test_a_batch_of_latencies_counts_as_one_observe_each() -> None:
+    """The per-message latencies are counted per bucket (metrics.observe_all); a scraper reads the
+    same buckets, count and sum as from an observe per message, bounds included."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from pipeline.serve.metrics import LATENCY_BUCKETS, observe_all
+
+    amounts = [0.0, 0.05, 0.0500001, 0.3, 1.0, 1.0, 2.4, 59.9, 3600.0, 3600.5, 7200.0] + [i / 997 for i in range(5000)]
+    one, bulk = CollectorRegistry(), CollectorRegistry()
+    each = Histogram("lat", "h", buckets=LATENCY_BUCKETS, registry=one)
+    for amount in amounts:
+        each.observe(amount)
+    observe_all(Histogram("lat", "h", buckets=LATENCY_BUCKETS, registry=bulk), amounts)
+    observe_all(Histogram("other", "h", buckets=LATENCY_BUCKETS, registry=bulk), [])
+    expected, got = parse(generate_latest(one).decode())["lat"][1], parse(generate_latest(bulk).decode())["lat"][1]
+    assert got.keys() == expected.keys()
+    for sample, value in expected.items():
+        assert got[sample] == value if sample[0] != "lat_sum" else abs(got[sample] - value) < 1e-6, sample  # a sum in another order
+    assert got[("lat_bucket", (("le", "0.05"),))] == 1 + 1 + 50  # 0.0, 0.05 and i/997 <= 0.05: le is inclusive
+    assert got[("lat_count", ())] == len(amounts)
