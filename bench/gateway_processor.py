@@ -93,7 +93,9 @@ def python_heap(processor: BatchProcessor) -> dict[str, Any]:
     return held
 
 
-def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, insert_lanes: int | None = None) -> dict[str, Any]:
+def run(
+    shape: gateway.Shape, workdir: Path, batch_records: int | None = None, insert_lanes: int | None = None, reads_beside_writes: bool = True
+) -> dict[str, Any]:
     settings = load_settings()
     size = batch_records or settings.write_records
     url = f"chdb://{workdir / 'gateway-processor-clickhouse'}"
@@ -124,7 +126,8 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
         auto_tick=False,
         write_records=settings.write_records,
         max_cached_accounts=settings.max_cached_accounts,
-        storage=ClickHouseStorage(client, lanes),
+        # as the worker: the reads on a client of their own, beside the write in flight where they may
+        storage=ClickHouseStorage(client, lanes, reader=connect(url) if reads_beside_writes else None),
     )
     setup = [Message(0, i, key, value) for i, (key, value) in enumerate(gateway.setup_messages(shape))]
     traffic = [Message(0, len(setup) + i, key, value) for i, (key, value) in enumerate(gateway.traffic(shape))]
@@ -147,7 +150,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
         started = time.perf_counter()
         for i in range(0, len(traffic), size):
             batch_started = time.perf_counter()
-            result = processor.process(traffic[i : i + size])
+            result = processor.process(traffic[i : i + size], leave_last_write=True)  # as the worker
             statuses.update(result.statuses)
             for phase, phase_seconds in result.phase_s.items():
                 phases[phase] += phase_seconds
@@ -160,6 +163,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
                     "rss_mib": round(rss_mib()),
                 }
             )
+        result.written.result()  # the last write in (a failed one raises here)
         seconds = max(time.perf_counter() - started, 1e-9)
         heap = python_heap(processor)
     finally:
@@ -176,6 +180,7 @@ def run(shape: gateway.Shape, workdir: Path, batch_records: int | None = None, i
         "records": len(traffic),
         "batch_records": size,
         "insert_lanes": insert_lanes,
+        "reads_beside_writes": reads_beside_writes,
         "setup_s": round(setup_s, 2),
         "seconds": round(seconds, 2),
         "rps": round(len(traffic) / seconds),
@@ -212,6 +217,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a unit's inserts of one step side by side on this many clients (default BILLING_INSERT_LANES, as the worker; 1: one after another)",
     )
+    parser.add_argument(
+        "--serial-reads",
+        action="store_true",
+        help="every read waits for the write in flight (the processor's storage without a client for its reads)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
     parser.add_argument(
         "--tracemalloc",
@@ -233,11 +243,11 @@ def main(argv: list[str] | None = None) -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
-            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, not args.serial_reads)
             profiler.disable()
             profiler.dump_stats(str(args.profile))
         else:
-            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, not args.serial_reads)
     print(json.dumps(result), flush=True)
     print(
         f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}, folding thread {result['phases_s']}",

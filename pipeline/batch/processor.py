@@ -238,6 +238,10 @@ class WriteBehind:
         self._earlier = earlier is not None
         self.waited_s = 0.0
 
+    @property
+    def in_flight(self) -> bool:
+        return self._in_flight is not None
+
     def submit(self, encoded: Any) -> None:
         self.settle()
         self._in_flight = self._pool.submit(self._storage.send, encoded)
@@ -317,6 +321,9 @@ class BatchProcessor:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="billing-reader")
         self._last_write: Future[None] | None = None  # left in flight by the previous batch
         self._last_touched: set[str] = set()  # that batch's accounts, reloaded if the write fails
+        # accounts whose working sets (seen ids, old hours and minutes) are pruned only once their
+        # batch's last write is in: until then a unit may read beside that write (`_reads_beside`)
+        self._unpruned: set[str] = set()
         # accounts whose committed snapshot may lack its aggregates and whose roll forward failed
         # (ClickHouse away): rolled forward before they are loaded again (`_recover`)
         self._in_doubt: set[str] = set()
@@ -427,6 +434,7 @@ class BatchProcessor:
         """Drop cached states (all, or some): they are reloaded from ClickHouse when next needed."""
         if accounts is None:
             self._sleeping.clear()  # the partitions may be another worker's now
+            self._unpruned.clear()
         for acc in list(self.states) if accounts is None else list(accounts):
             self.states.pop(acc, None)
             self._hours.pop(acc, None)
@@ -462,7 +470,7 @@ class BatchProcessor:
         try:
             with gc_paused():  # for the whole batch: a collection between units holds the GIL for tens of ms
                 for unit in _units(messages, self.write_records):
-                    held = self._process(unit, behind, held, result, touched)
+                    held = self._process(unit, behind, held, result, touched, earlier_touched)
                 if held is not None:
                     started = time.perf_counter()
                     encoded = self.storage.encode(held)
@@ -488,7 +496,10 @@ class BatchProcessor:
             self._recover(failed)
             raise
         started = time.perf_counter()
-        self._prune(touched)
+        self._keep_recent(touched)
+        # every write before this batch's last is in: their accounts' working sets can go now
+        earlier_done, self._unpruned = (self._unpruned - touched, touched) if leave_last_write else (self._unpruned | touched, set())
+        self._prune(earlier_done)
         self._evict()
         _add(result.phase_s, "prune", time.perf_counter() - started)
         result.write_wait_s = behind.waited_s
@@ -498,7 +509,13 @@ class BatchProcessor:
         return result
 
     def _process(
-        self, messages: list[Message], behind: WriteBehind, held: BatchRows | None, batch: BatchResult, touched: set[str]
+        self,
+        messages: list[Message],
+        behind: WriteBehind,
+        held: BatchRows | None,
+        batch: BatchResult,
+        touched: set[str],
+        earlier_touched: set[str],
     ) -> BatchRows:
         """One unit: its reads, on the reader thread while this one encodes the previous unit's
         rows; then that unit's write handed over, and this unit's fold beside it. Returns this
@@ -509,7 +526,9 @@ class BatchProcessor:
         started = time.perf_counter()
         by_account = self._parse(messages, rows, result)  # overlaps the write of the unit before the held one
         _add(phases, "parse", time.perf_counter() - started)
-        behind.settle()  # no read ever runs beside a write
+        beside = self._reads_beside(behind, messages, by_account, touched, earlier_touched)
+        if not beside:
+            behind.settle()
         self._make_room(by_account, touched)
         reads = self._reader.submit(self._read, messages, by_account, result)
         started = time.perf_counter()
@@ -548,6 +567,35 @@ class BatchProcessor:
             result.ticks = self._idle_ticks()
         batch.merge(result)
         return rows
+
+    def _reads_beside(
+        self,
+        behind: WriteBehind,
+        messages: list[Message],
+        by_account: dict[str, list[tuple[Message, int, Record]]],
+        touched: set[str],
+        earlier_touched: set[str],
+    ) -> bool:
+        """May this unit's reads run beside the write in flight (the unit before, or the previous
+        batch's last)? They may when nothing they read can be in that write:
+        - every account they load from ClickHouse has no row in it: an account written by this
+          batch or the previous one is read only from memory (an evicted one settles the write
+          first);
+        - for every account in memory, what the write holds of it (the ids it claimed, the hours
+          and minutes it changed) is still in memory, so no read asks for it: the working sets of
+          a batch's accounts are pruned only once its last write is in (`_unpruned`);
+        - nothing is written: no partition seen for the first time (`check_contiguous` rolls it
+          forward) and no account left in doubt (rolled forward before it is read).
+        Otherwise the write settles first, as every read did before (a read beside a write that
+        holds what it asks for would miss it). The engine then parses the write on the second core
+        while the reads and the encoding run, instead of the folding thread waiting for it."""
+        if not behind.in_flight or not self.storage.reads_beside_writes or self._in_doubt:
+            return False
+        known = self._next_offset
+        if any(msg.partition not in known for msg in messages):
+            return False
+        states = self.states
+        return not any(acc not in states and (acc in touched or acc in earlier_touched) for acc in by_account)
 
     def _read(
         self, messages: list[Message], by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
@@ -764,8 +812,10 @@ class BatchProcessor:
         """Before a unit loads the states it lacks, evict as many of the least recently used as
         keeps the cache at `max_cached_accounts`: with a million accounts a 50,000-record unit loads
         about 45,000 states, which on top of a full cache held 1.45 times its bound until the batch
-        ended. Called after the write in flight has settled, so every state not in this batch is in
-        ClickHouse; this batch's (`touched`: the unit held for writing) and this unit's stay."""
+        ended. This batch's (`touched`: the unit held for writing) and this unit's stay. A state
+        evicted while its write is still in flight (the previous batch's last) is read again only
+        once that write is in: this unit reads only its own accounts, and `_reads_beside` settles
+        the write first if one of them is such a state."""
         missing = sum(1 for acc in by_account if acc not in self.states)
         excess = len(self.states) + missing - self.max_cached_accounts
         if excess <= 0:
@@ -788,10 +838,20 @@ class BatchProcessor:
         if self.auto_tick and state.open_hours and state.log_epoch == self.epoch:
             self._sleeping[acc] = (state.log_partition, min(state.open_hours), state.max_ts_us)
 
-    def _prune(self, touched: Iterable[str]) -> None:
-        """Keep only recent hours and minutes in memory; older ones are reloaded on demand."""
+    def _keep_recent(self, touched: Iterable[str]) -> None:
+        """The batch's accounts become the most recently used: evicted last."""
         for acc in touched:
-            state = self.states[acc] = self.states.pop(acc)  # most recently used: evicted last
+            state = self.states.pop(acc, None)
+            if state is not None:
+                self.states[acc] = state
+
+    def _prune(self, accounts: Iterable[str]) -> None:
+        """Keep only recent hours and minutes in memory; older ones are reloaded on demand. Only
+        for accounts whose writes are all in (`_unpruned` says why)."""
+        for acc in accounts:
+            state = self.states.get(acc)
+            if state is None:  # evicted meanwhile
+                continue
             state.seen.clear()
             hour_floor = hour_start(state.max_ts_us) - KEEP_HOURS_US
             if any(h < hour_floor for h in self._hours[acc]):

@@ -43,7 +43,11 @@ from pipeline.store.sink import BatchRows
 class Storage(Protocol):
     """Exactly what BatchProcessor calls. `encode` runs on the folding thread and must take
     everything it needs from the live states then (the next unit changes them); `send` runs on
-    the processor's sink thread, one unit at a time, in the order encoded."""
+    the processor's sink thread, one unit at a time, in the order encoded. The reads (load_*,
+    committed_*, processed_offsets) run on its reader thread; `reads_beside_writes` says they may
+    run while a `send` is in progress (the processor then decides which may: `_reads_beside`)."""
+
+    reads_beside_writes: bool
 
     def encode(self, rows: BatchRows) -> Any: ...
 
@@ -75,9 +79,13 @@ class ClickHouseStorage:
     looks the function up in its module when it runs, so a test that wraps `sink.send` (to fail or
     delay a write against the real engine) still reaches it."""
 
-    def __init__(self, client: Client, lanes: sink.InsertLanes | None = None) -> None:
+    def __init__(self, client: Client, lanes: sink.InsertLanes | None = None, reader: Client | None = None) -> None:
         self.client = client
         self.lanes = lanes  # a unit's inserts of one step side by side; None: one after another on `client`
+        # the reads' own client (an engine handle or server session of their own), so that they can
+        # run while `client` writes; None: they use `client`, one call at a time
+        self.reader = reader if reader is not None else client
+        self.reads_beside_writes = reader is not None
 
     def encode(self, rows: BatchRows) -> sink.Encoded:
         return sink.encode(rows)
@@ -95,25 +103,25 @@ class ClickHouseStorage:
         return statestore.roll_forward_partitions(self.client, partitions)
 
     def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]:
-        return statestore.processed_offsets(self.client, epoch, partitions)
+        return statestore.processed_offsets(self.reader, epoch, partitions)
 
     def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]:
-        return statestore.load_states(self.client, accounts)
+        return statestore.load_states(self.reader, accounts)
 
     def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]:
-        return statestore.load_seen(self.client, wanted)
+        return statestore.load_seen(self.reader, wanted)
 
     def load_lines(self, account_hours: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[LineKey, Line]]:
-        return statestore.load_lines(self.client, account_hours, max_seq)
+        return statestore.load_lines(self.reader, account_hours, max_seq)
 
     def load_windows(self, account_minutes: list[tuple[str, int]], max_seq: dict[str, int]) -> dict[str, dict[WindowKey, Window]]:
-        return statestore.load_windows(self.client, account_minutes, max_seq)
+        return statestore.load_windows(self.reader, account_minutes, max_seq)
 
     def committed_statuses(self, max_seq: dict[str, int]) -> list[StatusChange]:
-        return statestore.committed_statuses(self.client, max_seq)
+        return statestore.committed_statuses(self.reader, max_seq)
 
     def committed_violations(self, events: list[tuple[str, str]], max_seq: dict[str, int]) -> list[Violation]:
-        return statestore.committed_violations(self.client, events, max_seq)
+        return statestore.committed_violations(self.reader, events, max_seq)
 
 
 @dataclass
@@ -191,6 +199,9 @@ class InMemoryStorage:
     failing_roll_forwards: int = 0
     sends: int = 0  # every send, failed or not
     rolled_forward: int = 0  # snapshots whose redo was written again
+    # reads take no lock: one beside a send sees any part of it, as a ClickHouse read beside a
+    # unit's inserts can (False: the processor settles every write before reading)
+    reads_beside_writes: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def encode(self, rows: BatchRows) -> Snapshot:

@@ -124,9 +124,10 @@ class Worker:
         self.control_key = control_key(settings.data_dir, settings.control_key, create=True)
         bounds = ClockBounds(settings.max_future_s * 1_000_000, settings.max_jump_s * 1_000_000)
         url = settings.clickhouse_url
-        self.insert_lanes = sink.insert_lanes(
-            functools.partial(connect, url, chcluster.client_options(settings, url)), settings.insert_lanes
-        )
+        connect_again = functools.partial(connect, url, chcluster.client_options(settings, url))
+        self.insert_lanes = sink.insert_lanes(connect_again, settings.insert_lanes)
+        # the processor's reads on a client of their own, so that they can run beside a write
+        self.read_client = self._db.submit(connect_again).result()
         self.processor = BatchProcessor(
             self.client,
             self.catalog,
@@ -136,7 +137,7 @@ class Worker:
             control_key=self.control_key,
             clock_bounds=bounds,
             max_cached_accounts=settings.max_cached_accounts,
-            storage=ClickHouseStorage(self.client, self.insert_lanes),
+            storage=ClickHouseStorage(self.client, self.insert_lanes, reader=self.read_client),
         )
         self.processor.placement = PlacementCheck(settings.partitions)
         self.on_api = on_api
@@ -184,10 +185,11 @@ class Worker:
         raise AssertionError("unreachable: the delays never end")
 
     def _close_store(self) -> None:
-        """The processor's last write in, then its threads and the insert lanes' clients ended."""
+        """The processor's last write in, then its threads, the insert lanes' and the reads' clients ended."""
         self.processor.close()
         if self.insert_lanes is not None:
             self.insert_lanes.close()
+        self.read_client.close()
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ClickHouse call on the ClickHouse thread."""
