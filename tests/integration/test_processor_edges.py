@@ -491,3 +491,84 @@ def test_later_units_of_a_batch_see_what_earlier_units_claimed_before_it_is_writ
     assert result.statuses["duplicate"] >= len(usages)
     late_refused = [r for r in want.rejections if r[1].startswith("late-")]
     assert not late_refused  # the late calls are billed into the old hour's lines
+
+
+@pytest.mark.parametrize(("cached", "seed"), [(100_000, 5717), (4, 5718)])  # a seed each: one engine for all tests
+def test_reads_beside_a_slow_write_bill_exactly_on_the_real_engine(
+    client, inprocess_dir: Path, monkeypatch, cached: int, seed: int
+) -> None:
+    """The worker's mode (stream/app.py): the processor's reads on a client of their own, run
+    beside the write in flight where nothing they read can be in it (processor._reads_beside),
+    and each batch's last write left in flight. With every write slowed down, reads do run beside
+    writes; across redeliveries, records sent again in new messages right behind writes that have
+    not landed, late calls for old hours and restarts (and with 4 cached states, accounts evicted
+    while their write is in flight), the bills equal the oracle's and no account-hour total counts
+    anything twice."""
+    import random
+
+    from pipeline.settings import Settings
+    from pipeline.store import sink
+    from pipeline.store.chclient import connect
+    from pipeline.store.storage import ClickHouseStorage
+
+    lines = generate(3000, seed=seed)
+    msgs = messages(lines)
+    # the log: records 1000-1399 sent again in new messages right after 1399 (a gateway's retry,
+    # told apart from new calls only by the records' identities), offsets numbered per partition
+    offsets: dict[int, int] = {}
+    log = []
+    for m in msgs[:1400] + msgs[1000:1400] + msgs[1400:]:
+        offset = offsets[m.partition] = offsets.get(m.partition, -1) + 1
+        log.append(Message(m.partition, offset, m.key, m.value))
+    in_flight = threading.Event()
+    beside: list[int] = []
+    real_send = sink.send
+
+    def slow_send(client_, encoded, *lanes) -> None:
+        in_flight.set()
+        try:
+            time.sleep(0.05)  # a slow server: the reads of the next unit run meanwhile
+            real_send(client_, encoded, *lanes)
+        finally:
+            in_flight.clear()
+
+    monkeypatch.setattr(sink, "send", slow_send)
+    reader = connect(Settings(data_dir=inprocess_dir).clickhouse_url)
+    real_query = reader.query
+
+    def counted_query(*args, **kwargs):
+        if in_flight.is_set():
+            beside.append(1)
+        return real_query(*args, **kwargs)
+
+    reader.query = counted_query  # type: ignore[method-assign]
+    epoch = uuid.uuid4().hex
+    rng = random.Random(7)
+
+    def worker() -> BatchProcessor:
+        return BatchProcessor(
+            client,
+            load_catalog(),
+            epoch,
+            auto_tick=False,
+            write_records=150,
+            max_cached_accounts=cached,
+            storage=ClickHouseStorage(client, reader=reader),
+        )
+
+    processor, position = worker(), 0
+    try:
+        while position < len(log):
+            size = rng.randint(50, 600)
+            start = max(0, position - rng.randint(0, 40))  # redeliver a little of what went before
+            processor.process(log[start : position + size], leave_last_write=True)
+            position += size
+            if rng.random() < 0.15:
+                processor.close()  # a restart: the last write in, then all memory lost
+                processor = worker()
+        processor.close()
+    finally:
+        reader.close()
+    assert beside, "no read ran beside a write"
+    assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
+    assert_hour_totals_exact(client, accounts_of(lines))
