@@ -60,7 +60,8 @@ class OffsetGap(Exception):
 
 class EarlierWriteFailed(Exception):
     """The last write of the previous batch, left in flight by `process(..., leave_last_write=True)`,
-    failed. Nothing of this batch was applied; the accounts of both batches are reloaded. The
+    failed. Nothing of this batch was written (what it folded is dropped); the accounts of both
+    batches are reloaded. The
     previous batch must be processed again before this one (its `written` future holds the
     failure, which is how its owner learns it)."""
 
@@ -450,15 +451,17 @@ class BatchProcessor:
         Write-behind: ClickHouse ingests a unit (in C, without the GIL, on the sink thread)
         while the next unit is folded. A unit's rows are encoded while the next unit's reads
         (working sets, snapshots, outputs to publish again) run on the reader thread, and handed
-        over after those reads, so that no read ever runs beside a write; the reads find the
-        held unit's effects in memory, where everything the batch touched stays until the batch
-        is written (the prune waits for the end).
+        over after those reads. The reads run beside the write still in flight only where
+        nothing they read can be in it (`_reads_beside`; with a storage whose reads have a client
+        of their own), else after it; either way they find the effects of the units not yet
+        written in memory, where everything a batch touched stays until its last write is in
+        (the prune waits for that: `_unpruned`).
 
         By default the batch returns once its last unit is written. With `leave_last_write` it
         returns with that write in flight (`result.written` resolves when it is in), and the next
         batch parses its first unit beside it before any read; the caller acknowledges the batch
         only once `written` has resolved. If that write fails, the next `process` raises
-        EarlierWriteFailed without applying anything."""
+        EarlierWriteFailed without writing anything."""
         if self.placement is not None:  # before anything is folded (issue 21: partitions added, foreign partitioners)
             self.placement.check(messages)
         result = BatchResult()
