@@ -4,7 +4,8 @@ As `processor_bench` isolates the worker's own work from Kafka and Faust for the
 shape, this does it for a gateway shape (bench/gateway.py): every account's key and credit first
 (framed per account, not timed), then the shape's single-record messages through
 `BatchProcessor.process` in raw batches of `BILLING_WRITE_RECORDS` records, as the worker takes
-them. It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
+them (each batch's last write left in flight, the reads on a client of their own: `--serial-reads`
+for reads that wait for every write). It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
 the per-account cost shows where it went, times the sink thread's inserts per table with their
 body sizes (`writes`: the engine parses them on the second core, beside the folding thread),
 reports the folding thread's seconds by phase (`phases_s`, processor.PHASES, and the wait for
