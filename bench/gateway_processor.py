@@ -4,8 +4,7 @@ As `processor_bench` isolates the worker's own work from Kafka and Faust for the
 shape, this does it for a gateway shape (bench/gateway.py): every account's key and credit first
 (framed per account, not timed), then the shape's single-record messages through
 `BatchProcessor.process` in raw batches of `BILLING_WRITE_RECORDS` records, as the worker takes
-them (each batch's last write left in flight, the reads on a client of their own: `--serial-reads`
-for reads that wait for every write). It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
+them (each batch's last write left in flight; `--reads-beside-writes` as BILLING_READS_BESIDE_WRITES). It also times the processor's ClickHouse reads in place (`reads_s`), so that a change to
 the per-account cost shows where it went, times the sink thread's inserts per table with their
 body sizes (`writes`: the engine parses them on the second core, beside the folding thread),
 reports the folding thread's seconds by phase (`phases_s`, processor.PHASES, and the wait for
@@ -95,7 +94,11 @@ def python_heap(processor: BatchProcessor) -> dict[str, Any]:
 
 
 def run(
-    shape: gateway.Shape, workdir: Path, batch_records: int | None = None, insert_lanes: int | None = None, reads_beside_writes: bool = True
+    shape: gateway.Shape,
+    workdir: Path,
+    batch_records: int | None = None,
+    insert_lanes: int | None = None,
+    reads_beside_writes: bool | None = None,
 ) -> dict[str, Any]:
     settings = load_settings()
     size = batch_records or settings.write_records
@@ -119,6 +122,7 @@ def run(
 
     # as the worker (stream/app.py): a unit's inserts of one step side by side; 1: one after another
     insert_lanes = insert_lanes or settings.insert_lanes
+    reads_beside_writes = settings.reads_beside_writes if reads_beside_writes is None else reads_beside_writes
     lanes = sink.insert_lanes(lambda: timed(connect(url)), insert_lanes)
     processor = BatchProcessor(
         client,
@@ -127,7 +131,7 @@ def run(
         auto_tick=False,
         write_records=settings.write_records,
         max_cached_accounts=settings.max_cached_accounts,
-        # as the worker: the reads on a client of their own, beside the write in flight where they may
+        # as the worker: with BILLING_READS_BESIDE_WRITES, the reads on a client of their own
         storage=ClickHouseStorage(client, lanes, reader=connect(url) if reads_beside_writes else None),
     )
     setup = [Message(0, i, key, value) for i, (key, value) in enumerate(gateway.setup_messages(shape))]
@@ -219,9 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         help="a unit's inserts of one step side by side on this many clients (default BILLING_INSERT_LANES, as the worker; 1: one after another)",
     )
     parser.add_argument(
-        "--serial-reads",
-        action="store_true",
-        help="every read waits for the write in flight (the processor's storage without a client for its reads)",
+        "--reads-beside-writes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a unit's reads on a client of their own, beside the write in flight (default BILLING_READS_BESIDE_WRITES, as the worker)",
     )
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
     parser.add_argument(
@@ -244,11 +249,11 @@ def main(argv: list[str] | None = None) -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
-            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, not args.serial_reads)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, args.reads_beside_writes)
             profiler.disable()
             profiler.dump_stats(str(args.profile))
         else:
-            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, not args.serial_reads)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, args.reads_beside_writes)
     print(json.dumps(result), flush=True)
     print(
         f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}, folding thread {result['phases_s']}",

@@ -38,6 +38,10 @@ class Settings:
     # a unit's inserts of one commit step side by side on this many clients (sink.InsertLanes); 1: one after
     # another. Measured no faster end to end with the embedded engine on 2 cores (docs/performance-log.md, session 15)
     insert_lanes: int = 1
+    # a unit's reads on a ClickHouse client of their own, beside the write of the unit before where nothing
+    # they read can be in it (processor._reads_beside). 5-10% faster on gateway traffic here, but the engine
+    # then holds a read's and an insert's memory at once: 70-150 MiB more RSS at its peaks (session 16)
+    reads_beside_writes: bool = False
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
     # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
@@ -199,6 +203,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         insert_lanes=_int("BILLING_INSERT_LANES", env.get("BILLING_INSERT_LANES"), DEFAULTS.insert_lanes, 1, 16),
         api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), DEFAULTS.api_port, 0, 65_535),
         auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), DEFAULTS.auto_tick),
+        reads_beside_writes=_bool("BILLING_READS_BESIDE_WRITES", env.get("BILLING_READS_BESIDE_WRITES"), DEFAULTS.reads_beside_writes),
         log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), DEFAULTS.log_format, LOG_FORMATS),
         create_topics=_bool("BILLING_CREATE_TOPICS", env.get("BILLING_CREATE_TOPICS"), DEFAULTS.create_topics),
         topic_replication=_int("BILLING_TOPIC_REPLICATION", env.get("BILLING_TOPIC_REPLICATION"), DEFAULTS.topic_replication, 0, 100),

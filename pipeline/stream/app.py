@@ -126,8 +126,9 @@ class Worker:
         url = settings.clickhouse_url
         connect_again = functools.partial(connect, url, chcluster.client_options(settings, url))
         self.insert_lanes = sink.insert_lanes(connect_again, settings.insert_lanes)
-        # the processor's reads on a client of their own, so that they can run beside a write
-        self.read_client = self._db.submit(connect_again).result()
+        # BILLING_READS_BESIDE_WRITES: the processor's reads on a client of their own, so that they can
+        # run beside a write (faster, but the engine then holds both at once: docs/operations.md)
+        self.read_client = self._db.submit(connect_again).result() if settings.reads_beside_writes else None
         self.processor = BatchProcessor(
             self.client,
             self.catalog,
@@ -189,7 +190,8 @@ class Worker:
         self.processor.close()
         if self.insert_lanes is not None:
             self.insert_lanes.close()
-        self.read_client.close()
+        if self.read_client is not None:
+            self.read_client.close()
 
     async def on_db(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ClickHouse call on the ClickHouse thread."""

@@ -92,7 +92,8 @@ def test_two_workers_split_partitions_and_hand_over(
     lines = generate(6000, seed=77)
     first, rest = lines[:3000], lines[3000:]
     a = Replica(settings, broker, "worker-a")
-    b = Replica(settings.with_(insert_lanes=3), broker, "worker-b")  # its units' inserts side by side
+    # its units' inserts side by side, its reads beside the write in flight
+    b = Replica(settings.with_(insert_lanes=3, reads_beside_writes=True), broker, "worker-b")
     reader = connect(settings.clickhouse_url)
     try:
         wait_until(lambda: a.partitions() and b.partitions(), 60, "both workers to own partitions")

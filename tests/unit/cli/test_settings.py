@@ -30,6 +30,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BILLING_INSERT_LANES", "0", "a whole number from 1 to 16"),
         ("BILLING_API_PORT", "70000", "a whole number from 0 to 65535"),
         ("BILLING_AUTO_TICK", "maybe", "one of 1, true, yes, on, 0, false, no, off"),
+        ("BILLING_READS_BESIDE_WRITES", "sometimes", "one of 1, true, yes, on, 0, false, no, off"),
         ("BILLING_CLICKHOUSE", "foo://bar", "chdb://PATH or http(s)://"),
         ("BILLING_CLICKHOUSE", "http:///db", "chdb://PATH or http(s)://"),
         ("BILLING_KAFKA", "kafka://broker:9092", "host:port"),
