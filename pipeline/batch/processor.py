@@ -61,9 +61,8 @@ class OffsetGap(Exception):
 class EarlierWriteFailed(Exception):
     """The last write of the previous batch, left in flight by `process(..., leave_last_write=True)`,
     failed. Nothing of this batch was written (what it folded is dropped); the accounts of both
-    batches are reloaded. The
-    previous batch must be processed again before this one (its `written` future holds the
-    failure, which is how its owner learns it)."""
+    batches are reloaded. The previous batch must be processed again before this one (its
+    `written` future holds the failure, which is how its owner learns it)."""
 
 
 # __init__ by hand, as state.Line's: compiled, a dataclass's generated __init__ stays interpreted
@@ -323,7 +322,8 @@ class BatchProcessor:
         self._last_write: Future[None] | None = None  # left in flight by the previous batch
         self._last_touched: set[str] = set()  # that batch's accounts, reloaded if the write fails
         # accounts whose working sets (seen ids, old hours and minutes) are pruned only once their
-        # batch's last write is in: until then a unit may read beside that write (`_reads_beside`)
+        # batch's last write is in: until then a unit may read beside that write (`_reads_beside`).
+        # Empty unless the storage reads beside writes: otherwise a batch prunes at its end.
         self._unpruned: set[str] = set()
         # accounts whose committed snapshot may lack its aggregates and whose roll forward failed
         # (ClickHouse away): rolled forward before they are loaded again (`_recover`)
@@ -500,8 +500,10 @@ class BatchProcessor:
             raise
         started = time.perf_counter()
         self._keep_recent(touched)
-        # every write before this batch's last is in: their accounts' working sets can go now
-        earlier_done, self._unpruned = (self._unpruned - touched, touched) if leave_last_write else (self._unpruned | touched, set())
+        # every write before this batch's last is in: their accounts' working sets can go now. The
+        # last one's wait for it only where the next batch may read beside it (`_reads_beside`).
+        defer = leave_last_write and self.storage.reads_beside_writes
+        earlier_done, self._unpruned = (self._unpruned - touched, touched) if defer else (self._unpruned | touched, set())
         self._prune(earlier_done)
         self._evict()
         _add(result.phase_s, "prune", time.perf_counter() - started)
@@ -529,7 +531,7 @@ class BatchProcessor:
         started = time.perf_counter()
         by_account = self._parse(messages, rows, result)  # overlaps the write of the unit before the held one
         _add(phases, "parse", time.perf_counter() - started)
-        beside = self._reads_beside(behind, messages, by_account, touched, earlier_touched)
+        beside = self._reads_beside(behind, result.last_offsets, by_account, touched, earlier_touched)
         if not beside:
             behind.settle()
         self._make_room(by_account, touched)
@@ -574,7 +576,7 @@ class BatchProcessor:
     def _reads_beside(
         self,
         behind: WriteBehind,
-        messages: list[Message],
+        partitions: Iterable[int],
         by_account: dict[str, list[tuple[Message, int, Record]]],
         touched: set[str],
         earlier_touched: set[str],
@@ -595,7 +597,7 @@ class BatchProcessor:
         if not behind.in_flight or not self.storage.reads_beside_writes or self._in_doubt:
             return False
         known = self._next_offset
-        if any(msg.partition not in known for msg in messages):
+        if any(p not in known for p in partitions):  # the unit's partitions, not each message's
             return False
         states = self.states
         return not any(acc not in states and (acc in touched or acc in earlier_touched) for acc in by_account)

@@ -291,3 +291,19 @@ def test_reads_beside_a_write_in_flight_bill_as_reads_after_it(lines, write_reco
     assert snapshots(overlapped) == snapshots(serial)
     assert billed(overlapped) == billed(serial)
     assert bill_lines(overlapped) == bill_lines(serial)
+
+
+@pytest.mark.parametrize("beside", [True, False])
+def test_working_sets_wait_for_the_last_write_only_where_reads_may_run_beside_it(lines, beside: bool) -> None:
+    """A batch that leaves its last write in flight keeps its accounts' claimed ids in memory
+    until the next batch only if that batch's reads may run beside the write (they must find
+    those ids in memory, not in ClickHouse); otherwise it drops them at its end, as memory held
+    for nothing on a worker with a million accounts."""
+    msgs = sorted(messages(lines), key=lambda m: (m.partition, m.offset))
+    worker = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, storage=LateLanding(reads_beside_writes=beside))  # type: ignore[arg-type]
+    worker.process(msgs[:300], leave_last_write=True)
+    holding = [acc for acc, state in worker.states.items() if state.seen]
+    assert bool(holding) is beside
+    worker.process([], leave_last_write=True)  # the next batch: the write is in by its end
+    assert not any(worker.states[acc].seen for acc in holding)
+    worker.wait_for_writes()
