@@ -41,7 +41,7 @@ from pipeline.settings import Settings, redact
 from pipeline.store import chcluster, migrations, sink
 from pipeline.store.chclient import ClickHouseUnavailable, connect, preload_insert_support
 from pipeline.store.storage import ClickHouseStorage
-from pipeline.stream import backoff, delivery, logidentity, record_batches
+from pipeline.stream import backoff, delivery, gcpause, logidentity, record_batches
 from pipeline.stream.batching import take_batches
 from pipeline.stream.isolation import LOG_INCONSISTENT, Isolator, transient
 from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment, kafka_partitioner
@@ -112,6 +112,7 @@ class Worker:
         self, settings: Settings, bootstrap: str, epoch: str, on_api: Callable[[str], None] | None = None, operator_token: str | None = None
     ) -> None:
         self.settings = settings
+        gcpause.release_closed_transports()  # closed connections freed at once, not by a full collection
         self.operator_token = operator_token or settings.api_token or secrets.token_urlsafe(32)
         self.epoch = epoch
         self.catalog = load_catalog(settings.catalog)
