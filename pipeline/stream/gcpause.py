@@ -94,7 +94,7 @@ def release_closed_transports() -> None:
         return
     from asyncio import selector_events
 
-    transport: Any = selector_events._SelectorSocketTransport
+    transport: Any = selector_events._SelectorSocketTransport  # type: ignore[attr-defined]  # private, as the mend
     if getattr(transport, "_billing_releases_callbacks", False):
         return
     lost = transport._call_connection_lost

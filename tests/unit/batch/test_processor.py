@@ -307,3 +307,53 @@ def test_working_sets_wait_for_the_last_write_only_where_reads_may_run_beside_it
     worker.process([], leave_last_write=True)  # the next batch: the write is in by its end
     assert not any(worker.states[acc].seen for acc in holding)
     worker.wait_for_writes()
+
+
+def _records(records: list[dict], start: int) -> list:
+    from pipeline.batch.processor import Message
+
+    return [Message(0, start + i, r["account_id"].encode(), json.dumps(r).encode()) for i, r in enumerate(records)]
+
+
+def _call(acc: str, event_id: str, ts: str) -> dict:
+    return {
+        "account_id": acc,
+        "timestamp": ts,
+        "event_id": event_id,
+        "api_key_id": "k1",
+        "model": "xingchen-plus",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+    }
+
+
+def test_evicted_accounts_are_ticked_once_their_partitions_event_time_closes_their_hour() -> None:
+    """An account evicted with an hour open is settled by a tick when its partition's event time
+    passes that hour (and the 10 minutes' grace), once. One that came back into memory and settled
+    that hour itself is not ticked for the hour it slept with; evicted again with a later hour
+    open, it is ticked when that hour closes."""
+    key = b"unit-control-key-0123456789abcdef"
+    worker = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=True, control_key=key, max_cached_accounts=1, storage=InMemoryStorage())  # type: ignore[arg-type]
+    offset = 0
+
+    def batch(*records: dict) -> list[str]:
+        nonlocal offset
+        result = worker.process(_records(list(records), offset))
+        offset += len(records)
+        return sorted(acc for acc, _ in result.ticks)
+
+    def new(acc: str, ts: str) -> list[dict]:
+        return [
+            {"type": "api_key.created", "account_id": acc, "timestamp": "2024-09-18T09:00:00+08:00", "api_key_id": "k1"},
+            _call(acc, f"{acc}-1", ts),
+        ]
+
+    assert batch(*new("sleepy", "2024-09-18T10:00:00+08:00")) == []
+    assert batch(*new("woken", "2024-09-18T10:00:00+08:00")) == []
+    assert batch(*new("loud", "2024-09-18T10:05:00+08:00")) == []
+    assert batch(*new("later", "2024-09-18T10:06:00+08:00")) == []
+    assert len(worker.states) == 1 and len(worker._sleeping) == 3  # each asleep with 10:00 open
+    # woken wakes and settles 10:00 by its own clock; the partition's event time closes 10:00 for the others
+    assert batch(_call("woken", "woken-2", "2024-09-18T11:12:00+08:00")) == ["later", "loud", "sleepy"]
+    assert batch(_call("loud", "loud-2", "2024-09-18T11:20:00+08:00")) == []  # once; woken asleep with 11:00 open
+    assert batch(_call("sleepy", "sleepy-2", "2024-09-18T12:15:00+08:00")) == ["loud", "woken"]  # 11:00 closed
