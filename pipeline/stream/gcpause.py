@@ -60,9 +60,10 @@ def gc_paused() -> Iterator[None]:
 
 def next_full_after(interval_s: float, found: int) -> float:
     """The wait before the next full collection: twice the last (up to FULL_EVERY_MAX_S) when it
-    found little garbage, else FULL_EVERY_S again. So whatever a workload leaks into cycles, a
-    full collection never finds more than LITTLE_GARBAGE objects or what FULL_EVERY_S gathers,
-    and a worker that leaks none stalls for it once every few hours instead of every 5 minutes."""
+    found little garbage, else FULL_EVERY_S again. So a worker that leaks nothing stalls for it
+    once every few hours instead of every 5 minutes, and one that leaks cycles is collected every
+    5 minutes again once a collection finds them (a leak that starts during a long interval is
+    held for at most FULL_EVERY_MAX_S before that)."""
     return min(interval_s * 2, FULL_EVERY_MAX_S) if found < LITTLE_GARBAGE else FULL_EVERY_S
 
 
