@@ -9,8 +9,9 @@ import zlib
 from pipeline.batch.processor import Message
 
 
-def one_record_messages(lines: list[str], partitions: int = 2) -> list[Message]:
-    offsets = [0] * partitions
+def one_record_messages(lines: list[str], partitions: int = 2, start: int = 0) -> list[Message]:
+    """`start`: the first offset of every partition (a later batch of the same log)."""
+    offsets = [start] * partitions
     out = []
     for line in lines:
         account = str(json.loads(line).get("account_id", ""))

@@ -309,12 +309,6 @@ def test_working_sets_wait_for_the_last_write_only_where_reads_may_run_beside_it
     worker.wait_for_writes()
 
 
-def _records(records: list[dict], start: int) -> list:
-    from pipeline.batch.processor import Message
-
-    return [Message(0, start + i, r["account_id"].encode(), json.dumps(r).encode()) for i, r in enumerate(records)]
-
-
 def _call(acc: str, event_id: str, ts: str) -> dict:
     return {
         "account_id": acc,
@@ -338,7 +332,7 @@ def test_evicted_accounts_are_ticked_once_their_partitions_event_time_closes_the
 
     def batch(*records: dict) -> list[str]:
         nonlocal offset
-        result = worker.process(_records(list(records), offset))
+        result = worker.process(messages([json.dumps(r) for r in records], partitions=1, start=offset))
         offset += len(records)
         return sorted(acc for acc, _ in result.ticks)
 
