@@ -8,14 +8,16 @@ them (each batch's last write left in flight; `--reads-beside-writes` as BILLING
 the per-account cost shows where it went, times the sink thread's inserts per table with their
 body sizes (`writes`: the engine parses them on the second core, beside the folding thread),
 reports the folding thread's seconds by phase (`phases_s`, processor.PHASES, and the wait for
-writes), and the process's RSS after each batch.
+writes), and the process's RSS after each batch. `--timeline` also records when each read, encode
+and write ran and how long the GIL was held in one go (bench/timeline.py): what ran beside what.
 
-    python -m bench.gateway_processor --accounts 100000 --records 200000 [--profile FILE]
+    python -m bench.gateway_processor --accounts 100000 --records 200000 [--profile FILE] [--timeline]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import gateway
+from bench.timeline import GilProbe, TimedStorage, Timeline
 from pipeline.batch.processor import PHASES, BatchProcessor, Message
 from pipeline.core.catalog import load_catalog
 from pipeline.settings import load_settings
@@ -99,6 +102,7 @@ def run(
     batch_records: int | None = None,
     insert_lanes: int | None = None,
     reads_beside_writes: bool | None = None,
+    timeline: Timeline | None = None,
 ) -> dict[str, Any]:
     settings = load_settings()
     size = batch_records or settings.write_records
@@ -124,6 +128,8 @@ def run(
     insert_lanes = insert_lanes or settings.insert_lanes
     reads_beside_writes = settings.reads_beside_writes if reads_beside_writes is None else reads_beside_writes
     lanes = sink.insert_lanes(lambda: timed(connect(url)), insert_lanes)
+    # with a timeline, every read, encode and write is recorded (bench/timeline.py)
+    storage_kind: Any = ClickHouseStorage if timeline is None else functools.partial(TimedStorage, timeline)
     processor = BatchProcessor(
         client,
         load_catalog(),
@@ -132,7 +138,7 @@ def run(
         write_records=settings.write_records,
         max_cached_accounts=settings.max_cached_accounts,
         # as the worker: with BILLING_READS_BESIDE_WRITES, the reads on a client of their own
-        storage=ClickHouseStorage(client, lanes, reader=connect(url) if reads_beside_writes else None),
+        storage=storage_kind(client, lanes, reader=connect(url) if reads_beside_writes else None),
     )
     setup = [Message(0, i, key, value) for i, (key, value) in enumerate(gateway.setup_messages(shape))]
     traffic = [Message(0, len(setup) + i, key, value) for i, (key, value) in enumerate(gateway.traffic(shape))]
@@ -151,6 +157,8 @@ def run(
     outbound: Counter[str] = Counter()  # messages the worker would publish after each batch, by topic
     per_batch: list[dict[str, Any]] = []
     phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)  # the folding thread's seconds by phase
+    probe = GilProbe(timeline).start() if timeline is not None else None
+    batch_spans: list[tuple[float, float]] = []
     try:
         started = time.perf_counter()
         for i in range(0, len(traffic), size):
@@ -160,6 +168,7 @@ def run(
             for phase, phase_seconds in result.phase_s.items():
                 phases[phase] += phase_seconds
             outbound.update(message.destination for message in result.outbound)
+            batch_spans.append((batch_started, time.perf_counter()))
             per_batch.append(
                 {
                     "records": len(traffic[i : i + size]),
@@ -171,7 +180,15 @@ def run(
         result.written.result()  # the last write in (a failed one raises here)
         seconds = max(time.perf_counter() - started, 1e-9)
         heap = python_heap(processor)
+        if timeline is not None:
+            heap["timeline"] = timeline.summary(started, started + seconds)
+            print(
+                "\n".join(["batch   start  length  (each span in seconds from the batch's start)"] + timeline.rows(started, batch_spans)),
+                file=sys.stderr,
+            )
     finally:
+        if probe is not None:
+            probe.stop()
         for name, fn in originals.items():
             setattr(statestore, name, fn)
         processor.close()
@@ -230,6 +247,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--profile", type=Path, help="cProfile the timed part into this file (pstats)")
     parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="record when each read, encode and write ran and the GIL's long holds (bench/timeline.py): "
+        "a line per batch on stderr, a summary in the JSON",
+    )
+    parser.add_argument(
         "--tracemalloc",
         action="store_true",
         help="trace Python's allocations; print the largest holders "
@@ -239,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.bound_values:
         statestore.MAX_BOUND_VALUES = statestore.MAX_BOUND_PER_QUERY = args.bound_values
     shape = gateway.Shape(f"gwp{args.accounts}", accounts=args.accounts, records=args.records)
+    timeline = Timeline() if args.timeline else None
     if args.tracemalloc:
         import tracemalloc
 
@@ -249,16 +273,18 @@ def main(argv: list[str] | None = None) -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
-            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, args.reads_beside_writes)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, args.reads_beside_writes, timeline)
             profiler.disable()
             profiler.dump_stats(str(args.profile))
         else:
-            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, args.reads_beside_writes)
+            result = run(shape, Path(tmp), args.batch_records, args.insert_lanes, args.reads_beside_writes, timeline)
     print(json.dumps(result), flush=True)
     print(
         f"{shape.name}: {result['rps']:,}/s over {result['records']:,} records, reads {result['reads_s']}, folding thread {result['phases_s']}",
         file=sys.stderr,
     )
+    if timeline is not None:
+        print(f"timeline: {result['timeline']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

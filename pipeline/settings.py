@@ -39,9 +39,11 @@ class Settings:
     # another. Measured no faster end to end with the embedded engine on 2 cores (docs/performance-log.md, session 15)
     insert_lanes: int = 1
     # a unit's reads on a ClickHouse client of their own, beside the write of the unit before where nothing
-    # they read can be in it (processor._reads_beside). 5-10% faster on gateway traffic here, but the engine
-    # then holds a read's and an insert's memory at once: 70-150 MiB more RSS at its peaks (session 16)
-    reads_beside_writes: bool = False
+    # they read can be in it (processor._reads_beside): otherwise the reads wait for that write, and the
+    # engine and the folding thread take turns (bench.gateway_processor --timeline). The engine then holds
+    # a read's and an insert's memory at once, which its allocator's shorter decay pays for
+    # (store/chclient.ENGINE_ALLOCATOR; docs/performance.md, session 18). 0: one client, reads after writes
+    reads_beside_writes: bool = True
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
     # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;

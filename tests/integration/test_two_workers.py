@@ -91,9 +91,10 @@ def test_two_workers_split_partitions_and_hand_over(
     settings = Settings(data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id="billing-two-workers", log_epoch="two-workers")
     lines = generate(6000, seed=77)
     first, rest = lines[:3000], lines[3000:]
-    a = Replica(settings, broker, "worker-a")
-    # its units' inserts side by side, its reads beside the write in flight
-    b = Replica(settings.with_(insert_lanes=3, reads_beside_writes=True), broker, "worker-b")
+    # its reads after each write (BILLING_READS_BESIDE_WRITES=0), one client for everything
+    a = Replica(settings.with_(reads_beside_writes=False), broker, "worker-a")
+    # its units' inserts side by side, its reads beside the write in flight (the default)
+    b = Replica(settings.with_(insert_lanes=3), broker, "worker-b")
     reader = connect(settings.clickhouse_url)
     try:
         wait_until(lambda: a.partitions() and b.partitions(), 60, "both workers to own partitions")
