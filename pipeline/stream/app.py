@@ -51,6 +51,7 @@ log = logging.getLogger("billing.worker")
 T = TypeVar("T")
 ISOLATE_AFTER = 2  # failures of one batch before its messages are tried one by one
 STUCK_AFTER = 3  # failures of one batch after which the worker reports itself unhealthy
+IDLE_CHECK_S = 5.0  # how often an idle worker looks whether a full garbage collection can run now
 
 
 def leave_group_at_generation_zero() -> None:
@@ -154,6 +155,8 @@ class Worker:
         # free of its startup and group join (the bench reads them from /healthz)
         self.first_batch_at: float | None = None
         self.last_batch_at: float | None = None
+        self.started_at = time.time()
+        self.batch_started_at = 0.0  # wall clock of the latest batch's arrival (an idle worker has none in hand)
         self.last_offsets: dict[int, int] = {}
         self.assigned: set[int] = set()
         self._completing: asyncio.Future[None] | None = None  # the latest batch's completion task
@@ -266,6 +269,10 @@ class Worker:
         async def start_api() -> None:
             await worker.start_api()
 
+        @app.timer(interval=IDLE_CHECK_S)
+        async def collect_while_idle() -> None:
+            await worker.collect_while_idle()
+
         return app
 
     async def handle(self, stream: faust.StreamT, events: list[Any]) -> None:
@@ -298,6 +305,7 @@ class Worker:
         # a batch whose last write failed is processed again before anything after it (the failure
         # may already be cleared in the processor, so the processor alone cannot tell this batch)
         await self._nothing_owed.wait()
+        self.batch_started_at = time.time()
         started = time.perf_counter()
         result = await self.process(messages, leave_last_write=True)
         timing = [started, time.perf_counter(), time.perf_counter()]  # started, processed, last write in
@@ -432,6 +440,15 @@ class Worker:
                 result.write_wait_s + tail,
                 lag,
             )
+
+    async def collect_while_idle(self) -> None:
+        """Python's full collection early, on the folding thread, once no batch has come for a while
+        (stream/gcpause.collect_while_idle): its pause then falls between bursts."""
+        if self._completing is not None and not self._completing.done():
+            return  # a batch's write is still in flight
+        idle_s = time.time() - max(self.last_batch_at or self.started_at, self.batch_started_at)
+        if idle_s >= gcpause.IDLE_S:
+            await self.on_db(gcpause.collect_while_idle, idle_s)
 
     async def read_db(self, fn: Callable[..., T], *args: Any) -> T:
         """An API call between two of the processor's writes: it sees every record written before

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
+
+import pytest
 
 from pipeline.stream import gcpause
 from pipeline.stream.gcpause import FULL_EVERY_MAX_S, FULL_EVERY_S, LITTLE_GARBAGE, next_full_after
@@ -68,3 +71,21 @@ def test_a_closed_connection_is_freed_without_the_collector() -> None:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def test_an_idle_worker_runs_its_due_full_collection_early_and_keeps_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = time.monotonic()
+    monkeypatch.setattr(gcpause, "_full_every_s", 300.0)
+    monkeypatch.setattr(gcpause, "_last_full", now - 100)  # a third of the interval gone
+    assert not gcpause.collect_while_idle(idle_s=60)  # too early: the schedule stands
+    monkeypatch.setattr(gcpause, "_last_full", now - 200)  # two thirds gone
+    assert not gcpause.collect_while_idle(idle_s=gcpause.IDLE_S - 1)  # not idle long enough
+    gc.collect()  # this process's garbage so far: the collection below finds little
+    try:
+        assert gcpause.collect_while_idle(idle_s=gcpause.IDLE_S)
+        assert gcpause._last_full >= now  # it was the scheduled one, moved into the quiet moment
+        assert gcpause._full_every_s == 600.0  # and it found little: the next one twice as far
+        assert gc.get_freeze_count() > 0  # the survivors are parked again at once
+        assert not gcpause.collect_while_idle(idle_s=3600)  # one per interval, however long the quiet
+    finally:
+        gc.unfreeze()
