@@ -80,11 +80,18 @@ def test_an_idle_worker_runs_its_due_full_collection_early_and_keeps_the_schedul
     assert not gcpause.collect_while_idle(idle_s=60)  # too early: the schedule stands
     monkeypatch.setattr(gcpause, "_last_full", now - 200)  # two thirds gone
     assert not gcpause.collect_while_idle(idle_s=gcpause.IDLE_S - 1)  # not idle long enough
-    gc.collect()  # this process's garbage so far: the collection below finds little
+    scheduled: list[tuple[float, int]] = []
+
+    def next_after(interval_s: float, found: int) -> float:
+        scheduled.append((interval_s, found))
+        return 1234.0
+
+    monkeypatch.setattr(gcpause, "next_full_after", next_after)
     try:
         assert gcpause.collect_while_idle(idle_s=gcpause.IDLE_S)
-        assert gcpause._last_full >= now  # it was the scheduled one, moved into the quiet moment
-        assert gcpause._full_every_s == 600.0  # and it found little: the next one twice as far
+        assert gcpause._last_full >= now  # it was the scheduled one, moved into the quiet moment:
+        assert [interval for interval, _ in scheduled] == [300.0]  # the schedule goes on from it
+        assert gcpause._full_every_s == 1234.0
         assert gc.get_freeze_count() > 0  # the survivors are parked again at once
         assert not gcpause.collect_while_idle(idle_s=3600)  # one per interval, however long the quiet
     finally:
