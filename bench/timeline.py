@@ -61,14 +61,14 @@ class Timeline:
         """Busy seconds per kind within [start, end], and how the engine's reads and writes fill it."""
         wall = max(end - start, 1e-9)
         reads, writes = clipped(self.spans("read"), start, end), clipped(self.spans("write"), start, end)
-        engine = union_seconds(reads + writes)
+        read_s, write_s, engine = union_seconds(reads), union_seconds(writes), union_seconds(reads + writes)
         return {
             "wall_s": round(wall, 3),
-            "read_s": round(union_seconds(reads), 3),
+            "read_s": round(read_s, 3),
             "encode_s": round(union_seconds(clipped(self.spans("encode"), start, end)), 3),
-            "write_s": round(union_seconds(writes), 3),
+            "write_s": round(write_s, 3),
             "engine_busy_share": round(engine / wall, 3),  # a read or a write running
-            "reads_beside_writes_s": round(union_seconds(reads) + union_seconds(writes) - engine, 3),
+            "reads_beside_writes_s": round(read_s + write_s - engine, 3),
             "gil_held_s": round(union_seconds(clipped(self.spans("gil"), start, end)), 3),  # stretches over HELD_MS
         }
 
