@@ -512,9 +512,11 @@ class Bench:
             log(f"warning: {name}: the worker counts {processed} records, fewer than the {len(messages)} produced")
         rps = len(messages) / (t_wait - first)
         rss = max((r for _, r in sampler.rss), default=None)
+        cores = sampler.cores_between(first, t_wait)
         detail.update(
             {
                 "rps": rps,
+                "worker_cores": cores,
                 "first_batch_to_queryable_s": t_wait - first,
                 "worker_startup_s": first - started.spawned_at,
                 "worker_rss_max_mib": rss / 2**20 if rss else None,
@@ -524,12 +526,12 @@ class Bench:
         )
         self.result[f"{name}_rps"] = rps
         self.result["shapes"][name] = {
-            k: detail[k] for k in ("records", "accounts", "distinct_accounts", "publish_rps", "rps", "worker_rss_max_mib")
+            k: detail[k] for k in ("records", "accounts", "distinct_accounts", "publish_rps", "rps", "worker_rss_max_mib", "worker_cores")
         }
         log(
             f"{name}: {len(messages):,} records queryable {t_wait - first:.1f}s after the worker's first batch: {rps:,.0f}/s "
             f"(worker RSS up to {detail['worker_rss_max_mib'] or 0:,.0f} MiB; by tenth of the records "
-            f"{detail['worker_rss_mib_by_tenth']})"
+            f"{detail['worker_rss_mib_by_tenth']}; {_cores_text(cores)})"
         )
         return detail
 
@@ -775,6 +777,16 @@ def _drain_rate(processed: list[tuple[float, int]], t_pub: float, at_pub_end: in
     return (r_end - at_pub_end) / max(t_end - t_pub, 1e-9)
 
 
+def _cores_text(cores: dict[str, float] | None) -> str:
+    """The worker's cores while it drained: Python's threads share one lock, so near 1.0 they
+    are the limit whatever the engine leaves of the other core."""
+    if cores is None:
+        return "worker cores not sampled"
+    return (
+        f"worker busy {cores['all']:.2f} cores: Python threads {cores['python_threads']:.2f}, engine threads {cores['engine_threads']:.2f}"
+    )
+
+
 def rss_by_tenth(sampler: HealthSampler, records: int) -> list[int | None]:
     """The worker's largest RSS (MiB) while it processed each tenth of a shape's records: whether
     memory grows with the distinct accounts seen or stops at a plateau. A tenth runs from the last
@@ -845,7 +857,7 @@ def render_table(r: dict[str, Any]) -> str:
                 f"{name}: {shape['records']:,} records, {shape['accounts']:,} accounts",
                 rps(shape.get("rps")),
                 f"{x(shape.get('ratio_to_naive'))} (b); produced at {rps(shape.get('publish_rps'))}; worker RSS up to "
-                f"{_fmt(shape.get('worker_rss_max_mib'), 0)} MiB",
+                f"{_fmt(shape.get('worker_rss_max_mib'), 0)} MiB; {_cores_text(shape.get('worker_cores'))}",
             )
             for name, shape in r["shapes"].items()
         ],

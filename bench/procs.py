@@ -174,3 +174,37 @@ def cpu_delta(before: tuple[float, float, float], after: tuple[float, float, flo
     total = (after[1] - before[1]) / seconds
     ours = (after[2] - before[2]) / seconds
     return {"cores_busy": round(total, 2), "cores_ours": round(ours, 2), "cores_others": round(max(total - ours, 0.0), 2)}
+
+
+# -- a process's CPU by kind of thread: Python's, and the embedded engine's ------------------
+
+
+def _stat_fields(text: str) -> tuple[str, list[str]]:
+    """(thread name, the fields after it) of a /proc/.../stat line; the name may hold spaces and ')'."""
+    return text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :].split()
+
+
+def thread_cpu(pid: int, proc: Path = Path("/proc")) -> tuple[float, float] | None:
+    """CPU seconds of a process's Python threads and of its other threads, or None once it is gone.
+
+    Threads inherit the process's name unless they set their own: the worker's Python threads
+    (the event loop, the folding, reader and sink threads, Faust's consumer thread) keep it, while
+    the embedded engine names each of its threads (QueryPipelineEx, MergeMutate, ThreadPool...).
+    The first sum is what Python's lock allows at most one core of: when it nears 1.0 core, the
+    worker is bound by Python's lock, whatever the other core does (docs/performance.md)."""
+    try:
+        main_name, _ = _stat_fields((proc / str(pid) / "stat").read_text())
+        python = other = 0.0
+        for task in (proc / str(pid) / "task").iterdir():
+            try:
+                name, fields = _stat_fields((task / "stat").read_text())
+            except OSError:  # the thread ended meanwhile
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / _HZ
+            if name == main_name:
+                python += seconds
+            else:
+                other += seconds
+    except OSError:
+        return None
+    return python, other

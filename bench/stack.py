@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import log, run, spawn, stop
+from bench.procs import log, run, spawn, stop, thread_cpu
 from pipeline.runtime import read_runtime
 
 
@@ -45,6 +45,7 @@ class HealthSampler:
         self.every_s = every_s
         self.samples: list[tuple[float, int]] = []
         self.rss: list[tuple[float, int]] = []  # (time, the worker's resident set in bytes)
+        self.cpu: list[tuple[float, float, float]] = []  # (time, CPU seconds of the worker's Python threads, of its engine's)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-healthz", daemon=True)
 
@@ -56,6 +57,9 @@ class HealthSampler:
             rss = self.stack.worker_rss()
             if rss is not None:
                 self.rss.append((time.time(), rss))
+            cpu = thread_cpu(self.stack.worker_pid) if self.stack.worker_pid is not None else None
+            if cpu is not None:
+                self.cpu.append((time.time(), *cpu))
             self._stop.wait(self.every_s)
 
     def __enter__(self) -> "HealthSampler":
@@ -65,6 +69,16 @@ class HealthSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+    def cores_between(self, start: float, end: float) -> dict[str, float] | None:
+        """The worker's average cores busy from `start` to `end` (wall clock): its Python threads,
+        its engine's, and both; None without two samples in between."""
+        inside = [s for s in self.cpu if start <= s[0] <= end]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        (t0, py0, en0), (t1, py1, en1) = inside[0], inside[-1]
+        python, engine = (py1 - py0) / (t1 - t0), (en1 - en0) / (t1 - t0)
+        return {"python_threads": round(python, 2), "engine_threads": round(engine, 2), "all": round(python + engine, 2)}
 
     def first_reaching(self, records: int) -> float | None:
         """Wall time of the first sample whose count is at least `records`."""

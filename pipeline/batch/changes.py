@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.core.fold import PLUGIN_ITEM_PREFIX
-from pipeline.core.state import AccountState, Line
+from pipeline.core.state import AccountState, Instants, Line, with_instant
 from pipeline.core.windows import minute_start
 from pipeline.store.sink import BatchRows
 
@@ -74,9 +74,9 @@ class HourTotal:
         )
 
 
-def collect_changed(rows: BatchRows, state: AccountState, seq_before: int, hours: set[int], minutes: set[int]) -> None:
-    """The lines, windows and account-hour totals this unit changed, into `rows`; the hours and
-    minutes they belong to into the account's in-memory sets (`hours`, `minutes`)."""
+def collect_changed(rows: BatchRows, state: AccountState, seq_before: int, hours: Instants, minutes: Instants) -> tuple[Instants, Instants]:
+    """The lines, windows and account-hour totals this unit changed, into `rows`. Returns the
+    account's hours and minutes in memory (`hours`, `minutes`) with the ones they belong to."""
     acc = state.account_id
     changed: set[int] = set()
     for line_key, line in state.lines.items():
@@ -84,12 +84,14 @@ def collect_changed(rows: BatchRows, state: AccountState, seq_before: int, hours
             rows.lines[(acc, line_key)] = line
             changed.add(line_key[0])
     if changed:
-        hours.update(changed)
+        for hour in changed:
+            hours = with_instant(hours, hour)
         _add_hour_totals(rows, state, changed)
     for window_key, window in state.windows.items():
         if window.revision > seq_before:
             rows.windows[(acc, window_key)] = window
-            minutes.add(minute_start(window_key[1]))
+            minutes = with_instant(minutes, minute_start(window_key[1]))
+    return hours, minutes
 
 
 def _add_hour_totals(rows: BatchRows, state: AccountState, changed: set[int]) -> None:

@@ -30,7 +30,7 @@ from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
 from pipeline.core.fold import apply, is_api_call
 from pipeline.core.records import AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
 from pipeline.core.settlement import hour_closed
-from pipeline.core.state import AccountState
+from pipeline.core.state import AccountState, Instants, with_instant
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
 from pipeline.core.windows import minute_start
 from pipeline.settings import DEFAULTS
@@ -310,8 +310,8 @@ class BatchProcessor:
         self.catalog = catalog
         self.epoch = epoch
         self.states: dict[str, AccountState] = {}
-        self._hours: dict[str, set[int]] = {}
-        self._minutes: dict[str, set[int]] = {}
+        self._hours: dict[str, Instants] = {}
+        self._minutes: dict[str, Instants] = {}
         self.watermarks: dict[int, int] = {}  # partition -> latest event time applied (us)
         self._next_offset: dict[int, int] = {}  # partition -> the offset the next message must have
         self.auto_tick = auto_tick
@@ -576,7 +576,7 @@ class BatchProcessor:
                     self._advance_watermark(msg.partition, ts_us, clock_before)
                 clock_before = state.max_ts_us
             # its changed lines and windows, and the console's per account-hour totals (bill_hour_totals)
-            collect_changed(rows, state, seq_before, self._hours[acc], self._minutes[acc])
+            self._hours[acc], self._minutes[acc] = collect_changed(rows, state, seq_before, self._hours[acc], self._minutes[acc])
             rows.states[acc] = state
         _add(phases, "fold", time.perf_counter() - folding)
         rows.progress = sorted(result.last_offsets.items())
@@ -669,8 +669,8 @@ class BatchProcessor:
         for acc in missing:
             self._sleeping.pop(acc, None)
             self.states[acc] = loaded.get(acc) or AccountState(acc)
-            self._hours[acc] = set()
-            self._minutes[acc] = set()
+            self._hours[acc] = ()
+            self._minutes[acc] = ()
 
     def _drop_applied(
         self, by_account: dict[str, list[tuple[Message, int, Record]]], result: BatchResult
@@ -740,9 +740,9 @@ class BatchProcessor:
         for acc, windows in self.storage.load_windows(sorted(minutes), seqs).items():
             self.states[acc].windows.update(windows)
         for acc, hour in hours:
-            self._hours[acc].add(hour)
+            self._hours[acc] = with_instant(self._hours[acc], hour)
         for acc, minute in minutes:
-            self._minutes[acc].add(minute)
+            self._minutes[acc] = with_instant(self._minutes[acc], minute)
 
     def _collect(
         self, rows: BatchRows, state: AccountState, msg: Message, idx: int, record: Record, outcome: Outcome, result: BatchResult
@@ -896,8 +896,8 @@ class BatchProcessor:
             hour_floor = hour_start(state.max_ts_us) - KEEP_HOURS_US
             if any(h < hour_floor for h in self._hours[acc]):
                 state.drop_lines_before(hour_floor)
-                self._hours[acc] = {h for h in self._hours[acc] if h >= hour_floor}
+                self._hours[acc] = tuple(h for h in self._hours[acc] if h >= hour_floor)
             minute_floor = state.window_floor(KEEP_MINUTES_US)
             if any(m < minute_floor for m in self._minutes[acc]):
                 state.drop_windows_before(minute_floor)
-                self._minutes[acc] = {m for m in self._minutes[acc] if m >= minute_floor}
+                self._minutes[acc] = tuple(m for m in self._minutes[acc] if m >= minute_floor)

@@ -27,6 +27,17 @@ LINE_COUNTS = ("requests", "input_tokens", "output_tokens", "free_tokens", "bill
 # and two per cached state were an eighth of a state's memory (docs/performance-log.md, session 12).
 NO_MODELS: frozenset[str] = frozenset()
 NO_HOURS: frozenset[int] = frozenset()
+# Sets of hours or minutes that every cached state (and the processor, per account) keeps are
+# tuples: a set is always watched by the cyclic collector, and a tuple of ints stops being watched
+# after the first full collection that sees it. A full collection walks every watched object of a
+# cached state and holds Python's lock meanwhile (stream/gcpause.py: a second at 100,000 accounts);
+# three sets were three of a state's dozen, and 216 bytes each against 48-64 for a tuple of one or two.
+Instants = tuple[int, ...]
+
+
+def with_instant(instants: Instants, instant: int) -> Instants:
+    """`instants` with `instant` in it (the same tuple when it already is)."""
+    return instants if instant in instants else (*instants, instant)
 
 
 @dataclass(slots=True)
@@ -120,7 +131,7 @@ class AccountState:
     # working sets
     seen: dict[str, str] = field(default_factory=dict)
     lines: dict[LineKey, Line] = field(default_factory=dict)
-    line_hours: set[int] = field(default_factory=set)  # the hours in `lines`; kept by the methods below
+    line_hours: Instants = ()  # the hours in `lines`; kept by the methods below
     windows: dict[WindowKey, Window] = field(default_factory=dict)
 
     def line(self, key: LineKey) -> Line:
@@ -128,13 +139,14 @@ class AccountState:
         line = self.lines.get(key)
         if line is None:
             line = self.lines[key] = Line()
-            self.line_hours.add(key[0])
+            self.line_hours = with_instant(self.line_hours, key[0])
         return line
 
     def add_lines(self, lines: dict[LineKey, Line]) -> None:
         """Lines loaded from ClickHouse into the working set."""
         self.lines.update(lines)
-        self.line_hours.update(key[0] for key in lines)
+        for key in lines:
+            self.line_hours = with_instant(self.line_hours, key[0])
 
     def drop_lines_before(self, hour_floor: int) -> None:
         self.keep_lines_between(hour_floor, LATEST_HOUR)
@@ -142,7 +154,7 @@ class AccountState:
     def keep_lines_between(self, start_us: int, end_us: int) -> None:
         """Only the lines of hours in [start_us, end_us) stay in the working set."""
         self.lines = {key: line for key, line in self.lines.items() if start_us <= key[0] < end_us}
-        self.line_hours = {hour for hour in self.line_hours if start_us <= hour < end_us}
+        self.line_hours = tuple(hour for hour in self.line_hours if start_us <= hour < end_us)
 
     def window_floor(self, keep_us: int) -> int:
         """Start of the oldest rate window worth keeping: the minute `keep_us` behind the clock."""

@@ -39,8 +39,7 @@ def test_a_changed_hour_is_summed_over_all_its_lines_and_an_unchanged_hour_is_no
         }
     )
     rows = BatchRows()
-    hours: set[int] = set()
-    collect_changed(rows, state, 5, hours, set())
+    hours, minutes = collect_changed(rows, state, 5, (), ())
     assert [dict(zip(HOUR_TOTAL_FIELDS, r)) for r in rows.hour_totals] == [
         {
             "account_id": "acc",
@@ -59,9 +58,9 @@ def test_a_changed_hour_is_summed_over_all_its_lines_and_an_unchanged_hour_is_no
         }
     ]
     assert sorted(key for _, key in rows.lines) == [(H1, "k1", "plugin:text_to_image"), (H1, "k2", "xingchen-max")]
-    assert hours == {H1}
+    assert (hours, minutes) == ((H1,), ())
     again = BatchRows()
-    collect_changed(again, state, 7, set(), set())  # nothing changed since: nothing to write
+    assert collect_changed(again, state, 7, (H1,), ()) == ((H1,), ())  # nothing changed since: nothing to write
     assert again.hour_totals == [] and again.lines == {}
 
 
@@ -69,10 +68,10 @@ def test_the_windows_a_unit_changed_are_taken_with_their_minutes() -> None:
     state = AccountState("acc")
     second = H1 + 61_000_000  # 00:01:01 of H1
     state.windows.update({("qps", second): Window(1, 10, 3), ("qpm", H1 + 60_000_000): Window(4, 40, 6), ("tpm", H1): Window(2, 5, 2)})
-    rows, minutes = BatchRows(), set()
-    collect_changed(rows, state, 2, set(), minutes)
+    rows = BatchRows()
+    hours, minutes = collect_changed(rows, state, 2, (), ())
     assert sorted(key for _, key in rows.windows) == [("qpm", H1 + 60_000_000), ("qps", second)]
-    assert minutes == {H1 + 60_000_000}
+    assert (hours, minutes) == ((), (H1 + 60_000_000,))  # two windows of one minute: the minute once
     assert rows.lines == {} and rows.hour_totals == []
 
 
@@ -83,7 +82,7 @@ def test_the_totals_are_encoded_with_the_lines_after_the_commit_point_which_carr
     key = (H1, "k1", "xingchen-plus")
     state.add_lines({key: line(1, "0.000001", 1)})
     rows = BatchRows(states={"acc": state}, lines={("acc", key): state.lines[key]})
-    collect_changed(rows, state, 0, set(), set())
+    collect_changed(rows, state, 0, (), ())
     inserts = sink.encode(rows).inserts
     tables = [insert.table for insert in inserts]
     assert tables.index("account_state") < tables.index("bill_lines") < tables.index("bill_hour_totals")

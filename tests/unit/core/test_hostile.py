@@ -210,7 +210,7 @@ def test_state_round_trips_after_the_hostile_run(run):
     for account, state in run.states.items():
         data = state.to_json()
         back = AccountState.from_json(data)
-        assert back == dataclasses.replace(state, seen={}, lines={}, line_hours=set(), windows={}), account
+        assert back == dataclasses.replace(state, seen={}, lines={}, line_hours=(), windows={}), account
         assert back.to_json() == data
         assert AccountState.from_json(data.decode("utf-8")) == back
 

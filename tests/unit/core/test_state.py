@@ -140,3 +140,25 @@ def test_loaded_states_share_their_empty_sets_and_zero_amounts_and_keep_every_va
     assert first.cash_balance == D("3.500000") and str(first.cash_balance) == "3.500000"
     first.whitelist = first.whitelist | {"xingchen-max"}
     assert second.whitelist == set() and AccountState.from_json(first.to_json()).whitelist == {"xingchen-max"}
+
+
+def test_a_states_hours_are_kept_as_it_changes_and_leave_the_collectors_sight():
+    """The hours with lines in memory follow the lines (settlement asks them whether an hour was
+    billed before), and after one full collection the collector no longer walks them: each full
+    collection walks every cached state and holds Python's lock meanwhile (stream/gcpause.py)."""
+    import gc
+
+    from pipeline.core.state import LATEST_HOUR, Line, with_instant
+
+    hour = 3_600_000_000
+    state = AccountState("a")
+    state.line((hour, "k1", "xingchen-plus"))
+    state.line((hour, "k2", "xingchen-plus"))
+    state.add_lines({(2 * hour, "k1", "xingchen-plus"): Line(requests=1), (hour, "k3", "xingchen-max"): Line(requests=2)})
+    assert sorted(state.line_hours) == [hour, 2 * hour]
+    state.keep_lines_between(2 * hour, LATEST_HOUR)
+    assert state.line_hours == (2 * hour,) and list(state.lines) == [(2 * hour, "k1", "xingchen-plus")]
+    assert with_instant(state.line_hours, 2 * hour) is state.line_hours
+    state.line_hours = with_instant(state.line_hours, 5 * hour)  # a new tuple, as the state makes them
+    gc.collect()
+    assert not gc.is_tracked(state.line_hours)
