@@ -44,6 +44,9 @@ class Settings:
     # a read's and an insert's memory at once, which its allocator's shorter decay pays for
     # (store/chclient.ENGINE_ALLOCATOR; docs/performance.md, session 18). 0: one client, reads after writes
     reads_beside_writes: bool = True
+    # a starting worker fills its account cache with the snapshots written most recently while it
+    # joins its group, instead of loading each account on its first batch (BatchProcessor.warm)
+    warm_start: bool = True
     log_format: str = "text"  # text | json (one JSON object per line, for log collectors)
     extra: dict[str, str] = field(default_factory=dict)
     # a real cluster (issue 21; docs/cluster-operations.md). Defaults suit the embedded `billing up`;
@@ -206,6 +209,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         api_port=_int("BILLING_API_PORT", env.get("BILLING_API_PORT"), DEFAULTS.api_port, 0, 65_535),
         auto_tick=_bool("BILLING_AUTO_TICK", env.get("BILLING_AUTO_TICK"), DEFAULTS.auto_tick),
         reads_beside_writes=_bool("BILLING_READS_BESIDE_WRITES", env.get("BILLING_READS_BESIDE_WRITES"), DEFAULTS.reads_beside_writes),
+        warm_start=_bool("BILLING_WARM_START", env.get("BILLING_WARM_START"), DEFAULTS.warm_start),
         log_format=_choice("BILLING_LOG_FORMAT", env.get("BILLING_LOG_FORMAT"), DEFAULTS.log_format, LOG_FORMATS),
         create_topics=_bool("BILLING_CREATE_TOPICS", env.get("BILLING_CREATE_TOPICS"), DEFAULTS.create_topics),
         topic_replication=_int("BILLING_TOPIC_REPLICATION", env.get("BILLING_TOPIC_REPLICATION"), DEFAULTS.topic_replication, 0, 100),

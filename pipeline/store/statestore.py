@@ -84,6 +84,18 @@ def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountSta
     return {acc: AccountState.from_json(text) for acc, text in rows}
 
 
+def load_recent_states(client: Client, limit: int) -> dict[str, AccountState]:
+    """The committed snapshots of the `limit` accounts written most recently: the ones a restarted
+    worker meets first. One query; the engine picks the accounts (no list bound from Python)."""
+    rows = client.query(
+        "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN "
+        "(SELECT account_id FROM account_state GROUP BY account_id ORDER BY max(updated_at) DESC LIMIT {n:UInt64}) "
+        "GROUP BY account_id",
+        parameters={"n": limit},
+    ).result_rows
+    return {acc: AccountState.from_json(text) for acc, text in rows}
+
+
 def processed_offsets(client: Client, epoch: str, partitions: list[int]) -> dict[int, int]:
     """The highest input offset processed and written, per partition of a log epoch."""
     result = client.query(

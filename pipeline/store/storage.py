@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -62,6 +63,8 @@ class Storage(Protocol):
     def processed_offsets(self, epoch: str, partitions: list[int]) -> dict[int, int]: ...
 
     def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]: ...
+
+    def load_recent_states(self, limit: int) -> dict[str, AccountState]: ...
 
     def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]: ...
 
@@ -107,6 +110,9 @@ class ClickHouseStorage:
 
     def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]:
         return statestore.load_states(self.reader, accounts)
+
+    def load_recent_states(self, limit: int) -> dict[str, AccountState]:
+        return statestore.load_recent_states(self.reader, limit)
 
     def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]:
         return statestore.load_seen(self.reader, wanted)
@@ -182,6 +188,7 @@ class InMemoryStorage:
     background merge would; the lists show what was written."""
 
     states: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)  # account -> (seq, snapshot)
+    written_order: OrderedDict[str, None] = field(default_factory=OrderedDict)  # accounts, the last written last
     seen: list[tuple[Any, ...]] = field(default_factory=list)  # SeenRow order
     lines: list[tuple[str, LineKey, Line]] = field(default_factory=list)
     windows: list[tuple[str, WindowKey, Window]] = field(default_factory=list)
@@ -241,6 +248,8 @@ class InMemoryStorage:
             for acc, text in encoded.states.items():  # the commit point, before the aggregates
                 seq = AccountState.from_json(text).seq
                 self.states.setdefault(acc, []).append((seq, text))
+                self.written_order[acc] = None
+                self.written_order.move_to_end(acc)
                 self.redo[(acc, seq)] = encoded.redo.get(acc, Redo())
             if self.sends in self.halfway_sends:
                 raise ConnectionError(f"in-memory storage: send {self.sends} stops after the snapshots (halfway_sends)")
@@ -314,6 +323,9 @@ class InMemoryStorage:
 
     def load_states(self, accounts: Iterable[str]) -> dict[str, AccountState]:
         return {acc: AccountState.from_json(max(self.states[acc])[1]) for acc in set(accounts) if acc in self.states}
+
+    def load_recent_states(self, limit: int) -> dict[str, AccountState]:
+        return self.load_states(list(self.written_order)[-limit:] if limit > 0 else [])
 
     def load_seen(self, wanted: dict[tuple[str, str], int]) -> dict[tuple[str, str], tuple[str, int]]:
         found: dict[tuple[str, str], tuple[str, int]] = {}

@@ -44,7 +44,7 @@ from pipeline.store.storage import ClickHouseStorage
 from pipeline.stream import backoff, delivery, gcpause, logidentity, record_batches
 from pipeline.stream.batching import take_batches
 from pipeline.stream.isolation import LOG_INCONSISTENT, Isolator, transient
-from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment, kafka_partitioner
+from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck, check_assignment, kafka_partitioner, partition_for
 from pipeline.stream.rawbatches import RawBatch, RawBatches, raw_batches_enabled
 
 log = logging.getLogger("billing.worker")
@@ -169,6 +169,26 @@ class Worker:
         leave_group_at_generation_zero()
         short_fetch_wait()
         self.app = self._build_app(bootstrap)
+        # the cache filled while Faust starts and joins the group (seconds): before the first batch,
+        # which waits for it on the same thread. Every partition's accounts, until the assignment
+        # says which are this worker's (`on_assigned`)
+        if settings.warm_start:
+            self._db.submit(self._warm)
+
+    def _warm(self) -> None:
+        started = time.perf_counter()
+        try:
+            warmed = self.processor.warm()
+        except Exception as exc:  # only a head start: the first batches load what they need
+            log.warning("could not warm the account cache (%r); the first batches load their accounts", exc)
+            return
+        if warmed:
+            log.info("warmed the account cache with %d account states in %.1f s", warmed, time.perf_counter() - started)
+
+    def _drop_unassigned(self) -> None:
+        """After a partial assignment, the warmed states of other workers' accounts (by their key's partition)."""
+        partitions, assigned = self.settings.partitions, self.assigned
+        self.processor.forget([acc for acc in self.processor.states if partition_for(acc.encode(), partitions) not in assigned])
 
     def _open_clickhouse(self) -> Any:
         """A server that is not up yet is waited for (backoff, logged); the embedded engine fails
@@ -252,13 +272,16 @@ class Worker:
         @app.on_partitions_revoked.connect
         async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
             # another worker may own these accounts next: reload from ClickHouse when they return
+            if worker.assigned:  # not at the first join: the cache then holds only what `_warm` loaded
+                await worker.on_db(worker.processor.forget)
             worker.assigned -= {tp.partition for tp in revoked if tp.topic == s.input_topic}
-            await worker.on_db(worker.processor.forget)
             worker.processor.reset_positions()
 
         @app.on_partitions_assigned.connect
         async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
             worker.assigned = {tp.partition for tp in assigned if tp.topic == s.input_topic}
+            if worker.assigned != set(range(s.partitions)):
+                await worker.on_db(worker._drop_unassigned)
             try:  # partitions added to the live topic reach running workers here, at the next rebalance
                 check_assignment(s.input_topic, worker.assigned, s.partitions, app.consumer.topic_partitions(s.input_topic))
             except PartitionMismatch as exc:

@@ -51,16 +51,19 @@ def test_an_offset_gap_stops_the_processor(client) -> None:
 
 
 def test_restarts_and_redeliveries_in_any_batch_shape_bill_exactly(client) -> None:
-    """Random batch sizes, a process restart (all memory lost) every few batches, and redelivered
+    """Random batch sizes, a process restart (all memory lost) every few batches, half of them
+    warming the cache from the latest snapshots as a starting worker does, and redelivered
     overlaps: the bills equal the oracle, late hours reloaded from ClickHouse included."""
     import random
+
+    from pipeline.store import statestore
 
     lines = generate(4000, seed=31)
     msgs = messages(lines)
     epoch = uuid.uuid4().hex
     rng = random.Random(1)
     processor = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)
-    position = 0
+    position, warmed = 0, 0
     while position < len(msgs):
         size = rng.randint(1, 700)
         start = max(0, position - rng.randint(0, 50))  # redeliver a little of what went before
@@ -68,8 +71,15 @@ def test_restarts_and_redeliveries_in_any_batch_shape_bill_exactly(client) -> No
         position += size
         if rng.random() < 0.3:
             processor = BatchProcessor(client, load_catalog(), epoch, auto_tick=False)  # a restart
+            if rng.random() < 0.5:
+                warmed += processor.warm()
+    assert warmed > 0
     assert bills_by_key(queries.bills(client), accounts_of(lines)) == expected(lines).bills
     assert_hour_totals_exact(client, accounts_of(lines))  # the console's per account-hour totals: nothing twice
+    recent = statestore.load_recent_states(client, 3)
+    assert len(recent) == 3 and {a: s.to_json() for a, s in statestore.load_states(client, recent).items()} == {
+        a: s.to_json() for a, s in recent.items()
+    }
 
 
 def test_outputs_lost_before_publishing_are_published_when_redelivered(client) -> None:

@@ -351,3 +351,84 @@ def test_evicted_accounts_are_ticked_once_their_partitions_event_time_closes_the
     assert batch(_call("woken", "woken-2", "2024-09-18T11:12:00+08:00")) == ["later", "loud", "sleepy"]
     assert batch(_call("loud", "loud-2", "2024-09-18T11:20:00+08:00")) == []  # once; woken asleep with 11:00 open
     assert batch(_call("sleepy", "sleepy-2", "2024-09-18T12:15:00+08:00")) == ["loud", "woken"]  # 11:00 closed
+
+
+def test_idle_accounts_shed_their_rate_windows_and_bill_as_if_they_had_kept_them(lines) -> None:
+    """After each batch the processor drops the rate windows of cached accounts that had no record
+    for two minutes of their partition's event time (fewer objects for the full garbage collection
+    to walk, stream/gcpause.py). Their later calls, and late ones in the minutes dropped, are
+    limited and billed as by a processor that kept them; accounts whose write may still be in
+    flight keep theirs."""
+    msgs = sorted(messages(lines), key=lambda m: (m.partition, m.offset))
+    storages = {True: LateLanding(reads_beside_writes=True), False: LateLanding(reads_beside_writes=True)}
+    workers = {shed: BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, storage=storages[shed]) for shed in (True, False)}  # type: ignore[arg-type]
+    workers[False].shed_idle = False
+    outcomes: dict[bool, list] = {True: [], False: []}
+    shed_seen = 0
+    for start in range(0, len(msgs), 60):
+        for shed, worker in workers.items():
+            result = worker.process(msgs[start : start + 60], leave_last_write=True)
+            outcomes[shed].append((dict(result.statuses), sorted(result.violations), sorted(result.status_changes)))
+        kept, shedding = workers[False], workers[True]
+        for acc in shedding._last_touched:  # in flight: kept whole
+            assert shedding.states[acc].windows.keys() == kept.states[acc].windows.keys()
+        shed_seen += sum(1 for acc, state in shedding.states.items() if not state.windows and kept.states[acc].windows)
+    for worker in workers.values():
+        worker.wait_for_writes()
+    assert shed_seen > 0
+    assert any(violations for _, violations, _ in outcomes[True])  # the limits were in play
+    assert outcomes[True] == outcomes[False]
+    assert snapshots(storages[True]) == snapshots(storages[False])
+    assert billed(storages[True]) == billed(storages[False])
+    assert bill_lines(storages[True]) == bill_lines(storages[False])
+
+
+@pytest.mark.parametrize("shedding", [True, False])
+def test_a_late_call_in_a_shed_minute_is_limited_as_if_its_window_had_stayed(shedding: bool) -> None:
+    """One call a second is allowed (the catalog's default QPS). "quiet" calls at 10:00:00, then
+    "busy" moves the partition's event time to 10:05, so quiet's windows are dropped; a late call
+    of quiet's in the same second is still the second call of that second: a violation, as for a
+    processor that kept the window (it is loaded again from the store)."""
+    worker = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, storage=InMemoryStorage())  # type: ignore[arg-type]
+    worker.shed_idle = shedding
+    offset = 0
+
+    def batch(*records: dict) -> list:
+        nonlocal offset
+        result = worker.process(messages([json.dumps(r) for r in records], partitions=1, start=offset))
+        offset += len(records)
+        return sorted(v.event_id for v in result.violations)
+
+    def key(acc: str) -> dict:
+        return {"type": "api_key.created", "account_id": acc, "timestamp": "2024-09-18T09:00:00+08:00", "api_key_id": "k1"}
+
+    def call(acc: str, event_id: str, ts: str) -> dict:
+        return {**_call(acc, event_id, ts), "input_tokens": 10, "output_tokens": 5}  # far below the tokens a minute
+
+    assert batch(key("quiet"), key("busy"), call("quiet", "q1", "2024-09-18T10:00:00+08:00")) == []
+    assert worker.states["quiet"].windows  # its clock is the partition's
+    assert batch(call("busy", "b1", "2024-09-18T10:05:00+08:00")) == []
+    assert bool(worker.states["quiet"].windows) is not shedding and worker.states["busy"].windows
+    assert batch(call("quiet", "q2", "2024-09-18T10:00:00+08:00")) == ["q2"]
+
+
+def test_a_warmed_cache_holds_the_latest_snapshots_and_bills_as_one_uninterrupted_run(lines, uninterrupted) -> None:
+    """A restarted worker fills its cache with the accounts written most recently before its
+    first batch (BatchProcessor.warm): as many as the cache holds, only the ones it owns, each
+    its committed snapshot; what it bills next is what one uninterrupted run bills."""
+    storage = InMemoryStorage()
+    msgs = messages(lines)
+    processor(storage).process(msgs[:600])
+    written = list(storage.written_order)
+    small = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, max_cached_accounts=2, storage=storage)  # type: ignore[arg-type]
+    assert small.warm() == 2 and set(small.states) == set(written[-2:])  # the two written last
+    mine = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, storage=storage)  # type: ignore[arg-type]
+    assert mine.warm(owned=lambda acc: acc != written[0]) == len(written) - 1 and written[0] not in mine.states
+    restarted = processor(storage)
+    assert restarted.warm() == len(written)
+    assert {acc: json.loads(s.to_json()) for acc, s in restarted.states.items()} == snapshots(storage)
+    assert restarted.warm() == 0  # nothing more to load: every written account is in
+    again = restarted.process(msgs)  # the first 600 come again with the rest
+    assert again.skipped == 600
+    assert snapshots(storage) == snapshots(uninterrupted)
+    assert billed(storage) == billed(uninterrupted)

@@ -31,6 +31,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("BILLING_API_PORT", "70000", "a whole number from 0 to 65535"),
         ("BILLING_AUTO_TICK", "maybe", "one of 1, true, yes, on, 0, false, no, off"),
         ("BILLING_READS_BESIDE_WRITES", "sometimes", "one of 1, true, yes, on, 0, false, no, off"),
+        ("BILLING_WARM_START", "lukewarm", "one of 1, true, yes, on, 0, false, no, off"),
         ("BILLING_CLICKHOUSE", "foo://bar", "chdb://PATH or http(s)://"),
         ("BILLING_CLICKHOUSE", "http:///db", "chdb://PATH or http(s)://"),
         ("BILLING_KAFKA", "kafka://broker:9092", "host:port"),
@@ -72,8 +73,9 @@ def test_good_values_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("BILLING_CLICKHOUSE", "https://u:p@ch.example:8443/billing")
     monkeypatch.setenv("BILLING_KAFKA", "k1:9092,k2:9093")
     monkeypatch.setenv("BILLING_LOG_FORMAT", "JSON")
+    monkeypatch.setenv("BILLING_WARM_START", "0")
     s = load_settings(data_dir=str(tmp_path))
-    assert (s.partitions, s.auto_tick, s.kafka, s.log_format) == (8, False, "k1:9092,k2:9093", "json")
+    assert (s.partitions, s.auto_tick, s.kafka, s.log_format, s.warm_start) == (8, False, "k1:9092,k2:9093", "json", False)
     assert load_settings(clickhouse=f"chdb://{tmp_path}/ch").clickhouse == f"chdb://{tmp_path}/ch"  # the flag wins
     assert s.with_(partitions=2).partitions == 2 and s.partitions == 8  # still a frozen dataclass
 
