@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 BARRIER_TYPE = control.BARRIER
 KEEP_HOURS_US = US_PER_HOUR  # open hours kept in memory behind an account's latest event
 KEEP_MINUTES_US = 2 * US_PER_MINUTE
-SHED_AT_LEAST = 1_000  # cached accounts looked at per batch for idle rate windows, or one per record if more
+# at most one look for idle rate windows per this many seconds: a backlog moves event time by an
+# hour in seconds, and each look walks the whole cache (measured 2% of gw_100k when every batch looked)
+SHED_EVERY_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,9 +345,12 @@ class BatchProcessor:
         # accounts whose committed snapshot may lack its aggregates and whose roll forward failed
         # (ClickHouse away): rolled forward before they are loaded again (`_recover`)
         self._in_doubt: set[str] = set()
-        # idle accounts' rate windows are dropped a slice of the cache per batch (`_shed_idle_windows`)
+        # idle accounts' rate windows are dropped once a minute of event time, at most every
+        # `shed_every_s` seconds (`_shed_idle_windows`)
         self.shed_idle = True
-        self._shed_from = 0
+        self.shed_every_s = SHED_EVERY_S
+        self._shed_at = 0  # the event time of the last look
+        self._shed_wall = 0.0  # and its time.monotonic()
         self.placement: Any = None  # a partitioning.PlacementCheck: records on their key's partition, or stop
 
     def wait_for_writes(self) -> None:
@@ -526,7 +531,7 @@ class BatchProcessor:
         self._prune(earlier_done)
         self._evict()
         if self.shed_idle:
-            self._shed_idle_windows(touched | earlier_touched | self._unpruned, max(SHED_AT_LEAST, len(messages)))
+            self._shed_idle_windows(touched | earlier_touched | self._unpruned)
         _add(result.phase_s, "prune", time.perf_counter() - started)
         result.write_wait_s = behind.waited_s
         if leave_last_write:
@@ -915,25 +920,23 @@ class BatchProcessor:
             if state is not None:
                 self.states[acc] = state
 
-    def _shed_idle_windows(self, busy: set[str], count: int) -> None:
-        """Drop the rate windows of the accounts, among the next `count` of the cache (a slice
-        per batch, round the cache), that have had no record for KEEP_MINUTES_US of their
-        partition's event time. `_prune` keeps an account's last minutes, which its next records
-        may still need, but only when it has records; an idle account kept them until it came
-        back or left the cache. Its next call is later still, in a minute with no window to load
-        (`_hydrate`), and a late one loads its minute from ClickHouse again, as after `_prune`.
-        The windows, a dict and two or three objects per account, were a third of what the full
-        garbage collection walks at 100,000 cached accounts, holding Python's lock
+    def _shed_idle_windows(self, busy: set[str]) -> None:
+        """Drop the rate windows of the cached accounts that have had no record for KEEP_MINUTES_US
+        of their partition's event time; at most once per minute of the latest event time and per
+        `shed_every_s` (a look at 100,000 states takes some 25 ms). `_prune` keeps an account's last minutes, which its
+        next records may still need, but only when it has records: an idle account kept them
+        until it came back or left the cache. Its next call is later still, in a minute with no
+        window to load (`_hydrate`), and a late one loads its minute from ClickHouse again, as
+        after `_prune`. The windows, a dict and two or three objects per account, are what the
+        full garbage collection walks besides the state itself, holding Python's lock
         (stream/gcpause.py). The accounts whose writes may be in flight (`busy`) keep theirs
         (`_reads_beside`: what a write in flight holds stays in memory)."""
-        accounts = list(self.states)
-        if not accounts:
+        latest = max(self.watermarks.values(), default=0)
+        now = time.monotonic()
+        if latest < self._shed_at + US_PER_MINUTE or now < self._shed_wall + self.shed_every_s:
             return
-        start = self._shed_from if self._shed_from < len(accounts) else 0
-        chunk = accounts[start : start + count]
-        self._shed_from = start + len(chunk)
-        for acc in chunk:
-            state = self.states[acc]
+        self._shed_at, self._shed_wall = latest, now
+        for acc, state in self.states.items():
             if not state.windows or acc in busy:
                 continue
             watermark = self.watermarks.get(state.log_partition, 0)

@@ -354,15 +354,16 @@ def test_evicted_accounts_are_ticked_once_their_partitions_event_time_closes_the
 
 
 def test_idle_accounts_shed_their_rate_windows_and_bill_as_if_they_had_kept_them(lines) -> None:
-    """After each batch the processor drops the rate windows of cached accounts that had no record
-    for two minutes of their partition's event time (fewer objects for the full garbage collection
-    to walk, stream/gcpause.py). Their later calls, and late ones in the minutes dropped, are
+    """Once a minute of event time, after a batch, the processor drops the rate windows of cached
+    accounts that had no record for two minutes of their partition's event time (fewer objects for
+    the full garbage collection to walk, stream/gcpause.py). Their later calls, and late ones in the minutes dropped, are
     limited and billed as by a processor that kept them; accounts whose write may still be in
     flight keep theirs."""
     msgs = sorted(messages(lines), key=lambda m: (m.partition, m.offset))
     storages = {True: LateLanding(reads_beside_writes=True), False: LateLanding(reads_beside_writes=True)}
     workers = {shed: BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, storage=storages[shed]) for shed in (True, False)}  # type: ignore[arg-type]
     workers[False].shed_idle = False
+    workers[True].shed_every_s = 0.0  # a look after every batch whose event time moved a minute
     outcomes: dict[bool, list] = {True: [], False: []}
     shed_seen = 0
     for start in range(0, len(msgs), 60):
@@ -390,7 +391,7 @@ def test_a_late_call_in_a_shed_minute_is_limited_as_if_its_window_had_stayed(she
     of quiet's in the same second is still the second call of that second: a violation, as for a
     processor that kept the window (it is loaded again from the store)."""
     worker = BatchProcessor(None, load_catalog(), EPOCH, auto_tick=False, storage=InMemoryStorage())  # type: ignore[arg-type]
-    worker.shed_idle = shedding
+    worker.shed_idle, worker.shed_every_s = shedding, 0.0
     offset = 0
 
     def batch(*records: dict) -> list:
