@@ -419,6 +419,13 @@ class Worker:
             await self.publish_outputs(result)
             await acknowledge()
         except Exception as exc:
+            if self.stopping:  # Faust stops its producer while the last batches complete: not a crash
+                log.warning(
+                    "stopping: a batch's completion did not finish (%r); it stays unacknowledged and is read "
+                    "again at the next start (its records skipped, its outputs published again)",
+                    exc,
+                )
+                return
             log.critical("billing agent failed completing a batch: %r", exc)
             await self.app.crash(exc)
             raise

@@ -198,3 +198,39 @@ def test_outputs_not_delivered_keep_the_offsets_uncommitted(broker: str, inproce
     consumer.close()
     mine = {(v["event_id"], v["limit"]) for m in delivered if m["account_id"] == account for v in m["violations"]}
     assert len(mine) == 2, delivered
+
+
+def test_a_stop_while_a_batch_publishes_its_outputs_is_a_stop_not_a_crash(
+    broker: str, inprocess_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Faust stops its producer while the last batches still complete: their outputs cannot be
+    published any more (NotReady). The worker stops cleanly (no crash), and the batch, not
+    acknowledged, is read again at the next start, where its outputs are published again."""
+    from faust.exceptions import NotReady
+
+    from pipeline.stream.app import Worker
+
+    prefix = f"stop{uuid.uuid4().hex[:6]}"
+    settings = Settings(
+        data_dir=inprocess_dir, kafka=broker, auto_tick=False, app_id=f"billing-{prefix}", topic_prefix=prefix, log_epoch=f"stop-{prefix}"
+    )
+    held: list[str] = []
+
+    async def publish_outputs(self: Any, result: Any) -> None:
+        held.append("held")
+        while not self.stopping:  # the batch completes only once the stop has begun...
+            await asyncio.sleep(0.01)
+        raise NotReady("Producer service not yet started")  # ...when Faust's producer is gone
+
+    account = f"acct-stop-{uuid.uuid4().hex[:6]}"
+    worker = Replica(settings, broker, "worker")
+    try:
+        wait_until(lambda: worker.partitions(), 60, "the worker to own partitions")
+        monkeypatch.setattr(Worker, "publish_outputs", publish_outputs)
+        publish_lines([recharge(account, "5", 0)], broker, settings.input_topic, quiet=True)
+        wait_until(lambda: held, 60, "a batch publishing its outputs")
+    finally:
+        worker.stop()
+    assert worker.error is None and worker.worker.app.crash_reason is None
+    home = partition_for(account.encode(), settings.partitions)
+    assert committed(broker, settings.app_id, settings.input_topic).get(home, 0) == 0  # read again at the next start
