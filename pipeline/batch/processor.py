@@ -923,9 +923,9 @@ class BatchProcessor:
     def _shed_idle_windows(self, busy: set[str]) -> None:
         """Drop the rate windows of the cached accounts that have had no record for KEEP_MINUTES_US
         of their partition's event time; at most once per minute of the latest event time and per
-        `shed_every_s` (a look at 100,000 states takes some 25 ms). `_prune` keeps an account's last minutes, which its
-        next records may still need, but only when it has records: an idle account kept them
-        until it came back or left the cache. Its next call is later still, in a minute with no
+        `shed_every_s` (a look at 100,000 states takes some 25 ms). `_prune` keeps an account's
+        last minutes, which its next records may still need, but only when it has records: an
+        idle account kept them until it came back or left the cache. Its next call is later still, in a minute with no
         window to load (`_hydrate`), and a late one loads its minute from ClickHouse again, as
         after `_prune`. The windows, a dict and two or three objects per account, are what the
         full garbage collection walks besides the state itself, holding Python's lock

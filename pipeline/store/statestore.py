@@ -86,9 +86,11 @@ def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountSta
 
 def load_recent_states(client: Client, limit: int) -> dict[str, AccountState]:
     """The committed snapshots of the `limit` accounts written most recently: the ones a restarted
-    worker meets first. One query; the engine picks the accounts (no list bound from Python)."""
+    worker meets first. One query; the engine picks the accounts (no list bound from Python).
+    GLOBAL: on a cluster the subquery over the Distributed table runs once, not on every shard
+    (which ClickHouse refuses by default); on one node it is a plain IN."""
     rows = client.query(
-        "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id IN "
+        "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id GLOBAL IN "
         "(SELECT account_id FROM account_state GROUP BY account_id ORDER BY max(updated_at) DESC LIMIT {n:UInt64}) "
         "GROUP BY account_id",
         parameters={"n": limit},
