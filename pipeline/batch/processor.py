@@ -685,6 +685,8 @@ class BatchProcessor:
             return 0
         warmed = 0
         for acc, state in self.storage.load_recent_states(room).items():
+            if warmed == room:
+                break
             if acc in self.states or acc in self._in_doubt or (owned is not None and not owned(acc)):
                 continue
             self._sleeping.pop(acc, None)

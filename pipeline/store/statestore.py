@@ -84,16 +84,21 @@ def load_states(client: Client, accounts: Iterable[str]) -> dict[str, AccountSta
     return {acc: AccountState.from_json(text) for acc, text in rows}
 
 
+RECENT_ROWS_PER_ACCOUNT = 4  # snapshot rows looked at per account wanted: busy accounts write one per unit
+
+
 def load_recent_states(client: Client, limit: int) -> dict[str, AccountState]:
-    """The committed snapshots of the `limit` accounts written most recently: the ones a restarted
-    worker meets first. One query; the engine picks the accounts (no list bound from Python).
-    GLOBAL: on a cluster the subquery over the Distributed table runs once, not on every shard
-    (which ClickHouse refuses by default); on one node it is a plain IN."""
+    """The committed snapshots of at most `limit` accounts among those written most recently: the
+    ones a restarted worker meets first. One query; the engine picks the accounts (no list bound
+    from Python) from the newest `limit` * RECENT_ROWS_PER_ACCOUNT snapshot rows: a top-k sort,
+    whose memory is bounded by that, where grouping the whole table by account would hold every
+    account ever written. GLOBAL: on a cluster the subquery over the Distributed table runs once,
+    not on every shard (which ClickHouse refuses by default); on one node it is a plain IN."""
     rows = client.query(
         "SELECT account_id, argMax(state, seq) FROM account_state WHERE account_id GLOBAL IN "
-        "(SELECT account_id FROM account_state GROUP BY account_id ORDER BY max(updated_at) DESC LIMIT {n:UInt64}) "
-        "GROUP BY account_id",
-        parameters={"n": limit},
+        "(SELECT DISTINCT account_id FROM (SELECT account_id FROM account_state ORDER BY updated_at DESC LIMIT {rows:UInt64}) "
+        "LIMIT {n:UInt64}) GROUP BY account_id",
+        parameters={"n": limit, "rows": limit * RECENT_ROWS_PER_ACCOUNT},
     ).result_rows
     return {acc: AccountState.from_json(text) for acc, text in rows}
 
