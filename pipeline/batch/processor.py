@@ -531,7 +531,7 @@ class BatchProcessor:
         self._prune(earlier_done)
         self._evict()
         if self.shed_idle:
-            self._shed_idle_windows(touched | earlier_touched | self._unpruned)
+            self._shed_idle_windows(touched, earlier_touched, self._unpruned)
         _add(result.phase_s, "prune", time.perf_counter() - started)
         result.write_wait_s = behind.waited_s
         if leave_last_write:
@@ -922,22 +922,24 @@ class BatchProcessor:
             if state is not None:
                 self.states[acc] = state
 
-    def _shed_idle_windows(self, busy: set[str]) -> None:
+    def _shed_idle_windows(self, *in_flight: set[str]) -> None:
         """Drop the rate windows of the cached accounts that have had no record for KEEP_MINUTES_US
         of their partition's event time; at most once per minute of the latest event time and per
         `shed_every_s` (a look at 100,000 states takes some 25 ms). `_prune` keeps an account's
         last minutes, which its next records may still need, but only when it has records: an
-        idle account kept them until it came back or left the cache. Its next call is later still, in a minute with no
-        window to load (`_hydrate`), and a late one loads its minute from ClickHouse again, as
-        after `_prune`. The windows, a dict and two or three objects per account, are what the
-        full garbage collection walks besides the state itself, holding Python's lock
-        (stream/gcpause.py). The accounts whose writes may be in flight (`busy`) keep theirs
-        (`_reads_beside`: what a write in flight holds stays in memory)."""
+        idle account kept them until it came back or left the cache. Its next call is later
+        still, in a minute with no window to load (`_hydrate`), and a late one loads its minute
+        from ClickHouse again, as after `_prune`. The windows, a dict and two or three objects
+        per account, are what the full garbage collection walks besides the state itself,
+        holding Python's lock (stream/gcpause.py). The accounts whose writes may be in flight
+        keep theirs (`_reads_beside`: what a write in flight holds stays in memory); their sets
+        are joined only when a look is due, not after every batch."""
         latest = max(self.watermarks.values(), default=0)
         now = time.monotonic()
         if latest < self._shed_at + US_PER_MINUTE or now < self._shed_wall + self.shed_every_s:
             return
         self._shed_at, self._shed_wall = latest, now
+        busy = set().union(*in_flight)
         for acc, state in self.states.items():
             if not state.windows or acc in busy:
                 continue

@@ -16,8 +16,9 @@ collection, which finds the cycles that died meanwhile. That collection walks ev
 holds Python's lock throughout, in which no record is billed: 1.3 s at 100,000 cached accounts
 (1.5 million objects) until session 19; about half that since, with each state's hour and minute
 sets held as tuples (which leave the collector's sight) and idle accounts' rate windows dropped
-(processor._shed_idle_windows). So it runs rarely, more rarely while it finds little (`next_full_after`), and early
-when the worker is idle (`collect_while_idle`), so that its pause falls where it delays nothing.
+(processor._shed_idle_windows). So it runs rarely, more rarely while it finds little
+(`next_full_after`), and early when the worker is idle (`collect_while_idle`), so that its pause
+falls where it delays nothing.
 The cycles it used to find were closed connections, a Python 3.11 flaw that
 `release_closed_transports` mends; with it, each full collection of a gateway run and the
 console's polling found none.
