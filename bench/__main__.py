@@ -310,6 +310,19 @@ class Bench:
         log(f"billing worker API at {self.stack.api} after {started.api_ready_at - started.spawned_at:.1f}s")
         return started
 
+    def settled_health(self, expected: int, within_s: float = 5.0) -> dict[str, Any]:
+        """The worker's /healthz once its own count has reached `expected` records (or after
+        `within_s`). `billing wait` returns when the last barrier is in ClickHouse, which the
+        batch writes before its completion counts it: read at once, /healthz may still miss that
+        last batch's records (a warning about records fewer than produced, for nothing)."""
+        assert self.stack is not None
+        deadline = time.monotonic() + within_s
+        while True:
+            health = self.stack.health() or {}
+            if int(health.get("stats", {}).get("records", 0)) >= expected or time.monotonic() >= deadline:
+                return health
+            time.sleep(0.05)
+
     def profile_target(self) -> Path | None:
         """Where py-spy writes (d)'s profile, or None without --profile or without py-spy."""
         if self.args.profile is None:
@@ -346,7 +359,7 @@ class Bench:
         with HealthSampler(self.stack) as sampler:
             self.stack.cli("wait", "--timeout", "3600", timeout=3700)
             t_wait = time.time()
-        health = self.stack.health() or {}
+        health = self.settled_health(self.n)
         first, last = health.get("first_batch_at"), health.get("last_batch_at")
         if first is None:
             raise RuntimeError("`billing wait` returned but the worker's /healthz has no first_batch_at")
@@ -503,7 +516,7 @@ class Bench:
         with HealthSampler(self.stack) as sampler:
             self.stack.cli("wait", "--timeout", "3600", timeout=3700)
             t_wait = time.time()
-        health = self.stack.health() or {}
+        health = self.settled_health(len(messages))
         first = health.get("first_batch_at")
         if first is None:
             raise RuntimeError(f"{name}: `billing wait` returned but the worker's /healthz has no first_batch_at")
@@ -558,7 +571,7 @@ class Bench:
         with HealthSampler(self.stack, every_s=1.0) as sampler:
             self.stack.cli("wait", "--timeout", "36000", timeout=36100)
             t_wait = time.time()
-        health = self.stack.health() or {}
+        health = self.settled_health(n)
         first = health.get("first_batch_at") or t_wait
         marks: list[tuple[float, int]] = [(first, 0)] + [(t, r - base) for t, r in sampler.samples] + [(t_wait, n)]
         per_million = []
