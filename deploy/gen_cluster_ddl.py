@@ -11,8 +11,10 @@ this writes ``schemas/clickhouse/cluster/NNN_name.sql`` in which
   '{replica}'[, args])`` (same columns, same ORDER BY and the rest of the clause) plus
   ``t ON CLUSTER '{cluster}'`` with the same columns and ``Distributed('{cluster}', currentDatabase(),
   t_local, cityHash64(account_id))``, so the application keeps its table names;
-- each ``CREATE VIEW v AS SELECT ...`` gets ``ON CLUSTER '{cluster}'`` and reads the Distributed
-  tables (same SELECT text);
+- each ``CREATE VIEW IF NOT EXISTS v AS SELECT ...`` (or ``CREATE OR REPLACE VIEW``, a later
+  migration's new form of a view) gets ``ON CLUSTER '{cluster}'`` and reads the Distributed tables
+  (same SELECT text: a subquery over a table not sharded by account must be GLOBAL there, which
+  tests/deploy checks);
 - each ``ALTER TABLE t MODIFY TTL ...`` becomes ``ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY TTL ...``;
 - each ``ALTER TABLE t ADD COLUMN ...`` becomes the same ALTER ``ON CLUSTER '{cluster}'`` on ``t_local``
   and on ``t`` (a Distributed table has its own column list, which must name the new columns);
@@ -122,7 +124,10 @@ ALTER_TTL_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>MODIFY TTL
 ALTER_ADD_RE = re.compile(r"^ALTER TABLE\s+(?P<name>\w+)\s+(?P<action>ADD COLUMN\s.*)$", re.S)
 INSERT_SELECT_RE = re.compile(r"^INSERT INTO\s+\w+\s+SELECT\s", re.S)
 NULL_TWIN_RE = re.compile(r"^CREATE TABLE IF NOT EXISTS\s+(?P<name>\w+)\s+AS\s+(?P<source>\w+)\s+ENGINE\s*=\s*Null$", re.S)
-VIEW_RE = re.compile(r"^CREATE VIEW IF NOT EXISTS\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s+AS\s+(?P<select>.*)$", re.S)
+VIEW_RE = re.compile(
+    r"^(?P<create>CREATE VIEW IF NOT EXISTS|CREATE OR REPLACE VIEW)\s+(?P<name>\w+)(?P<cluster>\s+ON CLUSTER\s+'[^']*')?\s+AS\s+(?P<select>.*)$",
+    re.S,
+)
 
 
 def parse_table(statement: str) -> Table | None:
@@ -191,16 +196,23 @@ def cluster_statements(statement: str, source: Path) -> list[str]:
     if added is not None:  # the shards' tables first, then the Distributed table that reads them
         name, action = added.group("name"), added.group("action")
         return [f"ALTER TABLE {name}_local ON CLUSTER {CLUSTER} {action}", f"ALTER TABLE {name} ON CLUSTER {CLUSTER} {action}"]
-    view = parse_view(statement)
-    if view is not None:
-        name, select = view
-        return [f"CREATE VIEW IF NOT EXISTS {name} ON CLUSTER {CLUSTER} AS\n{select}"]
+    view = VIEW_RE.match(statement)
+    if view is not None:  # `CREATE OR REPLACE` replaces a view an earlier migration created
+        return [f"{view.group('create')} {view.group('name')} ON CLUSTER {CLUSTER} AS\n{view.group('select').strip()}"]
     if INSERT_SELECT_RE.match(statement):  # a backfill: once, through the Distributed tables
         return [statement]
     first = " ".join(statement.split()[:4])
     raise SystemExit(
         f"{source.name}: statement '{first} ...' is not handled; write its cluster form by hand and extend {Path(__file__).name}"
     )
+
+
+def one_node(statement: str) -> str:
+    """A generated statement as one engine without Keeper runs it (tests/deploy and
+    tests/cluster_engine.py run the cluster DDL in the embedded engine): no `ON CLUSTER`, and
+    `Replicated*MergeTree('path', 'replica'[, args])` as `*MergeTree([args])`."""
+    statement = re.sub(r"\s+ON CLUSTER '\{cluster\}'", "", statement)
+    return re.sub(r"Replicated(\w*MergeTree)\('[^']*',\s*'[^']*'(?:,\s*)?", r"\1(", statement)
 
 
 def render(source: Path) -> str:

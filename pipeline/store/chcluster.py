@@ -14,6 +14,13 @@ only if
   taking over a partition after a rebalance must not read a snapshot older than its lines from a
   lagging replica (it would bill twice).
 
+And one setting for the queries to run at all: a subquery or JOIN over a Distributed table inside
+a query over another one (the views of rejections, the console's account list) is refused by
+default ("Double-distributed IN/JOIN subqueries is denied"). `distributed_product_mode='local'`
+runs it against each shard's local table, which is exact because every table with an account is
+sharded by it: an account's rows meet on one shard. A subquery over a table sharded otherwise
+(rebill_runs, by run id) is written GLOBAL (migration 007); tests/deploy checks that.
+
 With BILLING_CLICKHOUSE_CLUSTER=1 every query and insert of the worker carries these settings,
 and the worker checks at start that the server took them (a profile with `readonly` or a
 constraint can refuse or pin them) and that the tables are the replicated cluster ones.
@@ -30,6 +37,7 @@ CLUSTER_SETTINGS: dict[str, Any] = {
     "insert_quorum": "auto",
     "insert_quorum_parallel": 0,
     "select_sequential_consistency": 1,
+    "distributed_product_mode": "local",
 }
 
 

@@ -300,17 +300,23 @@ def committed_seqs(client: Client, accounts: list[str]) -> dict[str, int]:
     return {acc: int(seq) for acc, seq in rows}
 
 
-def roll_back(client: Client, accounts: Iterable[str]) -> None:
+def roll_back(client: Client, accounts: Iterable[str], cluster: bool = False) -> None:
     """Delete what a failed batch wrote past the accounts' commit points. Its retry may write other
     rows at the same seqs (a record it rejects now, say), and a row left behind at a higher
-    revision would otherwise win over the right one, or show in a query, for ever."""
+    revision would otherwise win over the right one, or show in a query, for ever.
+
+    On a cluster (BILLING_CLICKHOUSE_CLUSTER=1) ClickHouse refuses a DELETE on a Distributed table
+    ("DELETE query is not supported"), which would have kept the worker on its failed batch for
+    ever: the delete goes to the shards' `_local` tables, ON CLUSTER (a replicated table's delete
+    runs on one replica of each shard and is replicated from there)."""
     accs = sorted(set(accounts))
     for chunk in _chunks(accs, 10_000):
         seqs = committed_seqs(client, chunk)
         params = {"accs": chunk, "seqs": [seqs.get(acc, 0) for acc in chunk]}
         for table, column in SEQ_COLUMNS.items():
+            target = f"{table}_local ON CLUSTER '{{cluster}}'" if cluster else table
             client.command(
-                f"DELETE FROM {table} WHERE account_id IN %(accs)s AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))",
+                f"DELETE FROM {target} WHERE account_id IN %(accs)s AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))",
                 parameters=params,
             )
 

@@ -82,8 +82,9 @@ class ClickHouseStorage:
     looks the function up in its module when it runs, so a test that wraps `sink.send` (to fail or
     delay a write against the real engine) still reaches it."""
 
-    def __init__(self, client: Client, lanes: sink.InsertLanes | None = None, reader: Client | None = None) -> None:
+    def __init__(self, client: Client, lanes: sink.InsertLanes | None = None, reader: Client | None = None, cluster: bool = False) -> None:
         self.client = client
+        self.cluster = cluster  # BILLING_CLICKHOUSE_CLUSTER: deletes go to the shards' local tables (statestore.roll_back)
         self.lanes = lanes  # a unit's inserts of one step side by side; None: one after another on `client`
         # the reads' own client (an engine handle or server session of their own), so that they can
         # run while `client` writes; None: they use `client`, one call at a time
@@ -97,7 +98,7 @@ class ClickHouseStorage:
         sink.send(self.client, encoded, self.lanes)
 
     def roll_back(self, accounts: Iterable[str]) -> None:
-        statestore.roll_back(self.client, accounts)
+        statestore.roll_back(self.client, accounts, self.cluster)
 
     def roll_forward(self, accounts: Iterable[str]) -> int:
         return statestore.roll_forward(self.client, accounts)

@@ -140,7 +140,7 @@ class Worker:
             control_key=self.control_key,
             clock_bounds=bounds,
             max_cached_accounts=settings.max_cached_accounts,
-            storage=ClickHouseStorage(self.client, self.insert_lanes, reader=self.read_client),
+            storage=ClickHouseStorage(self.client, self.insert_lanes, reader=self.read_client, cluster=settings.clickhouse_cluster),
         )
         self.processor.placement = PlacementCheck(settings.partitions)
         self.on_api = on_api

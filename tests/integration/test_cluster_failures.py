@@ -302,6 +302,7 @@ def test_cluster_mode_sends_the_commit_point_settings_and_checks_them(inprocess_
         "insert_quorum": "auto",
         "insert_quorum_parallel": "0",
         "select_sequential_consistency": "1",
+        "distributed_product_mode": "local",
     }
     # single-server tables under cluster mode: refused, not written to one node
     migrations.apply(cluster, DDL_DIR)

@@ -205,13 +205,15 @@ def accounts(client: Client, prefix: str | None, limit: int = 200) -> list[Row]:
     if prefix:
         params["p"] = prefix
         where = " WHERE startsWith(account_id, {p:String})"
-    # the page of ids first: the view's balances are then computed for those accounts only
+    # the page of ids first: the view's balances are then computed for those accounts only. On a
+    # cluster the subquery runs on each shard (distributed_product_mode='local', store/chcluster.py),
+    # each giving its own first ids: the outer LIMIT keeps the page at `limit`
     return _rows(
         client,
         (
             "SELECT account_id, status, cash_balance, debt, voucher_balance, free_tokens_used, status_since, last_event_at "
             f"FROM account_balances WHERE account_id IN (SELECT DISTINCT account_id FROM account_state{where} "
-            "ORDER BY account_id LIMIT {limit:UInt32}) ORDER BY account_id"
+            "ORDER BY account_id LIMIT {limit:UInt32}) ORDER BY account_id LIMIT {limit:UInt32}"
         ),
         params,
     )
