@@ -164,10 +164,13 @@ def rebill(client: Any, start: str, end: str) -> None:
 
 def reads(client: Any, epoch: str, accounts: list[str]) -> dict[str, Callable[[], Any]]:
     """Every read of the product, by name: the CLI's and the API's (store/queries.py), the
-    console's (serve/console/data.py), the worker's (store/statestore.py), the SQL views."""
+    console's (serve/console/data.py), the worker's (store/statestore.py), the SQL views, and the
+    examples of docs/sql.md as `billing sql` runs them."""
     from pipeline.core.catalog import load_catalog
     from pipeline.serve.console import data
     from pipeline.store import queries, statestore
+    from pipeline.store.sqlquery import run_sql
+    from tests.integration.test_sql_views import doc_examples
 
     free = load_catalog().free_quota_tokens
     account = accounts[0]
@@ -194,6 +197,10 @@ def reads(client: Any, epoch: str, accounts: list[str]) -> dict[str, Callable[[]
         "statestore.roll_forward": lambda: statestore.roll_forward(client, accounts),
         "statestore.roll_forward_partitions": lambda: statestore.roll_forward_partitions(client, [0, 1]),
     }
+    hours = sorted(str(b["hour"]) for b in queries.bills(client, account))
+    params = {"account": account, "month": month + "-01", "from": hours[0][:19].replace("T", " "), "to": hours[-1][:19].replace("T", " ")}
+    for name, query in doc_examples().items():  # what analysts run on the tables (docs/sql.md)
+        found[f"docs/sql.md {name}"] = lambda query=query: run_sql(client, query, 100_000, 60, params)["rows"]
     views = [
         r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'View'").result_rows
     ]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.store.statestore import SEQ_COLUMNS
+from tests.integration.test_sql_views import doc_examples
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +37,14 @@ def test_a_failed_units_rows_are_rolled_back_on_the_shards(outcome: dict) -> Non
 
 
 def test_every_read_runs_on_the_cluster_and_agrees_with_one_server(outcome: dict) -> None:
-    """The CLI's and the console's queries, the rebill's, the worker's state loads and every SQL
-    view: none refused on one shard or on two (a double-distributed subquery is refused on two
+    """The CLI's and the console's queries, the rebill's, the worker's state loads, every SQL view
+    and every example of docs/sql.md: none refused on one shard or on two (a double-distributed subquery is refused on two
     unless distributed_product_mode='local' is sent, as chcluster.CLUSTER_SETTINGS does), and on one
     shard each gives what the single server gives."""
     assert outcome["bills"] > 500
     assert {"console.overview", "console.accounts", "queries.rejected", "view rejected_records", "view rebill_changes"} <= set(
         outcome["checked"]
     )
+    assert sum(read.startswith("docs/sql.md ") for read in outcome["checked"]) == len(doc_examples())
     assert outcome["failed"] == {}
     assert outcome["differ"] == []
