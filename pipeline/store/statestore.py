@@ -14,6 +14,7 @@ import re
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from clickhouse_connect.driver.binding import format_str
 from clickhouse_connect.driver.client import Client
 
 from pipeline.core.facts import StatusChange, Violation
@@ -300,25 +301,60 @@ def committed_seqs(client: Client, accounts: list[str]) -> dict[str, int]:
     return {acc: int(seq) for acc, seq in rows}
 
 
+# A statement's text on a cluster, at most: under ClickHouse's max_query_size (262,144 bytes by
+# default, which counts the values written into the text) and Keeper's limit on a distributed DDL
+# entry (1 MB).
+ON_CLUSTER_QUERY_BYTES = 240_000
+
+
 def roll_back(client: Client, accounts: Iterable[str], cluster: bool = False) -> None:
     """Delete what a failed batch wrote past the accounts' commit points. Its retry may write other
     rows at the same seqs (a record it rejects now, say), and a row left behind at a higher
     revision would otherwise win over the right one, or show in a query, for ever.
 
-    On a cluster (BILLING_CLICKHOUSE_CLUSTER=1) ClickHouse refuses a DELETE on a Distributed table
-    ("DELETE query is not supported"), which would have kept the worker on its failed batch for
-    ever: the delete goes to the shards' `_local` tables, ON CLUSTER (a replicated table's delete
-    runs on one replica of each shard and is replicated from there)."""
+    The accounts and their commit points are bound values (not written into the statement: with
+    them in its text, a unit of more than about 5,000 accounts passed max_query_size and its roll
+    back failed, which gateway traffic does with every unit). On a cluster
+    (BILLING_CLICKHOUSE_CLUSTER=1) ClickHouse refuses a DELETE on a Distributed table ("DELETE
+    query is not supported"): the delete goes to the shards' `_local` tables, ON CLUSTER (a
+    replicated table's delete runs on one replica of each shard and is replicated from there),
+    with the values written into its text (a distributed DDL carries no bound values), in chunks
+    that keep the text under ON_CLUSTER_QUERY_BYTES."""
     accs = sorted(set(accounts))
-    for chunk in _chunks(accs, 10_000):
+    chunks = _text_chunks(accs, ON_CLUSTER_QUERY_BYTES) if cluster else _chunks(accs, _chunk_size(client, 2))
+    for chunk in chunks:
         seqs = committed_seqs(client, chunk)
         params = {"accs": chunk, "seqs": [seqs.get(acc, 0) for acc in chunk]}
         for table, column in SEQ_COLUMNS.items():
-            target = f"{table}_local ON CLUSTER '{{cluster}}'" if cluster else table
-            client.command(
-                f"DELETE FROM {target} WHERE account_id IN %(accs)s AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))",
-                parameters=params,
-            )
+            if cluster:
+                client.command(
+                    f"DELETE FROM {table}_local ON CLUSTER '{{cluster}}' WHERE account_id IN %(accs)s "
+                    f"AND {column} > transform(account_id, %(accs)s, %(seqs)s, toUInt64(0))",
+                    parameters=params,
+                )
+            else:
+                client.command(
+                    f"DELETE FROM {table} WHERE account_id IN {{accs:Array(String)}} "
+                    f"AND {column} > transform(account_id, {{accs:Array(String)}}, {{seqs:Array(UInt64)}}, toUInt64(0))",
+                    parameters=params,
+                )
+
+
+def _text_chunks(accounts: list[str], budget: int) -> Iterator[list[str]]:
+    """The accounts in chunks whose ids, written twice into a statement as the driver writes them
+    (quoted, escaped, with a separator), and their seqs (20 digits at most) stay within `budget`
+    bytes."""
+    chunk: list[str] = []
+    size = 0
+    for acc in accounts:
+        cost = 2 * (len(format_str(acc).encode()) + 2) + 22
+        if chunk and size + cost > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(acc)
+        size += cost
+    if chunk:
+        yield chunk
 
 
 def roll_forward(client: Client, accounts: Iterable[str]) -> int:
