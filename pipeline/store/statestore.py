@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from urllib.parse import quote
 
 from clickhouse_connect.driver.binding import format_str
 from clickhouse_connect.driver.client import Client
@@ -38,12 +39,25 @@ MAX_BOUND_VALUES_HTTP = 5_000
 # (`python -m bench.gateway_processor --accounts 300000 --records 400000 --bound-values 10000`).
 # Not isolated; suspected: the IN set's index analysis per part, with the merges behind.
 MAX_BOUND_PER_QUERY = 10_000
+# Over HTTP the bound values travel in the URL, which a server refuses past http_max_uri_size
+# (1 MiB by default): at most this many bytes of them, URL-encoded, per query. A count alone was not
+# enough: an account id may be 128 characters of any script, up to 1.5 KB URL-encoded, and 5,000
+# such ids (a hostile producer's, in one batch) made a 7.7 MB URL, refused for every retry of the
+# batch: billing stopped for everyone.
+MAX_BOUND_URL_BYTES = 512 * 1024
+# A statement's text on a cluster, at most: under ClickHouse's max_query_size (262,144 bytes by
+# default, which counts the values written into the text) and Keeper's limit on a distributed DDL
+# entry (1 MB).
+ON_CLUSTER_QUERY_BYTES = 240_000
 T = TypeVar("T")
 
 
+def _embedded(client: Client) -> bool:
+    return str(getattr(client, "uri", "")).startswith("chdb:")
+
+
 def _bound_limit(client: Client) -> int:
-    embedded = str(getattr(client, "uri", "")).startswith("chdb:")
-    return MAX_BOUND_VALUES if embedded else min(MAX_BOUND_VALUES, MAX_BOUND_VALUES_HTTP)
+    return MAX_BOUND_VALUES if _embedded(client) else min(MAX_BOUND_VALUES, MAX_BOUND_VALUES_HTTP)
 
 
 def _chunk_size(client: Client, width: int = 1) -> int:
@@ -54,6 +68,41 @@ def _chunk_size(client: Client, width: int = 1) -> int:
 def _chunks(values: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(values), size):
         yield values[i : i + size]
+
+
+def _sized_chunks(values: list[T], max_count: int, budget: int, cost: Callable[[T], int]) -> Iterator[list[T]]:
+    """Consecutive chunks of at most `max_count` values whose costs add up to at most `budget` (a
+    value that alone costs more is a chunk of its own)."""
+    chunk: list[T] = []
+    size = 0
+    for value in values:
+        value_cost = cost(value)
+        if chunk and (len(chunk) >= max_count or size + value_cost > budget):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(value)
+        size += value_cost
+    if chunk:
+        yield chunk
+
+
+def _url_bytes(value: Any) -> int:
+    """A bound value's bytes in a URL: as the driver writes it (quoted, escaped), URL-encoded,
+    with its separator; a tuple, its values'."""
+    if isinstance(value, tuple):
+        return sum(_url_bytes(item) for item in value) + 9
+    if isinstance(value, str):
+        return len(quote(format_str(value), safe="")) + 3
+    return len(str(value)) + 3
+
+
+def _bound_chunks(client: Client, values: list[T], width: int = 1, extra: int = 0) -> Iterator[list[T]]:
+    """`values` in chunks to bind, one query each: under the engine's bound limit (`width` values
+    bound per item), and over HTTP under MAX_BOUND_URL_BYTES (`extra`: the bytes bound beside each
+    value, such as a number that goes with it). The embedded engine takes no URL: no cost to count."""
+    if _embedded(client):
+        return _chunks(values, _chunk_size(client, width))
+    return _sized_chunks(values, _chunk_size(client, width), MAX_BOUND_URL_BYTES, lambda value: _url_bytes(value) + extra)
 
 
 def _query_chunked(
@@ -68,7 +117,7 @@ def _query_chunked(
     """Rows of `sql` for every chunk of `values`, bound as parameter `name` (rendered by `render`);
     `width`: values bound per item (2 for pairs), so that a chunk stays under the bound limit."""
     rows: list[Any] = []
-    for chunk in _chunks(values, _chunk_size(client, width)):
+    for chunk in _bound_chunks(client, values, width):
         rows += client.query(sql, parameters={**(params or {}), name: render(chunk) if render else chunk}).result_rows
     return rows
 
@@ -301,12 +350,6 @@ def committed_seqs(client: Client, accounts: list[str]) -> dict[str, int]:
     return {acc: int(seq) for acc, seq in rows}
 
 
-# A statement's text on a cluster, at most: under ClickHouse's max_query_size (262,144 bytes by
-# default, which counts the values written into the text) and Keeper's limit on a distributed DDL
-# entry (1 MB).
-ON_CLUSTER_QUERY_BYTES = 240_000
-
-
 def roll_back(client: Client, accounts: Iterable[str], cluster: bool = False) -> None:
     """Delete what a failed batch wrote past the accounts' commit points. Its retry may write other
     rows at the same seqs (a record it rejects now, say), and a row left behind at a higher
@@ -321,7 +364,10 @@ def roll_back(client: Client, accounts: Iterable[str], cluster: bool = False) ->
     with the values written into its text (a distributed DDL carries no bound values), in chunks
     that keep the text under ON_CLUSTER_QUERY_BYTES."""
     accs = sorted(set(accounts))
-    chunks = _text_chunks(accs, ON_CLUSTER_QUERY_BYTES) if cluster else _chunks(accs, _chunk_size(client, 2))
+    if cluster:
+        chunks = _sized_chunks(accs, MAX_BOUND_PER_QUERY, ON_CLUSTER_QUERY_BYTES, _text_bytes)
+    else:
+        chunks = _bound_chunks(client, accs, width=2, extra=_url_bytes(2**64 - 1))  # each account's seq beside it
     for chunk in chunks:
         seqs = committed_seqs(client, chunk)
         params = {"accs": chunk, "seqs": [seqs.get(acc, 0) for acc in chunk]}
@@ -340,21 +386,10 @@ def roll_back(client: Client, accounts: Iterable[str], cluster: bool = False) ->
                 )
 
 
-def _text_chunks(accounts: list[str], budget: int) -> Iterator[list[str]]:
-    """The accounts in chunks whose ids, written twice into a statement as the driver writes them
-    (quoted, escaped, with a separator), and their seqs (20 digits at most) stay within `budget`
-    bytes."""
-    chunk: list[str] = []
-    size = 0
-    for acc in accounts:
-        cost = 2 * (len(format_str(acc).encode()) + 2) + 22
-        if chunk and size + cost > budget:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(acc)
-        size += cost
-    if chunk:
-        yield chunk
+def _text_bytes(account: str) -> int:
+    """An account's bytes in a roll back's text: its id twice (the IN list and the transform's), as
+    the driver writes it (quoted, escaped, with a separator), and its seq (20 digits at most)."""
+    return 2 * (len(format_str(account).encode()) + 2) + 22
 
 
 def roll_forward(client: Client, accounts: Iterable[str]) -> int:
