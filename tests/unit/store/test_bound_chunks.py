@@ -46,12 +46,22 @@ HOSTILE = [f"{i:05d}'" + "\U0001f600" * 122 for i in range(6_000)]
 
 
 def test_the_reads_of_hostile_account_ids_fit_a_servers_url() -> None:
-    spy = HttpClientSpy()
-    statestore.load_states(spy, HOSTILE)
-    statestore.roll_forward(spy, HOSTILE)
-    statestore.committed_seqs(spy, HOSTILE)
-    assert len(spy.urls) > 3  # chunked by size, not only by count (5,000 a query over HTTP)
-    assert max(spy.urls) <= HTTP_MAX_URI_SIZE
+    """Every read of the worker that binds account ids (or ids of the records' own making)."""
+    seqs = {acc: 7 for acc in HOSTILE}
+    reads = {
+        "load_states": lambda spy: statestore.load_states(spy, HOSTILE),
+        "roll_forward": lambda spy: statestore.roll_forward(spy, HOSTILE),
+        "committed_seqs": lambda spy: statestore.committed_seqs(spy, HOSTILE),
+        "load_lines": lambda spy: statestore.load_lines(spy, [(acc, 1_726_617_600) for acc in HOSTILE], seqs),
+        "load_windows": lambda spy: statestore.load_windows(spy, [(acc, 1_726_617_600_000_000) for acc in HOSTILE], seqs),
+        "committed_statuses": lambda spy: statestore.committed_statuses(spy, seqs),
+        "committed_violations": lambda spy: statestore.committed_violations(spy, [(acc, acc) for acc in HOSTILE], seqs),
+    }
+    for name, read in reads.items():
+        spy = HttpClientSpy()
+        read(spy)
+        assert len(spy.urls) > 2, name  # chunked by size, not only by count (5,000 values a query over HTTP)
+        assert max(spy.urls) <= HTTP_MAX_URI_SIZE, name
 
 
 def test_the_roll_back_of_hostile_account_ids_fits_a_servers_url_and_a_clusters_text() -> None:
