@@ -48,3 +48,30 @@ def test_account_ids_that_need_escaping_load_their_snapshots(client) -> None:
     assert str(statestore.str_array(["a-1", "b"])) == "['a-1','b']"
     assert statestore.str_array(["o'x"]) == ["o'x"]  # left to clickhouse-connect
     assert statestore.load_lines(client, [(acc, 0) for acc in odd], {acc: 3 for acc in odd}) == {}
+
+
+def test_a_failed_unit_of_thousands_of_accounts_is_rolled_back(client, monkeypatch) -> None:
+    """A unit of gateway traffic touches about one account per record. Its write fails before its
+    snapshots: everything it wrote is deleted (statestore.roll_back binds the accounts; written into
+    the statement, 6,000 ids passed ClickHouse's max_query_size and the roll back failed, leaving
+    the rows), and the retry bills exactly."""
+    from tests.integration.test_processor_edges import _fail_halfway
+
+    run = uuid.uuid4().hex[:6]
+    lines = [line.replace('"account_id":"', f'"account_id":"{run}-', 1) for line in generate(24000, seed=5721, accounts=6000)]
+    accounts = accounts_of(lines)
+    assert len(accounts) == 6000
+    _fail_halfway(monkeypatch, 1)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False, write_records=30_000)
+    msgs = single_record_messages(lines)
+    with pytest.raises(ConnectionError, match="halfway"):
+        processor.process(msgs)
+    left = {
+        table: client.query(
+            f"SELECT count() FROM {table} WHERE account_id IN {{a:Array(String)}}", parameters={"a": sorted(accounts)}
+        ).result_rows[0][0]
+        for table in ("seen_records", "priced_usage", "rejections")
+    }
+    assert left == {"seen_records": 0, "priced_usage": 0, "rejections": 0}  # nothing was committed: all of it deleted
+    processor.process(msgs)
+    assert bills_by_key(queries.bills(client), accounts) == expected(lines).bills
