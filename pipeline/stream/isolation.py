@@ -9,6 +9,7 @@ ClickHouse thread, the tests on a processor with a client that refuses chosen ro
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import Callable
 
 from clickhouse_connect.driver.exceptions import OperationalError
@@ -42,6 +43,12 @@ TRANSIENT_CODES = (
 )
 
 
+def _halves(messages: list[Message]) -> list[list[Message]]:
+    """The messages as two groups in log order (one group if there is one message)."""
+    half = (len(messages) + 1) // 2
+    return [messages[:half], messages[half:]] if len(messages) > 1 else [messages]
+
+
 def transient(exc: BaseException) -> bool:
     """A failure of ClickHouse itself (down, full, overloaded, not migrated), not of the data: wait
     and retry. Anything else that fails the same batch again and again is looked for in its records."""
@@ -52,9 +59,10 @@ def transient(exc: BaseException) -> bool:
 
 
 class Isolator:
-    """Tries a failing batch one message at a time. Guarantees, in order:
+    """Tries a failing batch in halves, down to the messages that fail alone. Guarantees, in order:
 
-    1. A message that writes alone is billed as usual.
+    1. A group of messages that writes is billed as usual; each message is in exactly one group
+       that was written, or is the one message of a group that failed.
     2. A message that fails alone is tried again with every record of it rejected (`out_of_range`,
        the error as the detail). Only if that goes in is the message taken to be the cause.
     3. If the rejection cannot be written either, or messages keep being refused with no good write
@@ -63,7 +71,13 @@ class Isolator:
     4. Rows a failed attempt wrote past the accounts' commit points are deleted before the next
        attempt (BatchProcessor rolls back), so a rejected record leaves nothing in any table but
        its rejection and its raw archive row.
-    5. The caller acknowledges the batch only once the whole of it is written."""
+    5. The groups are written in log order (each the next messages of the batch), and the caller
+       acknowledges the batch only once the whole of it is written.
+
+    Halves, not one message at a time: on gateway traffic a batch is 25,000 single-record
+    messages, and a write costs about as much whatever its size (a unit's 14 inserts), so one
+    message at a time held billing for everyone for about half an hour to find one bad record.
+    Halving finds it in about 2 log2(n) attempts, plus one write per group that goes in."""
 
     def __init__(self, on_poisoned: Callable[[], None] | None = None) -> None:
         self.poison_streak = 0
@@ -71,9 +85,11 @@ class Isolator:
 
     def run(self, processor: BatchProcessor, messages: list[Message]) -> BatchResult | None:
         total = BatchResult()
-        for msg in messages:
+        groups: deque[list[Message]] = deque(_halves(messages))
+        while groups:
+            group = groups.popleft()
             try:
-                total.merge(processor.process([msg]))
+                total.merge(processor.process(group))
                 self.poison_streak = 0
                 continue
             except LOG_INCONSISTENT:  # the log, not a record: the worker stops loudly
@@ -82,7 +98,10 @@ class Isolator:
                 if transient(exc) or self.poison_streak >= MAX_POISON_STREAK:
                     return None
                 error = f"{type(exc).__name__}: {exc}"
-            rejected = self._reject(processor, msg, error)
+            if len(group) > 1:
+                groups.extendleft(reversed(_halves(group)))  # its first half next, then its second
+                continue
+            rejected = self._reject(processor, group[0], error)
             if rejected is None:
                 return None
             total.merge(rejected)

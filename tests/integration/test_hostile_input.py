@@ -17,7 +17,7 @@ from pipeline.batch.processor import BatchProcessor, ClockBounds, Message
 from pipeline.core import control
 from pipeline.core.catalog import load_catalog
 from pipeline.runtime import read_runtime
-from pipeline.store import queries
+from pipeline.store import queries, sink
 from pipeline.stream.isolation import Isolator
 from tests.integration.stack import Stack
 
@@ -312,3 +312,30 @@ def test_normal_traffic_beside_every_hostile_class_bills_as_a_clean_run(stack: S
         for name in ("status", "cash_balance", "debt", "free_tokens_left", "last_settled_hour"):
             assert got[name] == summary[name], (acc, name)
     assert account(stack, evil)["cash_balance"] == "999999999999.999999"
+
+
+def test_one_bad_record_in_a_gateway_sized_batch_is_found_in_few_writes(client, monkeypatch) -> None:
+    """A batch of 2,005 single-record messages, three of whose calls write a value ClickHouse
+    refuses: they are found by halving the batch (a few dozen attempts, each a write), not one
+    message at a time (2,005 writes: about half an hour for a batch of 25,000), and everyone
+    else is billed as without them."""
+    run = uuid.uuid4().hex[:8]
+    good, bad = [f"many-{run}-{i:03d}" for i in range(400)], f"poison-{run}"
+    msgs = messages(traffic(good, bad))
+    processor = BatchProcessor(
+        RefusingClient(client, "priced_usage", bad), load_catalog(), uuid.uuid4().hex, auto_tick=False, control_key=KEY
+    )
+    attempts: list[int] = []  # the records of each unit written (or tried)
+    send = sink.send
+
+    def counted(client_, encoded, *lanes):
+        attempts.append(encoded.records)
+        return send(client_, encoded, *lanes)
+
+    monkeypatch.setattr(sink, "send", counted)
+    result = Isolator().run(processor, msgs)
+    assert result is not None and sum(result.statuses.values()) == len(msgs)
+    assert len(attempts) < 100, len(attempts)
+    rejected = queries.rejected(client, bad, "out_of_range")
+    assert sorted(r["event_id"] for r in rejected) == [f"{bad}-1", f"{bad}-2", f"{bad}-3"]
+    assert [b["requests"] for b in bills_of(client, good[0]) if b["item"] == "xingchen-lite"] == [2]
