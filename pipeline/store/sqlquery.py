@@ -105,10 +105,14 @@ def run_sql(
     max_rows = max(1, min(int(max_rows), MAX_ROWS_CEILING))
     timeout_s = max(0.1, min(float(timeout_s), MAX_TIMEOUT_S))
     bound = dict(params or {})
+    # one row more than shown: tells whether the result was cut. GLOBAL subqueries: on a cluster the
+    # worker's own queries run theirs per shard (distributed_product_mode='local', store/chcluster.py),
+    # exact for what is sharded by account; an analyst's subquery may join anything, so it is sent
+    # whole to every shard instead (on one server this changes nothing)
     limits = (
         f"SETTINGS readonly = 1, max_execution_time = {math.ceil(timeout_s)}, max_result_rows = {max_rows + 1}, "
-        "result_overflow_mode = 'break'"
-    )  # one row more than shown: tells whether the result was cut
+        "result_overflow_mode = 'break', distributed_product_mode = 'global'"
+    )
     started = time.perf_counter()
     try:
         kind, ast = _kind(client, statement, bound)

@@ -102,7 +102,9 @@ def test_against_a_server_billing_sql_reads_with_the_limits_in_the_statement(mon
     (parse, parse_params), (text, params) = server.sent
     assert parse.startswith("EXPLAIN AST SELECT n, amount") and parse_params == {"a": "x'; DROP"}
     assert text.startswith("SELECT * FROM (\nSELECT n, amount FROM hourly_bills WHERE account_id = {a:String}\n)")
-    assert text.endswith("SETTINGS readonly = 1, max_execution_time = 5, max_result_rows = 3, result_overflow_mode = 'break'")
+    assert text.endswith(
+        "SETTINGS readonly = 1, max_execution_time = 5, max_result_rows = 3, result_overflow_mode = 'break', distributed_product_mode = 'global'"
+    )
     assert params == {"a": "x'; DROP"}  # bound by ClickHouse, never pasted into the text
     assert result["rows"] == [[0, "1.500000"], [1, "1.500000"]] and result["truncated"] is True
     refused = ServerClient(kind="AlterQuery (children 2)")
