@@ -72,7 +72,9 @@ class Isolator:
        attempt (BatchProcessor rolls back), so a rejected record leaves nothing in any table but
        its rejection and its raw archive row.
     5. The groups are written in log order (each the next messages of the batch), and the caller
-       acknowledges the batch only once the whole of it is written.
+       acknowledges the batch only once the whole of it is written. The processor then forgets
+       which of its messages were refused: a worker fed bad records for months keeps no list of
+       them.
 
     Halves, not one message at a time: on gateway traffic a batch is 25,000 single-record
     messages, and a write costs about as much whatever its size (a unit's 14 inserts), so one
@@ -105,6 +107,8 @@ class Isolator:
             if rejected is None:
                 return None
             total.merge(rejected)
+        for msg in messages:  # written, its rejections with it: a delivery again is skipped by position
+            processor.poisoned.pop((msg.partition, msg.offset), None)
         return total
 
     def _reject(self, processor: BatchProcessor, msg: Message, error: str) -> BatchResult | None:

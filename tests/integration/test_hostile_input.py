@@ -244,6 +244,8 @@ def test_a_write_refused_for_one_record_is_rejected_and_billing_goes_on(client, 
     assert bills_of(client, bad) == [] and bills_of(client, good[0]) == []  # nothing of the failed batch shows
     result = Isolator().run(processor, msgs)
     assert result is not None
+    assert processor.poisoned == {}  # the batch is written: nothing kept about it
+    assert processor.process(msgs).skipped == len(msgs)  # delivered again: skipped, nothing rejected twice
     rejected = [r for r in queries.rejected(client, bad, "out_of_range")]
     assert rejected and all("injected" in r["detail"] for r in rejected)
     clean = [f"clean-{run}-{i}" for i in range(3)]
