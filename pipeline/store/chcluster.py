@@ -15,11 +15,12 @@ only if
   lagging replica (it would bill twice).
 
 And one setting for the queries to run at all: a subquery or JOIN over a Distributed table inside
-a query over another one (the views of rejections, the console's account list) is refused by
-default ("Double-distributed IN/JOIN subqueries is denied"). `distributed_product_mode='local'`
-runs it against each shard's local table, which is exact because every table with an account is
-sharded by it: an account's rows meet on one shard. A subquery over a table sharded otherwise
-(rebill_runs, by run id) is written GLOBAL (migration 007); tests/deploy checks that.
+a query over another one (the rejections views, the console's overview and account details) is
+refused by default ("Double-distributed IN/JOIN subqueries is denied").
+`distributed_product_mode='local'` runs it against each shard's local table, which is exact
+because every table with an account is sharded by it: an account's rows meet on one shard. A
+subquery over a table sharded otherwise (rebill_runs, by run id) is written GLOBAL (migration 007);
+tests/deploy checks that.
 
 With BILLING_CLICKHOUSE_CLUSTER=1 every query and insert of the worker carries these settings,
 and the worker checks at start that the server took them (a profile with `readonly` or a
