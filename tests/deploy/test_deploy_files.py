@@ -1024,11 +1024,11 @@ CHDB_CHECK = textwrap.dedent(r"""
     single_dir, cluster_dir = Path(sys.argv[2]), Path(sys.argv[3])
     d = Path(tempfile.mkdtemp())
     cfg = d / "config.xml"
-    # macros and a one-shard cluster whose replica is this engine itself (its host and tcp_port), so
+    # macros and a one-shard cluster whose replica is this engine itself (tests/cluster_engine.py), so
     # that '{cluster}' and Distributed() resolve and a query through them runs here; nothing is contacted
-    cfg.write_text("<clickhouse><tcp_port>9000</tcp_port><macros><cluster>billing</cluster><shard>01</shard><replica>r1</replica></macros>"
-                   "<remote_servers><billing><shard><replica><host>127.0.0.1</host><port>9000</port></replica></shard></billing>"
-                   "</remote_servers></clickhouse>")
+    sys.path.insert(0, str(Path(sys.argv[1]).parent))
+    from tests.cluster_engine import CLUSTERS
+    cfg.write_text(CLUSTERS)
     con = chdb.connect(f"file:{d}/db?config-file={cfg}")
     cur = con.cursor()
     def q(sql):

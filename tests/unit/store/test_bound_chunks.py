@@ -91,3 +91,14 @@ def test_a_value_costlier_than_the_budget_is_a_chunk_of_its_own() -> None:
 def test_text_bytes_is_what_the_driver_writes() -> None:
     for account in ("plain", "it's", "back\\slash", "\u00e9\U0001f600"):
         assert _text_bytes(account) == 2 * (len(format_str(account).encode()) + 2) + 22
+
+
+def test_url_bytes_is_what_the_driver_sends_for_plain_and_other_ids() -> None:
+    """The plain ids' shortcut counts what the driver and the URL encoding make of them, exactly."""
+    from urllib.parse import quote
+
+    from pipeline.store.statestore import _url_bytes
+
+    for account in ("gw_100k-s1-0000042", "a.b~c-d_e", "", "x" * 128, "it's", "sp ace", "é", "\U0001f600", "a/b:c"):
+        assert _url_bytes(account) == len(quote(format_str(account), safe="")) + 3, account
+    assert _url_bytes(("acct", 7)) == _url_bytes("acct") + _url_bytes(7) + 9
