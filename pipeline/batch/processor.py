@@ -28,7 +28,7 @@ from pipeline.core import control
 from pipeline.core.catalog import Catalog
 from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
 from pipeline.core.fold import apply, is_api_call
-from pipeline.core.records import AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
+from pipeline.core.records import UNKEYED, AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
 from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState, Instants, with_instant
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
@@ -112,6 +112,7 @@ class BatchResult:
     reasons: Counter[str] = field(default_factory=Counter)
     rejected_ids: list[tuple[str, str, str]] = field(default_factory=list)  # (account, record id, reason): metrics count each once
     skipped: int = 0  # redeliveries of records already applied
+    unkeyed: int = 0  # records refused for coming in a message without a key (records.UNKEYED)
     barriers: int = 0
     last_offsets: dict[int, int] = field(default_factory=dict)
     states: dict[str, AccountState] = field(default_factory=dict)  # accounts this batch changed
@@ -130,6 +131,7 @@ class BatchResult:
         self.reasons.update(other.reasons)
         self.rejected_ids += other.rejected_ids
         self.skipped += other.skipped
+        self.unkeyed += other.unkeyed
         self.barriers += other.barriers
         for partition, offset in other.last_offsets.items():
             self.last_offsets[partition] = max(offset, self.last_offsets.get(partition, -1))
@@ -647,6 +649,8 @@ class BatchProcessor:
     def _parse(self, messages: list[Message], rows: BatchRows, result: BatchResult) -> dict[str, list[tuple[Message, int, Record]]]:
         """Records by account, in log order; barriers go straight to the rows. Reads no state."""
         by_account: dict[str, list[tuple[Message, int, Record]]] = {}
+        # keys keep an account's records in order only where there is more than one partition
+        require_key = self.placement is not None and self.placement.partitions > 1
         for msg in messages:
             result.last_offsets[msg.partition] = max(msg.offset, result.last_offsets.get(msg.partition, -1))
             barrier = _barrier_id(msg.value, self.control_key)
@@ -659,7 +663,9 @@ class BatchProcessor:
             origin = _origin(msg.headers) if msg.headers else ""  # such a message holds one record, as read
             values: list[bytes | None] = [msg.value] if origin or msg.value is None else [*split_message(msg.value)]
             for idx, value in enumerate(values):
-                record = parse_record(value, key_account, self.control_key)
+                record = parse_record(value, key_account, self.control_key, require_key=require_key)
+                if require_key and not key_account and isinstance(record, Invalid) and record.detail == UNKEYED:
+                    result.unkeyed += 1
                 if origin and isinstance(record, Invalid):
                     record = record._replace(detail=f"{record.detail} ({origin})")
                 if refused is not None:

@@ -470,6 +470,14 @@ class Worker:
                 result.write_wait_s + tail,
                 lag,
             )
+        if result.unkeyed:
+            log.warning(
+                "%d record(s) came in messages without a key and were rejected (invalid_schema): the input topic has %d "
+                "partitions, and a producer must key every record by its account_id to keep an account's records in "
+                "order (docs/gateway.md). `billing rejected` lists them as received, to publish again with the key",
+                result.unkeyed,
+                self.settings.partitions,
+            )
 
     async def collect_while_idle(self) -> None:
         """Python's full collection early, on the folding thread, once no batch has come for a while

@@ -341,3 +341,33 @@ def test_one_bad_record_in_a_gateway_sized_batch_is_found_in_few_writes(client, 
     rejected = queries.rejected(client, bad, "out_of_range")
     assert sorted(r["event_id"] for r in rejected) == [f"{bad}-1", f"{bad}-2", f"{bad}-3"]
     assert [b["requests"] for b in bills_of(client, good[0]) if b["item"] == "xingchen-lite"] == [2]
+
+
+def test_a_producer_that_does_not_key_its_messages_is_told_and_its_records_are_kept(stack: Stack, tmp_path) -> None:
+    """A gateway that sends records without a message key spreads each account's records over the
+    topic's four partitions, where nothing keeps their order: folded as they came, a call could
+    come before its key or the recharge it needs, and the bills would be wrong without a word
+    (records.UNKEYED). Each record is refused with what to do and kept as received; the operator's
+    log says it; sent again with the key, the records bill as the oracle's ordered run."""
+    from pipeline.demo.workload import generate
+    from tests.integration.stack import bills_by_key
+    from tests.integration.test_pipeline import accounts_of
+    from tests.oracle import expected
+
+    run = uuid.uuid4().hex[:6]
+    lines = [line.replace('"account_id":"', f'"account_id":"unkeyed-{run}-', 1) for line in generate(600, seed=5722, bad_fraction=0.0)]
+    accounts = accounts_of(lines)
+    send_raw(stack, [(None, line.encode()) for line in lines])  # kafka-python: a random partition per message
+    stack.wait(timeout=300)
+    assert bills_by_key(stack.bills(), accounts) == {}  # nothing billed out of order
+    kept = [r for r in stack.rejected() if r["account_id"] in accounts]
+    as_received = {json.dumps(r["record"], sort_keys=True) for r in kept}
+    assert as_received == {json.dumps(json.loads(line), sort_keys=True) for line in lines}  # every one (a message sent twice kept once)
+    assert {r["reason"] for r in kept} == {"invalid_schema"}
+    assert all("has no key" in r["detail"] and "docs/gateway.md" in r["detail"] for r in kept)
+    assert "came in messages without a key and were rejected" in stack.log()
+    source = tmp_path / "again.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    stack.cli("publish", str(source))  # the gateway fixed: keyed by account
+    stack.wait(timeout=300)
+    assert bills_by_key(stack.bills(), accounts) == expected(lines).bills

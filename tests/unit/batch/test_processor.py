@@ -433,3 +433,22 @@ def test_a_warmed_cache_holds_the_latest_snapshots_and_bills_as_one_uninterrupte
     assert again.skipped == 600
     assert snapshots(storage) == snapshots(uninterrupted)
     assert billed(storage) == billed(uninterrupted)
+
+
+@pytest.mark.parametrize(("partitions", "billed_alone"), [(1, True), (4, False)])
+def test_records_without_a_message_key_are_refused_only_where_partitions_can_reorder_them(lines, uninterrupted, partitions, billed_alone):
+    """One partition keeps every record in order, keyed or not; with several, an unkeyed record
+    is refused (records.UNKEYED), counted for the worker's warning, and nothing of it is billed."""
+    from pipeline.batch.processor import Message
+    from pipeline.stream.partitioning import PlacementCheck
+
+    storage = InMemoryStorage()
+    unkeyed = [Message(0, offset, None, line.encode()) for offset, line in enumerate(lines)]
+    worker = processor(storage)
+    worker.placement = PlacementCheck(partitions)
+    result = worker.process(unkeyed)
+    if billed_alone:
+        assert billed(storage) == billed(uninterrupted) and result.unkeyed == 0
+    else:
+        assert billed(storage) == [] and result.statuses == {"rejected": len(lines)}
+        assert 0.9 * len(lines) < result.unkeyed < len(lines)  # the workload's broken records keep their own reasons

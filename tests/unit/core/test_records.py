@@ -223,3 +223,43 @@ def test_a_parsed_record_carries_the_hash_of_its_identity():
     for rec in (parse(usage("evt-hash")), parse(generic), parse(recharge("5")), parse(key_created("k1"))):
         assert rec.identity_hash == records.record_hash(rec.identity)
     assert parse(usage("evt-1")).identity_hash == 5142162847298372542
+
+
+# -- messages without a key (records.UNKEYED): on an input topic of several partitions -----------
+
+
+def _unkeyed(body: dict, **kw) -> records.Record:
+    from helpers import CONTROL_KEY
+
+    from pipeline.core import control
+
+    return parse_record(control.sign_line(json.dumps(body).encode(), CONTROL_KEY), "", CONTROL_KEY, require_key=True, **kw)
+
+
+@pytest.mark.parametrize("body", [usage("ev-unkeyed"), recharge("5.00"), key_created(), limits(qps=3), voucher("v-1", "2.00")])
+def test_a_publishers_record_without_a_message_key_is_refused_with_what_to_do(body) -> None:
+    record = _unkeyed(body)
+    assert isinstance(record, Invalid) and record.reason == "invalid_schema"
+    assert record.detail == records.UNKEYED and "account_id as the message key" in record.detail
+    assert record.account_id == ACCOUNT  # listed under its account, as received
+    assert record.event_id == body.get("event_id", "")
+    assert json.loads(record.raw) == body
+
+
+@pytest.mark.parametrize("body", [usage("ev-keyed"), recharge("5.00")])
+def test_the_same_record_with_its_key_or_on_one_partition_is_read(body) -> None:
+    raw = json.dumps(body).encode()
+    keyed = parse_record(raw, ACCOUNT, require_key=True)
+    assert not isinstance(keyed, Invalid)
+    assert parse_record(raw, "", require_key=False) == keyed  # one partition: order holds without keys
+
+
+def test_a_schema_break_without_a_key_keeps_its_own_reason() -> None:
+    broken = _unkeyed({**usage("ev-broken"), "input_tokens": -1})
+    assert isinstance(broken, Invalid) and broken.detail != records.UNKEYED and "input_tokens" in broken.detail
+
+
+def test_the_pipelines_own_control_records_need_no_key() -> None:
+    """Ticks and rebill revisions are placed by the tools that sign them."""
+    tick = _unkeyed({"type": "clock.tick", "account_id": ACCOUNT, "timestamp": T0})
+    assert not isinstance(tick, Invalid) and tick.kind == "clock.tick"
