@@ -75,6 +75,9 @@ class AccountRecord(NamedTuple):
     identity_hash: int  # record_hash(identity)
 
 
+INVALID_KIND = "invalid"  # the kind an Invalid is archived under (raw_records.kind)
+
+
 class Invalid(NamedTuple):
     """A record refused before the fold: kept and rejected with `reason` (`invalid_schema`; a
     control record without a valid signature, `unauthorized`), never billed."""
@@ -85,7 +88,7 @@ class Invalid(NamedTuple):
     detail: str
     event_id: str = ""
     ts_us: int | None = None
-    kind: str = "invalid"
+    kind: str = INVALID_KIND
     reason: str = INVALID_SCHEMA
 
 
@@ -205,6 +208,20 @@ UNKEYED = (
     "partition keeps its records in order, so every record must be sent with its account_id as the "
     "message key (docs/gateway.md). Kept here: publish it again with the key"
 )
+
+
+REFUSED_ON_ARRIVAL = (
+    "refused when it arrived for its message (no key on a topic of several partitions, or another "
+    "account's key), which the archive does not keep; a replay refuses it again"
+)
+
+
+def refused_on_arrival(raw: bytes, account: str) -> Invalid:
+    """A replay's verdict on a record archived as invalid that parses now: what refused it was its
+    message, not its bytes (`require_key`, the key check), so only the archived kind still says so.
+    Billing it in a replay would bill it in partition order, which is not its account's order,
+    beside its rejection."""
+    return _invalid(raw, raw.decode("utf-8", errors="replace"), account, REFUSED_ON_ARRIVAL)
 
 
 def parse_record(
@@ -372,7 +389,14 @@ def _whole(value: Any) -> Any:
 def _invalid(raw: bytes, text: str, account: str, detail: str, event_id: str = "", reason: str = INVALID_SCHEMA) -> Invalid:
     identity = "raw:" + _digest(raw)
     return new_invalid(
-        account_id=account or "", identity=identity, raw=text, detail=detail, event_id=event_id, ts_us=None, kind="invalid", reason=reason
+        account_id=account or "",
+        identity=identity,
+        raw=text,
+        detail=detail,
+        event_id=event_id,
+        ts_us=None,
+        kind=INVALID_KIND,
+        reason=reason,
     )
 
 

@@ -26,7 +26,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.batch.processor import KEEP_MINUTES_US
 from pipeline.core.catalog import Catalog
 from pipeline.core.fold import apply
-from pipeline.core.records import CONTROL_KINDS, Usage, parse_record
+from pipeline.core.records import CONTROL_KINDS, INVALID_KIND, Invalid, Usage, parse_record, refused_on_arrival
 from pipeline.core.state import LINE_COUNTS, ZERO, AccountState, Line, LineKey
 from pipeline.core.timestamps import US_PER_SECOND, format_ts
 from pipeline.store.statestore import LINE_SELECT, line_of
@@ -221,7 +221,10 @@ def _replay_record(
     """One record of a fresh run of the account's whole log under the plan's catalog (a control
     record archived under its own type was authenticated when it arrived)."""
     acc = state.account_id
-    record = parse_record(payload.encode("utf-8"), acc, trust_control=kind in CONTROL_KINDS)
+    raw = payload.encode("utf-8")
+    record = parse_record(raw, acc, trust_control=kind in CONTROL_KINDS)
+    if kind == INVALID_KIND and not isinstance(record, Invalid):
+        record = refused_on_arrival(raw, acc)
     outcome = apply(state, record, catalog)
     if isinstance(record, Usage) and plan.start_us <= record.ts_us < plan.end_us:
         rejection = outcome.rejection if outcome.rejection is not None and outcome.rejection.record_id == record.event_id else None

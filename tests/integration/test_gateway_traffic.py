@@ -3,6 +3,7 @@ record per message from many accounts, a bounded state cache, account ids that n
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -75,3 +76,35 @@ def test_a_failed_unit_of_thousands_of_accounts_is_rolled_back(client, monkeypat
     assert left == {"seen_records": 0, "priced_usage": 0, "rejections": 0}  # nothing was committed: all of it deleted
     processor.process(msgs)
     assert bills_by_key(queries.bills(client), accounts) == expected(lines).bills
+
+
+def test_a_rebill_keeps_the_records_refused_for_their_message_key(client) -> None:
+    """Records refused when they arrived for where they came from (a message without a key on a
+    topic of several partitions, or keyed by another account) are archived under the account they
+    name. A rebill replays that account's archive, in which nothing records the message's key: it
+    must refuse them again, not bill them (in partition order, which is not theirs) beside their
+    rejections. With the same catalog a rebill changes nothing."""
+    from pipeline.core.timestamps import parse_ts
+    from pipeline.stream.partitioning import PlacementCheck
+    from pipeline.stream.rebill import plan_rebill
+
+    run = uuid.uuid4().hex[:6]
+    lines = [line.replace('"account_id":"', f'"account_id":"{run}-', 1) for line in generate(400, seed=5723, accounts=4, bad_fraction=0.0)]
+    accounts = sorted(accounts_of(lines))
+    msgs = single_record_messages(lines, partitions=4)
+    stray = {i for i in range(len(msgs)) if i % 7 == 3}  # an unkeyed message, or one keyed by the next account
+    for i in stray:
+        m = msgs[i]
+        own = m.key.decode()
+        other = accounts[(accounts.index(own) + 1) % len(accounts)].encode()
+        msgs[i] = type(m)(m.partition, m.offset, None if i % 2 else other, m.value)
+    processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False)
+    processor.placement = PlacementCheck(4)
+    processor.placement.check = lambda messages, topic="": None  # placed by hand: only the keys are under test
+    result = processor.process(msgs)
+    assert result.unkeyed == len([i for i in stray if i % 2]) > 0
+    refused = {r["event_id"] for r in queries.rejected(client) if r["account_id"] in accounts and "key" in r["detail"]}
+    assert len(refused) > 20
+    times = [parse_ts(json.loads(line)["timestamp"]) for line in lines]
+    plan = plan_rebill(client, load_catalog(), min(times), max(times) + 1, accounts=accounts)
+    assert plan.changes == [] and plan.now_billed == []

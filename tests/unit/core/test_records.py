@@ -263,3 +263,15 @@ def test_the_pipelines_own_control_records_need_no_key() -> None:
     """Ticks and rebill revisions are placed by the tools that sign them."""
     tick = _unkeyed({"type": "clock.tick", "account_id": ACCOUNT, "timestamp": T0})
     assert not isinstance(tick, Invalid) and tick.kind == "clock.tick"
+
+
+def test_a_replay_refuses_again_what_its_message_refused() -> None:
+    """The archive keeps a refused record's bytes, not its message's key: a replay's verdict on
+    one that parses now is the refusal, with the worker's identity for those bytes."""
+    body = usage("ev-replayed")
+    raw = json.dumps(body).encode()
+    arrived = parse_record(raw, "", require_key=True)
+    again = records.refused_on_arrival(raw, ACCOUNT)
+    assert isinstance(arrived, Invalid) and isinstance(again, Invalid)
+    assert again.identity == arrived.identity and again.kind == arrived.kind == records.INVALID_KIND
+    assert again.reason == "invalid_schema" and "a replay refuses it again" in again.detail
