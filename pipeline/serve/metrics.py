@@ -129,6 +129,12 @@ class WorkerMetrics:
             registry=r,
         )
         self.batches = Counter("billing_batches", "Batches written to ClickHouse and acknowledged.", registry=r)
+        self.unkeyed = Counter(
+            "billing_unkeyed_records",
+            "Records refused because their message had no key on an input topic of several partitions: a producer "
+            "that does not key by account_id (docs/gateway.md). A batch delivered again counts again.",
+            registry=r,
+        )
         self.poisoned = Counter(
             "billing_poisoned_messages",
             "Messages ClickHouse refused to write even alone; their records "

@@ -471,6 +471,7 @@ class Worker:
                 lag,
             )
         if result.unkeyed:
+            self.prom.unkeyed.inc(result.unkeyed)
             log.warning(
                 "%d record(s) came in messages without a key and were rejected (invalid_schema): the input topic has %d "
                 "partitions, and a producer must key every record by its account_id to keep an account's records in "

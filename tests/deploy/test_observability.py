@@ -113,6 +113,7 @@ def test_alert_rules_cover_the_failure_modes() -> None:
         "BillingWorkerDown",
         "BillingWorkerRestarting",
         "BillingNoBatchWhileLagging",
+        "BillingUnkeyedProducer",
     } <= set(rules)
     for rule in rules.values():
         assert rule["labels"]["severity"] in ("warning", "critical")
@@ -121,6 +122,7 @@ def test_alert_rules_cover_the_failure_modes() -> None:
             assert re.fullmatch(r"\d+[smh]", rule["for"])
     assert "billing_batch_consecutive_failures" in rules["BillingBatchFailingRepeatedly"]["expr"]
     assert "billing_last_batch_timestamp_seconds" in rules["BillingNoBatchWhileLagging"]["expr"]
+    assert "billing_unkeyed_records_total" in rules["BillingUnkeyedProducer"]["expr"]
 
 
 def test_scrape_configs_point_at_the_worker_api() -> None:

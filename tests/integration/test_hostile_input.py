@@ -366,6 +366,11 @@ def test_a_producer_that_does_not_key_its_messages_is_told_and_its_records_are_k
     assert {r["reason"] for r in kept} == {"invalid_schema"}
     assert all("has no key" in r["detail"] and "docs/gateway.md" in r["detail"] for r in kept)
     assert "came in messages without a key and were rejected" in stack.log()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(read_runtime(stack.data_dir).api + "/metrics", timeout=10) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    assert sum(s.value for s in families["billing_unkeyed_records"].samples if s.name.endswith("_total")) >= len(lines)
     source = tmp_path / "again.jsonl"
     source.write_text("\n".join(lines) + "\n")
     stack.cli("publish", str(source))  # the gateway fixed: keyed by account
