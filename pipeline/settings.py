@@ -69,6 +69,9 @@ class Settings:
     kafka_request_timeout_s: int = 30  # producer delivery and admin requests (Faust's default is 1200 s)
     kafka_idempotent: bool = False  # Tansu does not answer InitProducerId; on in deploy/
     input_topic_name: str | None = None  # None: <prefix>.input; a grown topic after a drained switch-over
+    # input messages (partition, offset) an operator set aside: each, if it is on a partition its key does
+    # not map to, is rejected and kept instead of stopping the worker (partitioning.PlacementCheck)
+    set_aside: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def clickhouse_url(self) -> str:
@@ -122,6 +125,16 @@ def _int(name: str, value: str | None, default: int, low: int, high: int | None 
     if number < low or (high is not None and number > high):
         raise _bad(name, value, accepted)
     return number
+
+
+def _positions(name: str, value: str | None) -> frozenset[tuple[int, int]]:
+    """`P:O[,P:O...]`: input messages by partition and offset (the worker names them when it stops)."""
+    if value is None or value.strip() == "":
+        return frozenset()
+    found = re.fullmatch(r"\s*\d+:\d+\s*(,\s*\d+:\d+\s*)*", value)
+    if found is None:
+        raise _bad(name, value, "partition:offset pairs separated by commas, e.g. 2:18211,3:907")
+    return frozenset((int(p), int(o)) for p, o in (pair.strip().split(":") for pair in value.split(",")))
 
 
 def _bool(name: str, value: str | None, default: bool) -> bool:
@@ -240,6 +253,7 @@ def load_settings(kafka: str | None = None, clickhouse: str | None = None, data_
         ),
         input_topic_name=env.get("BILLING_INPUT_TOPIC") or None,
         kafka_idempotent=_bool("BILLING_KAFKA_IDEMPOTENT", env.get("BILLING_KAFKA_IDEMPOTENT"), DEFAULTS.kafka_idempotent),
+        set_aside=_positions("BILLING_SET_ASIDE", env.get("BILLING_SET_ASIDE")),
     )
     if settings.data_dir.exists() and not settings.data_dir.is_dir():
         name = "--data-dir" if data_dir else "BILLING_DATA_DIR"

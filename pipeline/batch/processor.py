@@ -28,7 +28,7 @@ from pipeline.core import control
 from pipeline.core.catalog import Catalog
 from pipeline.core.facts import OUT_OF_RANGE, Outcome, StatusChange, Violation
 from pipeline.core.fold import apply, is_api_call
-from pipeline.core.records import UNKEYED, AccountRecord, Invalid, Record, Usage, new_invalid, parse_record
+from pipeline.core.records import UNKEYED, AccountRecord, Invalid, Record, Usage, new_invalid, parse_record, set_aside
 from pipeline.core.settlement import hour_closed
 from pipeline.core.state import AccountState, Instants, with_instant
 from pipeline.core.timestamps import US_PER_HOUR, US_PER_MINUTE, hour_start, parse_ts
@@ -354,6 +354,7 @@ class BatchProcessor:
         self._shed_at = 0  # the event time of the last look
         self._shed_wall = 0.0  # and its time.monotonic()
         self.placement: Any = None  # a partitioning.PlacementCheck: records on their key's partition, or stop
+        self._aside: dict[tuple[int, int], int] = {}  # this batch's messages set aside: (partition, offset) -> their key's partition
 
     def wait_for_writes(self) -> None:
         """Block until no write is in flight (a read beside a write could miss its rows). A failure
@@ -488,8 +489,14 @@ class BatchProcessor:
         batch parses its first unit beside it before any read; the caller acknowledges the batch
         only once `written` has resolved. If that write fails, the next `process` raises
         EarlierWriteFailed without writing anything."""
-        if self.placement is not None:  # before anything is folded (issue 21: partitions added, foreign partitioners)
-            self.placement.check(messages)
+        # before anything is folded (issue 21: partitions added, foreign partitioners); what it lets
+        # through misplaced was set aside by an operator, and is refused in `_parse`
+        self._aside = self.placement.check(messages) if self.placement is not None else {}
+        if self._aside:
+            log.warning(
+                "set aside (BILLING_SET_ASIDE): %s, on a partition their key does not map to; their records are rejected and kept",
+                ", ".join(f"partition {p} offset {o} (its key's partition: {q})" for (p, o), q in sorted(self._aside.items())),
+            )
         result = BatchResult()
         touched: set[str] = set()
         earlier, earlier_touched = self._last_write, self._last_touched
@@ -577,13 +584,20 @@ class BatchProcessor:
         touched.update(pending)
         if encoded is not None:
             behind.submit(encoded)
+        placed = self.placement if self.placement is not None and self.placement.partitions > 1 else None
         for acc, items in pending.items():
             state = self.states[acc]
             seq_before = state.seq
             clock_before = state.max_ts_us
+            # an account's position is in its own partition's log (what `_drop_applied` skips by): a
+            # record refused for where its message was (no key, another account's key, set aside) came
+            # on another partition and leaves it alone, or a redelivery of the account's own records
+            # would not be known as one (folded again as duplicates, their outputs never sent again)
+            home = placed.expected(acc.encode("utf-8", errors="surrogatepass")) if placed is not None else -1
             for msg, idx, record in items:
                 self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
-                state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
+                if home < 0 or msg.partition == home:
+                    state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
                 ts_us = record.ts_us
                 if ts_us is not None and ts_us > self.watermarks.get(msg.partition, 0):
                     self._advance_watermark(msg.partition, ts_us, clock_before)
@@ -660,6 +674,7 @@ class BatchProcessor:
                 continue
             key_account = msg.key.decode("utf-8", errors="replace") if msg.key else ""
             refused = self.poisoned.get((msg.partition, msg.offset)) if self.poisoned else None
+            belongs = self._aside.get((msg.partition, msg.offset)) if self._aside else None
             origin = _origin(msg.headers) if msg.headers else ""  # such a message holds one record, as read
             values: list[bytes | None] = [msg.value] if origin or msg.value is None else [*split_message(msg.value)]
             for idx, value in enumerate(values):
@@ -668,7 +683,9 @@ class BatchProcessor:
                     result.unkeyed += 1
                 if origin and isinstance(record, Invalid):
                     record = record._replace(detail=f"{record.detail} ({origin})")
-                if refused is not None:
+                if belongs is not None:
+                    record = set_aside(value or b"", record, msg.partition, belongs)
+                elif refused is not None:
                     record = _unwritable(record, refused)
                 items = by_account.get(record.account_id)
                 if items is None:  # not setdefault: that builds an empty list for every record

@@ -211,9 +211,23 @@ UNKEYED = (
 
 
 REFUSED_ON_ARRIVAL = (
-    "refused when it arrived for its message (no key on a topic of several partitions, or another "
-    "account's key), which the archive does not keep; a replay refuses it again"
+    "refused when it arrived for its message (no key on a topic of several partitions, another "
+    "account's key, or a partition its key does not map to), which the archive does not keep; a "
+    "replay refuses it again"
 )
+
+
+def set_aside(raw: bytes, record: Record, partition: int, belongs: int) -> Invalid:
+    """A record of a message on a partition its key does not map to, which an operator set aside
+    (BILLING_SET_ASIDE) instead of letting it stop the worker: refused and kept, never folded
+    (its account's order is on another partition)."""
+    detail = (
+        f"on partition {partition} of the input topic, but its key belongs to partition {belongs}: set aside "
+        "by the operator (BILLING_SET_ASIDE) instead of stopping the worker. Kept here: publish it again "
+        "with its account_id as the key and Kafka's default partitioner (docs/gateway.md)"
+    )
+    event_id = record.event_id if isinstance(record, (Usage, Invalid)) else ""
+    return _invalid(raw, raw.decode("utf-8", errors="replace"), record.account_id, detail, event_id)
 
 
 def refused_on_arrival(raw: bytes, account: str) -> Invalid:

@@ -142,7 +142,7 @@ class Worker:
             max_cached_accounts=settings.max_cached_accounts,
             storage=ClickHouseStorage(self.client, self.insert_lanes, reader=self.read_client, cluster=settings.clickhouse_cluster),
         )
-        self.processor.placement = PlacementCheck(settings.partitions)
+        self.processor.placement = PlacementCheck(settings.partitions, settings.set_aside)
         self.on_api = on_api
         self.api_url: str | None = None
         self.stats: Counter[str] = Counter()

@@ -58,37 +58,52 @@ class PlacementCheck:
     reduced to its distinct (partition, key) pairs in C first, and a pair is checked once per
     worker life (batch/murmur2.py: compiled, where kafka-python's is pure Python, about 10 us a key)."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, set_aside: frozenset[tuple[int, int]] = frozenset()) -> None:
         if partitions < 1:
             raise ValueError(f"partition count must be at least 1, not {partitions}")
         self.partitions = partitions
+        # (partition, offset) of messages an operator set aside (BILLING_SET_ASIDE): refused, not a stop
+        self.set_aside = set_aside
         self._verified: set[tuple[int, bytes | None]] = set()
 
     def expected(self, key: bytes) -> int:
         return partition_for(key, self.partitions)
 
-    def check(self, messages: Sequence[_Placed], topic: str = "the input topic") -> None:
-        """Raise PartitionMismatch for the first message on a partition its key does not map to.
-        Messages without a key (barriers, sent to a partition on purpose) are not checked."""
+    def check(self, messages: Sequence[_Placed], topic: str = "the input topic") -> dict[tuple[int, int], int]:
+        """Raise PartitionMismatch for the first message on a partition its key does not map to,
+        unless an operator set it aside: those are returned, (partition, offset) -> the partition
+        their key belongs to, for the processor to refuse. Messages without a key (barriers, sent
+        to a partition on purpose) are not checked."""
         pairs = {(msg.partition, msg.key) for msg in messages}
         new = pairs - self._verified
         if not new:
-            return
+            return {}
+        aside: dict[tuple[int, int], int] = {}
         for partition, key in new:
             if partition >= self.partitions:
                 raise PartitionMismatch(unconfigured_message(topic, [partition], self.partitions))
             if key and self.expected(key) != partition:
-                offset = next(m.offset for m in messages if m.partition == partition and m.key == key)
-                raise PartitionMismatch(
-                    f"{topic} partition {partition} offset {offset}: key {key[:80]!r} belongs to partition "
-                    f"{self.expected(key)} of {self.partitions} ({PARTITIONER}); stopping before folding it. Either "
-                    "partitions were added to the topic (grow with a new topic instead: docs/cluster-operations.md), or "
-                    "a producer uses another partitioner (librdkafka: set partitioner=murmur2_random). Offsets stay "
-                    "uncommitted."
-                )
-        if len(self._verified) + len(new) > _CACHE_LIMIT:
+                offsets = [m.offset for m in messages if m.partition == partition and m.key == key]
+                kept = [offset for offset in offsets if (partition, offset) not in self.set_aside]
+                if kept:
+                    raise PartitionMismatch(self._misplaced(topic, partition, kept[0], key))
+                aside.update({(partition, offset): self.expected(key) for offset in offsets})
+        verified = new - {(partition, key) for partition, key in new if key and self.expected(key) != partition}
+        if len(self._verified) + len(verified) > _CACHE_LIMIT:
             self._verified.clear()
-        self._verified |= new
+        self._verified |= verified
+        return aside
+
+    def _misplaced(self, topic: str, partition: int, offset: int, key: bytes) -> str:
+        return (
+            f"{topic} partition {partition} offset {offset}: key {key[:80]!r} belongs to partition "
+            f"{self.expected(key)} of {self.partitions} ({PARTITIONER}); stopping before folding it. Either "
+            "partitions were added to the topic (grow with a new topic instead: docs/cluster-operations.md), or "
+            "a producer uses another partitioner (librdkafka: set partitioner=murmur2_random). Offsets stay "
+            f"uncommitted. Once the cause is fixed, BILLING_SET_ASIDE={partition}:{offset} lets a worker refuse "
+            "this message (kept in the rejections, to publish again with its key) instead of stopping: "
+            "docs/operations.md"
+        )
 
 
 def unconfigured_message(topic: str, partitions: Iterable[int], configured: int) -> str:

@@ -100,7 +100,7 @@ def test_a_rebill_keeps_the_records_refused_for_their_message_key(client) -> Non
         msgs[i] = type(m)(m.partition, m.offset, None if i % 2 else other, m.value)
     processor = BatchProcessor(client, load_catalog(), uuid.uuid4().hex, auto_tick=False)
     processor.placement = PlacementCheck(4)
-    processor.placement.check = lambda messages, topic="": None  # placed by hand: only the keys are under test
+    processor.placement.check = lambda messages, topic="": {}  # placed by hand: only the keys are under test
     result = processor.process(msgs)
     assert result.unkeyed == len([i for i in stray if i % 2]) > 0
     refused = {r["event_id"] for r in queries.rejected(client) if r["account_id"] in accounts and "key" in r["detail"]}

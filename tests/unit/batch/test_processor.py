@@ -452,3 +452,67 @@ def test_records_without_a_message_key_are_refused_only_where_partitions_can_reo
     else:
         assert billed(storage) == [] and result.statuses == {"rejected": len(lines)}
         assert 0.9 * len(lines) < result.unkeyed < len(lines)  # the workload's broken records keep their own reasons
+
+
+def _placed(lines: list[str], partitions: int = 4) -> tuple[list, dict[int, int]]:
+    """The records as a worker of `partitions` partitions reads them (each on its key's partition,
+    offsets numbered per partition), and each partition's next offset."""
+    from pipeline.batch.processor import Message
+    from pipeline.stream.partitioning import partition_for
+
+    offsets: dict[int, int] = {}
+    log = []
+    for m in messages(lines):
+        p = partition_for(m.key, partitions)
+        log.append(Message(p, offsets.setdefault(p, 0), m.key, m.value))
+        offsets[p] += 1
+    return log, offsets
+
+
+def test_a_misplaced_message_stops_the_batch_unless_an_operator_set_it_aside(lines, uninterrupted) -> None:
+    """A copy of a record sent to another partition than its key's stops the batch; set aside, it
+    is refused and kept, and every record bills exactly as without it."""
+    from pipeline.batch.processor import Message
+    from pipeline.stream.partitioning import PartitionMismatch, PlacementCheck
+
+    log, offsets = _placed(lines)
+    copy = log[5]
+    wrong = (copy.partition + 1) % 4
+    log.append(Message(wrong, offsets[wrong], copy.key, copy.value))
+    worker = processor(InMemoryStorage())
+    worker.placement = PlacementCheck(4)
+    with pytest.raises(PartitionMismatch, match=f"BILLING_SET_ASIDE={wrong}:{offsets[wrong]}"):
+        worker.process(log)
+    storage = InMemoryStorage()
+    worker = processor(storage)
+    worker.placement = PlacementCheck(4, frozenset({(wrong, offsets[wrong])}))
+    worker.process(log)
+    refused = [r for r in storage.rejections if "set aside by the operator" in r.detail]
+    assert len(refused) == 1 and refused[0].reason == "invalid_schema" and refused[0].account_id == json.loads(copy.value)["account_id"]
+    assert billed(storage) == billed(uninterrupted)
+
+
+def test_a_record_refused_for_its_partition_leaves_its_accounts_position_alone(lines) -> None:
+    """An account's records are skipped on redelivery by its position in its own partition. An
+    unkeyed record of the account, refused on another partition, must not move that position:
+    the batch delivered again after a crash (written, not committed) is then skipped whole, its
+    own records not folded again as duplicates."""
+    from pipeline.batch.processor import Message
+    from pipeline.stream.partitioning import PlacementCheck, partition_for
+
+    log, offsets = _placed(lines)
+    foreign = []
+    for acc in {m.key for m in log}:
+        p = (partition_for(acc, 4) + 1) % 4
+        value = next(m.value for m in log if m.key == acc)
+        foreign.append(Message(p, offsets[p], None, value))  # its account's record again, unkeyed
+        offsets[p] += 1
+    batch = log + foreign
+    storage = InMemoryStorage()
+    first = processor(storage)
+    first.placement = PlacementCheck(4)
+    assert first.process(batch).unkeyed == len(foreign)
+    again = processor(storage)  # a new worker: the batch comes again
+    again.placement = PlacementCheck(4)
+    result = again.process(batch)
+    assert result.skipped == len(log) and result.statuses.get("duplicate", 0) == 0
