@@ -589,14 +589,19 @@ class BatchProcessor:
             state = self.states[acc]
             seq_before = state.seq
             clock_before = state.max_ts_us
-            # an account's position is in its own partition's log (what `_drop_applied` skips by): a
-            # record refused for where its message was (no key, another account's key, set aside) came
-            # on another partition and leaves it alone, or a redelivery of the account's own records
-            # would not be known as one (folded again as duplicates, their outputs never sent again)
-            home = placed.expected(acc.encode("utf-8", errors="surrogatepass")) if placed is not None else -1
             for msg, idx, record in items:
                 self._collect(rows, state, msg, idx, record, apply(state, record, self.catalog), result)
-                if home < 0 or msg.partition == home:
+                # an account's position is in its own partition's log (what `_drop_applied` skips by): a
+                # record refused for where its message was (no key, another account's key, set aside) came
+                # on another partition and leaves it alone, or a redelivery of the account's own records
+                # would not be known as one (folded again as duplicates, their outputs never sent again).
+                # Only a refused record can be elsewhere (the placement check passed the rest), so only
+                # its account's partition is computed.
+                if (
+                    placed is None
+                    or not isinstance(record, Invalid)
+                    or msg.partition == placed.expected(acc.encode("utf-8", "surrogatepass"))
+                ):
                     state.log_epoch, state.log_partition, state.log_offset = self.epoch, msg.partition, msg.offset
                 ts_us = record.ts_us
                 if ts_us is not None and ts_us > self.watermarks.get(msg.partition, 0):

@@ -79,19 +79,23 @@ class PlacementCheck:
         if not new:
             return {}
         aside: dict[tuple[int, int], int] = {}
+        misplaced: set[tuple[int, bytes | None]] = set()  # set aside: checked again in every batch
         for partition, key in new:
             if partition >= self.partitions:
                 raise PartitionMismatch(unconfigured_message(topic, [partition], self.partitions))
-            if key and self.expected(key) != partition:
+            if not key:
+                continue
+            belongs = self.expected(key)
+            if belongs != partition:
                 offsets = [m.offset for m in messages if m.partition == partition and m.key == key]
                 kept = [offset for offset in offsets if (partition, offset) not in self.set_aside]
                 if kept:
                     raise PartitionMismatch(self._misplaced(topic, partition, kept[0], key))
-                aside.update({(partition, offset): self.expected(key) for offset in offsets})
-        verified = new - {(partition, key) for partition, key in new if key and self.expected(key) != partition}
-        if len(self._verified) + len(verified) > _CACHE_LIMIT:
+                aside.update({(partition, offset): belongs for offset in offsets})
+                misplaced.add((partition, key))
+        if len(self._verified) + len(new) > _CACHE_LIMIT:
             self._verified.clear()
-        self._verified |= verified
+        self._verified |= new - misplaced if misplaced else new
         return aside
 
     def _misplaced(self, topic: str, partition: int, offset: int, key: bytes) -> str:
